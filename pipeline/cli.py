@@ -1,0 +1,130 @@
+"""The ``chunkmill`` command line.
+
+Exit codes: 0 every file ok (rejected records alone do not fail a run; see ``_errors``),
+1 at least one file failed, 2 usage error (bad option, missing input), 4 output locked by
+another run, 70 internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline.errors import ChunkmillError
+from pipeline.options import COMPRESSIONS, IngestOptions, parse_size
+
+log = logging.getLogger("chunkmill")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ChunkmillError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="INPUT",
+                   help="files, directories (recursive), globs or fsspec URLs")
+    p.add_argument("--table", help="table name for text inputs (default: input's name)")
+    p.add_argument("--format", help="force a reader (csv, tsv, jsonl, ...) instead of sniffing")
+    p.add_argument("--no-header", dest="header", action="store_false",
+                   help="CSV/TSV files have no header row (columns are f0, f1, ...)")
+    p.add_argument("--chunk-size", type=_size, default="64MiB",
+                   help="bytes per chunk task, e.g. 64MB, 256MiB (default 64MiB)")
+    p.add_argument("--max-record-bytes", type=_size, default="16MiB",
+                   help="longest record accepted when seeking boundaries (default 16MiB)")
+    p.add_argument("--partition-by", default="", metavar="COL[,COL]",
+                   help="hive-partition the output by these columns")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="count", default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chunkmill", description="Very large files -> hive-partitioned Parquet on Dask.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="ingest inputs into OUT")
+    _common(ingest)
+    ingest.add_argument("--out", required=True, help="output directory or fsspec URL")
+    ingest.add_argument("--compression", default="zstd", choices=COMPRESSIONS)
+    ingest.add_argument("--scheduler", metavar="ADDR",
+                        help="use a running Dask scheduler (tcp://host:8786) instead of an "
+                             "embedded cluster")
+    ingest.add_argument("--workers", type=int, help="embedded cluster: worker processes "
+                        "(default: one per core)")
+    ingest.add_argument("--threads-per-worker", type=int, default=1)
+    ingest.add_argument("--memory-limit", default="auto",
+                        help="embedded cluster: memory per worker, e.g. 2GB (default auto)")
+    ingest.add_argument("--dashboard", action="store_true",
+                        help="start the Dask dashboard and print its address")
+    ingest.add_argument("--retries", type=int, default=2,
+                        help="retries of a chunk whose worker died (default 2)")
+    ingest.add_argument("--force", action="store_true",
+                        help="re-ingest files even when unchanged since the last run")
+    ingest.add_argument("--json", action="store_true", help="print the run report as JSON")
+    ingest.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+    plan = sub.add_parser("plan", help="dry run: files, formats, chunks, bytes; writes nothing")
+    _common(plan)
+    plan.add_argument("--json", action="store_true")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> IngestOptions:
+    fields = {k: v for k, v in vars(args).items()
+              if k in IngestOptions.__dataclass_fields__ and v is not None}
+    fields.setdefault("out", "out")
+    return IngestOptions(**fields)
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING + 10 * (args.quiet - args.verbose)
+    logging.basicConfig(level=max(logging.DEBUG, level), format="%(message)s")
+    for noisy in ("distributed", "bokeh", "tornado", "asyncio", "fsspec"):
+        logging.getLogger(noisy).setLevel(max(logging.ERROR, level))
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    try:
+        options = _options(args)
+        if args.command == "plan":
+            from pipeline.planning import build_plan
+
+            plan = build_plan(args.paths, options)
+            print(plan.to_json() if args.json else repr(plan))
+            return 1 if any(f.error for f in plan.files) else 0
+        from pipeline.runner import Runner
+
+        report = Runner(args.paths, options).run()
+        if args.json:
+            print(report.to_json())
+        elif args.quiet < 1 or not report.ok:
+            print(report, file=sys.stderr if not report.ok else sys.stdout)
+        return report.exit_code
+    except ChunkmillError as exc:
+        print(f"chunkmill: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("chunkmill: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"chunkmill: internal error: {type(exc).__name__}: {exc} (run with -v for the "
+              "traceback)", file=sys.stderr)
+        return 70
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

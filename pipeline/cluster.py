@@ -1,0 +1,65 @@
+"""Where tasks run: an embedded LocalCluster by default, or an existing Dask scheduler.
+
+Defaults are for throughput on small machines: one single-threaded worker *process* per core
+(pyarrow's CSV/JSON parsers and h5py hold the GIL or a global lock for parts of their work, so
+threads do not add up), no dashboard unless asked (it costs start-up time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+import dask
+from distributed import Client, LocalCluster
+
+from pipeline.errors import UsageError
+from pipeline.options import IngestOptions
+
+log = logging.getLogger(__name__)
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+@contextlib.contextmanager
+def connect(options: IngestOptions) -> Iterator[Client]:
+    """A client on the cluster the options ask for; an embedded cluster is shut down after."""
+    if options.scheduler:
+        try:
+            client = Client(options.scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise UsageError(f"--scheduler {options.scheduler}: cannot connect ({exc})") from exc
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    # The pressure plugin pauses workers itself; Dask's own pause would un-pause them.
+    with dask.config.set({"distributed.worker.memory.pause": False,
+                          "distributed.scheduler.work-stealing": True,
+                          "distributed.admin.system-monitor.gil.enabled": False}):
+        cluster = LocalCluster(
+            n_workers=options.workers or default_workers(),
+            threads_per_worker=options.threads_per_worker,
+            processes=True,
+            memory_limit=options.memory_limit,
+            dashboard_address=":0" if options.dashboard else None,
+            silence_logs=logging.ERROR,
+        )
+        client = Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()
+
+
+def dashboard_link(client: Client) -> str | None:
+    try:
+        return client.dashboard_link
+    except Exception:  # no dashboard running
+        return None

@@ -1,0 +1,114 @@
+"""The work of one chunk, as one Dask task: read bytes -> parse -> Arrow -> staged fragments.
+
+The task returns a small `ChunkManifest` (paths, counts, timings, reader facts), never data, so
+the client and scheduler hold kilobytes per chunk whatever the input size. Also builds the lazy
+graph behind `pipeline.read` (one dataframe partition per chunk).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.sink import Fragment, FragmentWriter, SinkSpec, errors_table, stage_errors
+from readers import get_reader
+from readers.base import ChunkContext, ChunkSpec, Description, Rejected, Source
+
+
+@dataclass(slots=True)
+class ChunkTask:
+    """Everything a worker needs for one chunk (pickled into the task)."""
+
+    source: Source
+    reader: str
+    chunk: ChunkSpec
+    description: Description
+    reader_options: dict[str, Any]
+    sink: SinkSpec | None
+
+
+@dataclass(slots=True)
+class ChunkManifest:
+    """What a chunk task reports back: small, whatever the chunk size."""
+
+    chunk_id: str
+    file_id: str
+    index: int
+    rows: int = 0
+    bytes_read: int = 0
+    fragments: list[Fragment] = field(default_factory=list)
+    error_count: int = 0
+    errors_preview: list[Rejected] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    worker: str = ""
+    started: float = 0.0
+    finished: float = 0.0
+    failed: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.finished - self.started
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_chunk(task: ChunkTask) -> ChunkManifest:
+    """Run one chunk end to end (inside a worker). Bad data never raises; it is reported."""
+    chunk, source = task.chunk, task.source
+    manifest = ChunkManifest(chunk.id, chunk.file_id, chunk.index, worker=_worker_name(),
+                             started=time.time())
+    ctx = ChunkContext(source, chunk)
+    reader = get_reader(task.reader)()
+    writer = FragmentWriter(task.sink, chunk.id, source.file_id)
+    try:
+        for table, rows in reader.read(source, chunk, task.description, task.reader_options,
+                                       ctx):
+            writer.write(table, rows)
+            manifest.rows += rows.num_rows
+        manifest.fragments = writer.close()
+    except MemoryError:
+        writer.abort()
+        raise
+    except Exception as exc:  # a broken chunk is an _errors row, the run goes on
+        manifest.fragments = writer.close()
+        text = str(exc).strip().splitlines()
+        ctx.reject(kind="chunk", error_type=type(exc).__name__, byte_offset=chunk.offset,
+                   message=f"{source.path}: chunk {chunk.index} at byte {chunk.offset}: "
+                           f"{text[0] if text else type(exc).__name__}")
+        manifest.failed = ctx.rejected[-1].message
+    if ctx.rejected:
+        table = errors_table(((source.file_id, source.path, chunk.index, r)
+                              for r in ctx.rejected), task.sink.run_id)
+        manifest.fragments.append(stage_errors(task.sink, chunk.id, table))
+    manifest.error_count = len(ctx.rejected)
+    manifest.errors_preview = ctx.rejected[:3]
+    manifest.facts = ctx.facts
+    manifest.bytes_read = chunk.length if chunk.selector != ("stream",) else source.size
+    manifest.finished = time.time()
+    pa.default_memory_pool().release_unused()
+    return manifest
+
+
+def read_chunk_table(source: Source, reader_name: str, chunk: ChunkSpec,
+                     description: Description, reader_options: dict[str, Any],
+                     table: str, schema: pa.Schema) -> pa.Table:
+    """One chunk as an in-memory table (for `pipeline.read`); rejected records are dropped."""
+    from pipeline.schema import conform
+
+    reader = get_reader(reader_name)()
+    ctx = ChunkContext(source, chunk)
+    pieces = [conform(rows, schema) for name, rows in
+              reader.read(source, chunk, description, reader_options, ctx) if name == table]
+    return pa.concat_tables(pieces) if pieces else schema.empty_table()

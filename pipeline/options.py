@@ -1,0 +1,94 @@
+"""Options shared by the CLI and the Python API: one name per idea, the CLI flag's name."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from pipeline.errors import UsageError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_size(value: str | int | float) -> int:
+    """Bytes from ``64MB``, ``64MiB``, ``1.5G``, ``4096`` (MB = 10**6, MiB = 2**20)."""
+    if isinstance(value, int | float):
+        return int(value)
+    m = _SIZE.match(value)
+    if not m:
+        raise UsageError(f"not a size: {value!r} (try 64MB, 1GiB or a number of bytes)")
+    number, prefix, suffix = m.groups()
+    base = 1024 if "i" in suffix.lower() else 1000
+    return int(float(number) * base ** _POWERS[prefix.lower()])
+
+
+COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
+
+
+@dataclass
+class IngestOptions:
+    """Everything `pipeline.ingest` and ``chunkmill ingest`` accept (same names)."""
+
+    out: str
+    table: str | None = None
+    partition_by: tuple[str, ...] = ()
+    chunk_size: int = 64 * 2**20
+    compression: str = "zstd"
+    format: str | None = None
+    header: bool = True
+    scheduler: str | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    memory_limit: str | int | None = "auto"
+    dashboard: bool = False
+    max_record_bytes: int = 16 * 2**20
+    window: int | None = None
+    retries: int = 2
+    prune: bool = False
+    force: bool = False
+    progress: bool | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.partition_by, str):
+            self.partition_by = tuple(c.strip() for c in self.partition_by.split(",") if c.strip())
+        else:
+            self.partition_by = tuple(self.partition_by or ())
+        self.chunk_size = parse_size(self.chunk_size)
+        self.max_record_bytes = parse_size(self.max_record_bytes)
+        if self.chunk_size < 1:
+            raise UsageError("--chunk-size must be at least 1 byte")
+        if self.compression not in COMPRESSIONS:
+            raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        if self.threads_per_worker < 1:
+            raise UsageError("--threads-per-worker must be at least 1")
+        if not self.out:
+            raise UsageError("--out is required")
+
+    @classmethod
+    def from_kwargs(cls, out: str, **kwargs: Any) -> IngestOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = set(kwargs) - known
+        if unknown:
+            raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return cls(out=os.fspath(out), **kwargs)
+
+    def reader_options(self) -> dict[str, Any]:
+        """The subset readers see (plain values only: it travels to every task)."""
+        return {"chunk_size": self.chunk_size, "header": self.header,
+                "max_record_bytes": self.max_record_bytes}
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def as_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    if isinstance(paths, str | os.PathLike):
+        return [os.fspath(paths)]
+    return [os.fspath(p) for p in paths]

@@ -1,0 +1,62 @@
+"""Terminal progress line: files, chunks, bytes/s, ETA and memory pressure; quiet off a TTY."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.0f} MB" if n < 1e10 else f"{n / 1e9:,.1f} GB"
+
+
+class Progress:
+    """Redraws one status line at most every ``interval`` seconds."""
+
+    def __init__(self, files: int, chunks: int, total_bytes: int, *, enabled: bool | None = None,
+                 stream: TextIO | None = None, interval: float = 0.2) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.files, self.chunks, self.total_bytes = files, chunks, total_bytes
+        self.files_done = self.chunks_done = self.bytes_done = 0
+        self.pressure = "NORMAL"
+        self.started = time.monotonic()
+        self.interval = interval
+        self._last = 0.0
+
+    def add_chunks(self, n: int) -> None:
+        self.chunks += n
+
+    def update(self, *, chunks: int = 0, nbytes: int = 0, files: int = 0,
+               pressure: str | None = None) -> None:
+        self.chunks_done += chunks
+        self.bytes_done += nbytes
+        self.files_done += files
+        if pressure:
+            self.pressure = pressure
+        self.draw()
+
+    def line(self) -> str:
+        elapsed = max(1e-6, time.monotonic() - self.started)
+        rate = self.bytes_done / elapsed
+        left = max(0, self.total_bytes - self.bytes_done)
+        eta = f"{left / rate:,.0f}s" if rate > 0 and left else "-"
+        return (f"files {self.files_done}/{self.files} | chunks {self.chunks_done}/{self.chunks}"
+                f" | {_mb(self.bytes_done)}/{_mb(self.total_bytes)} | {rate / 1e6:,.0f} MB/s"
+                f" | ETA {eta} | memory {self.pressure}")
+
+    def draw(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if force or now - self._last >= self.interval:
+            self._last = now
+            self.stream.write("\r\x1b[K" + self.line())
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.draw(force=True)
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,82 @@
+"""The run report: a plain record of what a run did, saved as JSON under OUT/_chunkmill/runs/."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class ChunkRecord:
+    """Timing and size of one finished chunk task."""
+
+    chunk_id: str
+    path: str
+    worker: str
+    started: float
+    finished: float
+    rows: int
+    bytes: int
+    errors: int
+    attempt: int = 0
+
+
+@dataclass
+class RunReport:
+    """What one ``ingest`` did. ``str(report)`` is the one-line summary the CLI prints."""
+
+    run_id: str
+    out: str
+    started: float
+    finished: float = 0.0
+    files: dict[str, int] = field(default_factory=dict)
+    """Count of files per catalog status (ok, partial, failed, unchanged)."""
+    rows: int = 0
+    bytes_read: int = 0
+    chunks: int = 0
+    chunk_reruns: int = 0
+    errors: int = 0
+    failures: list[str] = field(default_factory=list)
+    """One line per failed file (path and reason)."""
+    notes: list[str] = field(default_factory=list)
+    dashboard: str | None = None
+    pressure_events: list[dict[str, Any]] = field(default_factory=list)
+    spilled_bytes: int = 0
+    chunk_records: list[ChunkRecord] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.finished - self.started)
+
+    @property
+    def throughput_mb_s(self) -> float:
+        return self.bytes_read / 1e6 / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.files.get("failed")
+
+    @property
+    def exit_code(self) -> int:
+        """0 when no file failed (rejected records alone do not fail a run), else 1."""
+        return 0 if self.ok else 1
+
+    def asdict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(duration_s=self.duration_s, throughput_mb_s=self.throughput_mb_s,
+                    exit_code=self.exit_code)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.asdict(), indent=2, default=str)
+
+    def __str__(self) -> str:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(self.files.items()) if n)
+        text = (f"chunkmill: {sum(self.files.values())} file(s) ({counts or 'none'}), "
+                f"{self.rows:,} rows, {self.errors:,} rejected, {self.bytes_read / 1e6:,.1f} MB "
+                f"in {self.duration_s:.1f}s ({self.throughput_mb_s:,.0f} MB/s) -> {self.out}")
+        if self.failures:
+            more = f" (+{len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+            text += f"\nchunkmill: FAILED {self.failures[0]}{more}"
+        return text

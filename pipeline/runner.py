@@ -1,0 +1,314 @@
+"""One ingest run: plan, submit chunks through a bounded window, verify, commit, catalog.
+
+The client never holds data: tasks return manifests. Chunks are submitted largest file first
+(``priority=``) through a window of about two tasks per worker thread, so the scheduler and
+the client track a bounded number of tasks whatever the input size. A file's staged fragments
+are committed (renamed into place and journaled) once every chunk of it is verified.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed import Client, as_completed
+
+from pipeline.cluster import connect, dashboard_link
+from pipeline.graph import ChunkManifest, ChunkTask, run_chunk
+from pipeline.options import IngestOptions
+from pipeline.planning import Plan, PlannedFile, build_plan
+from pipeline.progress import Progress
+from pipeline.report import ChunkRecord, RunReport
+from pipeline.sink import (
+    CATALOG_DIR,
+    ERRORS_DIR,
+    FILE_ID,
+    STATE_DIR,
+    SinkSpec,
+    Store,
+    catalog_table,
+    errors_table,
+)
+from pipeline.state import FileRecord, Journal, OutputLock
+from readers import get_reader
+from readers.base import ChunkSpec, Rejected
+
+log = logging.getLogger("chunkmill")
+
+
+def config_token(options: IngestOptions) -> str:
+    """Options that change the output: a file ingested under others is not 'unchanged'."""
+    relevant = [options.table, list(options.partition_by), options.compression, options.format,
+                options.header]
+    return hashlib.blake2b(json.dumps(relevant).encode(), digest_size=8).hexdigest()
+
+
+@dataclass
+class FileRun:
+    """Progress of one file within a run."""
+
+    planned: PlannedFile
+    chunks: list[ChunkSpec]
+    manifests: dict[int, ChunkManifest] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    attempts: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.manifests) == len(self.chunks)
+
+
+class Runner:
+    """Carries out one ingest; use `pipeline.ingest` rather than this class directly."""
+
+    def __init__(self, paths: Sequence[str], options: IngestOptions) -> None:
+        self.paths = list(paths)
+        self.options = options
+        self.store = Store(options.out, options.storage_options)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        self.run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
+        self.report = RunReport(self.run_id, options.out, time.time())
+        self.catalog: list[dict[str, Any]] = []
+        self.config = config_token(options)
+
+    # --- top level ------------------------------------------------------------------------------
+    def run(self, plan: Plan | None = None) -> RunReport:
+        plan = plan or build_plan(self.paths, self.options)
+        self.sink = SinkSpec(self.store, self.run_id, plan.schemas,
+                             self.options.partition_by, self.options.compression)
+        with OutputLock(self.store):
+            self.journal = Journal(self.store)
+            self.done, self.interrupted = self.journal.load()
+            self.store.rmtree(self.store.path(STATE_DIR, "staging"))
+            todo = self._triage(plan)
+            if todo:
+                with connect(self.options) as client:
+                    if self.options.dashboard:
+                        self.report.dashboard = dashboard_link(client)
+                    if self.report.dashboard:
+                        log.warning("chunkmill: dashboard at %s", self.report.dashboard)
+                    self._execute(client, todo, plan)
+            self._finish()
+        return self.report
+
+    def _triage(self, plan: Plan) -> list[FileRun]:
+        todo = []
+        for f in plan.files:
+            prev = self.done.get(f.source.file_id)
+            if f.error:
+                self._fail_file(f, f.error)
+            elif (not self.options.force and prev and prev.fingerprint == f.source.fingerprint
+                  and prev.config == self.config):
+                row = dict(prev.catalog, status="unchanged", run_id=self.run_id)
+                self.catalog.append(row)
+            else:
+                todo.append(FileRun(f, list(f.chunks)))
+        todo.sort(key=lambda r: -r.planned.source.size)  # largest first: shortest makespan
+        return todo
+
+    # --- execution ------------------------------------------------------------------------------
+    def _execute(self, client: Client, todo: list[FileRun], plan: Plan) -> None:
+        threads = sum(w.get("nthreads", 1) for w in
+                      client.scheduler_info(n_workers=-1).get("workers", {}).values()) or 1
+        window = self.options.window or max(2, 2 * threads)
+        progress = Progress(len(todo), sum(len(r.chunks) for r in todo),
+                            sum(r.planned.source.size for r in todo),
+                            enabled=self.options.progress)
+        queue: list[tuple[FileRun, ChunkSpec]] = [(r, c) for r in todo for c in r.chunks]
+        queue.reverse()  # pop() from the end keeps largest-file-first order
+        by_key: dict[str, tuple[FileRun, ChunkSpec]] = {}
+        running = as_completed()
+        reader_options = self.options.reader_options()
+
+        def submit(run: FileRun, spec: ChunkSpec) -> None:
+            task = ChunkTask(run.planned.source, run.planned.reader, spec,
+                             run.planned.description, reader_options, self.sink)
+            key = f"chunkmill-{self.run_id}-{spec.id}-{run.attempts}"
+            fut = client.submit(run_chunk, task, key=key, pure=False,
+                                priority=run.planned.source.size,
+                                retries=self.options.retries)
+            by_key[fut.key] = (run, spec)
+            running.add(fut)
+
+        def fill() -> None:
+            while queue and running.count() < window:
+                submit(*queue.pop())
+
+        for run in todo:
+            if not run.chunks:  # an empty file (or header only): nothing to run
+                self._complete_file(run)
+                progress.update(files=1)
+        fill()
+        for fut in running:
+            run, spec = by_key.pop(fut.key)
+            manifest = self._result(fut, run, spec)
+            fut.release()
+            run.manifests[spec.index] = manifest
+            self.report.chunk_records.append(ChunkRecord(
+                spec.id, run.planned.source.path, manifest.worker, manifest.started,
+                manifest.finished, manifest.rows, manifest.bytes_read, manifest.error_count,
+                run.attempts))
+            progress.update(chunks=1, nbytes=spec.length)
+            if run.complete:
+                extra = self._settle(run)
+                if extra:
+                    progress.add_chunks(len(extra))
+                    queue.extend(reversed([(run, c) for c in extra]))
+                else:
+                    progress.update(files=1)
+            fill()
+        progress.close()
+
+    def _result(self, fut: Any, run: FileRun, spec: ChunkSpec) -> ChunkManifest:
+        try:
+            return fut.result()
+        except Exception as exc:  # worker lost too often, out of memory, ...
+            text = str(exc).strip().splitlines()
+            message = (f"{run.planned.source.path}: chunk {spec.index} at byte {spec.offset}: "
+                       f"{type(exc).__name__}: {text[0] if text else ''}")
+            manifest = ChunkManifest(spec.id, spec.file_id, spec.index, failed=message,
+                                     started=time.time(), finished=time.time())
+            rejected = Rejected("chunk", type(exc).__name__, message, spec.offset)
+            table = errors_table([(spec.file_id, run.planned.source.path, spec.index, rejected)],
+                                 self.run_id)
+            from pipeline.sink import stage_errors
+
+            manifest.fragments = [stage_errors(self.sink, spec.id, table)]
+            manifest.error_count = 1
+            return manifest
+
+    def _settle(self, run: FileRun) -> list[ChunkSpec]:
+        """Reconcile a finished file; returns chunks to run again, or commits the file."""
+        planned = run.planned
+        reader = get_reader(planned.reader)()
+        if reader.reconciles and not any(m.failed for m in run.manifests.values()):
+            facts = [run.manifests[c.index].facts for c in run.chunks]
+            rec = reader.reconcile(planned.source, planned.description, run.chunks, facts)
+            if rec.replace_plan is not None:
+                self._discard(run, list(run.manifests.values()))
+                run.manifests.clear()
+                run.chunks = rec.replace_plan
+                run.attempts += 1
+                run.notes.append(rec.note or "re-planned")
+                log.warning("chunkmill: %s: %s", planned.source.path, rec.note)
+                self.report.chunk_reruns += len(rec.replace_plan)
+                return list(rec.replace_plan)
+            if rec.rerun:
+                self._discard(run, [run.manifests.pop(c.index) for c in rec.rerun])
+                by_index = {c.index: c for c in rec.rerun}
+                run.chunks = [by_index.get(c.index, c) for c in run.chunks]
+                run.attempts += 1
+                self.report.chunk_reruns += len(rec.rerun)
+                return list(rec.rerun)
+        self._complete_file(run)
+        return []
+
+    def _discard(self, run: FileRun, manifests: list[ChunkManifest]) -> None:
+        for m in manifests:
+            for frag in m.fragments:
+                self.store.remove(frag.staged)
+
+    # --- commit ---------------------------------------------------------------------------------
+    def _rel(self, path: str) -> str:
+        return path[len(self.store.root):].lstrip("/")
+
+    def _complete_file(self, run: FileRun) -> None:
+        planned, source = run.planned, run.planned.source
+        manifests = [run.manifests[c.index] for c in run.chunks]
+        fragments = [f for m in manifests for f in m.fragments]
+        rows = sum(m.rows for m in manifests)
+        errors = sum(m.error_count for m in manifests)
+        failed = [m.failed for m in manifests if m.failed]
+        if failed and rows == 0 and len(failed) == len(manifests):
+            status = "failed"
+            self.report.failures.append(failed[0])
+        else:
+            status = "partial" if errors else "ok"
+        metadata = dict(planned.description.metadata if planned.description else {})
+        if run.notes:
+            metadata["notes"] = run.notes
+        facts = [m.facts for m in manifests if m.facts.get("unterminated_quote_at_eof")]
+        if facts:
+            metadata["warning"] = "file ends inside an open quoted field"
+        row = {"file_id": source.file_id, "path": source.path, "format": planned.reader,
+               "size_bytes": source.size, "mtime": source.mtime,
+               "fingerprint": source.fingerprint, "status": status, "tables": planned.tables,
+               "rows": rows, "chunks": len(manifests), "error_count": errors,
+               "duration_s": round(time.time() - run.started, 3), "metadata": metadata,
+               "run_id": self.run_id, "ingested_at": time.time()}
+        previous = self._previous(source.file_id)
+        final = [self._rel(f.final) for f in fragments]
+        self.journal.append({"event": "committing", "file_id": source.file_id, "run": self.run_id,
+                             "fragments": final, "previous": previous})
+        for frag in fragments:
+            self.store.replace(frag.staged, frag.final)
+        keep = set(final)
+        for rel in previous:
+            if rel not in keep:
+                self.store.remove(self.store.path(rel))
+        self.store.remove(self.store.path(ERRORS_DIR, f"{source.file_id}-file.parquet"))
+        self.journal.append({"event": "committed", "file_id": source.file_id,
+                             "run": self.run_id, "fingerprint": source.fingerprint,
+                             "config": self.config, "fragments": final,
+                             "catalog": {k: v for k, v in row.items() if k != "run_id"}})
+        self.done[source.file_id] = FileRecord(source.file_id, source.fingerprint, self.config,
+                                               final, row)
+        self.catalog.append(row)
+        self.report.rows += rows
+        self.report.errors += errors
+        self.report.bytes_read += source.size
+        self.report.chunks += len(manifests)
+
+    def _previous(self, file_id: str) -> list[str]:
+        prev = list(self.done[file_id].fragments) if file_id in self.done else []
+        return prev + [p for p in self.interrupted.pop(file_id, []) if p not in prev]
+
+    def _fail_file(self, planned: PlannedFile, message: str) -> None:
+        source = planned.source
+        rejected = Rejected("file", "FileError", message, None)
+        table = errors_table([(source.file_id, source.path, None, rejected)], self.run_id)
+        self.store.write_table_atomic(
+            self.store.path(ERRORS_DIR, f"{source.file_id}-file.parquet"), table,
+            self.options.compression)
+        self.report.failures.append(message)
+        self.report.errors += 1
+        self.catalog.append({"file_id": source.file_id, "path": source.path,
+                             "format": planned.reader, "size_bytes": source.size,
+                             "mtime": source.mtime, "fingerprint": source.fingerprint,
+                             "status": "failed", "tables": planned.tables, "rows": 0,
+                             "chunks": 0, "error_count": 1, "duration_s": 0.0,
+                             "metadata": {"error": message}, "run_id": self.run_id,
+                             "ingested_at": time.time()})
+
+    def _finish(self) -> None:
+        for row in self.catalog:
+            self.report.files[row["status"]] = self.report.files.get(row["status"], 0) + 1
+        self.store.write_table_atomic(self.store.path(CATALOG_DIR, "catalog.parquet"),
+                                      catalog_table(self.catalog), self.options.compression)
+        self.store.rmtree(self.store.path(STATE_DIR, "staging", self.run_id))
+        self.report.finished = time.time()
+        self.store.write_bytes_atomic(self.store.path(STATE_DIR, "runs", f"{self.run_id}.json"),
+                                      self.report.to_json().encode())
+
+
+def ingest(paths: str | Sequence[str], out: str, **options: Any) -> RunReport:
+    """Ingest ``paths`` (files, directories, globs, fsspec URLs) into ``out``.
+
+    Options are the CLI flags' names (``partition_by=["event"]``, ``chunk_size="64MB"``, ...).
+    Returns the `RunReport`; rows rejected as bad land in ``out/_errors``.
+    """
+    from pipeline.options import as_paths
+
+    opts = IngestOptions.from_kwargs(out, **options)
+    return Runner(as_paths(paths), opts).run()
+
+
+__all__ = ["ingest", "Runner", "config_token", "FILE_ID"]

@@ -1,0 +1,267 @@
+"""Writing output: staged Parquet fragments, atomic commit, the catalog and the errors table.
+
+A chunk task writes its fragments under ``OUT/_chunkmill/staging/<run>/`` (invisible to readers
+of ``OUT/<table>/**/*.parquet``). The client moves them into place with a rename only once the
+chunk is verified, so a crash never leaves a half-written or unverified fragment where queries
+look. Fragment names are deterministic per (file, chunk): a re-run overwrites, never duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from pipeline import partition
+from pipeline.schema import conform
+from readers.base import Rejected
+
+FILE_ID = "_file_id"
+STATE_DIR = "_chunkmill"
+CATALOG_DIR = "_catalog"
+ERRORS_DIR = "_errors"
+
+ERRORS_SCHEMA = pa.schema([
+    ("file_id", pa.string()), ("path", pa.string()), ("chunk", pa.int64()),
+    ("byte_offset", pa.int64()), ("kind", pa.string()), ("error_type", pa.string()),
+    ("message", pa.string()), ("raw", pa.binary()), ("run_id", pa.string()),
+])
+
+
+class Store:
+    """The output root on any fsspec filesystem, with fast, durable paths for local disks."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = root
+        self.storage_options = dict(storage_options or {})
+        self.fs, self.root = url_to_fs(root, **self.storage_options)
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.local = protocol in ("file", "local")
+        if self.local:
+            self.root = os.path.abspath(self.root)
+
+    def __reduce__(self):  # noqa: ANN204 - rebuild from the URL on workers
+        return (Store, (self.url, self.storage_options))
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *[p for p in parts if p])
+
+    def makedirs(self, path: str) -> None:
+        if self.local:
+            os.makedirs(path, exist_ok=True)
+        else:
+            self.fs.makedirs(path, exist_ok=True)
+
+    def open_write(self, path: str):  # noqa: ANN201 - binary file object
+        self.makedirs(posixpath.dirname(path))
+        return open(path, "wb") if self.local else self.fs.open(path, "wb")
+
+    def replace(self, src: str, dst: str) -> None:
+        """Move ``src`` over ``dst`` atomically where the filesystem allows it."""
+        self.makedirs(posixpath.dirname(dst))
+        if self.local:
+            os.replace(src, dst)
+        else:
+            self.fs.mv(src, dst)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path) if self.local else self.fs.exists(path)
+
+    def remove(self, path: str) -> None:
+        try:
+            if self.local:
+                os.remove(path)
+            else:
+                self.fs.rm(path)
+        except FileNotFoundError:
+            pass
+
+    def rmtree(self, path: str) -> None:
+        if not self.exists(path):
+            return
+        if self.local:
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            self.fs.rm(path, recursive=True)
+
+    def write_bytes_atomic(self, path: str, data: bytes) -> None:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.open_write(tmp) as f:
+            f.write(data)
+            _sync(f, self.local)
+        self.replace(tmp, path)
+
+    def write_table_atomic(self, path: str, table: pa.Table, compression: str = "zstd") -> None:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.open_write(tmp) as f:
+            pq.write_table(table, f, compression=_codec(compression))
+            _sync(f, self.local)
+        self.replace(tmp, path)
+
+    def glob(self, pattern: str) -> list[str]:
+        if self.local:
+            import glob
+
+            return sorted(glob.glob(pattern, recursive=True))
+        return sorted(self.fs.glob(pattern))
+
+
+def _sync(f: Any, local: bool) -> None:
+    if local:
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _codec(compression: str) -> str | None:
+    return None if compression == "none" else compression
+
+
+@dataclass(slots=True)
+class Fragment:
+    """One staged Parquet file of one chunk: where it is, where it goes, what it holds."""
+
+    table: str
+    partition: str
+    staged: str
+    final: str
+    rows: int
+    bytes: int = 0
+
+
+@dataclass(slots=True)
+class SinkSpec:
+    """Everything a chunk task needs to write its output; small and picklable."""
+
+    store: Store
+    run_id: str
+    schemas: dict[str, pa.Schema]
+    partition_by: tuple[str, ...] = ()
+    compression: str = "zstd"
+    row_group_rows: int = 1 << 20
+
+
+@dataclass
+class FragmentWriter:
+    """Writes one chunk's pieces to staged fragments, one per (table, partition directory)."""
+
+    spec: SinkSpec
+    chunk_id: str
+    file_id: str
+    writers: dict[tuple[str, str], tuple[pq.ParquetWriter, Any, Fragment]] = field(
+        default_factory=dict)
+
+    def write(self, table: str, rows: pa.Table) -> None:
+        schema = self.spec.schemas[table]
+        rows = conform(rows, schema)
+        rows = rows.append_column(FILE_ID, pa.array([self.file_id] * rows.num_rows, pa.string())
+                                  if rows.num_rows < 1024 else
+                                  pa.repeat(self.file_id, rows.num_rows))
+        columns = self.spec.partition_by if all(
+            c in schema.names for c in self.spec.partition_by) else ()
+        for rel, part in partition.split(rows, columns):
+            self._writer(table, rel, part.schema).write_table(
+                part, row_group_size=self.spec.row_group_rows)
+            self.writers[(table, rel)][2].rows += part.num_rows
+
+    def _writer(self, table: str, rel: str, schema: pa.Schema) -> pq.ParquetWriter:
+        key = (table, rel)
+        if key not in self.writers:
+            store = self.spec.store
+            name = f"{self.chunk_id}.parquet"
+            staged = store.path(STATE_DIR, "staging", self.spec.run_id, table, rel, name)
+            final = store.path(table, rel, name)
+            handle = store.open_write(staged)
+            writer = pq.ParquetWriter(handle, schema, compression=_codec(self.spec.compression))
+            self.writers[key] = (writer, handle, Fragment(table, rel, staged, final, 0))
+        return self.writers[key][0]
+
+    def close(self) -> list[Fragment]:
+        out = []
+        for writer, handle, fragment in self.writers.values():
+            writer.close()
+            _sync(handle, self.spec.store.local)
+            fragment.bytes = handle.tell()
+            handle.close()
+            out.append(fragment)
+        self.writers.clear()
+        return out
+
+    def abort(self) -> None:
+        for writer, handle, fragment in self.writers.values():
+            try:
+                writer.close()
+                handle.close()
+            finally:
+                self.spec.store.remove(fragment.staged)
+        self.writers.clear()
+
+
+def errors_table(rows: Iterable[tuple[str, str, int | None, Rejected]], run_id: str) -> pa.Table:
+    """The ``_errors`` rows for (file_id, path, chunk index, rejection) tuples."""
+    rows = list(rows)
+    return pa.Table.from_pydict({
+        "file_id": [r[0] for r in rows], "path": [r[1] for r in rows],
+        "chunk": [r[2] for r in rows], "byte_offset": [r[3].byte_offset for r in rows],
+        "kind": [r[3].kind for r in rows], "error_type": [r[3].error_type for r in rows],
+        "message": [r[3].message for r in rows], "raw": [r[3].raw for r in rows],
+        "run_id": [run_id] * len(rows),
+    }, schema=ERRORS_SCHEMA)
+
+
+def stage_errors(spec: SinkSpec, name: str, table: pa.Table) -> Fragment:
+    """Stage an ``_errors`` fragment (committed with the chunk's data fragments)."""
+    store = spec.store
+    staged = store.path(STATE_DIR, "staging", spec.run_id, ERRORS_DIR, f"{name}.parquet")
+    with store.open_write(staged) as f:
+        pq.write_table(table, f, compression=_codec(spec.compression))
+        _sync(f, store.local)
+    return Fragment(ERRORS_DIR, "", staged, store.path(ERRORS_DIR, f"{name}.parquet"),
+                    table.num_rows)
+
+
+CATALOG_SCHEMA = pa.schema([
+    ("file_id", pa.string()), ("path", pa.string()), ("format", pa.string()),
+    ("size_bytes", pa.int64()), ("mtime", pa.timestamp("us", tz="UTC")),
+    ("fingerprint", pa.string()), ("status", pa.string()), ("tables", pa.list_(pa.string())),
+    ("rows", pa.int64()), ("chunks", pa.int64()), ("error_count", pa.int64()),
+    ("duration_s", pa.float64()), ("metadata", pa.string()), ("run_id", pa.string()),
+    ("ingested_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def catalog_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """The ``_catalog`` table; ``metadata`` is JSON text (query it with json_extract)."""
+    import datetime as dt
+
+    def ts(value: float | None) -> dt.datetime | None:
+        return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
+
+    data = {name: [] for name in CATALOG_SCHEMA.names}
+    for row in rows:
+        for name in CATALOG_SCHEMA.names:
+            value = row.get(name)
+            if name in ("mtime", "ingested_at"):
+                value = ts(value)
+            elif name == "metadata":
+                value = json.dumps(value or {}, default=str, sort_keys=True)
+            data[name].append(value)
+    return pa.Table.from_pydict(data, schema=CATALOG_SCHEMA)
+
+
+def now() -> float:
+    return time.time()
+
+
+__all__ = ["Store", "SinkSpec", "FragmentWriter", "Fragment", "errors_table", "stage_errors",
+           "catalog_table", "FILE_ID", "STATE_DIR", "CATALOG_DIR", "ERRORS_DIR"]

@@ -1,0 +1,117 @@
+"""Reader registry: built-in readers and third-party plugins in one lazily loaded table.
+
+Plugins register a `readers.base.Reader` subclass under the entry-point group
+``chunkmill.readers``::
+
+    [project.entry-points."chunkmill.readers"]
+    myformat = "my_package.reader:MyReader"
+
+Built-ins are listed here too, so a source checkout works without installed metadata. A plugin
+that fails to import is skipped with a warning; the other readers still load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import warnings
+from functools import cache
+from importlib.metadata import entry_points
+
+from readers.base import ChunkContext, ChunkSpec, Description, Reader, Rejected, Source
+
+__all__ = [
+    "ChunkContext", "ChunkSpec", "Description", "Reader", "Rejected", "Source",
+    "registry", "get_reader", "detect", "detect_directory", "detect_compression",
+    "COMPRESSION_SUFFIXES",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "chunkmill.readers"
+
+#: Built-in readers: name -> "module:Class" (imported only when first needed).
+BUILTIN: dict[str, str] = {
+    "csv": "readers.csv:CSVReader",
+    "tsv": "readers.tsv:TSVReader",
+    "jsonl": "readers.jsonl:JSONLReader",
+}
+
+#: Whole-file compressions chunkmill can stream: (magic bytes, name, suffix).
+_COMPRESSION_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bz2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+)
+COMPRESSION_SUFFIXES: dict[str, str] = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+
+
+def _load(name: str, target: str) -> type[Reader] | None:
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except Exception as exc:  # a broken plugin must not take the other readers down
+        warnings.warn(f"chunkmill reader {name!r} ({target}) could not be loaded: {exc}",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, Reader)):
+        warnings.warn(f"chunkmill reader {name!r} ({target}) is not a readers.base.Reader",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return cls
+
+
+@cache
+def registry() -> dict[str, type[Reader]]:
+    """All readers by name: built-ins first, then entry points (a plugin may override)."""
+    targets = dict(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        targets[ep.name] = ep.value
+    loaded = {name: _load(name, target) for name, target in targets.items()}
+    return {name: cls for name, cls in loaded.items() if cls is not None}
+
+
+def get_reader(name: str) -> type[Reader]:
+    """The reader class registered under ``name``; KeyError lists the known names."""
+    table = registry()
+    if name not in table:
+        raise KeyError(f"no reader named {name!r}; known: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def detect_compression(head: bytes, path: str) -> str | None:
+    """Whole-file compression from magic bytes (suffix as a fallback for empty files)."""
+    for magic, name in _COMPRESSION_MAGIC:
+        if head.startswith(magic):
+            return name
+    if not head:
+        for suffix, name in COMPRESSION_SUFFIXES.items():
+            if path.endswith(suffix):
+                return name
+    return None
+
+
+def strip_compression_suffix(path: str) -> str:
+    for suffix in COMPRESSION_SUFFIXES:
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    return path
+
+
+def detect_directory(names: set[str]) -> type[Reader] | None:
+    """The reader whose directory markers appear among ``names`` (a directory's entries)."""
+    for cls in registry().values():
+        if names.intersection(cls.directory_markers):
+            return cls
+    return None
+
+
+def detect(head: bytes, path: str) -> type[Reader] | None:
+    """The reader most confident about ``head`` (magic bytes beat suffixes); None if nobody."""
+    best: tuple[int, str] | None = None
+    for name, cls in registry().items():
+        score = cls.sniff(head, path)
+        if score > 0 and (best is None or score > best[0]):
+            best = (score, name)
+    return registry()[best[1]] if best else None

@@ -1,0 +1,370 @@
+"""Shared machinery of the line-oriented text readers (CSV, TSV, JSON lines).
+
+Uncompressed files are split into byte ranges parsed in parallel (see `readers._boundaries` for
+how record boundaries stay exact). Whole-file compressed streams cannot be split: one task
+decompresses and parses them block by block with bounded memory. Both paths parse through the
+subclass's `_parse_block`, which must reject bad records into the chunk context rather than raise.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from readers._boundaries import first_record_end, guess_parity, last_record_end
+from readers.base import (
+    ChunkContext,
+    ChunkSpec,
+    Description,
+    Reader,
+    Reconciliation,
+    Source,
+)
+
+BOM = b"\xef\xbb\xbf"
+#: A record no real file contains; parsed after a chunk to prove the chunk ended outside quotes.
+SENTINEL_TEXT = "\x1fchunkmill\x1fend\x1f"
+SENTINEL = b"\n" + SENTINEL_TEXT.encode() + b"\n"
+
+
+def sentinel_text(delimiter: str, ncols: int) -> str:
+    """The sentinel record for a file: it must be *invalid* (wrong field count) to come back.
+
+    Two fields for one-column files, one field otherwise; always the same length as
+    `SENTINEL_TEXT` so the chunk buffer's spare room fits either.
+    """
+    return SENTINEL_TEXT if ncols != 1 else "\x1fchunkmill" + delimiter + "end\x1f"
+
+DEFAULTS: dict[str, Any] = {
+    "chunk_size": 64 << 20,
+    "infer_bytes": 1 << 20,
+    "max_record_bytes": 16 << 20,
+    "stream_block_bytes": 8 << 20,
+    "parse_block_bytes": 4 << 20,
+    "decompression_ratio_limit": 200,
+    "header": True,
+}
+
+
+def opt(options: Mapping[str, Any], name: str) -> Any:
+    value = options.get(name)
+    return DEFAULTS[name] if value is None else value
+
+
+class RecordTooLong(ValueError):
+    """No record boundary within ``max_record_bytes``: the file is not in the format we think."""
+
+
+class DecompressionLimit(ValueError):
+    """The stream inflates beyond the configured ratio: a likely decompression bomb."""
+
+
+@dataclass(frozen=True, slots=True)
+class TextState:
+    """Planning state of a text file, shipped to every chunk task."""
+
+    data_start: int
+    """Byte offset of the first data record (after BOM and header)."""
+    column_names: tuple[str, ...] = ()
+    """Column names from the header (or generated), in file order."""
+
+
+def read_into(source: Source, start: int, size: int, spare: int = 0) -> tuple[bytearray, int]:
+    """``size`` bytes from ``start`` into a fresh buffer with ``spare`` extra bytes at the end.
+
+    The spare room lets the parser append its sentinel without copying the chunk again.
+    Returns the buffer and how many bytes were read.
+    """
+    size = max(0, min(size, source.size - start))
+    buf = bytearray(size + spare)
+    if size == 0:
+        return buf, 0
+    fs, path = source.filesystem()
+    with fs.open(path, "rb") as f:
+        f.seek(start)
+        view = memoryview(buf)[:size]
+        got = 0
+        while got < size:
+            n = f.readinto(view[got:])
+            if not n:
+                break
+            got += n
+    return buf, got
+
+
+def bisect_records(data: bytes, starts: np.ndarray, parse: Callable[[bytes, int], pa.Table],
+                   on_bad: Callable[[int, int, Exception], None]) -> Iterator[pa.Table]:
+    """Parse records ``starts[i]:starts[i+1]``, isolating the ones ``parse`` cannot take.
+
+    ``parse(piece, offset)`` gets the piece's bytes and its offset within ``data``.
+
+    Good runs come back as tables in file order; each bad record goes to ``on_bad(start, end,
+    error)``. Parses O(bad * log n) pieces, so one bad value does not cost a re-parse per row.
+    """
+    stack = [(0, len(starts) - 1)]
+    while stack:
+        lo, hi = stack.pop()
+        if lo >= hi:
+            continue
+        a, b = int(starts[lo]), int(starts[hi])
+        try:
+            table = parse(data[a:b], a)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, UnicodeDecodeError) as exc:
+            if hi - lo == 1:
+                on_bad(a, b, exc)
+                continue
+            mid = (lo + hi) // 2
+            stack.append((mid, hi))  # LIFO: the left half is parsed first, keeping row order
+            stack.append((lo, mid))
+            continue
+        if table.num_rows:
+            yield table
+
+
+class TextReader(Reader):
+    """Base of the text readers: byte-range planning, boundary verification, streaming."""
+
+    streams_compressed = True
+    reconciles = True
+    quote: ClassVar[bytes | None] = b'"'
+    """Quote character whose parity decides record ends; None when a newline always ends one."""
+
+    # --- subclass hooks -------------------------------------------------------------------------
+    @abstractmethod
+    def _infer(self, head: bytes, at_eof: bool, options: Mapping[str, Any]
+               ) -> tuple[pa.Schema, int, tuple[str, ...]]:
+        """(schema, header length in bytes, column names) from the first bytes of the file."""
+
+    @abstractmethod
+    def _parse_block(self, block: memoryview, abs_offset: int, description: Description,
+                     options: Mapping[str, Any], ctx: ChunkContext, sentinel: bool
+                     ) -> tuple[pa.Table | None, bool]:
+        """Parse whole records; with ``sentinel`` the block ends in `SENTINEL`.
+
+        Returns the rows and whether the sentinel came back as a record of its own (always True
+        when ``sentinel`` is False or the format has no quoting).
+        """
+
+    def _sentinel(self, description: Description) -> bytes:
+        """Sentinel bytes appended after a chunk (see `sentinel_text`)."""
+        return SENTINEL
+
+    # --- Reader API -----------------------------------------------------------------------------
+    def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
+        limit = int(opt(options, "infer_bytes"))
+        with source.open(source.compression) as f:
+            head = f.read(limit + 1)
+        at_eof = len(head) <= limit
+        head = head[:limit]
+        bom = len(BOM) if head.startswith(BOM) else 0
+        schema, header_len, names = self._infer(head[bom:], at_eof, options)
+        metadata = {"compression": source.compression, "bom": bool(bom),
+                    "columns": list(names), "schema_inferred_from_bytes": len(head)}
+        return Description({source.table: schema}, metadata,
+                           TextState(data_start=bom + header_len, column_names=names))
+
+    def plan(self, source: Source, description: Description,
+             options: Mapping[str, Any]) -> list[ChunkSpec]:
+        state: TextState = description.state
+        start = state.data_start
+        if source.compression:
+            return [ChunkSpec(source.file_id, 0, start, source.size, selector=("stream",),
+                              weight=source.size)]
+        if start >= source.size:
+            return []
+        step = max(1, int(opt(options, "chunk_size")))
+        return [ChunkSpec(source.file_id, i, off, min(step, source.size - off),
+                          weight=min(step, source.size - off))
+                for i, off in enumerate(range(start, source.size, step))]
+
+    def read(self, source: Source, chunk: ChunkSpec, description: Description,
+             options: Mapping[str, Any], ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
+        table = source.table
+        selector = chunk.selector or ()
+        if selector and selector[0] == "stream":
+            blocks = self._read_stream(source, description, options, ctx)
+        else:
+            hypothesis = selector[1] if len(selector) > 1 else None
+            blocks = self._read_range(source, chunk, description, options, ctx, hypothesis)
+        for rows in blocks:
+            if rows is not None and rows.num_rows:
+                yield table, rows
+
+    def reconcile(self, source: Source, description: Description, chunks: list[ChunkSpec],
+                  facts: list[dict[str, Any]]) -> Reconciliation:
+        """Check every chunk's parity guess and boundary against the exact prefix parity."""
+        if not chunks or (chunks[0].selector or ("",))[0] == "stream":
+            return Reconciliation()
+        rerun: list[ChunkSpec] = []
+        parity = 0
+        expected_start: int | None = None
+        for spec, fact in zip(chunks, facts, strict=True):
+            if fact.get("h", 0) != parity:
+                rerun.append(ChunkSpec(spec.file_id, spec.index, spec.offset, spec.length,
+                                       spec.table, ("range", parity), spec.weight))
+            elif fact.get("start") is not None:
+                if expected_start is not None and fact["start"] != expected_start:
+                    return self._serial(source, description, "chunk ends disagree with starts")
+                if not fact.get("verified", True) and not fact.get("last"):
+                    return self._serial(source, description,
+                                        "quoting the parity model cannot follow (stray quotes)")
+                expected_start = fact["end"]
+            parity ^= fact.get("q", 0) & 1
+        return Reconciliation(rerun=rerun)
+
+    def _serial(self, source: Source, description: Description, why: str) -> Reconciliation:
+        state: TextState = description.state
+        spec = ChunkSpec(source.file_id, 0, state.data_start, source.size, selector=("stream",),
+                         weight=source.size)
+        return Reconciliation(replace_plan=[spec], note=f"parsed as one stream: {why}")
+
+    # --- byte-range chunks ----------------------------------------------------------------------
+    def _read_range(self, source: Source, chunk: ChunkSpec, description: Description,
+                    options: Mapping[str, Any], ctx: ChunkContext, hypothesis: int | None
+                    ) -> Iterator[pa.Table | None]:
+        max_record = int(opt(options, "max_record_bytes"))
+        length = chunk.length
+        first = chunk.index == 0
+        last = chunk.offset + length >= source.size
+        overflow = 1 << 16
+        spare = len(SENTINEL)
+        buf, got = read_into(source, chunk.offset, length + overflow, spare)
+        quote = self.quote
+        q = buf.count(quote, 0, length) if quote else 0
+        if first:
+            h = 0
+        elif hypothesis is not None:
+            h = hypothesis
+        else:
+            h = guess_parity(buf[: min(got, 1 << 16)]) if quote else 0
+        ctx.facts.update(q=q, h=h, start=None, last=last)
+        data_len = got
+        if first:
+            start = 0
+        else:
+            p = self._record_end(buf, 0, h, data_len)
+            if p < 0 or p >= length:  # no record starts inside this range
+                return
+            start = p + 1
+        if last:
+            end = data_len
+        else:
+            end_parity = h ^ (q & 1)
+            while True:
+                p = self._record_end(buf, length, end_parity, data_len)
+                if p >= 0:
+                    end = p + 1
+                    break
+                if chunk.offset + data_len >= source.size:
+                    end = data_len  # the file's last record has no newline after it
+                    break
+                if data_len - length > max_record:
+                    raise RecordTooLong(
+                        f"{source.path}: no record boundary within {max_record} bytes after "
+                        f"offset {chunk.offset + length} (raise max_record_bytes?)")
+                overflow *= 4
+                buf, data_len = read_into(source, chunk.offset, length + overflow, spare)
+        ctx.facts.update(start=chunk.offset + start, end=chunk.offset + end)
+        # The bytes after `end` belong to the next chunk: overwrite them with the sentinel
+        # instead of copying the whole chunk to append it.
+        sentinel = self.quote is not None
+        if sentinel:
+            buf[end:end + spare] = self._sentinel(description)
+        view = memoryview(buf)[start:end + (spare if sentinel else 0)]
+        rows, verified = self._parse_block(view, chunk.offset + start, description, options,
+                                           ctx, sentinel=sentinel)
+        ctx.facts["verified"] = verified
+        if not verified and last:
+            # The file ends inside an open quote: pyarrow (and we) keep it as one last value.
+            view.release()
+            rows, _ = self._parse_block(memoryview(buf)[start:end], chunk.offset + start,
+                                        description, options, ctx, sentinel=False)
+            ctx.facts["unterminated_quote_at_eof"] = True
+        yield rows
+
+    def _record_end(self, buf: bytearray, start: int, parity: int, data_len: int) -> int:
+        """First newline at or after ``start`` outside quotes, -1 if none before ``data_len``."""
+        if self.quote is None:
+            return buf.find(b"\n", start, data_len)
+        p = first_record_end(buf, start, parity, self.quote)
+        return p if p < data_len else -1
+
+    # --- whole-file streams ---------------------------------------------------------------------
+    def _read_stream(self, source: Source, description: Description,
+                     options: Mapping[str, Any], ctx: ChunkContext) -> Iterator[pa.Table | None]:
+        """Decompress (if needed) and parse block by block, each block verified like a chunk."""
+        state: TextState = description.state
+        block = int(opt(options, "stream_block_bytes"))
+        max_record = int(opt(options, "max_record_bytes"))
+        ratio = float(opt(options, "decompression_ratio_limit"))
+        budget = max(1 << 30, int(ratio * max(source.size, 1))) if source.compression else None
+        position = state.data_start  # offsets are in decompressed bytes for compressed files
+        carry = bytearray()
+        total = 0
+        try:
+            with source.open(source.compression) as f:
+                skip = state.data_start
+                while skip > 0:
+                    got = f.read(min(skip, block))
+                    if not got:
+                        break
+                    skip -= len(got)
+                    total += len(got)
+                eof = False
+                while not eof:
+                    piece = f.read(block)
+                    eof = not piece
+                    total += len(piece)
+                    if budget is not None and total > budget:
+                        raise DecompressionLimit(
+                            f"{source.path}: decompressed past {budget} bytes "
+                            f"({ratio:g}x the file); raise decompression_ratio_limit if real")
+                    carry += piece
+                    if eof:
+                        if carry:
+                            rows, _ = self._parse_block(memoryview(carry), position,
+                                                        description, options, ctx, False)
+                            yield rows
+                        break
+                    cut = self._verified_cut(carry, position, description, options, ctx)
+                    if cut is None:
+                        if len(carry) > max_record + block:
+                            raise RecordTooLong(
+                                f"{source.path}: no verifiable record boundary within "
+                                f"{len(carry)} bytes after offset {position}")
+                        continue
+                    cut_len, rows = cut
+                    yield rows
+                    del carry[:cut_len]
+                    position += cut_len
+        except (OSError, EOFError, DecompressionLimit, RecordTooLong) as exc:
+            # Rows parsed so far stay; the rest of the file is reported, not silently dropped.
+            ctx.reject(kind="chunk", error_type=type(exc).__name__,
+                       message=f"{source.path}: {exc} (stream offset {position})",
+                       byte_offset=position, raw=bytes(carry[:4096]))
+
+    def _verified_cut(self, carry: bytearray, position: int, description: Description,
+                      options: Mapping[str, Any], ctx: ChunkContext
+                      ) -> tuple[int, pa.Table | None] | None:
+        if self.quote is None:
+            candidates = [carry.rfind(b"\n")]
+        else:
+            candidates = list(last_record_end(carry, self.quote))
+        for nl in candidates:
+            if nl < 0:
+                continue
+            cut = nl + 1
+            trial = ChunkContext(ctx.source, ctx.chunk)
+            sentinel = self.quote is not None
+            block = bytes(carry[:cut]) + (self._sentinel(description) if sentinel else b"")
+            rows, verified = self._parse_block(memoryview(block), position, description,
+                                               options, trial, sentinel=sentinel)
+            if verified:
+                ctx.rejected.extend(trial.rejected)
+                return cut, rows
+        return None

@@ -1,0 +1,203 @@
+"""The reader interface: every format plugs into chunkmill through one small class.
+
+A reader answers four questions about a file, each cheap to ask on the client except `read`:
+
+- ``sniff(head, path)``: how sure am I that these leading bytes are mine? (0 = not mine)
+- ``describe(source, options)``: which tables does the file hold, with which Arrow schemas, and
+  what format-specific facts belong in the catalog? Reads headers/indexes only, never bulk data.
+- ``plan(source, description, options)``: split the file into independent `ChunkSpec`s (byte
+  ranges or array slices), each small enough for one Dask task.
+- ``read(source, chunk, description, options, ctx)``: runs inside a worker and yields
+  ``(table_name, pyarrow.Table)`` pieces for one chunk; rejected records go to ``ctx.reject``.
+
+Readers that must check their chunks against each other after the fact (the text readers verify
+record boundaries) override ``reconcile``. Everything here pickles: workers get a `Source` and a
+`ChunkSpec`, never an open file handle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import fsspec
+import pyarrow as pa
+
+#: Cap on the raw bytes kept with one rejected record (the rest is dropped, the length is kept).
+RAW_CAP = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One input file, as a picklable reference that opens the same bytes on any worker."""
+
+    url: str
+    """fsspec URL (``file:///abs/path``, ``memory://x``, ``http://...``)."""
+    size: int
+    """Size in bytes at discovery time; readers never read past it."""
+    mtime: float | None
+    """Modification time (seconds since the epoch) when the filesystem reports one."""
+    file_id: str
+    """Stable id of the file: a hash of its URL, the same on every run."""
+    fingerprint: str
+    """Changes when the content changes: size, mtime and hashes of the head and tail."""
+    table: str
+    """Default table name for formats that hold one table (text files)."""
+    compression: str | None = None
+    """Stream compression (gzip, bz2, xz, zstd) when the file is compressed as a whole."""
+    storage_options: tuple[tuple[str, Any], ...] = ()
+    """Keyword arguments for the fsspec filesystem, frozen so the record stays hashable."""
+
+    @property
+    def path(self) -> str:
+        """The path users know the file by (no ``file://`` prefix for local files)."""
+        return self.url.removeprefix("file://")
+
+    def filesystem(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The fsspec filesystem and the path within it."""
+        fs, path = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
+        return fs, path
+
+    def open(self, compression: str | None = None):  # noqa: ANN201 - fsspec file-like
+        """Open the file for binary reading; with ``compression`` the stream is decompressed."""
+        fs, path = self.filesystem()
+        return fs.open(path, "rb", compression=compression)
+
+    def read_range(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the file (fewer at end of file)."""
+        end = min(end, self.size)
+        if end <= start:
+            return b""
+        fs, path = self.filesystem()
+        return fs.cat_file(path, start=start, end=end)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkSpec:
+    """One independent unit of work: a byte range or an array slice of one file."""
+
+    file_id: str
+    """The `Source.file_id` this chunk belongs to."""
+    index: int
+    """Position of the chunk within its file, from 0; names the fragment files."""
+    offset: int
+    """Nominal start: a byte offset, or the first row of an array slice."""
+    length: int
+    """Nominal length in bytes (or rows); the reader may move the real ends to record bounds."""
+    table: str | None = None
+    """Table the chunk feeds, for readers with several tables per file (None: the default)."""
+    selector: Any = None
+    """Reader-private, picklable detail (a dataset path, a parse hypothesis, ...)."""
+    weight: int = 0
+    """Bytes the chunk is expected to read; orders submission (largest first)."""
+
+    @property
+    def id(self) -> str:
+        """Deterministic id: names the Dask key, the fragment files and the journal entry."""
+        return f"{self.file_id}-{self.index:06d}"
+
+
+@dataclass(slots=True)
+class Description:
+    """What `Reader.describe` learnt from a file's headers."""
+
+    tables: dict[str, pa.Schema]
+    """Arrow schema of every table the file feeds (before unification across files)."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Format-specific, JSON-serialisable facts for the catalog's ``metadata`` column."""
+    state: Any = None
+    """Reader-private, picklable planning state (header length, column names, ...)."""
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A record, chunk or file that could not be turned into rows."""
+
+    kind: str
+    """``record``, ``chunk`` or ``file``."""
+    error_type: str
+    message: str
+    byte_offset: int | None = None
+    raw: bytes | None = None
+
+    def capped(self) -> Rejected:
+        if self.raw is not None and len(self.raw) > RAW_CAP:
+            return Rejected(self.kind, self.error_type, self.message + f" (raw {len(self.raw)} "
+                            f"bytes, first {RAW_CAP} kept)", self.byte_offset, self.raw[:RAW_CAP])
+        return self
+
+
+class ChunkContext:
+    """Collects what a chunk read learns besides its rows: rejected records and small facts."""
+
+    def __init__(self, source: Source, chunk: ChunkSpec) -> None:
+        self.source = source
+        self.chunk = chunk
+        self.rejected: list[Rejected] = []
+        self.facts: dict[str, Any] = {}
+
+    def reject(self, *, error_type: str, message: str, byte_offset: int | None = None,
+               raw: bytes | None = None, kind: str = "record") -> None:
+        """Send one bad record (or chunk) to the ``_errors`` table instead of failing the chunk."""
+        self.rejected.append(Rejected(kind, error_type, message, byte_offset, raw).capped())
+
+
+@dataclass(slots=True)
+class Reconciliation:
+    """What the client must do after checking a file's chunk outputs against each other."""
+
+    rerun: list[ChunkSpec] = field(default_factory=list)
+    """Chunks whose output is discarded and which run again with the given specs."""
+    replace_plan: list[ChunkSpec] | None = None
+    """When set, every chunk of the file is discarded and this plan runs instead."""
+    note: str | None = None
+    """Why, for the log and the catalog metadata."""
+
+
+class Reader(ABC):
+    """Base class of all readers; subclasses set the class attributes and the four methods."""
+
+    name: ClassVar[str]
+    """Format name, used in the catalog and in ``--format`` (csv, jsonl, hdf5, ...)."""
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    """File name suffixes that hint at this format (``.csv``); magic bytes win over them."""
+    streams_compressed: ClassVar[bool] = False
+    """True when the reader can consume a gzip/bz2/xz/zstd stream of its format."""
+    reconciles: ClassVar[bool] = False
+    """True when `reconcile` must see the chunk outputs of a file before they are committed."""
+    directory_markers: ClassVar[tuple[str, ...]] = ()
+    """File names that make a whole directory one input of this format (``zarr.json``)."""
+
+    @classmethod
+    @abstractmethod
+    def sniff(cls, head: bytes, path: str) -> int:
+        """Confidence 0-100 that a file starting with ``head`` is in this format."""
+
+    @abstractmethod
+    def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
+        """Tables, schemas and catalog metadata, from headers and indexes only."""
+
+    @abstractmethod
+    def plan(self, source: Source, description: Description,
+             options: Mapping[str, Any]) -> list[ChunkSpec]:
+        """Split the file into chunks; every chunk must be readable on its own."""
+
+    @abstractmethod
+    def read(self, source: Source, chunk: ChunkSpec, description: Description,
+             options: Mapping[str, Any], ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
+        """Yield ``(table, rows)`` for one chunk, in the schemas of ``description.tables``."""
+
+    def reconcile(self, source: Source, description: Description, chunks: list[ChunkSpec],
+                  facts: list[dict[str, Any]]) -> Reconciliation:
+        """Check a file's chunk results against each other before they are committed."""
+        return Reconciliation()
+
+
+def stable_id(*parts: object) -> str:
+    """A short, deterministic hex id of ``parts`` (same value on every machine and run)."""
+    blob = json.dumps([str(p) for p in parts]).encode()
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()

@@ -1,0 +1,202 @@
+"""CSV reader: RFC 4180 quoting, quoted newlines, CRLF, BOM, header row; parsed by pyarrow.csv."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from readers._boundaries import first_record_end, last_record_end, record_starts_csv
+from readers._text import (
+    RecordTooLong,
+    TextReader,
+    TextState,
+    bisect_records,
+    opt,
+    sentinel_text,
+)
+from readers.base import ChunkContext, Description
+
+_TEXTISH_SUFFIXES = (".csv", ".txt", ".log", ".dat")
+
+
+def _unique_names(names: list[str]) -> tuple[str, ...]:
+    """Header names made unique and non-empty (Parquet and SQL engines need that)."""
+    seen: dict[str, int] = {}
+    out = []
+    for i, name in enumerate(names):
+        base = name.strip() or f"column_{i}"
+        candidate = base
+        while candidate in seen:
+            seen[base] += 1
+            candidate = f"{base}_{seen[base]}"
+        seen.setdefault(candidate, 0)
+        out.append(candidate)
+    return tuple(out)
+
+
+def _looks_like_text(head: bytes) -> bool:
+    sample = head[:4096]
+    if b"\x00" in sample:
+        return False
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a multi-byte char cut at the sample end is still text
+        return exc.start >= len(sample) - 3
+    return True
+
+
+class CSVReader(TextReader):
+    """Comma-separated values. Subclasses change `delimiter` (see `readers.tsv`)."""
+
+    name = "csv"
+    suffixes = (".csv",)
+    delimiter: ClassVar[str] = ","
+
+    @classmethod
+    def sniff(cls, head: bytes, path: str) -> int:
+        if not _looks_like_text(head):
+            return 0
+        body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
+        first_line = body.split(b"\n", 1)[0]
+        score = 0
+        if any(path.endswith(s) for s in cls.suffixes):
+            score += 40
+        if cls.delimiter.encode() in first_line:
+            score += 20
+        elif path.endswith(_TEXTISH_SUFFIXES) and cls.delimiter == ",":
+            score += 5  # a one-column text file is still CSV to us
+        return score
+
+    # --- inference ------------------------------------------------------------------------------
+    def _parse_options(self, handler: Any = None) -> pacsv.ParseOptions:
+        return pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
+                                  invalid_row_handler=handler)
+
+    def _infer(self, head: bytes, at_eof: bool, options: Mapping[str, Any]
+               ) -> tuple[pa.Schema, int, tuple[str, ...]]:
+        end = first_record_end(head, 0, 0)
+        if end < 0:
+            if not at_eof:
+                raise RecordTooLong(f"first record longer than {len(head)} bytes")
+            end = len(head) - 1
+        first = head[: end + 1]
+        has_header = bool(opt(options, "header"))
+        ro = pacsv.ReadOptions(use_threads=False, autogenerate_column_names=True)
+        fields = pacsv.read_csv(pa.py_buffer(first), read_options=ro,
+                                parse_options=self._parse_options(),
+                                convert_options=pacsv.ConvertOptions(
+                                    column_types={f"f{i}": pa.string() for i in range(4096)}))
+        if has_header:
+            header_len = end + 1 if first else 0
+            raw_names = [str(c[0]) if len(c) and c[0].is_valid else "" for c in fields.columns]
+            names = _unique_names(raw_names)
+        else:
+            header_len = 0
+            names = tuple(f"f{i}" for i in range(fields.num_columns))
+        body = head[header_len:]
+        if not at_eof:
+            even, _ = last_record_end(body)
+            body = body[: even + 1] if even >= 0 else b""
+        schema = self._infer_types(body, names)
+        return schema, header_len, names
+
+    def _infer_types(self, body: bytes, names: tuple[str, ...]) -> pa.Schema:
+        if not body.strip():
+            return pa.schema([(n, pa.string()) for n in names])
+        try:
+            table = pacsv.read_csv(
+                pa.py_buffer(body),
+                read_options=pacsv.ReadOptions(column_names=list(names), use_threads=False),
+                parse_options=self._parse_options(lambda row: "skip"))
+        except pa.ArrowInvalid:  # e.g. invalid UTF-8 in the sample: keep everything as text
+            return pa.schema([(n, pa.string()) for n in names])
+        return pa.schema([(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
+                          for f in table.schema])
+
+    # --- parsing --------------------------------------------------------------------------------
+    def _sentinel(self, description: Description) -> bytes:
+        state: TextState = description.state
+        return b"\n" + sentinel_text(self.delimiter, len(state.column_names)).encode() + b"\n"
+
+    def _parse_block(self, block: memoryview, abs_offset: int, description: Description,
+                     options: Mapping[str, Any], ctx: ChunkContext, sentinel: bool
+                     ) -> tuple[pa.Table | None, bool]:
+        state: TextState = description.state
+        schema = next(iter(description.tables.values()))
+        names = list(state.column_names)
+        types = {n: schema.field(n).type for n in names if n in schema.names}
+        marker = sentinel_text(self.delimiter, len(names)) if sentinel else None
+        try:
+            table, seen, bad_rows = self._parse(block, names, types, marker, options)
+        except pa.ArrowInvalid:
+            return self._rescue(block, abs_offset, names, types, marker, options, ctx)
+        self._reject_rows(bytes(block) if bad_rows else b"", abs_offset, bad_rows, ctx)
+        return table, seen or not sentinel
+
+    def _parse(self, data: Any, names: list[str], types: dict[str, pa.DataType],
+               marker: str | None, options: Mapping[str, Any]
+               ) -> tuple[pa.Table, bool, list[tuple[str, int, int]]]:
+        bad: list[tuple[str, int, int]] = []
+        seen = False
+
+        def handler(row: Any) -> str:
+            nonlocal seen
+            if marker is not None and row.text == marker:
+                seen = True
+            else:
+                bad.append((row.text, row.expected_columns, row.actual_columns))
+            return "skip"
+
+        table = pacsv.read_csv(
+            pa.BufferReader(pa.py_buffer(data)),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False,
+                                           block_size=int(opt(options, "parse_block_bytes"))),
+            parse_options=self._parse_options(handler),
+            convert_options=pacsv.ConvertOptions(column_types=types))
+        return table, seen, bad
+
+    def _reject_rows(self, data: bytes, abs_offset: int, bad: list[tuple[str, int, int]],
+                     ctx: ChunkContext) -> None:
+        cursor = 0
+        for text, expected, actual in bad:
+            raw = text.encode("utf-8", "surrogateescape")
+            at = data.find(raw, cursor)
+            offset = None
+            if at >= 0:
+                cursor = at + len(raw)
+                offset = abs_offset + at
+            ctx.reject(error_type="FieldCountMismatch", byte_offset=offset, raw=raw,
+                       message=f"{ctx.source.path}: expected {expected} fields, got {actual}")
+
+    def _rescue(self, block: memoryview, abs_offset: int, names: list[str],
+                types: dict[str, pa.DataType], marker: str | None, options: Mapping[str, Any],
+                ctx: ChunkContext) -> tuple[pa.Table | None, bool]:
+        """A value did not convert: isolate the bad records, keep every good one."""
+        data = bytes(block)
+        sentinel_bytes = b""
+        if marker is not None:
+            sentinel_bytes = b"\n" + marker.encode() + b"\n"
+            data = data[: len(data) - len(sentinel_bytes)]
+        # Does the block as a whole end outside quotes? Parse it once as plain strings to know.
+        _, seen, _ = self._parse(data + sentinel_bytes, names, {n: pa.string() for n in names},
+                                 marker, options) if marker else (None, True, [])
+        starts = record_starts_csv(data)
+
+        def parse(piece: bytes, at: int) -> pa.Table:
+            table, ok, bad = self._parse(piece + sentinel_bytes, names, types, marker, options)
+            if marker is not None and not ok:
+                raise ValueError("piece does not end on a record boundary")
+            self._reject_rows(piece, abs_offset + at, bad, ctx)
+            return table
+
+        def on_bad(a: int, b: int, exc: Exception) -> None:
+            ctx.reject(error_type="TypeMismatch", byte_offset=abs_offset + a, raw=data[a:b],
+                       message=f"{ctx.source.path}: {str(exc).splitlines()[0]}")
+
+        pieces = list(bisect_records(data, starts, parse, on_bad))
+        schema = pa.schema([(n, types.get(n, pa.string())) for n in names])
+        table = pa.concat_tables(pieces) if pieces else schema.empty_table()
+        return table, seen

@@ -1,0 +1,121 @@
+"""JSON lines reader: one JSON object per line, parsed by pyarrow.json with an explicit schema."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.json as pajson
+
+from readers._boundaries import record_starts_lines
+from readers._text import TextReader, bisect_records, opt
+from readers.base import ChunkContext, Description
+
+
+def _no_nulls(schema: pa.Schema) -> pa.Schema:
+    """Columns that were null in the whole sample become strings (they must get some type)."""
+    return pa.schema([(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
+                      for f in schema])
+
+
+def _coerce_line(line: bytes, schema: pa.Schema) -> pa.Table:
+    """One record whose values pyarrow.json will not put into a widened string column.
+
+    A number or object in a column that unification widened to string is kept as its JSON
+    text (``1`` -> ``"1"``); anything else that does not fit still raises (and is rejected).
+    """
+    obj = json.loads(line)
+    if not isinstance(obj, dict):
+        raise ValueError(f"a JSON line must be an object, not {type(obj).__name__}")
+    unknown = set(obj) - set(schema.names)
+    if unknown:
+        raise ValueError(f"fields not in the table's schema: {sorted(unknown)}")
+    row = {}
+    for field in schema:
+        value = obj.get(field.name)
+        if pa.types.is_string(field.type) and value is not None and not isinstance(value, str):
+            value = json.dumps(value, separators=(",", ":"))
+        row[field.name] = value
+    try:
+        return pa.Table.from_pylist([row], schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+class JSONLReader(TextReader):
+    """Newline-delimited JSON objects (``.jsonl``, ``.ndjson``)."""
+
+    name = "jsonl"
+    suffixes = (".jsonl", ".ndjson", ".json")
+    quote = None  # a raw newline cannot occur inside a JSON string: every newline ends a record
+
+    @classmethod
+    def sniff(cls, head: bytes, path: str) -> int:
+        body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
+        first = body.lstrip()[:1]
+        score = 40 if any(path.endswith(s) for s in cls.suffixes) else 0
+        if first == b"{":
+            score += 30
+        return score if b"\x00" not in head[:4096] else 0
+
+    def _read_json(self, data: Any, schema: pa.Schema | None, options: Mapping[str, Any]
+                   ) -> pa.Table:
+        block = int(opt(options, "parse_block_bytes"))
+        parse = pajson.ParseOptions(explicit_schema=schema,
+                                    unexpected_field_behavior="error" if schema else "infer")
+        # Threads off: the threaded reader has aborted the interpreter after parse errors.
+        try:
+            return pajson.read_json(pa.BufferReader(pa.py_buffer(data)), parse_options=parse,
+                                    read_options=pajson.ReadOptions(use_threads=False,
+                                                                    block_size=block))
+        except pa.ArrowInvalid as exc:
+            if "straddling" not in str(exc) or len(data) <= block:
+                raise
+            # One record is longer than a parse block: parse this piece as one block.
+            return pajson.read_json(
+                pa.BufferReader(pa.py_buffer(data)), parse_options=parse,
+                read_options=pajson.ReadOptions(use_threads=False, block_size=len(data) + 1))
+
+    def _infer(self, head: bytes, at_eof: bool, options: Mapping[str, Any]
+               ) -> tuple[pa.Schema, int, tuple[str, ...]]:
+        if not at_eof:
+            head = head[: head.rfind(b"\n") + 1]
+        from pipeline.schema import unify
+
+        # Types that change within the sample (1, then "x") split the sample until each piece
+        # parses; the pieces' schemas are then widened together. Unparseable lines are skipped.
+        pieces = bisect_records(head, record_starts_lines(head),
+                                lambda piece, _at: self._read_json(piece, None, options),
+                                lambda a, b, exc: None)
+        schema = _no_nulls(unify(t.schema for t in pieces))
+        return schema, 0, tuple(schema.names)
+
+    def _parse_block(self, block: memoryview, abs_offset: int, description: Description,
+                     options: Mapping[str, Any], ctx: ChunkContext, sentinel: bool
+                     ) -> tuple[pa.Table | None, bool]:
+        schema = next(iter(description.tables.values()))
+        try:
+            return self._read_json(block, schema, options), True
+        except pa.ArrowInvalid:
+            pass
+        data = bytes(block)
+
+        def on_bad(a: int, b: int, exc: Exception) -> None:
+            line = data[a:b]
+            if not line.strip():
+                return
+            ctx.reject(error_type="JSONRecordError", byte_offset=abs_offset + a, raw=line,
+                       message=f"{ctx.source.path}: {str(exc).splitlines()[0]}")
+
+        def parse(piece: bytes, _at: int) -> pa.Table:
+            try:
+                return self._read_json(piece, schema, options)
+            except pa.ArrowInvalid:
+                if piece.rstrip(b"\r\n").count(b"\n"):
+                    raise  # several lines: let the bisection narrow it down
+                return _coerce_line(piece, schema)
+
+        pieces = list(bisect_records(data, record_starts_lines(data), parse, on_bad))
+        return (pa.concat_tables(pieces) if pieces else schema.empty_table()), True

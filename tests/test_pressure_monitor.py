@@ -1,0 +1,432 @@
+"""Tests for pipeline.pressure: levels, hysteresis, history, cgroup parsing, real memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import dask
+import psutil
+import pytest
+
+from pipeline import pressure
+from pipeline.pressure import (
+    MemoryPressureMonitor,
+    PressureLevel,
+    PressureThresholds,
+    read_cgroup_memory,
+    read_memory_usage,
+)
+
+GiB = 1 << 30
+
+
+class Feed:
+    """Injected memory reader returning whatever the test sets."""
+
+    def __init__(self, used: int = 0, limit: int | None = 1000) -> None:
+        self.used = used
+        self.limit = limit
+
+    def __call__(self) -> int | tuple[int, int]:
+        return self.used if self.limit is None else (self.used, self.limit)
+
+
+def levels_for(monitor: MemoryPressureMonitor, feed: Feed, fractions: list[float]) -> list[str]:
+    out = []
+    for f in fractions:
+        feed.used = int(f * 1000)
+        out.append(monitor.snapshot().level.name)
+    return out
+
+
+# ---------------------------------------------------------------- thresholds
+def test_threshold_defaults_and_classify() -> None:
+    t = PressureThresholds()
+    assert (t.elevated, t.high, t.critical, t.hysteresis) == (0.60, 0.80, 0.90, 0.05)
+    assert t.classify(0.0) is PressureLevel.NORMAL
+    assert t.classify(0.599) is PressureLevel.NORMAL
+    assert t.classify(0.60) is PressureLevel.ELEVATED
+    assert t.classify(0.80) is PressureLevel.HIGH
+    assert t.classify(0.95) is PressureLevel.CRITICAL
+    assert t.classify(1.5) is PressureLevel.CRITICAL
+
+
+def test_thresholds_read_config_at_construction_time() -> None:
+    before = PressureThresholds()
+    with dask.config.set({"chunkmill.pressure.high": 0.7, "chunkmill.pressure.hysteresis": 0.1}):
+        inside = PressureThresholds()
+        explicit = PressureThresholds(high=0.85)
+        monitor = MemoryPressureMonitor(read_memory=Feed())
+    assert before.high == 0.80
+    assert (inside.high, inside.hysteresis, inside.elevated) == (0.7, 0.1, 0.6)
+    assert explicit.high == 0.85
+    assert monitor.thresholds.high == 0.7
+    with dask.config.set({"chunkmill.pressure.interval": 0.25}):
+        assert MemoryPressureMonitor(read_memory=Feed()).interval == 0.25
+    assert MemoryPressureMonitor(read_memory=Feed()).interval == 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"elevated": 0.8, "high": 0.7},
+        {"high": 0.95, "critical": 0.9},
+        {"elevated": 0.0},
+        {"hysteresis": -0.1},
+        {"hysteresis": 0.7},
+    ],
+)
+def test_thresholds_validation(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        PressureThresholds(**kwargs)
+
+
+def test_hysteresis_rises_immediately_and_falls_late() -> None:
+    feed = Feed()
+    m = MemoryPressureMonitor(read_memory=feed)
+    seq = [0.10, 0.61, 0.58, 0.56, 0.549, 0.85, 0.79, 0.76, 0.74, 0.92, 0.86, 0.84, 0.10]
+    assert levels_for(m, feed, seq) == [
+        "NORMAL",
+        "ELEVATED",
+        "ELEVATED",  # 0.58 >= 0.60 - 0.05: still elevated
+        "ELEVATED",
+        "NORMAL",  # below 0.55
+        "HIGH",  # rising skips straight to the level
+        "HIGH",
+        "HIGH",
+        "ELEVATED",  # below 0.75
+        "CRITICAL",
+        "CRITICAL",  # 0.86 >= 0.85
+        "HIGH",  # 0.84 < 0.85 but >= 0.75
+        "NORMAL",  # a big drop leaves several levels at once
+    ]
+
+
+def test_zero_hysteresis_tracks_classify() -> None:
+    feed = Feed()
+    m = MemoryPressureMonitor(read_memory=feed, thresholds=PressureThresholds(hysteresis=0.0))
+    assert levels_for(m, feed, [0.85, 0.79, 0.59]) == ["HIGH", "ELEVATED", "NORMAL"]
+
+
+# ------------------------------------------------------------------- monitor
+def test_sample_fields_and_limits() -> None:
+    feed = Feed(used=300, limit=1000)
+    m = MemoryPressureMonitor(read_memory=feed)
+    s = m.snapshot()
+    assert (s.used_bytes, s.limit_bytes, s.fraction, s.level) == (300, 1000, 0.3, 0)
+    assert abs(s.time - time.time()) < 5
+
+    # An explicit limit wins over the reader's; a bare int reading uses it too.
+    assert MemoryPressureMonitor(read_memory=feed, limit_bytes=400).snapshot().fraction == 0.75
+    m2 = MemoryPressureMonitor(read_memory=Feed(used=100, limit=None), limit_bytes=200)
+    assert m2.snapshot().fraction == 0.5
+    # No limit anywhere: distributed's MEMORY_LIMIT.
+    from distributed.system import MEMORY_LIMIT
+
+    assert MemoryPressureMonitor(read_memory=Feed(limit=None)).snapshot().limit_bytes == (
+        MEMORY_LIMIT
+    )
+
+
+def test_callbacks_fire_on_change_only() -> None:
+    feed = Feed()
+    m = MemoryPressureMonitor(read_memory=feed)
+    calls: list[tuple[str, str, float]] = []
+
+    def record(old: PressureLevel, new: PressureLevel, sample: pressure.MemorySample) -> None:
+        calls.append((old.name, new.name, sample.fraction))
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("consumer bug")
+
+    m.add_callback(broken)  # must not stop sampling nor the other callbacks
+    m.add_callback(record)
+    levels_for(m, feed, [0.1, 0.2, 0.65, 0.7, 0.95, 0.3])
+    assert calls == [
+        ("NORMAL", "ELEVATED", 0.65),
+        ("ELEVATED", "CRITICAL", 0.95),
+        ("CRITICAL", "NORMAL", 0.3),
+    ]
+    m.remove_callback(record)
+    m.remove_callback(record)  # absent: no error
+    levels_for(m, feed, [0.95])
+    assert len(calls) == 3
+
+
+def test_callback_may_reenter_monitor() -> None:
+    feed = Feed()
+    m = MemoryPressureMonitor(read_memory=feed)
+    seen = []
+    m.add_callback(lambda old, new, s: seen.append((m.level, len(m.history))))
+    levels_for(m, feed, [0.1, 0.9])
+    assert seen == [(PressureLevel.CRITICAL, 2)]
+
+
+def test_history_is_bounded_and_average_windowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(pressure, "time", SimpleNamespace(time=lambda: clock.now))
+    feed = Feed()
+    m = MemoryPressureMonitor(read_memory=feed, history=5)
+    assert m.average() == 0.0 and m.trend() == 0.0 and m.last is None
+    for i in range(8):
+        clock.now = 1000.0 + i
+        feed.used = 100 * (i + 1)
+        m.snapshot()
+    hist = m.history
+    assert len(hist) == 5
+    assert [s.used_bytes for s in hist] == [400, 500, 600, 700, 800]
+    assert m.average() == pytest.approx(0.6)
+    assert m.average(window_s=1) == pytest.approx(0.75)  # samples at t=1006, 1007
+    assert m.last is hist[-1]
+    hist.clear()  # a copy: the monitor's own history is untouched
+    assert len(m.history) == 5
+
+
+def test_trend_least_squares(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(pressure, "time", SimpleNamespace(time=lambda: clock.now))
+    feed = Feed(limit=10**9)
+    m = MemoryPressureMonitor(read_memory=feed)
+    # 5 MB/s growth with +-1 MB alternating noise: slope stays close to 5 MB/s.
+    for i in range(20):
+        clock.now = i * 0.5
+        feed.used = 100_000_000 + int(5_000_000 * clock.now) + (1 if i % 2 else -1) * 1_000_000
+        m.snapshot()
+    assert m.trend() == pytest.approx(5_000_000, rel=0.05)
+    # Window: only the last 2 s, still the same slope.
+    assert m.trend(window_s=2) == pytest.approx(5_000_000, rel=0.5)
+
+    flat = MemoryPressureMonitor(read_memory=Feed(used=5))
+    for i in range(3):
+        clock.now = 100.0 + i
+        flat.snapshot()
+    assert flat.trend() == 0.0
+    same_time = MemoryPressureMonitor(read_memory=Feed(used=5))
+    same_time.snapshot()
+    same_time.snapshot()
+    assert same_time.trend() == 0.0  # zero time variance: no slope, no ZeroDivisionError
+
+
+def test_repr_is_readable() -> None:
+    m = MemoryPressureMonitor(read_memory=Feed(used=700 * 2**20, limit=GiB))
+    assert "no samples" in repr(m)
+    m.snapshot()
+    text = repr(m)
+    assert "ELEVATED" in text and "700.0 MiB/1.0 GiB" in text and "68%" in text
+    assert "stopped" in text
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError):
+        MemoryPressureMonitor(interval=0)
+    with pytest.raises(ValueError):
+        MemoryPressureMonitor(history=0)
+
+
+def test_default_reader_real_machine() -> None:
+    sample = MemoryPressureMonitor().snapshot()
+    vm = psutil.virtual_memory()
+    assert 0 < sample.used_bytes <= vm.total
+    assert 0 < sample.limit_bytes <= vm.total
+    assert 0 < sample.fraction < 1
+
+
+def test_background_thread_starts_and_stops() -> None:
+    feed = Feed(used=100)
+    m = MemoryPressureMonitor(read_memory=feed, interval=0.02)
+    assert not m.running
+    with m:
+        assert m.running
+        assert "running" in repr(m)
+        m.start()  # idempotent: still a single thread
+        names = [t.name for t in threading.enumerate()]
+        assert names.count("chunkmill-memory-pressure") == 1
+        deadline = time.monotonic() + 5
+        while len(m.history) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(m.history) >= 5
+    assert not m.running
+    n = len(m.history)
+    time.sleep(0.1)
+    assert len(m.history) == n
+    assert "chunkmill-memory-pressure" not in [t.name for t in threading.enumerate()]
+    # Restartable after stop.
+    m.start()
+    assert m.running
+    m.stop()
+    assert not m.running
+
+
+def test_background_thread_survives_reader_errors() -> None:
+    calls = {"n": 0}
+
+    def flaky() -> tuple[int, int]:
+        calls["n"] += 1
+        if calls["n"] % 2:
+            raise OSError("transient /proc read error")
+        return 10, 100
+
+    m = MemoryPressureMonitor(read_memory=flaky, interval=0.01)
+    with m:
+        deadline = time.monotonic() + 5
+        while len(m.history) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert len(m.history) >= 3
+
+
+# -------------------------------------------------------------------- cgroup
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_cgroup_v2_parsing(tmp_path: Path) -> None:
+    root = write_tree(
+        tmp_path,
+        {
+            "memory.current": "2147483648\n",
+            "memory.max": "4294967296\n",
+            "memory.stat": "anon 1000\nfile 900000000\ninactive_file 536870912\nactive_file 1\n",
+        },
+    )
+    cg = read_cgroup_memory(root)
+    assert cg == (2, 2 * GiB, 4 * GiB, GiB // 2)
+    used, limit = read_memory_usage(cgroup_root=root, system_limit=8 * GiB)
+    assert (used, limit) == (2 * GiB - GiB // 2, 4 * GiB)
+    # The smaller of distributed's limit (e.g. RLIMIT_RSS) and the cgroup's wins.
+    assert read_memory_usage(cgroup_root=root, system_limit=3 * GiB) == (3 * GiB // 2, 3 * GiB)
+
+
+def test_cgroup_v2_unlimited_falls_back_to_host(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {"memory.current": "123\n", "memory.max": "max\n"})
+    cg = read_cgroup_memory(root)
+    assert cg is not None and cg.limit_bytes is None and cg.inactive_file_bytes == 0
+    used, limit = read_memory_usage(cgroup_root=root, system_limit=7 * GiB)
+    vm = psutil.virtual_memory()
+    assert limit == 7 * GiB
+    # Host-wide total - available, not the cgroup's 123 bytes.
+    assert abs(used - (vm.total - vm.available)) < 512 * 2**20
+
+
+def test_cgroup_v1_parsing(tmp_path: Path) -> None:
+    root = write_tree(
+        tmp_path,
+        {
+            "memory/memory.usage_in_bytes": "1073741824\n",
+            "memory/memory.limit_in_bytes": "2147483648\n",
+            "memory/memory.stat": "cache 5\ninactive_file 7\ntotal_inactive_file 268435456\n",
+        },
+    )
+    cg = read_cgroup_memory(root)
+    assert cg == (1, GiB, 2 * GiB, GiB // 4)
+    assert read_memory_usage(cgroup_root=root, system_limit=64 * GiB) == (
+        GiB - GiB // 4,
+        2 * GiB,
+    )
+
+
+def test_cgroup_v1_unlimited_sentinel_and_missing(tmp_path: Path) -> None:
+    root = write_tree(
+        tmp_path / "v1",
+        {
+            "memory/memory.usage_in_bytes": "1000\n",
+            "memory/memory.limit_in_bytes": "9223372036854771712\n",
+        },
+    )
+    used, _ = read_memory_usage(cgroup_root=root, system_limit=GiB)
+    assert used > 1000  # sentinel is above host RAM: host-wide figure is used
+    assert read_cgroup_memory(tmp_path / "nothing-here") is None
+    garbage = write_tree(tmp_path / "bad", {"memory.current": "not a number"})
+    assert read_cgroup_memory(garbage) is None
+
+
+def test_inactive_file_larger_than_usage_clamps_to_zero(tmp_path: Path) -> None:
+    root = write_tree(
+        tmp_path,
+        {"memory.current": "100\n", "memory.max": "1000\n", "memory.stat": "inactive_file 500\n"},
+    )
+    assert read_memory_usage(cgroup_root=root, system_limit=GiB) == (0, 1000)
+
+
+# --------------------------------------------------------------- real memory
+BALLOON = r"""
+import sys
+n = int(sys.argv[1])
+# Multiplying a 1-byte bytearray writes every byte, so the pages are really resident
+# (bytearray(n) alone would be lazily-zeroed, untouched memory).
+buf = bytearray(b"\x01") * n
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+class Balloon:
+    """A subprocess holding ``nbytes`` of touched memory until closed."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", BALLOON, str(nbytes)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if line.strip() != "ready":
+            self.close()
+            raise RuntimeError(f"balloon failed to start: {line!r}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_real_balloon_drives_level_high_then_normal() -> None:
+    used0, _ = read_memory_usage()
+    limit = used0 + 2 * GiB
+    # Aim for 85 % of the budget: the middle of the HIGH band, so other processes
+    # moving by +-100 MB do not change the outcome.
+    balloon_bytes = int(0.85 * limit) - used0
+    assert balloon_bytes > GiB
+
+    transitions: list[tuple[str, str]] = []
+    monitor = MemoryPressureMonitor(limit_bytes=limit, interval=0.05)
+    monitor.add_callback(lambda old, new, s: transitions.append((old.name, new.name)))
+    assert monitor.snapshot().level is PressureLevel.NORMAL
+
+    with monitor:  # the background thread does the sampling here
+        balloon = Balloon(balloon_bytes)
+        try:
+            deadline = time.monotonic() + 15
+            while monitor.level < PressureLevel.HIGH and time.monotonic() < deadline:
+                time.sleep(0.05)
+            peak = monitor.last
+            assert peak is not None
+            assert monitor.level >= PressureLevel.HIGH, peak
+            assert 0.78 < peak.fraction < 1.0, peak
+            assert monitor.trend(window_s=5) > 0
+        finally:
+            balloon.close()
+        deadline = time.monotonic() + 15
+        while monitor.level != PressureLevel.NORMAL and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert monitor.level is PressureLevel.NORMAL, monitor.last
+
+    # The balloon inflates over ~0.5 s, so ELEVATED may be seen on the way up.
+    assert transitions[0][0] == "NORMAL"
+    assert any(new in ("HIGH", "CRITICAL") for _, new in transitions), transitions
+    assert transitions[-1][1] == "NORMAL"

@@ -1,0 +1,376 @@
+"""Tests for pipeline.pressure_plugin and pipeline.backpressure on real clusters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from distributed import Client, LocalCluster, wait
+
+from pipeline.backpressure import InflightWindow, cluster_pressure, worker_pressure
+from pipeline.pressure import PressureLevel, read_memory_usage
+from pipeline.pressure_plugin import (
+    EVENT_TOPIC,
+    PLUGIN_NAME,
+    PressurePlugin,
+    pressure_events,
+)
+
+GiB = 1 << 30
+ROWS = 1_250_000  # two int64 columns: 20 MB per table
+
+# Shared with the in-process worker: the plugin's reader is pickled by reference.
+FAKE = {"used": 100, "limit": 1000}
+
+
+def fake_read() -> tuple[int, int]:
+    return FAKE["used"], FAKE["limit"]
+
+
+def make_table(i: int, rows: int = ROWS) -> pa.Table:
+    """A fresh (unsliced) Arrow table; the second column is allocated by Arrow's pool."""
+    import numpy as np
+
+    x = pa.array(np.arange(i * rows, (i + 1) * rows, dtype=np.int64))
+    return pa.table({"x": x, "y": pc.multiply(x, 2)})
+
+
+def check_table(table: pa.Table, i: int, rows: int = ROWS) -> None:
+    assert table.num_rows == rows
+    first, last = i * rows, (i + 1) * rows - 1
+    assert table["x"][0].as_py() == first and table["x"][-1].as_py() == last
+    assert pc.sum(table["y"]).as_py() == (first + last) * rows  # 2 * arithmetic sum
+
+
+def until(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll ``pred`` until truthy; return its last value (falsy on timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def worker_state(dask_worker: Any) -> dict[str, Any]:
+    data = dask_worker.data
+    mm = dask_worker.memory_manager
+    return {
+        "status": dask_worker.status.name,
+        "n": data.n,
+        "fast": data.fast.total_weight,
+        "target": mm.memory_target_fraction,
+        "pause": mm.memory_pause_fraction,
+        "metrics": sorted(k for k in dask_worker.metrics if k.startswith("chunkmill")),
+        "pid": os.getpid(),
+    }
+
+
+def one(d: dict[str, Any]) -> Any:
+    (value,) = d.values()
+    return value
+
+
+def scrape_metrics(client: Client, addr: str) -> str:
+    info = client.scheduler_info()["workers"][addr]
+    host = info["host"]
+    port = info["services"]["dashboard"]
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as resp:
+        return resp.read().decode()
+
+
+# --------------------------------------------------- deterministic (in-process)
+@pytest.fixture
+def inproc() -> Iterator[Client]:
+    FAKE.update(used=100, limit=1000)
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            memory_limit="1GB",
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.mark.timeout(60)
+def test_plugin_levels_drive_spill_pause_and_resume(inproc: Client) -> None:
+    c = inproc
+    addr = one(c.run(lambda dask_worker: dask_worker.address))
+    before = one(c.run(worker_state))
+    assert before["pause"] == 0.8 and before["n"] == 600_000_000
+
+    c.register_plugin(PressurePlugin(interval=0.05, read_memory=fake_read))
+    st = one(c.run(worker_state))
+    assert st["pause"] is False  # Dask's own pause is off, spill/terminate untouched
+    assert st["metrics"] == ["chunkmill_memory_percent", "chunkmill_pressure_level"]
+
+    def level() -> str:
+        return one(c.run(pressure_events))["level"]
+
+    # Held results: 5 x 20 MB in the fast store.
+    held = c.map(make_table, range(5))
+    wait(held)
+    assert one(c.run(worker_state))["fast"] > 95_000_000
+
+    FAKE["used"] = 650
+    assert until(lambda: level() == "ELEVATED")
+    st = one(c.run(worker_state))
+    assert (st["n"], st["target"], st["status"]) == (300_000_000, 0.3, "running")
+
+    FAKE["used"] = 850
+    assert until(lambda: level() == "HIGH")
+    st = one(c.run(worker_state))
+    assert st["status"] == "paused" and st["n"] == 60_000_000
+    assert until(lambda: one(c.run(worker_state))["fast"] <= 60_000_000)
+    assert until(lambda: c.scheduler_info()["workers"][addr]["status"] == "paused")
+    ev = one(c.run(pressure_events))
+    assert ev["pauses"] == 1 and ev["evictions"] >= 2 and ev["evicted_bytes"] >= 40_000_000
+    assert ev["arrow_releases"] >= 1 and ev["dask_disk_write_bytes_total"] >= 40_000_000
+
+    # A paused worker starts nothing new.
+    blocked = c.submit(make_table, 10)
+    time.sleep(0.5)
+    assert blocked.status == "pending"
+
+    FAKE["used"] = 950
+    assert until(lambda: level() == "CRITICAL")
+    assert until(lambda: one(c.run(worker_state))["fast"] == 0)  # everything evictable
+    events = until(lambda: [m for _, m in c.get_events(EVENT_TOPIC) if m["level"] == "CRITICAL"])
+    assert events and events[0]["worker"] == addr and events[0]["paused"] is True
+    # The level travels with heartbeats to the scheduler and the client window.
+    assert until(lambda: cluster_pressure(c) == PressureLevel.CRITICAL)
+    assert worker_pressure(c) == {addr: PressureLevel.CRITICAL}
+    metrics = c.scheduler_info()["workers"][addr]["metrics"]
+    assert metrics["chunkmill_pressure_level"] == 3
+    assert metrics["chunkmill_memory_percent"] == pytest.approx(95.0)
+    window = InflightWindow(c, base=8)
+    assert window.allowed() == 0 and not window.has_room(0)
+    text = scrape_metrics(c, addr)
+    assert f'chunkmill_pressure_level{{worker="{addr}"}} 3.0' in text
+    assert f'chunkmill_memory_fraction{{worker="{addr}"}} 0.95' in text
+
+    # Hysteresis on the way down: 0.80 leaves CRITICAL (< 0.85) but stays HIGH.
+    FAKE["used"] = 800
+    assert until(lambda: level() == "HIGH")
+    time.sleep(0.3)
+    assert blocked.status == "pending"
+    FAKE["used"] = 700  # < 0.75: ELEVATED, resume
+    assert until(lambda: level() == "ELEVATED")
+    check_table(blocked.result(timeout=20), 10)
+    assert one(c.run(worker_state))["status"] == "running"
+
+    FAKE["used"] = 100
+    assert until(lambda: level() == "NORMAL")
+    st = one(c.run(worker_state))
+    assert (st["n"], st["target"], st["pause"]) == (600_000_000, 0.6, False)
+    ev = one(c.run(pressure_events))
+    assert (ev["pauses"], ev["resumes"], ev["critical_events"]) == (1, 1, 1)
+    assert [(ch["from"], ch["to"]) for ch in ev["level_changes"]] == [
+        ("NORMAL", "ELEVATED"),
+        ("ELEVATED", "HIGH"),
+        ("HIGH", "CRITICAL"),
+        ("CRITICAL", "HIGH"),
+        ("HIGH", "ELEVATED"),
+        ("ELEVATED", "NORMAL"),
+    ]
+    for i, f in enumerate(held):  # spilled results still come back intact
+        check_table(f.result(), i)
+
+    # Idempotent install: re-registering keeps the running instance and its counters.
+    samples = ev["samples"]
+    c.register_plugin(PressurePlugin(interval=0.05, read_memory=fake_read))
+    assert one(c.run(pressure_events))["samples"] >= samples
+    # replace=True swaps in a fresh instance.
+    c.register_plugin(PressurePlugin(interval=0.05, read_memory=fake_read, replace=True))
+    assert one(c.run(pressure_events))["pauses"] == 0
+
+    # Teardown restores Dask's settings and removes the metrics.
+    c.unregister_worker_plugin(PLUGIN_NAME)
+    st = one(c.run(worker_state))
+    assert (st["pause"], st["n"], st["target"], st["metrics"]) == (0.8, 600_000_000, 0.6, [])
+    assert one(c.run(pressure_events)) == {"installed": False, "worker": addr}
+    assert f'chunkmill_pressure_level{{worker="{addr}"}}' not in scrape_metrics(c, addr)
+
+
+@pytest.mark.timeout(60)
+def test_teardown_resumes_a_worker_it_paused(inproc: Client) -> None:
+    c = inproc
+    FAKE["used"] = 990
+    c.register_plugin(PressurePlugin(interval=0.05, read_memory=fake_read))
+    assert until(lambda: one(c.run(worker_state))["status"] == "paused")
+    c.unregister_worker_plugin(PLUGIN_NAME)
+    st = one(c.run(worker_state))
+    assert st["status"] == "running" and st["pause"] == 0.8
+    check_table(c.submit(make_table, 3).result(timeout=20), 3)
+
+
+def test_plugin_pickles_configuration_only() -> None:
+    import pickle
+
+    plugin = PressurePlugin(interval=0.2, limit_bytes=123, read_memory=fake_read)
+    clone = pickle.loads(pickle.dumps(plugin))
+    assert (clone.interval, clone.limit_bytes, clone.read_memory) == (0.2, 123, fake_read)
+    assert clone.name == PLUGIN_NAME and clone.idempotent is True
+    assert PressurePlugin(replace=True).idempotent is False
+    assert "not installed" in repr(clone)
+
+
+def test_inflight_window_sizes_and_throttling() -> None:
+    levels = iter([PressureLevel.HIGH, PressureLevel.NORMAL])
+    calls = []
+
+    def get_level() -> PressureLevel:
+        calls.append(time.monotonic())
+        return next(levels)
+
+    w = InflightWindow(base=8, get_level=get_level, poll_interval=0.3)
+    assert [w.allowed(lv) for lv in PressureLevel] == [8, 6, 4, 0]
+    assert InflightWindow.size_for(1, PressureLevel.HIGH) == 1  # never below 1 unless CRITICAL
+    assert InflightWindow.size_for(1, PressureLevel.ELEVATED) == 1
+    assert w.allowed() == 4 and w.allowed() == 4 and len(calls) == 1  # cached
+    time.sleep(0.35)
+    assert w.allowed() == 8 and len(calls) == 2
+    assert w.has_room(7) and not w.has_room(8)
+    with pytest.raises(ValueError):
+        InflightWindow()
+
+
+# ------------------------------------------------------ real processes, memory
+@pytest.mark.timeout(120)
+def test_real_spill_under_400mb_limit_keeps_workers_alive() -> None:
+    n_tables = 50  # 50 x 20 MB = 1 GB held, against 2 x 400 MB of worker memory
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit="400MB",
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        c.register_plugin(PressurePlugin(interval=0.1))
+        before = c.run(worker_state)
+        assert all(s["pause"] is False for s in before.values())
+
+        futures = c.map(make_table, range(n_tables))
+        wait(futures, timeout=90)
+        assert all(f.status == "finished" for f in futures)
+
+        # The data really went to disk, according to Dask's own spill counters.
+        ev = c.run(pressure_events)
+        spilled_now = sum(e["dask_spilled_bytes_now"] for e in ev.values())
+        written = sum(e["dask_disk_write_bytes_total"] for e in ev.values())
+        assert spilled_now > 400_000_000 and written >= spilled_now
+        # ...and the plugin saw the pressure and spilled earlier than Dask would have.
+        assert any(e["level_changes"] for e in ev.values()), ev
+
+        # Nobody died or restarted: same addresses and pids, no nanny kill events.
+        after = c.run(worker_state)
+        assert after.keys() == before.keys()
+        assert {a: s["pid"] for a, s in after.items()} == {a: s["pid"] for a, s in before.items()}
+        assert not c.get_events("worker-restart-memory")
+
+        for i, f in enumerate(futures):
+            check_table(f.result(timeout=30), i)
+        assert c.run(worker_state).keys() == before.keys()
+
+        metrics = one(c.scheduler_info()["workers"])["metrics"]
+        assert "chunkmill_pressure_level" in metrics and "chunkmill_memory_percent" in metrics
+
+
+BALLOON = r"""
+import sys
+n = int(sys.argv[1])
+# Multiplying a 1-byte bytearray writes every byte, so the pages are really resident.
+buf = bytearray(b"\x01") * n
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+class Balloon:
+    """A subprocess holding ``nbytes`` of touched memory until closed."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", BALLOON, str(nbytes)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if line.strip() != "ready":
+            self.close()
+            raise RuntimeError(f"balloon failed to start: {line!r}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.mark.timeout(120)
+def test_outside_memory_pressure_pauses_and_resumes_worker() -> None:
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=True,
+            memory_limit="1GB",
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        addr = next(iter(c.scheduler_info()["workers"]))
+        used0, _ = read_memory_usage()
+        limit = used0 + 2 * GiB
+        c.register_plugin(PressurePlugin(interval=0.1, limit_bytes=limit))
+
+        # Metrics travel with heartbeats and are served on the worker's /metrics.
+        metrics = until(
+            lambda: c.scheduler_info()["workers"][addr]["metrics"].get("chunkmill_memory_percent")
+        )
+        assert metrics and 0 < metrics < 60
+        assert c.scheduler_info()["workers"][addr]["metrics"]["chunkmill_pressure_level"] == 0
+        assert "chunkmill_memory_fraction{" in scrape_metrics(c, addr)
+        check_table(c.submit(make_table, 0, 1000).result(timeout=20), 0, 1000)
+
+        # Another process eats memory: aim for 85 % of the budget (middle of HIGH).
+        balloon = Balloon(int(0.85 * limit) - read_memory_usage()[0])
+        try:
+            assert until(lambda: c.scheduler_info()["workers"][addr]["status"] == "paused")
+            ev = one(c.run(pressure_events))
+            assert ev["level"] in ("HIGH", "CRITICAL") and ev["pauses"] == 1, ev
+            assert until(lambda: cluster_pressure(c) >= PressureLevel.HIGH)
+
+            futures = c.map(make_table, range(1, 5), [1000] * 4)
+            time.sleep(1.0)
+            assert all(f.status == "pending" for f in futures)  # nothing runs while paused
+        finally:
+            balloon.close()
+
+        assert until(lambda: c.scheduler_info()["workers"][addr]["status"] == "running")
+        for i, f in enumerate(futures, start=1):
+            check_table(f.result(timeout=30), i, 1000)
+        ev = one(c.run(pressure_events))
+        assert ev["resumes"] == 1 and ev["paused_by_plugin"] is False
+        assert until(lambda: one(c.run(pressure_events))["level"] == "NORMAL")
+        assert [m["level"] for _, m in c.get_events(EVENT_TOPIC)][-1] == "NORMAL"
