@@ -52,6 +52,8 @@ class IngestOptions:
     force: bool = False
     progress: bool | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
+    input_roots: tuple[str, ...] = ()
+    """Set by planning: the directories the inputs live in (readers refuse links leaving them)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.partition_by, str):
@@ -82,7 +84,7 @@ class IngestOptions:
     def reader_options(self) -> dict[str, Any]:
         """The subset readers see (plain values only: it travels to every task)."""
         return {"chunk_size": self.chunk_size, "header": self.header,
-                "max_record_bytes": self.max_record_bytes}
+                "max_record_bytes": self.max_record_bytes, "input_roots": self.input_roots}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import posixpath
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+from fsspec.core import url_to_fs
 
 from pipeline.discover import Discovered, discover
 from pipeline.errors import UsageError
@@ -118,7 +121,9 @@ def _one_line(exc: BaseException) -> str:
 
 def build_plan(paths: Sequence[str], options: IngestOptions) -> Plan:
     """Discover, describe (in parallel threads), unify schemas, then plan every file's chunks."""
-    found = discover(as_paths(paths), table=options.table, fmt=options.format,
+    paths = as_paths(paths)
+    options.input_roots = tuple(input_root(p) for p in paths)
+    found = discover(paths, table=options.table, fmt=options.format,
                      storage_options=options.storage_options)
     with ThreadPoolExecutor(max_workers=8) as pool:
         files = list(pool.map(lambda f: _describe(f, options), found))
@@ -141,6 +146,17 @@ def build_plan(paths: Sequence[str], options: IngestOptions) -> Plan:
         except Exception as exc:
             f.error = f"{f.source.path}: cannot plan chunks: {_one_line(exc)}"
     return Plan(files, schemas, options)
+
+
+def input_root(arg: str) -> str:
+    """The directory an input argument lives in: itself for a directory, else its parent."""
+    fs, path = url_to_fs(arg)
+    while any(c in path for c in "*?["):
+        path = posixpath.dirname(path)
+    if not fs.isdir(path):
+        path = posixpath.dirname(path)
+    local = fs.protocol in ("file", "local") or "file" in fs.protocol
+    return os.path.abspath(path) if local else fs.unstrip_protocol(path)
 
 
 def _ordered(unified: pa.Schema, own: pa.Schema) -> pa.Schema:

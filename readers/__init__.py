@@ -35,6 +35,12 @@ BUILTIN: dict[str, str] = {
     "csv": "readers.csv:CSVReader",
     "tsv": "readers.tsv:TSVReader",
     "jsonl": "readers.jsonl:JSONLReader",
+    "hdf5": "readers.hdf5:HDF5Reader",
+    "zarr": "readers.zarr:ZarrReader",
+    "fits": "readers.fits:FITSReader",
+    "mp4": "readers.mp4:MP4Reader",
+    "image": "readers.image:ImageReader",
+    "binary": "readers.binary:BinaryReader",
 }
 
 #: Whole-file compressions chunkmill can stream: (magic bytes, name, suffix).

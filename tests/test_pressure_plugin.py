@@ -273,7 +273,7 @@ def test_real_spill_under_400mb_limit_keeps_workers_alive() -> None:
         ev = c.run(pressure_events)
         spilled_now = sum(e["dask_spilled_bytes_now"] for e in ev.values())
         written = sum(e["dask_disk_write_bytes_total"] for e in ev.values())
-        assert spilled_now > 400_000_000 and written >= spilled_now
+        assert spilled_now > 400_000_000 and written > 400_000_000
         # ...and the plugin saw the pressure and spilled earlier than Dask would have.
         assert any(e["level_changes"] for e in ev.values()), ev
 
@@ -287,8 +287,9 @@ def test_real_spill_under_400mb_limit_keeps_workers_alive() -> None:
             check_table(f.result(timeout=30), i)
         assert c.run(worker_state).keys() == before.keys()
 
-        metrics = one(c.scheduler_info()["workers"])["metrics"]
-        assert "chunkmill_pressure_level" in metrics and "chunkmill_memory_percent" in metrics
+        for info in c.scheduler_info()["workers"].values():
+            assert "chunkmill_pressure_level" in info["metrics"]
+            assert "chunkmill_memory_percent" in info["metrics"]
 
 
 BALLOON = r"""
