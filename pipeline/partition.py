@@ -2,7 +2,9 @@
 
 Values are percent-encoded (everything but ``A-Z a-z 0-9 - _ .``, and a leading dot), so no value
 can add a path separator, climb with ``..``, or hide a file; NUL and control characters are
-encoded too. DuckDB, pyarrow and Spark decode ``%XX`` in hive paths. Values whose encoding would
+encoded too. NULL is ``__HIVE_DEFAULT_PARTITION__`` and the empty string an empty segment
+(``col=``), which is how DuckDB and pyarrow read them back. DuckDB, pyarrow and Spark decode
+``%XX`` in hive paths. Values whose encoding would
 exceed `MAX_SEGMENT` bytes are cut and suffixed with a hash of the full value, so distinct
 values never share a directory and the path stays within filesystem limits.
 """
@@ -29,8 +31,6 @@ def escape_value(value: object) -> str:
     encoded = urllib.parse.quote(text, safe="")
     if encoded.startswith("."):
         encoded = "%2E" + encoded[1:]
-    if not encoded:
-        encoded = "%20" if text else "__EMPTY__"
     if len(encoded) > MAX_SEGMENT:
         digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
         encoded = encoded[: MAX_SEGMENT - 20].rstrip("%0123456789ABCDEF") + "~" + digest

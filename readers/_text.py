@@ -157,8 +157,19 @@ class TextReader(Reader):
     # --- Reader API -----------------------------------------------------------------------------
     def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
         limit = int(opt(options, "infer_bytes"))
+        head = bytearray()
         with source.open(source.compression) as f:
-            head = f.read(limit + 1)
+            # A truncated stream still has a readable head: keep it, the chunk reports the cut.
+            try:
+                while len(head) <= limit:
+                    piece = f.read(min(1 << 16, limit + 1 - len(head)))
+                    if not piece:
+                        break
+                    head += piece
+            except (EOFError, OSError):
+                if not head:
+                    raise
+        head = bytes(head)
         at_eof = len(head) <= limit
         head = head[:limit]
         bom = len(BOM) if head.startswith(BOM) else 0
@@ -202,20 +213,24 @@ class TextReader(Reader):
             return Reconciliation()
         rerun: list[ChunkSpec] = []
         parity = 0
-        expected_start: int | None = None
         for spec, fact in zip(chunks, facts, strict=True):
             if fact.get("h", 0) != parity:
                 rerun.append(ChunkSpec(spec.file_id, spec.index, spec.offset, spec.length,
                                        spec.table, ("range", parity), spec.weight))
-            elif fact.get("start") is not None:
-                if expected_start is not None and fact["start"] != expected_start:
-                    return self._serial(source, description, "chunk ends disagree with starts")
-                if not fact.get("verified", True) and not fact.get("last"):
-                    return self._serial(source, description,
-                                        "quoting the parity model cannot follow (stray quotes)")
-                expected_start = fact["end"]
             parity ^= fact.get("q", 0) & 1
-        return Reconciliation(rerun=rerun)
+        if rerun:  # ends and starts are only comparable once every parity is right
+            return Reconciliation(rerun=rerun)
+        expected_start: int | None = None
+        for fact in facts:
+            if fact.get("start") is None:
+                continue
+            if expected_start is not None and fact["start"] != expected_start:
+                return self._serial(source, description, "chunk ends disagree with starts")
+            if not fact.get("verified", True) and not fact.get("last"):
+                return self._serial(source, description,
+                                    "quoting the parity model cannot follow (stray quotes)")
+            expected_start = fact["end"]
+        return Reconciliation()
 
     def _serial(self, source: Source, description: Description, why: str) -> Reconciliation:
         state: TextState = description.state
@@ -306,46 +321,61 @@ class TextReader(Reader):
         position = state.data_start  # offsets are in decompressed bytes for compressed files
         carry = bytearray()
         total = 0
+        step = min(block, 1 << 20)
+        broken: BaseException | None = None  # a truncated or corrupt stream
         try:
             with source.open(source.compression) as f:
                 skip = state.data_start
                 while skip > 0:
-                    got = f.read(min(skip, block))
+                    got = f.read(min(skip, step))
                     if not got:
                         break
                     skip -= len(got)
                     total += len(got)
+                # read1 hands over what is decompressed so far, so a truncated stream loses
+                # only its unfinished tail (read(n) would drop the whole last n bytes).
+                read = getattr(f, "read1", f.read)
                 eof = False
                 while not eof:
-                    piece = f.read(block)
+                    try:
+                        piece = read(step)
+                    except (OSError, EOFError) as exc:
+                        broken, piece = exc, b""
                     eof = not piece
                     total += len(piece)
                     if budget is not None and total > budget:
                         raise DecompressionLimit(
-                            f"{source.path}: decompressed past {budget} bytes "
-                            f"({ratio:g}x the file); raise decompression_ratio_limit if real")
+                            f"decompressed past {budget} bytes ({ratio:g}x the file); "
+                            "raise decompression_ratio_limit if this is real")
                     carry += piece
-                    if eof:
+                    if not eof and len(carry) < block:
+                        continue
+                    if eof and broken is None:
                         if carry:
                             rows, _ = self._parse_block(memoryview(carry), position,
                                                         description, options, ctx, False)
                             yield rows
+                            position += len(carry)
+                            carry.clear()
                         break
+                    # Parse every complete record; a broken stream keeps its tail for _errors.
                     cut = self._verified_cut(carry, position, description, options, ctx)
                     if cut is None:
-                        if len(carry) > max_record + block:
+                        if not eof and len(carry) > max_record + block:
                             raise RecordTooLong(
-                                f"{source.path}: no verifiable record boundary within "
-                                f"{len(carry)} bytes after offset {position}")
+                                f"no verifiable record boundary within {len(carry)} bytes")
                         continue
                     cut_len, rows = cut
                     yield rows
                     del carry[:cut_len]
                     position += cut_len
+            if broken is not None:
+                raise broken
         except (OSError, EOFError, DecompressionLimit, RecordTooLong) as exc:
             # Rows parsed so far stay; the rest of the file is reported, not silently dropped.
             ctx.reject(kind="chunk", error_type=type(exc).__name__,
-                       message=f"{source.path}: {exc} (stream offset {position})",
+                       message=f"{source.path}: {exc} (at decompressed offset {position})"
+                       if source.compression else f"{source.path}: {exc} (at offset {position})",
                        byte_offset=position, raw=bytes(carry[:4096]))
 
     def _verified_cut(self, carry: bytearray, position: int, description: Description,

@@ -22,6 +22,16 @@ from readers.base import ChunkContext, Description
 _TEXTISH_SUFFIXES = (".csv", ".txt", ".log", ".dat")
 
 
+def convert_options(types: dict[str, pa.DataType] | None = None) -> pacsv.ConvertOptions:
+    """How text becomes values: an unquoted empty field is NULL, a quoted ``""`` is ``''``.
+
+    Like DuckDB, Polars and Spark (pyarrow's default keeps empty strings and turns ``NA``,
+    ``null``, ... into NULL, which would silently erase real text values).
+    """
+    return pacsv.ConvertOptions(column_types=types or {}, null_values=[""],
+                                strings_can_be_null=True, quoted_strings_can_be_null=False)
+
+
 def _unique_names(names: list[str]) -> tuple[str, ...]:
     """Header names made unique and non-empty (Parquet and SQL engines need that)."""
     seen: dict[str, int] = {}
@@ -83,9 +93,13 @@ class CSVReader(TextReader):
                 raise RecordTooLong(f"first record longer than {len(head)} bytes")
             end = len(head) - 1
         first = head[: end + 1]
+        if not first.strip():
+            return pa.schema([]), len(first), ()
         has_header = bool(opt(options, "header"))
         ro = pacsv.ReadOptions(use_threads=False, autogenerate_column_names=True)
-        fields = pacsv.read_csv(pa.py_buffer(first), read_options=ro,
+        # pyarrow cannot size a lone last line without its newline: give it one
+        terminated = first if first.endswith(b"\n") else first + b"\n"
+        fields = pacsv.read_csv(pa.py_buffer(terminated), read_options=ro,
                                 parse_options=self._parse_options(),
                                 convert_options=pacsv.ConvertOptions(
                                     column_types={f"f{i}": pa.string() for i in range(4096)}))
@@ -110,7 +124,8 @@ class CSVReader(TextReader):
             table = pacsv.read_csv(
                 pa.py_buffer(body),
                 read_options=pacsv.ReadOptions(column_names=list(names), use_threads=False),
-                parse_options=self._parse_options(lambda row: "skip"))
+                parse_options=self._parse_options(lambda row: "skip"),
+                convert_options=convert_options())
         except pa.ArrowInvalid:  # e.g. invalid UTF-8 in the sample: keep everything as text
             return pa.schema([(n, pa.string()) for n in names])
         return pa.schema([(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
@@ -155,7 +170,7 @@ class CSVReader(TextReader):
             read_options=pacsv.ReadOptions(column_names=names, use_threads=False,
                                            block_size=int(opt(options, "parse_block_bytes"))),
             parse_options=self._parse_options(handler),
-            convert_options=pacsv.ConvertOptions(column_types=types))
+            convert_options=convert_options(types))
         return table, seen, bad
 
     def _reject_rows(self, data: bytes, abs_offset: int, bad: list[tuple[str, int, int]],

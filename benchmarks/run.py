@@ -1,0 +1,301 @@
+"""Benchmark chunkmill against DuckDB, Polars and dask.dataframe: wall time, peak memory, rows.
+
+How to run (from the repository root; needs the ``bench`` extra: duckdb, polars, dask)::
+
+    python benchmarks/run.py                                  # everything, 2 GB inputs, 3 repeats
+    python benchmarks/run.py --size-gb 0.05 --repeat 1        # smoke run, a few minutes
+    python benchmarks/run.py --cases plain_csv,startup --tools chunkmill,polars
+    python benchmarks/run.py --chunkmill-args "--workers 2" --json results.json
+
+Inputs are generated once under ``--scratch`` (default ``/tmp/chunkmill-bench``, never inside
+the repository) and reused by later runs of the same size: ``inputs/<size>/plain.csv`` (~87
+bytes/row: id, ts, user, event, value, count, message), ``quoted.csv`` (the same, but one row
+in three has an RFC 4180 quoted ``message`` with a newline, commas and doubled quotes),
+``plain.jsonl`` (the same records as JSON lines), ``inputs/small-10000x10KB/small/`` (10,000
+CSV files of ~10 KB) and ``inputs/1MB/plain.csv``. Row counts follow from ``--size-gb``
+(2.0 GB -> ~23 M rows). ``--regenerate`` rebuilds them.
+
+Cases (``--cases``, default all): plain_csv, quoted_csv, jsonl, partitioned (plain.csv with
+``--partition-by event``), small_files (the 10,000-file directory; chunkmill gets the
+directory, the peers a ``*.csv`` glob) and startup (the 1 MB CSV end to end).
+
+Tools (``--tools``, default all), each a separate process writing zstd Parquet to a fresh
+``<scratch>/out/<case>/<tool>/``:
+
+* chunkmill: ``chunkmill ingest INPUT --out DIR --compression zstd [--partition-by event]``
+  (+ ``--chunkmill-args``); the ``chunkmill`` console script on PATH, else ``python -m
+  pipeline.cli`` from this checkout, else ``--chunkmill-cmd``. If none works the rows show
+  the error and the other tools still run.
+* DuckDB: ``COPY (SELECT * FROM read_csv|read_json(...)) TO ... (FORMAT parquet, COMPRESSION
+  zstd[, PARTITION_BY (event)])``.
+* Polars: ``scan_csv|scan_ndjson(...).sink_parquet(..., compression='zstd')``; partitioned
+  with ``pl.PartitionBy(dir, key='event')`` (n/a on a polars without a partitioned sink).
+* dask: ``dd.read_csv(path, blocksize='64MB')`` / ``dd.read_json(lines=True,
+  blocksize=64e6)`` then ``.to_parquet(dir, compression='zstd'[, partition_on=['event']])``,
+  default (threaded) scheduler. It is expected to fail or miscount on quoted.csv (blocks are
+  split at raw newlines): that is recorded as a finding, not hidden.
+
+What is measured, per run: wall time of the whole process (start to exit, Python start-up and
+imports included), and peak RSS summed over the process and all its descendants (psutil walks
+the tree every ``--interval`` s, default 0.05, sums RSS per sample and keeps the max; shared
+pages are counted once per process, as with RSS anywhere). The kernel's ``ru_maxrss`` of the
+largest single process is kept too, and a note is shown when it beats the sampled sum (a peak
+shorter than the sampling interval). The output is then read back with DuckDB
+(``read_parquet`` over every ``*.parquet`` under the output, skipping ``_``/``.`` directories
+such as chunkmill's ``_chunkmill``, ``_catalog`` and ``_errors``) and its row count compared
+with the generated count; a mismatch shows in the table. With ``--repeat N`` (default 3) the
+runs are interleaved (every tool once, then again) and the table shows the medians.
+
+Output: a markdown table on stdout (also saved as ``<scratch>/results/<stamp>.md``) and the
+full results, every run and command included, as JSON in ``<scratch>/results/<stamp>.json``,
+``<scratch>/results/latest.json`` and ``--json PATH``. Each run's output is in
+``<scratch>/logs/``.
+
+Caveats: inputs are read from the page cache (they were just written, or read by the previous
+run) on every run, so this measures CPU and memory, not the disk; each tool uses its own
+defaults for threads, memory limits and type inference (DuckDB and chunkmill may parse ``ts``
+as a timestamp where Polars and dask keep a string).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import _common as c
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    description: str
+    input: str  # a name ensure_inputs knows
+    partition_by: str | None = None
+
+
+CASES: dict[str, Case] = {case.name: case for case in (
+    Case("plain_csv", "plain CSV", "plain.csv"),
+    Case("quoted_csv", "CSV, 1/3 of rows with quoted newlines/commas/quotes", "quoted.csv"),
+    Case("jsonl", "JSON lines", "plain.jsonl"),
+    Case("partitioned", "plain CSV, partitioned by event", "plain.csv", c.PARTITION_COLUMN),
+    Case("small_files", "10,000 small CSV files", "small"),
+    Case("startup", "1 MB CSV end to end", "tiny"),
+)}
+
+
+def _csv_list(value: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
+    if value.strip() == "all":
+        return list(known)
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in items if v not in known]
+    if unknown or not items:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what}: {', '.join(unknown) or '(none)'}; choose from {', '.join(known)}")
+    return list(dict.fromkeys(items))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description="Benchmark chunkmill vs DuckDB, Polars and dask (wall, peak RSS, rows).",
+        epilog="See the docstring at the top of benchmarks/run.py for what is measured.")
+    p.add_argument("--cases", default="all", type=lambda v: _csv_list(v, list(CASES), "case"),
+                   help=f"comma-separated cases or 'all' ({', '.join(CASES)})")
+    p.add_argument("--tools", default="all", type=lambda v: _csv_list(v, c.TOOLS, "tool"),
+                   help=f"comma-separated tools or 'all' ({', '.join(c.TOOLS)})")
+    p.add_argument("--size-gb", type=float, default=2.0,
+                   help="size of each big input in GB (1e9 bytes); rows follow (default 2.0)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per tool and case (default 3)")
+    p.add_argument("--scratch", type=Path, default=c.DEFAULT_SCRATCH,
+                   help=f"inputs, outputs, logs, results (default {c.DEFAULT_SCRATCH})")
+    p.add_argument("--json", type=Path, help="also write the JSON results here")
+    p.add_argument("--small-files", type=int, default=10_000,
+                   help="number of files in the small_files case (default 10000)")
+    p.add_argument("--small-file-kb", type=float, default=10.0,
+                   help="size of each small file in KB (default 10)")
+    p.add_argument("--startup-mb", type=float, default=1.0,
+                   help="size of the startup case's CSV in MB (default 1)")
+    p.add_argument("--chunkmill-cmd",
+                   help="how to start chunkmill, e.g. 'chunkmill' or 'python -m pipeline.cli' "
+                        "(default: chunkmill on PATH, else python -m pipeline.cli)")
+    p.add_argument("--chunkmill-args", default="",
+                   help="extra arguments for every chunkmill run, e.g. '--workers 2'")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds before a run is killed and reported as timed out")
+    p.add_argument("--interval", type=float, default=0.05,
+                   help="RSS sampling interval in seconds (default 0.05)")
+    p.add_argument("--keep-outputs", action="store_true",
+                   help="keep each tool's last output under <scratch>/out (default: delete)")
+    p.add_argument("--regenerate", action="store_true", help="rebuild the cached inputs")
+    p.add_argument("--generate-only", action="store_true",
+                   help="only make sure the inputs exist, run nothing")
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    if args.size_gb <= 0 or args.small_files < 1 or args.small_file_kb <= 0:
+        p.error("sizes and counts must be positive")
+    return args
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_inputs(args: argparse.Namespace, scratch: Path, names: set[str]) -> dict[str, c.Dataset]:
+    out: dict[str, c.Dataset] = {}
+    for name in sorted(names):
+        if name == "small":
+            out[name] = c.ensure_small_files(scratch, args.small_files,
+                                             int(args.small_file_kb * 1000),
+                                             force=args.regenerate, log=log)
+        elif name == "tiny":
+            out[name] = c.ensure_records(scratch, "plain.csv", int(args.startup_mb * 10**6),
+                                         force=args.regenerate, log=log)
+        else:
+            out[name] = c.ensure_records(scratch, name, int(args.size_gb * c.GB),
+                                         force=args.regenerate, log=log)
+    return out
+
+
+def run_case(case: Case, ds: c.Dataset, args: argparse.Namespace, scratch: Path,
+             chunkmill: c.ChunkmillCommand | None) -> dict[str, list[c.RunRecord]]:
+    records: dict[str, list[c.RunRecord]] = {tool: [] for tool in args.tools}
+    extra = shlex.split(args.chunkmill_args)
+    for i in range(args.repeat):
+        for tool in args.tools:
+            if tool == "chunkmill" and chunkmill is not None and chunkmill.missing and i:
+                continue  # no point repeating "not found"
+            rec = c.run_tool(
+                tool, ds, scratch / "out" / case.name / tool,
+                scratch / "logs" / case.name / f"{tool}-{i + 1}.log",
+                partition_by=case.partition_by, chunkmill=chunkmill, chunkmill_args=extra,
+                timeout=args.timeout, interval=args.interval,
+                keep_output=args.keep_outputs and i == args.repeat - 1)
+            records[tool].append(rec)
+            log(f"  [{case.name} {i + 1}/{args.repeat}] {tool:9s} {_progress(rec)}")
+    return records
+
+
+def _progress(rec: c.RunRecord) -> str:
+    m = rec.measurement
+    if rec.not_applicable:
+        return f"n/a: {m.error}"
+    if not m.ok:
+        return f"FAILED: {m.error}"
+    rows = ("rows ok" if rec.rows_ok else
+            f"ROWS {rec.check.rows if rec.check else '?'} != {rec.expected_rows}")
+    return f"{m.wall_s:.2f} s, {c.mib(m.peak_rss_bytes):.0f} MiB, {rows}"
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or not base:
+        return "—"
+    return f"{value / base:.2f}×"
+
+
+def _rows_cell(s: c.Summary) -> str:
+    if s.status == "n/a" or (s.rows is None and s.status.startswith("failed")):
+        return "—"
+    if s.rows_ok:
+        return f"yes ({s.expected_rows:,})"
+    got = "?" if s.rows is None else f"{s.rows:,}"
+    return f"**NO**: {got} of {s.expected_rows:,}"
+
+
+def render(results: list[dict[str, Any]], host: dict[str, Any], args: argparse.Namespace,
+           inputs: dict[str, c.Dataset], chunkmill_how: str | None) -> str:
+    lines = [f"# chunkmill benchmark, {host['date']}", "", *c.host_header(host)]
+    lines.append(f"- repeat: {args.repeat} (medians shown), RSS sampled every "
+                 f"{args.interval:g} s and summed over the process tree; zstd everywhere")
+    if chunkmill_how:
+        lines.append(f"- chunkmill: {chunkmill_how}"
+                     + (f" {args.chunkmill_args}" if args.chunkmill_args else ""))
+    for name, ds in inputs.items():
+        lines.append(f"- input {name}: {ds.path} ({ds.bytes / c.GB:.3g} GB, {ds.rows:,} rows"
+                     + (f", {ds.files:,} files" if ds.files > 1 else "") + ")")
+    lines += ["", "| case | tool | wall s | peak RSS MiB (summed) | rows ok? | wall vs polars "
+              "| RSS vs polars | notes |", "|---|---|--:|--:|---|--:|--:|---|"]
+    by_case: dict[str, dict[str, c.Summary]] = {}
+    for r in results:
+        by_case.setdefault(r["case"], {})[r["tool"]] = r["summary_obj"]
+    for case, tools in by_case.items():
+        polars = tools.get("polars")
+        for tool, s in tools.items():
+            wall = "n/a" if s.status == "n/a" else c.fmt_num(s.wall_s, ".2f")
+            rss = "n/a" if s.status == "n/a" else c.fmt_num(s.peak_rss_mib, ".0f")
+            base_wall = polars.wall_s if polars else None
+            base_rss = polars.peak_rss_mib if polars else None
+            notes = "; ".join(c.md_cell(n) for n in s.notes)
+            if s.status not in ("ok", "n/a", "rows mismatch"):
+                notes = f"**{s.status}**: {notes}"
+            lines.append(
+                f"| {case} | {tool} | {wall} | {rss} | {_rows_cell(s)} | "
+                f"{_ratio(s.wall_s, base_wall)} | {_ratio(s.peak_rss_mib, base_rss)} | {notes} |")
+    lines += ["", "Ratios are tool / polars on the same case (> 1: slower or bigger). "
+              "Logs of every run: " + str(args.scratch_resolved / "logs")]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scratch = args.scratch_resolved = c.check_scratch(args.scratch)
+    cases = [CASES[name] for name in args.cases]
+    host = c.host_info()
+
+    inputs = ensure_inputs(args, scratch, {case.input for case in cases})
+    if args.generate_only:
+        for name, ds in inputs.items():
+            print(f"{name}: {ds.path} {ds.bytes:,} bytes {ds.rows:,} rows")
+        return 0
+
+    chunkmill = c.resolve_chunkmill(args.chunkmill_cmd) if "chunkmill" in args.tools else None
+    chunkmill_how = None
+    if chunkmill is not None:
+        chunkmill_how = chunkmill.missing or chunkmill.how
+        log(f"chunkmill: {chunkmill_how}")
+
+    results: list[dict[str, Any]] = []
+    for case in cases:
+        ds = inputs[case.input]
+        log(f"case {case.name}: {case.description} ({ds.path}, {ds.rows:,} rows)")
+        for tool, records in run_case(case, ds, args, scratch, chunkmill).items():
+            summary = c.summarise(records)
+            results.append({"case": case.name, "tool": tool, "input": ds.name,
+                            "summary_obj": summary, "summary": asdict(summary),
+                            "runs": [r.to_json() for r in records]})
+
+    shown = {case.input: inputs[case.input] for case in cases}
+    report = render(results, host, args, shown, chunkmill_how)
+    print(report)
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    res_dir = scratch / "results"
+    res_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "host": host,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "chunkmill": chunkmill_how,
+        "inputs": {name: asdict(ds) for name, ds in shown.items()},
+        "cases": {case.name: asdict(case) for case in cases},
+        "results": [{k: v for k, v in r.items() if k != "summary_obj"} for r in results],
+    }
+    text = json.dumps(payload, indent=2, default=str)
+    targets = [res_dir / f"{stamp}.json", res_dir / "latest.json"]
+    if args.json:
+        targets.append(args.json)
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    (res_dir / f"{stamp}.md").write_text(report)
+    log(f"results: {', '.join(str(t) for t in targets)}, {res_dir / f'{stamp}.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Shared fixtures: an in-process reader driver and one Dask cluster reused by many tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pytest
+
+from pipeline.discover import describe_file
+from readers import get_reader
+from readers.base import ChunkContext, Rejected
+
+
+def run_reader(path: str, reader: str | None = None, *, chunk_size: int = 1 << 20,
+               string_columns: bool = False, **options: object
+               ) -> tuple[pa.Table | None, list[Rejected], dict]:
+    """Plan, read and reconcile one local file in this process, exactly as the runner does.
+
+    Returns (rows of the default table, rejected records, info about reruns/fallbacks).
+    """
+    import fsspec
+
+    fs = fsspec.filesystem("file")
+    found = describe_file(fs, os.path.abspath(path), "t", reader, {})
+    assert found.error is None, found.error
+    r = get_reader(found.reader)()
+    opts = {"chunk_size": chunk_size, **options}
+    desc = r.describe(found.source, opts)
+    if string_columns:
+        desc.tables = {t: pa.schema([(f.name, pa.string()) for f in s])
+                       for t, s in desc.tables.items()}
+    specs = r.plan(found.source, desc, opts)
+    info = {"reruns": 0, "serial": None, "chunks": len(specs)}
+    for _ in range(10):
+        outputs = []
+        for spec in specs:
+            ctx = ChunkContext(found.source, spec)
+            outputs.append(([t for _, t in r.read(found.source, spec, desc, opts, ctx)], ctx))
+        rec = r.reconcile(found.source, desc, specs, [ctx.facts for _, ctx in outputs])
+        if rec.replace_plan is not None:
+            specs, info["serial"] = rec.replace_plan, rec.note
+            continue
+        if rec.rerun:
+            info["reruns"] += len(rec.rerun)
+            by_index = {c.index: c for c in rec.rerun}
+            specs = [by_index.get(c.index, c) for c in specs]
+            continue
+        break
+    else:
+        raise AssertionError("reconcile did not settle")
+    tables = [t for ts, _ in outputs for t in ts]
+    rejected = [e for _, ctx in outputs for e in ctx.rejected]
+    return (pa.concat_tables(tables) if tables else None), rejected, info
+
+
+@pytest.fixture(scope="session")
+def shared_scheduler() -> Iterator[str]:
+    """A two-process cluster for tests that only need *a* cluster (``scheduler=`` option)."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.worker.memory.pause": False}), LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
