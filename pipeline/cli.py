@@ -71,7 +71,31 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="dry run: files, formats, chunks, bytes; writes nothing")
     _common(plan)
     plan.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", help="write sample data and ingest it on an embedded cluster")
+    demo.add_argument("--dir", default="sample_data", help="where to write the sample inputs")
+    demo.add_argument("--out", default="lake", help="output directory (default: lake)")
+    demo.add_argument("--rows", type=int, default=200_000)
+    demo.add_argument("-v", "--verbose", action="count", default=0)
+    demo.add_argument("-q", "--quiet", action="count", default=0)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pipeline.runner import Runner
+    from pipeline.sample import make_sample
+
+    files = make_sample(args.dir, rows=args.rows)
+    print(f"chunkmill: wrote {len(files)} sample files under {args.dir}/")
+    code = 0
+    for inputs, extra in (([f"{args.dir}/logs"], {"partition_by": ("event",)}),
+                          ([f"{args.dir}/events.jsonl", f"{args.dir}/users.tsv"], {})):
+        report = Runner(inputs, IngestOptions(out=args.out, chunk_size=4 << 20, **extra)).run()
+        print(report)
+        code = max(code, report.exit_code)
+    print(f"\nquery it: duckdb -c \"select event, count(*) from read_parquet("
+          f"'{args.out}/logs/**/*.parquet', hive_partitioning=true) group by event\"")
+    return code
 
 
 def _options(args: argparse.Namespace) -> IngestOptions:
@@ -93,6 +117,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args)
     try:
+        if args.command == "demo":
+            return _demo(args)
         options = _options(args)
         if args.command == "plan":
             from pipeline.planning import build_plan

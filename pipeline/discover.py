@@ -161,9 +161,9 @@ def describe_file(fs: fsspec.AbstractFileSystem, path: str, table: str, forced: 
             with fs.open(path, "rb", compression=compression) as f:
                 inner_head = f.read(SNIFF_BYTES)
         fp = fingerprint(fs, path, size, mtime, head)
-    except (OSError, EOFError, ValueError) as exc:
+    except Exception as exc:  # zlib.error, LZMAError, permissions, ...: this file fails alone
         source = Source(url, 0, None, file_id, "", table, None, tuple(storage_options.items()))
-        return Discovered(source, None, f"{path}: cannot read: {exc}")
+        return Discovered(source, None, f"{path}: cannot read: {type(exc).__name__}: {exc}")
     source = Source(url, size, mtime, file_id, fp, table, compression,
                     tuple(sorted(storage_options.items())))
     if forced:

@@ -1,0 +1,93 @@
+"""The command line as users and schedulers meet it: real subprocesses, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+
+def chunkmill(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_ingest_on_embedded_cluster(tmp_path) -> None:
+    src = tmp_path / "big.csv"
+    src.write_text("id,event,text\n" + "".join(
+        f'{i},{"ab"[i % 2]},"row\n{i}"\n' for i in range(5000)))
+    res = chunkmill("ingest", str(src), "--out", str(tmp_path / "lake"), "--partition-by",
+                    "event", "--chunk-size", "8KB", "--workers", "2")
+    assert res.returncode == 0, res.stderr
+    assert "1 ok" in res.stdout and "5,000 rows" in res.stdout
+    assert "Traceback" not in res.stderr
+    n = duckdb.sql(f"select count(*), count(distinct event) from read_parquet("
+                   f"'{tmp_path}/lake/big/**/*.parquet', hive_partitioning=true)").fetchall()
+    assert n == [(5000, 2)]
+
+
+def test_json_report_for_schedulers(tmp_path, shared_scheduler) -> None:
+    (tmp_path / "a.jsonl").write_text('{"a": 1}\n{"a": 2}\n')
+    res = chunkmill("ingest", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "o"),
+                    "--scheduler", shared_scheduler, "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["rows"] == 2 and report["exit_code"] == 0
+    assert report["chunk_records"][0]["worker"].startswith("tcp://")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["ingest", "nope/missing.csv", "--out", "o"], "nope/missing.csv: no such file"),
+    (["ingest", "x.csv", "--out", "o", "--chunk-size", "lots"], "not a size"),
+    (["ingest", "x.csv", "--out", "o", "--compression", "rar"], "invalid choice"),
+    (["ingest", "x.csv"], "--out"),
+    (["ingest", "x.csv", "--out", "o", "--format", "nosuch"], "no reader named 'nosuch'"),
+    (["ingest", "x.csv", "--out", "o", "--partition-by", "nocol"], "--partition-by nocol"),
+    (["ingest", "x.csv", "--out", "o", "--scheduler", "tcp://127.0.0.1:1"], "cannot connect"),
+])
+def test_user_mistakes_get_one_clear_line(tmp_path, args, needle) -> None:
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    res = chunkmill(*args, cwd=tmp_path)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_failed_file_exits_nonzero_with_summary(tmp_path, shared_scheduler) -> None:
+    (tmp_path / "good.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "bad.csv.gz").write_bytes(b"\x1f\x8b\x08\x00not really gzip")
+    res = chunkmill("ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--scheduler",
+                    shared_scheduler)
+    assert res.returncode == 1
+    assert "FAILED" in res.stderr and "bad.csv.gz" in res.stderr
+    assert "Traceback" not in res.stderr
+    rows = duckdb.sql(f"select path, status from '{tmp_path}/o/_catalog/*.parquet' "
+                      "order by path").fetchall()
+    assert [r[1] for r in rows] == ["failed", "ok"]
+
+
+def test_plan_is_a_dry_run(tmp_path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_text("a,b\n" + "1,2\n" * 1000)
+    (tmp_path / "in" / ".hidden.csv").write_text("a,b\n1,2\n")
+    res = chunkmill("plan", str(tmp_path / "in"), "--chunk-size", "1KB", "--json")
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    (f,) = plan["files"]
+    assert f["format"] == "csv" and f["chunks"] == 4 and f["tables"] == ["in"]
+    assert not (tmp_path / "out").exists()
+    res = chunkmill("plan", str(tmp_path / "in"), "--chunk-size", "1KB")
+    assert "1 file(s), 4 chunk(s)" in res.stdout and "table in: a: int64, b: int64" in res.stdout
+
+
+def test_output_lock_refuses_second_run(tmp_path) -> None:
+    from pipeline.sink import Store
+    from pipeline.state import OutputLock
+
+    (tmp_path / "a.csv").write_text("a\n1\n")
+    with OutputLock(Store(str(tmp_path / "o"))):
+        res = chunkmill("ingest", str(tmp_path / "a.csv"), "--out", str(tmp_path / "o"))
+    assert res.returncode == 4 and "in use by another chunkmill run" in res.stderr
