@@ -8,6 +8,7 @@ graph behind `pipeline.read` (one dataframe partition per chunk).
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.errors import TransientError
 from pipeline.sink import Fragment, FragmentWriter, SinkSpec, errors_table, stage_errors
 from readers import get_reader
 from readers.base import ChunkContext, ChunkSpec, Description, Rejected, Source
@@ -30,6 +32,8 @@ class ChunkTask:
     description: Description
     reader_options: dict[str, Any]
     sink: SinkSpec | None
+    retries: int = 2
+    """Attempts after a transient I/O failure (backoff with jitter); parse errors never retry."""
 
 
 @dataclass(slots=True)
@@ -64,37 +68,69 @@ def _worker_name() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def is_transient(exc: BaseException) -> bool:
+    """I/O trouble that may pass (network, timeouts), not a property of the data."""
+    if isinstance(exc, TransientError | TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | EOFError):
+        return False
+    if type(exc).__module__.startswith(("aiohttp", "botocore", "gcsfs", "adlfs")):
+        return True
+    # A plain OSError from a filesystem call; pyarrow's parse errors are ArrowInvalid instead.
+    return type(exc) is OSError
+
+
+def backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter (AWS architecture blog): uniform in [0, b*2^n]."""
+    return random.uniform(0, min(cap, base * 2 ** attempt))
+
+
 def run_chunk(task: ChunkTask) -> ChunkManifest:
-    """Run one chunk end to end (inside a worker). Bad data never raises; it is reported."""
+    """Run one chunk end to end (inside a worker). Bad data never raises; it is reported.
+
+    Transient I/O failures restart the chunk from scratch after a backoff, up to
+    ``task.retries`` times; anything else becomes a ``chunk`` row in ``_errors``.
+    """
     chunk, source = task.chunk, task.source
-    manifest = ChunkManifest(chunk.id, chunk.file_id, chunk.index, worker=_worker_name(),
-                             started=time.time())
-    ctx = ChunkContext(source, chunk)
     reader = get_reader(task.reader)()
-    writer = FragmentWriter(task.sink, chunk.id, source.file_id)
-    try:
-        for table, rows in reader.read(source, chunk, task.description, task.reader_options,
-                                       ctx):
-            writer.write(table, rows)
-            manifest.rows += rows.num_rows
-        manifest.fragments = writer.close()
-    except MemoryError:
-        writer.abort()
-        raise
-    except Exception as exc:  # a broken chunk is an _errors row, the run goes on
-        manifest.fragments = writer.close()
-        text = str(exc).strip().splitlines()
-        ctx.reject(kind="chunk", error_type=type(exc).__name__, byte_offset=chunk.offset,
-                   message=f"{source.path}: chunk {chunk.index} at byte {chunk.offset}: "
-                           f"{text[0] if text else type(exc).__name__}")
-        manifest.failed = ctx.rejected[-1].message
+    attempt = 0
+    while True:
+        manifest = ChunkManifest(chunk.id, chunk.file_id, chunk.index, worker=_worker_name(),
+                                 started=time.time())
+        ctx = ChunkContext(source, chunk)
+        writer = FragmentWriter(task.sink, chunk.id, source.file_id)
+        try:
+            for table, rows in reader.read(source, chunk, task.description,
+                                           task.reader_options, ctx):
+                writer.write(table, rows)
+                manifest.rows += rows.num_rows
+            manifest.fragments = writer.close()
+            break
+        except MemoryError:
+            writer.abort()
+            raise
+        except Exception as exc:  # a broken chunk is an _errors row, the run goes on
+            if is_transient(exc) and attempt < task.retries:
+                writer.abort()
+                time.sleep(backoff(attempt))
+                attempt += 1
+                continue
+            manifest.fragments = writer.close()
+            text = str(exc).strip().splitlines()
+            ctx.reject(kind="chunk", error_type=type(exc).__name__, byte_offset=chunk.offset,
+                       message=f"{source.path}: chunk {chunk.index} at byte {chunk.offset}: "
+                               f"{text[0] if text else type(exc).__name__}"
+                               + (f" (after {attempt} retries)" if attempt else ""))
+            manifest.failed = ctx.rejected[-1].message
+            break
+    manifest.facts["attempts"] = attempt + 1
     if ctx.rejected:
         table = errors_table(((source.file_id, source.path, chunk.index, r)
                               for r in ctx.rejected), task.sink.run_id)
         manifest.fragments.append(stage_errors(task.sink, chunk.id, table))
     manifest.error_count = len(ctx.rejected)
     manifest.errors_preview = ctx.rejected[:3]
-    manifest.facts = ctx.facts
+    manifest.facts.update(ctx.facts)
     manifest.bytes_read = chunk.length if chunk.selector != ("stream",) else source.size
     manifest.finished = time.time()
     pa.default_memory_pool().release_unused()

@@ -48,6 +48,7 @@ class IngestOptions:
     max_record_bytes: int = 16 * 2**20
     window: int | None = None
     retries: int = 2
+    chunk_timeout: float | None = None
     prune: bool = False
     force: bool = False
     progress: bool | None = None

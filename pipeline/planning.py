@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 from fsspec.core import url_to_fs
 
-from pipeline.discover import Discovered, discover
+from pipeline.discover import Discovered, SkipCheck, discover
 from pipeline.errors import UsageError
 from pipeline.options import IngestOptions, as_paths
 from pipeline.schema import unify
@@ -35,6 +35,8 @@ class PlannedFile:
     description: Description | None = None
     chunks: list[ChunkSpec] = field(default_factory=list)
     error: str | None = None
+    skipped: bool = False
+    """Unchanged since the last run into the same OUT: nothing of it is read."""
 
     @property
     def tables(self) -> list[str]:
@@ -61,7 +63,8 @@ class Plan:
         """One plain dict per file (for tables, JSON and notebooks)."""
         return [{"path": f.source.path, "format": f.reader, "size_bytes": f.source.size,
                  "compression": f.source.compression, "tables": f.tables,
-                 "chunks": len(f.chunks), "error": f.error} for f in self.files]
+                 "chunks": len(f.chunks), "error": f.error, "skipped": f.skipped}
+                for f in self.files]
 
     def to_json(self) -> str:
         return json.dumps({"files": self.summary(),
@@ -72,8 +75,12 @@ class Plan:
         lines = [f"Plan: {len(self.files)} file(s), {len(self.chunks)} chunk(s), "
                  f"{_human(self.total_bytes)} -> {self.options.out}"]
         for row in self.summary():
-            status = f"ERROR {row['error']}" if row["error"] else (
-                f"{row['chunks']} chunk(s) -> {', '.join(row['tables'])}")
+            if row["skipped"]:
+                status = "unchanged since the last run"
+            elif row["error"]:
+                status = f"ERROR {row['error']}"
+            else:
+                status = f"{row['chunks']} chunk(s) -> {', '.join(row['tables'])}"
             comp = f" [{row['compression']}]" if row["compression"] else ""
             lines.append(f"  {row['path']}  {row['format'] or '?'}{comp}  "
                          f"{_human(row['size_bytes'])}  {status}")
@@ -102,7 +109,7 @@ def _human(n: float) -> str:
 
 
 def _describe(found: Discovered, options: IngestOptions) -> PlannedFile:
-    planned = PlannedFile(found.source, found.reader, error=found.error)
+    planned = PlannedFile(found.source, found.reader, error=found.error, skipped=found.skipped)
     if found.error or found.reader is None:
         return planned
     reader = get_reader(found.reader)()
@@ -119,12 +126,16 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def build_plan(paths: Sequence[str], options: IngestOptions) -> Plan:
-    """Discover, describe (in parallel threads), unify schemas, then plan every file's chunks."""
+def build_plan(paths: Sequence[str], options: IngestOptions,
+               skip: SkipCheck | None = None) -> Plan:
+    """Discover, describe (in parallel threads), unify schemas, then plan every file's chunks.
+
+    ``skip(file_id, fingerprint)`` lets a run pass over unchanged files before reading them.
+    """
     paths = as_paths(paths)
     options.input_roots = tuple(input_root(p) for p in paths)
     found = discover(paths, table=options.table, fmt=options.format,
-                     storage_options=options.storage_options)
+                     storage_options=options.storage_options, skip=skip)
     with ThreadPoolExecutor(max_workers=8) as pool:
         files = list(pool.map(lambda f: _describe(f, options), found))
     by_table: dict[str, list[pa.Schema]] = {}

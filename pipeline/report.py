@@ -42,7 +42,11 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     dashboard: str | None = None
     pressure_events: list[dict[str, Any]] = field(default_factory=list)
+    """Pressure level changes: time, worker, old and new level."""
     spilled_bytes: int = 0
+    """Bytes the workers spilled to disk (Dask's own counters)."""
+    memory_timeline: list[dict[str, Any]] = field(default_factory=list)
+    """Samples of each worker's memory and pressure level, about every 0.5 s."""
     chunk_records: list[ChunkRecord] = field(default_factory=list)
 
     @property

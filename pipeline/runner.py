@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from distributed import Client, as_completed
+from distributed import Client, Future, wait
 
 from pipeline.cluster import connect, dashboard_link
 from pipeline.graph import ChunkManifest, ChunkTask, run_chunk
@@ -35,8 +35,10 @@ from pipeline.sink import (
     Store,
     catalog_table,
     errors_table,
+    stage_errors,
 )
 from pipeline.state import FileRecord, Journal, OutputLock
+from pipeline.watch import ClusterWatch
 from readers import get_reader
 from readers.base import ChunkSpec, Rejected
 
@@ -78,17 +80,19 @@ class Runner:
         self.report = RunReport(self.run_id, options.out, time.time())
         self.catalog: list[dict[str, Any]] = []
         self.config = config_token(options)
+        self.monitor = ClusterWatch(self.report)
 
     # --- top level ------------------------------------------------------------------------------
-    def run(self, plan: Plan | None = None) -> RunReport:
-        plan = plan or build_plan(self.paths, self.options)
-        self.sink = SinkSpec(self.store, self.run_id, plan.schemas,
-                             self.options.partition_by, self.options.compression)
+    def run(self) -> RunReport:
         with OutputLock(self.store):
             self.journal = Journal(self.store)
             self.done, self.interrupted = self.journal.load()
+            plan = build_plan(self.paths, self.options, skip=self._unchanged)
+            self.sink = SinkSpec(self.store, self.run_id, plan.schemas,
+                                 self.options.partition_by, self.options.compression)
             self.store.rmtree(self.store.path(STATE_DIR, "staging"))
             todo = self._triage(plan)
+            self._save_report(planned=[f.source.path for r in todo for f in [r.planned]])
             if todo:
                 with connect(self.options) as client:
                     if self.options.dashboard:
@@ -99,16 +103,19 @@ class Runner:
             self._finish()
         return self.report
 
+    def _unchanged(self, file_id: str, fingerprint: str) -> bool:
+        prev = self.done.get(file_id)
+        return (not self.options.force and prev is not None
+                and prev.fingerprint == fingerprint and prev.config == self.config)
+
     def _triage(self, plan: Plan) -> list[FileRun]:
         todo = []
         for f in plan.files:
-            prev = self.done.get(f.source.file_id)
-            if f.error:
+            if f.skipped:
+                prev = self.done[f.source.file_id]
+                self.catalog.append(dict(prev.catalog, status="unchanged", run_id=self.run_id))
+            elif f.error:
                 self._fail_file(f, f.error)
-            elif (not self.options.force and prev and prev.fingerprint == f.source.fingerprint
-                  and prev.config == self.config):
-                row = dict(prev.catalog, status="unchanged", run_id=self.run_id)
-                self.catalog.append(row)
             else:
                 todo.append(FileRun(f, list(f.chunks)))
         todo.sort(key=lambda r: -r.planned.source.size)  # largest first: shortest makespan
@@ -124,33 +131,21 @@ class Runner:
                             enabled=self.options.progress)
         queue: list[tuple[FileRun, ChunkSpec]] = [(r, c) for r in todo for c in r.chunks]
         queue.reverse()  # pop() from the end keeps largest-file-first order
-        by_key: dict[str, tuple[FileRun, ChunkSpec]] = {}
-        running = as_completed()
+        running: dict[Future, tuple[FileRun, ChunkSpec, float]] = {}
         reader_options = self.options.reader_options()
+        timeout = self.options.chunk_timeout
 
         def submit(run: FileRun, spec: ChunkSpec) -> None:
             task = ChunkTask(run.planned.source, run.planned.reader, spec,
-                             run.planned.description, reader_options, self.sink)
+                             run.planned.description, reader_options, self.sink,
+                             self.options.retries)
             key = f"chunkmill-{self.run_id}-{spec.id}-{run.attempts}"
             fut = client.submit(run_chunk, task, key=key, pure=False,
                                 priority=run.planned.source.size,
                                 retries=self.options.retries)
-            by_key[fut.key] = (run, spec)
-            running.add(fut)
+            running[fut] = (run, spec, time.monotonic())
 
-        def fill() -> None:
-            while queue and running.count() < window:
-                submit(*queue.pop())
-
-        for run in todo:
-            if not run.chunks:  # an empty file (or header only): nothing to run
-                self._complete_file(run)
-                progress.update(files=1)
-        fill()
-        for fut in running:
-            run, spec = by_key.pop(fut.key)
-            manifest = self._result(fut, run, spec)
-            fut.release()
+        def finished(run: FileRun, spec: ChunkSpec, manifest: ChunkManifest) -> None:
             run.manifests[spec.index] = manifest
             self.report.chunk_records.append(ChunkRecord(
                 spec.id, run.planned.source.path, manifest.worker, manifest.started,
@@ -164,26 +159,62 @@ class Runner:
                     queue.extend(reversed([(run, c) for c in extra]))
                 else:
                     progress.update(files=1)
-            fill()
+
+        for run in todo:
+            if not run.chunks:  # an empty file (or header only): nothing to run
+                self._complete_file(run)
+                progress.update(files=1)
+        while queue or running:
+            allowed = self.monitor.window(window)
+            while queue and len(running) < allowed:
+                submit(*queue.pop())
+            if not running:
+                time.sleep(0.1)  # paused by memory pressure: wait for it to ease
+                self.monitor.poll(client, progress)
+                continue
+            try:
+                wait(list(running), timeout=0.25, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                pass  # nothing finished yet: look at timeouts and pressure, then wait again
+            for fut in [f for f in running if f.done()]:
+                run, spec, _ = running.pop(fut)
+                manifest = self._result(fut, run, spec)
+                fut.release()
+                finished(run, spec, manifest)
+            if timeout:
+                now = time.monotonic()
+                for fut, (run, spec, began) in list(running.items()):
+                    if now - began > timeout and fut.status == "pending":
+                        # Python cannot kill the worker thread; we stop waiting for it.
+                        running.pop(fut)
+                        fut.cancel()
+                        message = (f"{run.planned.source.path}: chunk {spec.index} at byte "
+                                   f"{spec.offset}: timed out after {timeout:g}s")
+                        finished(run, spec, self._chunk_failure(run, spec, "ChunkTimeout",
+                                                                message))
+            self.monitor.poll(client, progress)
         progress.close()
 
-    def _result(self, fut: Any, run: FileRun, spec: ChunkSpec) -> ChunkManifest:
+    def _result(self, fut: Future, run: FileRun, spec: ChunkSpec) -> ChunkManifest:
         try:
             return fut.result()
         except Exception as exc:  # worker lost too often, out of memory, ...
             text = str(exc).strip().splitlines()
             message = (f"{run.planned.source.path}: chunk {spec.index} at byte {spec.offset}: "
                        f"{type(exc).__name__}: {text[0] if text else ''}")
-            manifest = ChunkManifest(spec.id, spec.file_id, spec.index, failed=message,
-                                     started=time.time(), finished=time.time())
-            rejected = Rejected("chunk", type(exc).__name__, message, spec.offset)
-            table = errors_table([(spec.file_id, run.planned.source.path, spec.index, rejected)],
-                                 self.run_id)
-            from pipeline.sink import stage_errors
+            return self._chunk_failure(run, spec, type(exc).__name__, message)
 
-            manifest.fragments = [stage_errors(self.sink, spec.id, table)]
-            manifest.error_count = 1
-            return manifest
+    def _chunk_failure(self, run: FileRun, spec: ChunkSpec, error_type: str,
+                       message: str) -> ChunkManifest:
+        """A chunk that produced nothing: one ``_errors`` row, the file goes on."""
+        manifest = ChunkManifest(spec.id, spec.file_id, spec.index, failed=message,
+                                 started=time.time(), finished=time.time())
+        rejected = Rejected("chunk", error_type, message, spec.offset)
+        table = errors_table([(spec.file_id, run.planned.source.path, spec.index, rejected)],
+                             self.run_id)
+        manifest.fragments = [stage_errors(self.sink, spec.id, table)]
+        manifest.error_count = 1
+        return manifest
 
     def _settle(self, run: FileRun) -> list[ChunkSpec]:
         """Reconcile a finished file; returns chunks to run again, or commits the file."""
@@ -295,8 +326,15 @@ class Runner:
                                       catalog_table(self.catalog), self.options.compression)
         self.store.rmtree(self.store.path(STATE_DIR, "staging", self.run_id))
         self.report.finished = time.time()
+        self._save_report()
+
+    def _save_report(self, planned: list[str] | None = None) -> None:
+        """The run's JSON report; saved at the start too, so ``status`` sees unfinished runs."""
+        data = self.report.asdict()
+        if planned is not None:
+            data["planned"] = planned
         self.store.write_bytes_atomic(self.store.path(STATE_DIR, "runs", f"{self.run_id}.json"),
-                                      self.report.to_json().encode())
+                                      json.dumps(data, indent=2, default=str).encode())
 
 
 def ingest(paths: str | Sequence[str], out: str, **options: Any) -> RunReport:

@@ -95,15 +95,21 @@ class Store:
         else:
             self.fs.rm(path, recursive=True)
 
+    @staticmethod
+    def temp_name(path: str) -> str:
+        """A sibling name no reader picks up: hidden (pyarrow, Spark) and not ``*.parquet``."""
+        head, tail = posixpath.split(path)
+        return posixpath.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:8]}")
+
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = self.temp_name(path)
         with self.open_write(tmp) as f:
             f.write(data)
             _sync(f, self.local)
         self.replace(tmp, path)
 
     def write_table_atomic(self, path: str, table: pa.Table, compression: str = "zstd") -> None:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = self.temp_name(path)
         with self.open_write(tmp) as f:
             pq.write_table(table, f, compression=_codec(compression))
             _sync(f, self.local)
@@ -179,7 +185,9 @@ class FragmentWriter:
         if key not in self.writers:
             store = self.spec.store
             name = f"{self.chunk_id}.parquet"
-            staged = store.path(STATE_DIR, "staging", self.spec.run_id, table, rel, name)
+            # Unique per attempt: a worker presumed lost cannot scribble over its successor.
+            staged = store.path(STATE_DIR, "staging", self.spec.run_id, table, rel,
+                                f"{self.chunk_id}.{uuid.uuid4().hex[:8]}.parquet")
             final = store.path(table, rel, name)
             handle = store.open_write(staged)
             writer = pq.ParquetWriter(handle, schema, compression=_codec(self.spec.compression))
@@ -222,7 +230,8 @@ def errors_table(rows: Iterable[tuple[str, str, int | None, Rejected]], run_id: 
 def stage_errors(spec: SinkSpec, name: str, table: pa.Table) -> Fragment:
     """Stage an ``_errors`` fragment (committed with the chunk's data fragments)."""
     store = spec.store
-    staged = store.path(STATE_DIR, "staging", spec.run_id, ERRORS_DIR, f"{name}.parquet")
+    staged = store.path(STATE_DIR, "staging", spec.run_id, ERRORS_DIR,
+                        f"{name}.{uuid.uuid4().hex[:8]}.parquet")
     with store.open_write(staged) as f:
         pq.write_table(table, f, compression=_codec(spec.compression))
         _sync(f, store.local)

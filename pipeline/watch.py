@@ -1,0 +1,74 @@
+"""The client's view of the cluster during a run: memory, pressure level, submission window.
+
+Polls the scheduler (at most every ``interval`` seconds) for each worker's memory and the
+pressure level the `pipeline.pressure_plugin` reports as a worker metric, records a memory
+timeline and level changes into the run report, and shrinks the window of chunks in flight
+as pressure rises (CRITICAL stops submission until it eases).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from distributed import Client
+
+from pipeline.progress import Progress
+from pipeline.report import RunReport
+
+LEVELS = ("NORMAL", "ELEVATED", "HIGH", "CRITICAL")
+LEVEL_METRIC = "chunkmill_pressure_level"
+#: Share of the full window allowed at each level (CRITICAL: submit nothing new).
+WINDOW_SHARE = (1.0, 0.75, 0.5, 0.0)
+
+
+class ClusterWatch:
+    """Samples the cluster for one run; cheap enough to call on every loop turn."""
+
+    def __init__(self, report: RunReport, interval: float = 0.5) -> None:
+        self.report = report
+        self.interval = interval
+        self.level = 0
+        self._last = 0.0
+        self._levels: dict[str, int] = {}
+        self._spilled: dict[str, int] = {}
+
+    def window(self, base: int) -> int:
+        """Chunks allowed in flight now: the base window scaled down by the pressure level."""
+        share = WINDOW_SHARE[self.level]
+        return 0 if share == 0 else max(1, int(base * share))
+
+    def poll(self, client: Client, progress: Progress | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        try:
+            workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        except Exception:  # scheduler busy or reconnecting: keep the last known level
+            return
+        stamp = time.time()
+        highest = 0
+        for addr, info in workers.items():
+            metrics: dict[str, Any] = info.get("metrics", {})
+            level = int(metrics.get(LEVEL_METRIC, 0) or 0)
+            level = min(max(level, 0), len(LEVELS) - 1)
+            highest = max(highest, level)
+            limit = info.get("memory_limit") or 0
+            memory = int(metrics.get("memory", 0) or 0)
+            self.report.memory_timeline.append({
+                "time": stamp, "worker": addr, "memory_bytes": memory,
+                "memory_fraction": round(memory / limit, 4) if limit else None,
+                "level": LEVELS[level]})
+            if self._levels.get(addr, 0) != level:
+                self.report.pressure_events.append({
+                    "time": stamp, "worker": addr, "old": LEVELS[self._levels.get(addr, 0)],
+                    "new": LEVELS[level]})
+                self._levels[addr] = level
+            spilled = metrics.get("spilled_bytes", {})
+            if isinstance(spilled, dict):
+                self._spilled[addr] = int(spilled.get("disk", 0) or 0)
+        self.report.spilled_bytes = sum(self._spilled.values())
+        self.level = highest
+        if progress is not None:
+            progress.update(pressure=LEVELS[highest])
