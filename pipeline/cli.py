@@ -65,12 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retries of a chunk whose worker died (default 2)")
     ingest.add_argument("--force", action="store_true",
                         help="re-ingest files even when unchanged since the last run")
+    ingest.add_argument("--prune", action="store_true",
+                        help="forget files ingested before that are no longer among the "
+                             "inputs (their rows are deleted from OUT)")
+    ingest.add_argument("--chunk-timeout", type=float, metavar="SECONDS",
+                        help="give up on a chunk that runs longer (an _errors row)")
     ingest.add_argument("--json", action="store_true", help="print the run report as JSON")
     ingest.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
     plan = sub.add_parser("plan", help="dry run: files, formats, chunks, bytes; writes nothing")
     _common(plan)
     plan.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("status", help="done / pending / failed files of an output directory")
+    st.add_argument("out", help="the --out directory of earlier runs")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("-v", "--verbose", action="count", default=0)
+    st.add_argument("-q", "--quiet", action="count", default=0)
 
     demo = sub.add_parser("demo", help="write sample data and ingest it on an embedded cluster")
     demo.add_argument("--dir", default="sample_data", help="where to write the sample inputs")
@@ -119,6 +130,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "status":
+            import json
+
+            from pipeline.status import format_status, status
+
+            info = status(args.out)
+            print(json.dumps(info, indent=2, default=str) if args.json else format_status(info))
+            return 0 if info["last_run_finished"] and not info["totals"].get("failed") else 1
         options = _options(args)
         if args.command == "plan":
             from pipeline.planning import build_plan

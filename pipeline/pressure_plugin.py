@@ -1,22 +1,28 @@
 """Worker plugin that reacts to memory pressure before Dask's own last resorts.
 
 Dask's defaults spill at 70 % of the worker limit, pause at 80 % and kill at 95 %, all
-measured on the worker process alone. Chunk parsing bursts (Arrow buffers, decompression)
-and other processes in the same container can go from "fine" to "killed" faster than
-that, so this plugin acts in steps driven by :class:`~pipeline.pressure.MemoryPressureMonitor`:
+measured on the worker process alone, and keep up to 60 % of the limit as managed data
+whatever the process already uses. Fast chunk tasks (Arrow buffers, decompression) and
+other processes in the same container can go from "fine" to "killed" between two
+samples, so this plugin acts in steps driven by
+:class:`~pipeline.pressure.MemoryPressureMonitor`:
 
 ========== ============================================================================
-ELEVATED   spill earlier: shrink the SpillBuffer target (``worker.data.n``) and the
-           memory manager's target fraction, evict until the fast store fits, and
-           return Arrow's cached free pages to the OS (at most once a second).
-HIGH       evict harder (to 10 % of the original target), ``gc.collect()`` once, pause
-           the worker (running tasks finish, no new ones start).
+always     cap the SpillBuffer target (``worker.data.n``) so that unmanaged memory
+           plus managed data stays under the ELEVATED line; zict enforces it on every
+           insert, so no sampling race is involved (only with a worker memory limit).
+ELEVATED   spill earlier: halve the spill target and the memory manager's target
+           fraction, evict until the fast store fits, return Arrow's cached free pages
+           to the OS (at most once a second), sample every 100 ms.
+HIGH       evict down to 10 % of the original target, ``gc.collect()`` once, pause the
+           worker (running tasks finish, no new ones start).
 CRITICAL   as HIGH, evict everything evictable; the ``chunkmill-pressure`` event it
            logs tells clients to stop submitting (see :mod:`pipeline.backpressure`).
-lower      restore the settings of the lower level; resume once below HIGH.
+lower      after ``cooldown`` seconds below the current level: restore the lower
+           level's settings (NORMAL: the originals); resume once below HIGH.
 ========== ============================================================================
 
-Every level change is also logged as a ``chunkmill-pressure`` event. Dask's spill and
+Every level change is logged as a ``chunkmill-pressure`` event. Dask's spill and
 terminate stay active; only Dask's pause is disabled, because its monitor would
 otherwise un-pause a worker this plugin paused about 100 ms later.
 
@@ -55,7 +61,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PLUGIN_NAME", "EVENT_TOPIC", "PressurePlugin", "pressure_events"]
+__all__ = [
+    "DEFAULT_SPILL_FACTORS",
+    "EVENT_TOPIC",
+    "METRIC_LEVEL",
+    "METRIC_PERCENT",
+    "PLUGIN_NAME",
+    "PressurePlugin",
+    "pressure_events",
+]
 
 PLUGIN_NAME = "chunkmill-pressure"
 EVENT_TOPIC = "chunkmill-pressure"
@@ -79,7 +93,8 @@ _EVICT_YIELD_S = 0.05
 # show up as "unmanaged" RSS (100+ MB after spilling a few tables) and can keep a
 # worker above a threshold with nothing left to spill.
 _ARROW_RELEASE_S = 1.0
-# Sampling interval while at ELEVATED or above (see _tick).
+# Sampling interval while at ELEVATED or above: as often as the nanny checks for its
+# 95 % kill line, since RSS can climb from 80 % to 95 % within one default interval.
 _PRESSURE_INTERVAL = 0.1
 
 # --------------------------------------------------------------------- prometheus
@@ -105,7 +120,7 @@ def _prometheus_gauges() -> dict[str, Any]:
             return _prom_gauges
         gauges: dict[str, Any] = {}
         specs = {
-            "chunkmill_pressure_level": "chunkmill memory pressure level "
+            "chunkmill_pressure_level": "chunkmill memory pressure level acted on "
             "(0 normal, 1 elevated, 2 high, 3 critical)",
             "chunkmill_memory_fraction": "Memory used / budget as seen by the chunkmill "
             "pressure plugin",
@@ -133,7 +148,8 @@ class PressurePlugin(WorkerPlugin):
         Level thresholds; default from ``chunkmill.pressure.*`` config of the process
         that constructs the plugin (normally the client).
     interval
-        Seconds between samples; default ``chunkmill.pressure.interval`` or 0.5.
+        Seconds between samples at NORMAL; default ``chunkmill.pressure.interval`` or
+        0.5. At ELEVATED and above the plugin samples every 0.1 s.
     limit_bytes
         Memory budget for the machine-wide reading (host RAM or cgroup usage). Default
         :data:`distributed.system.MEMORY_LIMIT`. Independently of this, if the worker
@@ -143,12 +159,23 @@ class PressurePlugin(WorkerPlugin):
     read_memory
         Replaces both readings: a picklable callable returning used bytes or
         ``(used, limit)`` (for tests). Its limit is overridden by ``limit_bytes`` and
-        defaults to the worker's memory limit.
+        defaults to the worker's memory limit. Disables the headroom cap, which needs
+        real process memory.
     watch_system
         Set False to watch only the worker process (needs a worker memory limit).
     spill_factors
         Per-level multipliers of the original spill target; see
         :data:`DEFAULT_SPILL_FACTORS`.
+    cooldown
+        Seconds usage must stay below the current level before the plugin steps down
+        (and resumes). Rising is always immediate. Without it, spilling everything
+        at ELEVATED drops usage at once, the original target is restored, the store
+        refills and the worker oscillates between levels every few hundred ms.
+    headroom_cap
+        Cap the spill target at ``elevated * memory_limit - unmanaged memory`` (see
+        module docs). Dask's fixed 60 % target ignores what the process already uses:
+        a 400 MB worker with 150 MB of imports and allocator caches could hold 240 MB
+        of data and cross the 95 % kill line with the next result.
     replace
         By default re-registering is a no-op when the plugin is already installed
         (``idempotent``), so repeated runs against a long-lived cluster keep counters;
@@ -177,6 +204,8 @@ class PressurePlugin(WorkerPlugin):
         *,
         watch_system: bool = True,
         spill_factors: Mapping[PressureLevel, float] | None = None,
+        cooldown: float = 1.0,
+        headroom_cap: bool = True,
         replace: bool = False,
         history: int = 600,
         arrow_pool: str | None = "jemalloc",
@@ -185,56 +214,69 @@ class PressurePlugin(WorkerPlugin):
         self.interval = float(interval if interval is not None else default_interval())
         if self.interval <= 0:
             raise ValueError(f"interval must be positive; got {self.interval}")
+        if cooldown < 0:
+            raise ValueError(f"cooldown must be >= 0; got {cooldown}")
         self.limit_bytes = int(limit_bytes) if limit_bytes is not None else None
         self.read_memory = read_memory
         self.watch_system = watch_system
         factors = dict(DEFAULT_SPILL_FACTORS)
         factors.update({PressureLevel(k): float(v) for k, v in (spill_factors or {}).items()})
         self.spill_factors = factors
+        self.cooldown = float(cooldown)
+        self.headroom_cap = headroom_cap
         self.idempotent = not replace
         self.history = history
         self.arrow_pool = arrow_pool
         self._reset_runtime()
+
+    _CONFIG_FIELDS = (
+        "thresholds",
+        "interval",
+        "limit_bytes",
+        "read_memory",
+        "watch_system",
+        "spill_factors",
+        "cooldown",
+        "headroom_cap",
+        "idempotent",
+        "history",
+        "arrow_pool",
+    )
 
     def _reset_runtime(self) -> None:
         self._worker: Worker | None = None
         self._monitor: MemoryPressureMonitor | None = None
         self._pc: PeriodicCallback | None = None
         self._busy = False
-        self._last_release = float("-inf")
         self._applied = PressureLevel.NORMAL
+        self._below_since: float | None = None
+        self._last_release = float("-inf")
         self._paused_by_plugin = False
         self._original: dict[str, Any] = {}
-        self._replaced_pool: Any = None
-        self._our_pool: Any = None
         self._counters: dict[str, Any] = {}
         self._changes: deque[dict[str, Any]] = deque(maxlen=1000)
+        self._replaced_pool: Any = None
+        self._our_pool: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Only configuration travels; runtime state (worker, callbacks) is per process.
-        keep = (
-            "thresholds",
-            "interval",
-            "limit_bytes",
-            "read_memory",
-            "watch_system",
-            "spill_factors",
-            "idempotent",
-            "history",
-            "arrow_pool",
-        )
-        return {k: self.__dict__[k] for k in keep}
+        return {k: self.__dict__[k] for k in self._CONFIG_FIELDS}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._reset_runtime()
 
     def __repr__(self) -> str:
-        level = self._monitor.level.name if self._monitor else "not installed"
+        level = self._applied.name if self._worker is not None else "not installed"
         return (
             f"<PressurePlugin {level} interval={self.interval:g}s "
             f"limit_bytes={self.limit_bytes} thresholds={self.thresholds}>"
         )
+
+    @property
+    def level(self) -> PressureLevel:
+        """Level the plugin currently acts on (the monitor's, delayed by ``cooldown``)."""
+        return self._applied
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, worker: Worker) -> None:
@@ -257,6 +299,7 @@ class PressurePlugin(WorkerPlugin):
             "arrow_releases": 0,
             "critical_events": 0,
             "samples": 0,
+            "min_spill_target_bytes": self._original["data_n"],
         }
         # Dask would resume a worker we paused as soon as *its* process-only reading
         # is under 80 %, so its pause is switched off; spill and terminate stay.
@@ -281,7 +324,7 @@ class PressurePlugin(WorkerPlugin):
         gauges = _prometheus_gauges()
         if "chunkmill_pressure_level" in gauges:
             gauges["chunkmill_pressure_level"].labels(worker=worker.address).set_function(
-                lambda: float(self._monitor.level if self._monitor else 0)
+                lambda: float(self._applied)
             )
         if "chunkmill_memory_fraction" in gauges:
             gauges["chunkmill_memory_fraction"].labels(worker=worker.address).set_function(
@@ -312,7 +355,10 @@ class PressurePlugin(WorkerPlugin):
             worker.status = Status.running
         self._paused_by_plugin = False
 
-        for key, fn in ((METRIC_LEVEL, self._metric_level), (METRIC_PERCENT, self._metric_percent)):
+        for key, fn in (
+            (METRIC_LEVEL, self._metric_level),
+            (METRIC_PERCENT, self._metric_percent),
+        ):
             if worker.metrics.get(key) == fn:
                 del worker.metrics[key]
         for gauge in _prometheus_gauges().values():
@@ -384,7 +430,7 @@ class PressurePlugin(WorkerPlugin):
         return read_default
 
     def _metric_level(self, worker: Worker) -> int:
-        return int(self._monitor.level) if self._monitor else 0
+        return int(self._applied)
 
     def _metric_percent(self, worker: Worker) -> float:
         return round(100.0 * self._current_fraction(), 2)
@@ -402,32 +448,40 @@ class PressurePlugin(WorkerPlugin):
             sample = self._monitor.snapshot()
             self._counters["samples"] += 1
             old = self._applied
-            if sample.level != old:
-                self._on_level_change(old, sample.level, sample)
-                if self._pc is not None:
-                    # Under pressure, RSS can climb from 80 % to the nanny's 95 %
-                    # kill line within one default interval; watch as closely as
-                    # the nanny does (it samples every 100 ms).
-                    fast = sample.level >= PressureLevel.ELEVATED
-                    interval = min(self.interval, _PRESSURE_INTERVAL) if fast else self.interval
-                    self._pc.callback_time = interval * 1000
-            if self._applied >= PressureLevel.ELEVATED:
+            new = self._decide(sample.level)
+            if new != old:
+                self._on_level_change(old, new, sample)
+            self._set_spill_target()
+            if new >= PressureLevel.ELEVATED:
                 # Repeated on every tick while under pressure: a value larger than
                 # the shrunken target, or one that failed to spill last time, may
                 # still sit in the fast store. A no-op when it already fits.
                 evicted = await self._evict_to_target()
-                if self._applied >= PressureLevel.HIGH > old:
+                if new >= PressureLevel.HIGH > old:
                     # Spilled objects may sit in reference cycles; collect once per
                     # episode rather than every tick, as gc blocks the event loop.
                     gc.collect()
                 now = time.monotonic()
-                if self._applied > old or evicted or now - self._last_release >= _ARROW_RELEASE_S:
+                if new > old or evicted or now - self._last_release >= _ARROW_RELEASE_S:
                     self._release_arrow()
                     self._last_release = now
         except Exception:
             logger.exception("chunkmill pressure plugin tick failed")
         finally:
             self._busy = False
+
+    def _decide(self, observed: PressureLevel) -> PressureLevel:
+        """Rise at once; step down only after ``cooldown`` seconds below."""
+        if observed >= self._applied:
+            self._below_since = None
+            return observed
+        now = time.monotonic()
+        if self._below_since is None:
+            self._below_since = now
+        if now - self._below_since >= self.cooldown:
+            self._below_since = None
+            return observed
+        return self._applied
 
     # ------------------------------------------------------------------- actions
     def _on_level_change(
@@ -453,7 +507,17 @@ class PressurePlugin(WorkerPlugin):
             sample.fraction * 100,
             sample.limit_bytes,
         )
-        self._apply_spill_settings(new)
+        if self._pc is not None:
+            fast = new >= PressureLevel.ELEVATED
+            interval = min(self.interval, _PRESSURE_INTERVAL) if fast else self.interval
+            self._pc.callback_time = interval * 1000
+
+        factor = self.spill_factors.get(new, 1.0)
+        target = self._original.get("memory_target_fraction")
+        if target:
+            worker.memory_manager.memory_target_fraction = (
+                target if factor >= 1.0 else max(target * factor, _MIN_TARGET_FRACTION)
+            )
 
         if new >= PressureLevel.HIGH:
             if worker.status == Status.running:
@@ -485,19 +549,26 @@ class PressurePlugin(WorkerPlugin):
             # Not connected to a scheduler (yet/anymore): the reaction still matters.
             logger.debug("could not log chunkmill-pressure event", exc_info=True)
 
-    def _apply_spill_settings(self, level: PressureLevel) -> None:
+    def _set_spill_target(self) -> None:
+        """Set ``worker.data.n`` for the applied level, capped by process headroom."""
         worker = self._worker
         assert worker is not None
-        factor = self.spill_factors.get(level, 1.0)
-        mm = worker.memory_manager
-        target = self._original.get("memory_target_fraction")
-        if target:
-            mm.memory_target_fraction = (
-                target if factor >= 1.0 else max(target * factor, _MIN_TARGET_FRACTION)
-            )
-        n = self._original.get("data_n")
-        if n is not None and _is_spillable(worker.data):
-            worker.data.n = n if factor >= 1.0 else int(n * factor)
+        n0 = self._original.get("data_n")
+        data = worker.data
+        if n0 is None or not _is_spillable(data):
+            return
+        factor = self.spill_factors.get(self._applied, 1.0)
+        n = n0 if factor >= 1.0 else int(n0 * factor)
+        limit = worker.memory_manager.memory_limit
+        if self.headroom_cap and self.read_memory is None and limit:
+            # Everything in the process that is not in the fast store (interpreter,
+            # imports, running tasks, allocator caches) stays whatever we spill, so
+            # only the rest of the budget below the ELEVATED line is for data.
+            unmanaged = max(0, worker.monitor.get_process_memory() - data.fast.total_weight)
+            n = min(n, max(0, int(self.thresholds.elevated * limit) - unmanaged))
+        data.n = n
+        low = self._counters.get("min_spill_target_bytes")
+        self._counters["min_spill_target_bytes"] = n if low is None else min(low, n)
 
     async def _evict_to_target(self) -> int:
         """Evict least-recently-used values until the fast store fits ``data.n``."""
@@ -543,8 +614,9 @@ class PressurePlugin(WorkerPlugin):
         out: dict[str, Any] = {
             "installed": worker is not None,
             "worker": worker.address if worker else None,
-            "level": monitor.level.name if monitor else PressureLevel.NORMAL.name,
-            "level_value": int(monitor.level) if monitor else 0,
+            "level": self._applied.name,
+            "level_value": int(self._applied),
+            "observed_level": monitor.level.name if monitor else None,
             "fraction": last.fraction if last else None,
             "used_bytes": last.used_bytes if last else None,
             "limit_bytes": last.limit_bytes if last else None,
@@ -590,7 +662,7 @@ def _is_spillable(data: object) -> bool:
 def pressure_events(dask_worker: Worker) -> dict[str, Any]:
     """Counters of the pressure plugin on ``dask_worker``; use ``client.run(pressure_events)``.
 
-    Returns ``{"installed": False}`` when the plugin is not installed on that worker.
+    Returns ``{"installed": False, "worker": address}`` when the plugin is not installed.
     """
     plugin = dask_worker.plugins.get(PLUGIN_NAME)
     if not isinstance(plugin, PressurePlugin):

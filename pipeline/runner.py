@@ -21,6 +21,7 @@ from typing import Any
 from distributed import Client, Future, wait
 
 from pipeline.cluster import connect, dashboard_link
+from pipeline.faults import crash_point
 from pipeline.graph import ChunkManifest, ChunkTask, run_chunk
 from pipeline.options import IngestOptions
 from pipeline.planning import Plan, PlannedFile, build_plan
@@ -92,6 +93,8 @@ class Runner:
                                  self.options.partition_by, self.options.compression)
             self.store.rmtree(self.store.path(STATE_DIR, "staging"))
             todo = self._triage(plan)
+            if self.options.prune:
+                self._prune(plan)
             self._save_report(planned=[f.source.path for r in todo for f in [r.planned]])
             if todo:
                 with connect(self.options) as client:
@@ -153,6 +156,7 @@ class Runner:
                 run.attempts))
             progress.update(chunks=1, nbytes=spec.length)
             if run.complete:
+                crash_point("before_commit")
                 extra = self._settle(run)
                 if extra:
                     progress.add_chunks(len(extra))
@@ -279,7 +283,9 @@ class Runner:
         final = [self._rel(f.final) for f in fragments]
         self.journal.append({"event": "committing", "file_id": source.file_id, "run": self.run_id,
                              "fragments": final, "previous": previous})
-        for frag in fragments:
+        for i, frag in enumerate(fragments):
+            if i == len(fragments) // 2:
+                crash_point("mid_commit")
             self.store.replace(frag.staged, frag.final)
         keep = set(final)
         for rel in previous:
@@ -311,19 +317,41 @@ class Runner:
             self.options.compression)
         self.report.failures.append(message)
         self.report.errors += 1
-        self.catalog.append({"file_id": source.file_id, "path": source.path,
-                             "format": planned.reader, "size_bytes": source.size,
-                             "mtime": source.mtime, "fingerprint": source.fingerprint,
-                             "status": "failed", "tables": planned.tables, "rows": 0,
-                             "chunks": 0, "error_count": 1, "duration_s": 0.0,
-                             "metadata": {"error": message}, "run_id": self.run_id,
-                             "ingested_at": time.time()})
+        row = {"file_id": source.file_id, "path": source.path, "format": planned.reader,
+               "size_bytes": source.size, "mtime": source.mtime,
+               "fingerprint": source.fingerprint, "status": "failed", "tables": planned.tables,
+               "rows": 0, "chunks": 0, "error_count": 1, "duration_s": 0.0,
+               "metadata": {"error": message}, "run_id": self.run_id,
+               "ingested_at": time.time()}
+        self.journal.append({"event": "failed", "file_id": source.file_id, "run": self.run_id,
+                             "catalog": row})
+        self.catalog.append(row)
+
+    def _prune(self, plan: Plan) -> None:
+        """Forget files that are no longer among the inputs, with their fragments."""
+        seen = {f.source.file_id for f in plan.files}
+        for file_id, record in list(self.done.items()):
+            if file_id in seen:
+                continue
+            for rel in record.fragments:
+                self.store.remove(self.store.path(rel))
+            self.store.remove(self.store.path(ERRORS_DIR, f"{file_id}-file.parquet"))
+            self.journal.append({"event": "forget", "file_id": file_id, "run": self.run_id})
+            self.done.pop(file_id)
+            self.report.notes.append(f"pruned {record.catalog.get('path', file_id)}")
 
     def _finish(self) -> None:
         for row in self.catalog:
             self.report.files[row["status"]] = self.report.files.get(row["status"], 0) + 1
+        # The catalog holds every file ever ingested into OUT (this run's rows win), so a run
+        # over other inputs does not hide earlier ones; --prune drops inputs that are gone.
+        rows = {r.file_id: r.catalog for r in self.done.values() if r.catalog}
+        rows.update({row["file_id"]: row for row in self.catalog})
+        crash_point("catalog")
         self.store.write_table_atomic(self.store.path(CATALOG_DIR, "catalog.parquet"),
-                                      catalog_table(self.catalog), self.options.compression)
+                                      catalog_table(sorted(rows.values(),
+                                                           key=lambda r: r["path"])),
+                                      self.options.compression)
         self.store.rmtree(self.store.path(STATE_DIR, "staging", self.run_id))
         self.report.finished = time.time()
         self._save_report()

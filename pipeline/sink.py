@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from pipeline import partition
+from pipeline.faults import crash_point
 from pipeline.schema import conform
 from readers.base import Rejected
 
@@ -113,6 +114,7 @@ class Store:
         with self.open_write(tmp) as f:
             pq.write_table(table, f, compression=_codec(compression))
             _sync(f, self.local)
+        crash_point("before_rename")
         self.replace(tmp, path)
 
     def glob(self, pattern: str) -> list[str]:

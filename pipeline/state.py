@@ -60,18 +60,27 @@ class Journal:
                     continue
 
     def load(self) -> tuple[dict[str, FileRecord], dict[str, list[str]]]:
-        """(committed files by id, fragments of interrupted commits by id)."""
+        """(committed files by id, fragments of interrupted commits by id).
+
+        A file whose last word is ``failed`` keeps its fragments (nothing written is lost) but
+        is not done: its record has an empty fingerprint, so the next run tries it again.
+        """
         done: dict[str, FileRecord] = {}
         pending: dict[str, list[str]] = {}
         for e in self.entries():
             fid = e.get("file_id")
-            if e.get("event") == "committing":
+            event = e.get("event")
+            if event == "committing":
                 pending[fid] = list(e.get("fragments", [])) + list(e.get("previous", []))
-            elif e.get("event") == "committed" and fid in pending:
+            elif event == "committed" and fid in pending:
                 pending.pop(fid)
                 done[fid] = FileRecord(fid, e["fingerprint"], e["config"], e["fragments"],
                                        e.get("catalog", {}))
-            elif e.get("event") == "forget":
+            elif event == "failed":
+                prev = done.get(fid)
+                done[fid] = FileRecord(fid, "", "", prev.fragments if prev else [],
+                                       e.get("catalog", {}))
+            elif event == "forget":
                 done.pop(fid, None)
         return done, pending
 

@@ -1,0 +1,75 @@
+"""``chunkmill status OUT``: what is done, pending and failed, from the journal and run reports."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pipeline.errors import UsageError
+from pipeline.sink import CATALOG_DIR, STATE_DIR, Store
+from pipeline.state import Journal
+
+
+def status(out: str) -> dict[str, Any]:
+    """Per-table and per-file state of OUT, and the last run's report."""
+    store = Store(out)
+    if not store.exists(store.path(STATE_DIR)):
+        raise UsageError(f"{out}: not a chunkmill output directory (no {STATE_DIR}/)")
+    done, interrupted = Journal(store).load()
+    runs = store.glob(store.path(STATE_DIR, "runs", "*.json"))
+    last: dict[str, Any] = {}
+    if runs:
+        with open(runs[-1]) if store.local else store.fs.open(runs[-1]) as f:
+            last = json.load(f)
+    catalog: list[dict[str, Any]] = []
+    path = store.path(CATALOG_DIR, "catalog.parquet")
+    if store.exists(path):
+        catalog = pq.read_table(path if store.local else store.fs.open(path)).to_pylist()
+    files: dict[str, dict[str, Any]] = {}
+    for row in catalog:
+        state = "failed" if row["status"] == "failed" else "done"
+        if row["file_id"] in interrupted:
+            state = "pending"
+        files[row["path"]] = {"state": state, "status": row["status"], "rows": row["rows"],
+                              "tables": row["tables"], "errors": row["error_count"]}
+    for record in done.values():  # committed, but the catalog was not written (killed run)
+        path_ = record.catalog.get("path")
+        if path_ and path_ not in files:
+            files[path_] = {"state": "done", "status": record.catalog.get("status"),
+                            "rows": record.catalog.get("rows"),
+                            "tables": record.catalog.get("tables"),
+                            "errors": record.catalog.get("error_count")}
+    unfinished = not last.get("finished")
+    for path_ in last.get("planned", []) if unfinished else []:
+        if path_ not in files or files[path_]["state"] != "done":
+            files.setdefault(path_, {"status": None, "rows": 0, "tables": [], "errors": 0})
+            files[path_]["state"] = "pending"
+    tables: dict[str, Counter] = {}
+    for info in files.values():
+        for table in info.get("tables") or ["?"]:
+            tables.setdefault(table, Counter())[info["state"]] += 1
+    return {"out": out, "files": files, "tables": {t: dict(c) for t, c in tables.items()},
+            "totals": dict(Counter(i["state"] for i in files.values())),
+            "last_run": {k: last.get(k) for k in ("run_id", "started", "finished", "rows",
+                                                  "errors", "files", "failures")},
+            "last_run_finished": not unfinished}
+
+
+def format_status(info: dict[str, Any]) -> str:
+    totals = info["totals"]
+    last = info["last_run"]
+    lines = [f"{info['out']}: {totals.get('done', 0)} done, {totals.get('pending', 0)} pending, "
+             f"{totals.get('failed', 0)} failed",
+             f"last run {last.get('run_id')}: "
+             + ("finished" if info["last_run_finished"] else "did not finish (re-run to resume)")
+             + f", {last.get('rows') or 0:,} rows, {last.get('errors') or 0:,} rejected"]
+    for table, counts in sorted(info["tables"].items()):
+        lines.append(f"  table {table}: " + ", ".join(f"{n} {s}" for s, n in
+                                                      sorted(counts.items())))
+    for path, f in sorted(info["files"].items()):
+        lines.append(f"  {f['state']:8} {f.get('status') or '-':9} {f.get('rows') or 0:>12,} "
+                     f"rows  {path}")
+    return "\n".join(lines)
