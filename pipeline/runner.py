@@ -268,6 +268,9 @@ class Runner:
         else:
             status = "partial" if errors else "ok"
         metadata = dict(planned.description.metadata if planned.description else {})
+        if planned.description is not None:
+            metadata.update(get_reader(planned.reader)().summarize(
+                source, planned.description, run.chunks, [m.facts for m in manifests]))
         if run.notes:
             metadata["notes"] = run.notes
         facts = [m.facts for m in manifests if m.facts.get("unterminated_quote_at_eof")]

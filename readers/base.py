@@ -196,6 +196,11 @@ class Reader(ABC):
         """Check a file's chunk results against each other before they are committed."""
         return Reconciliation()
 
+    def summarize(self, source: Source, description: Description, chunks: list[ChunkSpec],
+                  facts: list[dict[str, Any]]) -> dict[str, Any]:
+        """Catalog metadata that only the finished chunks know (a whole-file digest, ...)."""
+        return {}
+
 
 def stable_id(*parts: object) -> str:
     """A short, deterministic hex id of ``parts`` (same value on every machine and run)."""

@@ -51,7 +51,10 @@ MAX_TEXT = 1024
 HEX_CAP = 64
 MAX_WEBP_CHUNKS = 100_000
 MAX_WEBP_EXIF = 1 << 20
-_POINTER_TAGS = {int(ExifTags.IFD.Exif), int(ExifTags.IFD.GPSInfo), int(ExifTags.IFD.Interop)}
+#: Tags left out of ``exif``: sub-IFD pointers (expanded on their own) and TIFF data locators
+#: (StripOffsets/StripByteCounts/TileOffsets/TileByteCounts: thousands of numbers, no facts).
+_SKIP_TAGS = {int(ExifTags.IFD.Exif), int(ExifTags.IFD.GPSInfo), int(ExifTags.IFD.Interop),
+              273, 279, 324, 325}
 
 
 def image_format(head: bytes) -> str | None:
@@ -116,8 +119,8 @@ def _bytes_text(raw: bytes) -> str:
 def _named(ifd: Mapping[int, Any], names: Mapping[int, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for tag, value in list(ifd.items())[:MAX_TAGS]:
-        if tag in _POINTER_TAGS and names is ExifTags.TAGS:
-            continue  # the sub-IFDs are expanded on their own
+        if tag in _SKIP_TAGS and names is ExifTags.TAGS:
+            continue
         out[names.get(tag, f"Tag0x{tag:04X}")] = jsonable(value)
     return out
 
@@ -241,12 +244,16 @@ def tail_problems(fmt: str, im: Image.Image | None, head: bytes, tail: bytes,
     if fmt == "TIFF" and im is not None:
         tags = getattr(im, "tag_v2", {})
         for offsets_tag, counts_tag in ((273, 279), (324, 325)):
-            offsets, counts = tags.get(offsets_tag), tags.get(counts_tag)
-            if isinstance(offsets, tuple) and isinstance(counts, tuple) and offsets:
+            offsets, counts = (_as_tuple(tags.get(t)) for t in (offsets_tag, counts_tag))
+            if offsets and counts:
                 end = max(int(o) + int(c) for o, c in zip(offsets, counts, strict=False))
                 if end > size:
                     return [f"TIFF image data extends to byte {end}, file has {size}"]
     return []
+
+
+def _as_tuple(value: Any) -> tuple:
+    return (value,) if isinstance(value, int) else value if isinstance(value, tuple) else ()
 
 
 class ImageReader(Reader):
@@ -342,11 +349,11 @@ def _pillow_facts(im: Image.Image) -> dict[str, Any]:
 
 
 def _dpi(dpi: Any) -> list[float | None] | None:
-    """DPI pair rounded to 0.01: PNG stores dots per metre, so 300 DPI reads back 299.9994."""
+    """DPI pair rounded to 0.1: PNG stores dots per metre, so 300 DPI reads back 299.9994."""
     if not isinstance(dpi, tuple | list) or not dpi:
         return None
     values = [jsonable(v) for v in dpi[:2]]
-    return [round(v, 2) if isinstance(v, int | float) else None for v in values]
+    return [round(v, 1) if isinstance(v, int | float) else None for v in values]
 
 
 def _exif_facts(im: Image.Image | None, blob: bytes | None, fmt: str) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Example chunkmill reader plugin (see `chunkmill_kv.reader`)."""
