@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from pipeline.errors import SourceNotFound, UsageError
+from pipeline.retry import backoff, is_transient
 from readers import (
     COMPRESSION_SUFFIXES,
     detect,
@@ -28,7 +30,7 @@ from readers import (
     get_reader,
     strip_compression_suffix,
 )
-from readers.base import Source, stable_id
+from readers.base import Source, read_head, stable_id
 
 SNIFF_BYTES = 64 * 1024
 _GLOB_CHARS = set("*?[")
@@ -43,6 +45,8 @@ class Discovered:
     error: str | None = None
     skipped: bool = False
     """Unchanged since its last ingest: not sniffed, not read."""
+    transient: bool = False
+    """The error may pass on retry (network trouble)."""
 
 
 #: Called with (file_id, fingerprint): True skips the file before any of its bytes are read.
@@ -171,10 +175,11 @@ def describe_file(fs: fsspec.AbstractFileSystem, path: str, table: str, forced: 
         if compression:
             inner_path = strip_compression_suffix(path)
             with fs.open(path, "rb", compression=compression) as f:
-                inner_head = _read_head(f, SNIFF_BYTES)
+                inner_head = read_head(f, SNIFF_BYTES)
     except Exception as exc:  # zlib.error, LZMAError, permissions, ...: this file fails alone
         source = Source(url, 0, None, file_id, "", table, None, options)
-        return Discovered(source, None, f"{path}: cannot read: {type(exc).__name__}: {exc}")
+        return Discovered(source, None, f"{path}: cannot read: {type(exc).__name__}: {exc}",
+                          transient=is_transient(exc))
     source = Source(url, size, mtime, file_id, fp, table, compression, options)
     if forced:
         cls = get_reader(forced)
@@ -186,22 +191,6 @@ def describe_file(fs: fsspec.AbstractFileSystem, path: str, table: str, forced: 
         return Discovered(source, cls.name,
                           f"{path}: the {cls.name} reader cannot read {compression} streams")
     return Discovered(source, cls.name)
-
-
-def _read_head(f: Any, limit: int) -> bytes:
-    """Up to ``limit`` bytes; a truncated compressed stream still yields what it has."""
-    head = bytearray()
-    read = getattr(f, "read1", f.read)
-    try:
-        while len(head) < limit:
-            piece = read(limit - len(head))
-            if not piece:
-                break
-            head += piece
-    except (EOFError, OSError):
-        if not head:
-            raise
-    return bytes(head)
 
 
 def _describe_directory(fs: fsspec.AbstractFileSystem, path: str, url: str, file_id: str,
@@ -230,7 +219,7 @@ def _describe_directory(fs: fsspec.AbstractFileSystem, path: str, url: str, file
 
 def discover(inputs: Iterable[str], *, table: str | None = None, fmt: str | None = None,
              storage_options: dict[str, Any] | None = None, threads: int = 8,
-             skip: SkipCheck | None = None) -> list[Discovered]:
+             skip: SkipCheck | None = None, retries: int = 2) -> list[Discovered]:
     """All input files, deduplicated, in input order; raises SourceNotFound for a bad input."""
     storage_options = storage_options or {}
     if fmt is not None:
@@ -248,7 +237,21 @@ def discover(inputs: Iterable[str], *, table: str | None = None, fmt: str | None
                 seen.add(key)
                 jobs.append((fs, path, table or default_table))
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        return list(pool.map(lambda job: describe_file(*job, fmt, storage_options, skip), jobs))
+        return list(pool.map(lambda job: _with_retries(job, fmt, storage_options, skip,
+                                                       retries), jobs))
+
+
+def _with_retries(job: tuple[fsspec.AbstractFileSystem, str, str], fmt: str | None,
+                  storage_options: dict[str, Any], skip: SkipCheck | None,
+                  retries: int) -> Discovered:
+    """describe_file, again after a transient failure (it reports errors, never raises)."""
+    found = describe_file(*job, fmt, storage_options, skip)
+    for attempt in range(retries):
+        if found.error is None or not found.transient:
+            break
+        time.sleep(backoff(attempt))
+        found = describe_file(*job, fmt, storage_options, skip)
+    return found
 
 
 __all__ = ["Discovered", "discover", "expand", "fingerprint", "COMPRESSION_SUFFIXES"]

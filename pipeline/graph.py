@@ -8,7 +8,6 @@ graph behind `pipeline.read` (one dataframe partition per chunk).
 from __future__ import annotations
 
 import os
-import random
 import socket
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.errors import TransientError
+from pipeline.retry import backoff, is_transient
 from pipeline.sink import Fragment, FragmentWriter, SinkSpec, errors_table, stage_errors
 from readers import get_reader
 from readers.base import ChunkContext, ChunkSpec, Description, Rejected, Source
@@ -66,23 +65,6 @@ def _worker_name() -> str:
         return get_worker().address
     except (ImportError, ValueError):
         return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def is_transient(exc: BaseException) -> bool:
-    """I/O trouble that may pass (network, timeouts), not a property of the data."""
-    if isinstance(exc, TransientError | TimeoutError | ConnectionError):
-        return True
-    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | EOFError):
-        return False
-    if type(exc).__module__.startswith(("aiohttp", "botocore", "gcsfs", "adlfs")):
-        return True
-    # A plain OSError from a filesystem call; pyarrow's parse errors are ArrowInvalid instead.
-    return type(exc) is OSError
-
-
-def backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff with full jitter (AWS architecture blog): uniform in [0, b*2^n]."""
-    return random.uniform(0, min(cap, base * 2 ** attempt))
 
 
 def run_chunk(task: ChunkTask) -> ChunkManifest:

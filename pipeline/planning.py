@@ -21,6 +21,7 @@ from fsspec.core import url_to_fs
 from pipeline.discover import Discovered, SkipCheck, discover
 from pipeline.errors import UsageError
 from pipeline.options import IngestOptions, as_paths
+from pipeline.retry import retrying
 from pipeline.schema import unify
 from readers import get_reader
 from readers.base import ChunkSpec, Description, Source
@@ -115,7 +116,8 @@ def _describe(found: Discovered, options: IngestOptions) -> PlannedFile:
     reader = get_reader(found.reader)()
     opts = options.reader_options()
     try:
-        planned.description = reader.describe(found.source, opts)
+        planned.description = retrying(lambda: reader.describe(found.source, opts),
+                                       options.retries)
     except Exception as exc:  # a bad file fails alone; the run goes on
         planned.error = f"{found.source.path}: cannot read its header: {_one_line(exc)}"
     return planned
@@ -135,7 +137,8 @@ def build_plan(paths: Sequence[str], options: IngestOptions,
     paths = as_paths(paths)
     options.input_roots = tuple(input_root(p) for p in paths)
     found = discover(paths, table=options.table, fmt=options.format,
-                     storage_options=options.storage_options, skip=skip)
+                     storage_options=options.storage_options, skip=skip,
+                     retries=options.retries)
     with ThreadPoolExecutor(max_workers=8) as pool:
         files = list(pool.map(lambda f: _describe(f, options), found))
     by_table: dict[str, list[pa.Schema]] = {}

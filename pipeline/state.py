@@ -145,8 +145,6 @@ class OutputLock:
         if owner.get("host") != socket.gethostname():
             return False  # cannot see another host's processes: trust the lock
         pid = int(owner.get("pid", -1))
-        if pid == os.getpid():
-            return True
         try:
             proc = psutil.Process(pid)
             return proc.status() == psutil.STATUS_ZOMBIE or proc.create_time() > owner.get(

@@ -24,6 +24,7 @@ from readers.base import (
     Reader,
     Reconciliation,
     Source,
+    read_head,
 )
 
 BOM = b"\xef\xbb\xbf"
@@ -157,19 +158,8 @@ class TextReader(Reader):
     # --- Reader API -----------------------------------------------------------------------------
     def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
         limit = int(opt(options, "infer_bytes"))
-        head = bytearray()
         with source.open(source.compression) as f:
-            # A truncated stream still has a readable head: keep it, the chunk reports the cut.
-            try:
-                while len(head) <= limit:
-                    piece = f.read(min(1 << 16, limit + 1 - len(head)))
-                    if not piece:
-                        break
-                    head += piece
-            except (EOFError, OSError):
-                if not head:
-                    raise
-        head = bytes(head)
+            head = read_head(f, limit + 1)  # a damaged stream keeps its readable head
         at_eof = len(head) <= limit
         head = head[:limit]
         bom = len(BOM) if head.startswith(BOM) else 0

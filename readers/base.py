@@ -202,6 +202,26 @@ class Reader(ABC):
         return {}
 
 
+def read_head(f: Any, limit: int) -> bytes:
+    """Up to ``limit`` bytes from the start of ``f``.
+
+    Uses ``read1`` where the stream has it, so a truncated or corrupt compressed stream still
+    gives what decompressed before the damage (``read(n)`` would drop all of it).
+    """
+    head = bytearray()
+    read = getattr(f, "read1", f.read)
+    try:
+        while len(head) < limit:
+            piece = read(min(1 << 16, limit - len(head)))
+            if not piece:
+                break
+            head += piece
+    except (EOFError, OSError):
+        if not head:
+            raise
+    return bytes(head)
+
+
 def stable_id(*parts: object) -> str:
     """A short, deterministic hex id of ``parts`` (same value on every machine and run)."""
     blob = json.dumps([str(p) for p in parts]).encode()

@@ -87,6 +87,13 @@ class CSVReader(TextReader):
 
     def _infer(self, head: bytes, at_eof: bool, options: Mapping[str, Any]
                ) -> tuple[pa.Schema, int, tuple[str, ...]]:
+        # Empty lines before the header are skipped, as pyarrow and DuckDB do.
+        skipped = len(head) - len(head.lstrip(b"\r\n"))
+        schema, header_len, names = self._infer_from(head[skipped:], at_eof, options)
+        return schema, skipped + header_len, names
+
+    def _infer_from(self, head: bytes, at_eof: bool, options: Mapping[str, Any]
+                    ) -> tuple[pa.Schema, int, tuple[str, ...]]:
         end = first_record_end(head, 0, 0)
         if end < 0:
             if not at_eof:
@@ -140,6 +147,8 @@ class CSVReader(TextReader):
                      options: Mapping[str, Any], ctx: ChunkContext, sentinel: bool
                      ) -> tuple[pa.Table | None, bool]:
         state: TextState = description.state
+        if not state.column_names:
+            return None, True  # no header, no columns: the file holds nothing
         schema = next(iter(description.tables.values()))
         names = list(state.column_names)
         types = {n: schema.field(n).type for n in names if n in schema.names}
