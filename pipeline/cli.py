@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("-v", "--verbose", action="count", default=0)
     st.add_argument("-q", "--quiet", action="count", default=0)
 
+    rep = sub.add_parser("report", help="a run's summary; --html writes its plots as one page")
+    rep.add_argument("out", metavar="OUT", help="the --out directory of the run")
+    rep.add_argument("--run", dest="run_id", metavar="RUN_ID", help="default: the latest run")
+    rep.add_argument("--html", metavar="FILE", help="standalone HTML page (works offline)")
+    rep.add_argument("--json", action="store_true")
+    rep.add_argument("-v", "--verbose", action="count", default=0)
+    rep.add_argument("-q", "--quiet", action="count", default=0)
+
     demo = sub.add_parser("demo", help="write sample data and ingest it on an embedded cluster")
     demo.add_argument("--dir", default="sample_data", help="where to write the sample inputs")
     demo.add_argument("--out", default="lake", help="output directory (default: lake)")
@@ -90,6 +98,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-v", "--verbose", action="count", default=0)
     demo.add_argument("-q", "--quiet", action="count", default=0)
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.plots import load_report, save_html
+    from pipeline.report import RunReport
+
+    data = load_report(args.out, args.run_id)
+    if args.html:
+        print(f"chunkmill: wrote {save_html(data, args.html)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        report = RunReport.from_dict(data)
+        print(report)
+        workers = sorted({r.worker for r in report.chunk_records})
+        if report.chunk_records:
+            slowest = max(report.chunk_records, key=lambda r: r.finished - r.started)
+            print(f"  {len(report.chunk_records)} chunk task(s) on {len(workers)} worker(s); "
+                  f"slowest {slowest.finished - slowest.started:.2f}s ({slowest.chunk_id})")
+        if report.pressure_events:
+            print(f"  {len(report.pressure_events)} memory pressure change(s); "
+                  f"{report.spilled_bytes / 1e6:,.1f} MB spilled")
+    return int(data.get("exit_code", 0) or 0)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -130,6 +163,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "report":
+            return _report(args)
         if args.command == "status":
             import json
 

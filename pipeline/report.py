@@ -66,6 +66,14 @@ class RunReport:
         """0 when no file failed (rejected records alone do not fail a run), else 1."""
         return 0 if self.ok else 1
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunReport:
+        """A report back from its saved JSON (derived fields are recomputed, not read)."""
+        known = {f for f in cls.__dataclass_fields__}
+        fields_ = {k: v for k, v in data.items() if k in known}
+        fields_["chunk_records"] = [ChunkRecord(**r) for r in data.get("chunk_records") or []]
+        return cls(**fields_)
+
     def asdict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(duration_s=self.duration_s, throughput_mb_s=self.throughput_mb_s,

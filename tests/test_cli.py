@@ -91,3 +91,19 @@ def test_output_lock_refuses_second_run(tmp_path) -> None:
     with OutputLock(Store(str(tmp_path / "o"))):
         res = chunkmill("ingest", str(tmp_path / "a.csv"), "--out", str(tmp_path / "o"))
     assert res.returncode == 4 and "in use by another chunkmill run" in res.stderr
+
+
+def test_status_and_report_commands(tmp_path, shared_scheduler) -> None:
+    (tmp_path / "a.csv").write_text("x,y\n1,2\n3,4\n")
+    (tmp_path / "b.csv.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    out = str(tmp_path / "o")
+    chunkmill("ingest", str(tmp_path), "--out", out, "--scheduler", shared_scheduler)
+    res = chunkmill("status", out)
+    assert res.returncode == 1  # a file failed
+    assert "1 done, 0 pending, 1 failed" in res.stdout
+    info = json.loads(chunkmill("status", out, "--json").stdout)
+    assert info["totals"] == {"done": 1, "failed": 1}
+    res = chunkmill("report", out, "--html", str(tmp_path / "r.html"))
+    assert "2 rows" in res.stdout and (tmp_path / "r.html").stat().st_size > 10_000
+    res = chunkmill("status", str(tmp_path / "nothing-here"))
+    assert res.returncode == 2 and "not a chunkmill output directory" in res.stderr
