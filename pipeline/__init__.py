@@ -4,6 +4,7 @@ Public API (options are the CLI flags' names)::
 
     import pipeline
     plan = pipeline.plan(["logs/"], out="lake/")          # inspect: files, formats, chunks
+    df = pipeline.read(["logs/"])                          # lazy dask DataFrame, no writes
     report = pipeline.ingest(["logs/"], out="lake/", partition_by=["event"])
 """
 
@@ -13,12 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.errors import ChunkmillError, OutputLocked, SourceNotFound, UsageError
+from pipeline.lazy import read
 from pipeline.options import IngestOptions, as_paths
 from pipeline.planning import Plan
 from pipeline.report import RunReport
 from pipeline.runner import ingest
 
-__all__ = ["plan", "ingest", "Plan", "RunReport", "IngestOptions", "ChunkmillError",
+__all__ = ["plan", "read", "ingest", "Plan", "RunReport", "IngestOptions", "ChunkmillError",
            "UsageError", "SourceNotFound", "OutputLocked"]
 
 

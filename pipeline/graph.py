@@ -2,7 +2,7 @@
 
 The task returns a small `ChunkManifest` (paths, counts, timings, reader facts), never data, so
 the client and scheduler hold kilobytes per chunk whatever the input size. Also builds the lazy
-graph behind `pipeline.read` (one dataframe partition per chunk).
+graph behind `pipeline.read` (see `pipeline.lazy`).
 """
 
 from __future__ import annotations
@@ -117,16 +117,3 @@ def run_chunk(task: ChunkTask) -> ChunkManifest:
     manifest.finished = time.time()
     pa.default_memory_pool().release_unused()
     return manifest
-
-
-def read_chunk_table(source: Source, reader_name: str, chunk: ChunkSpec,
-                     description: Description, reader_options: dict[str, Any],
-                     table: str, schema: pa.Schema) -> pa.Table:
-    """One chunk as an in-memory table (for `pipeline.read`); rejected records are dropped."""
-    from pipeline.schema import conform
-
-    reader = get_reader(reader_name)()
-    ctx = ChunkContext(source, chunk)
-    pieces = [conform(rows, schema) for name, rows in
-              reader.read(source, chunk, description, reader_options, ctx) if name == table]
-    return pa.concat_tables(pieces) if pieces else schema.empty_table()

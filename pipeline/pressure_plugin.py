@@ -251,6 +251,7 @@ class PressurePlugin(WorkerPlugin):
         self._applied = PressureLevel.NORMAL
         self._below_since: float | None = None
         self._last_release = float("-inf")
+        self._last_error_log = float("-inf")
         self._paused_by_plugin = False
         self._original: dict[str, Any] = {}
         self._counters: dict[str, Any] = {}
@@ -299,6 +300,7 @@ class PressurePlugin(WorkerPlugin):
             "arrow_releases": 0,
             "critical_events": 0,
             "samples": 0,
+            "tick_errors": 0,
             "min_spill_target_bytes": self._original["data_n"],
         }
         # Dask would resume a worker we paused as soon as *its* process-only reading
@@ -466,7 +468,16 @@ class PressurePlugin(WorkerPlugin):
                     self._release_arrow()
                     self._last_release = now
         except Exception:
-            logger.exception("chunkmill pressure plugin tick failed")
+            # At 10 samples/s a persistent failure would flood the worker log: keep
+            # the first traceback, then one line a minute with the running count.
+            self._counters["tick_errors"] = self._counters.get("tick_errors", 0) + 1
+            now = time.monotonic()
+            if now - self._last_error_log >= 60:
+                logger.exception(
+                    "chunkmill pressure plugin tick failed (%d so far)",
+                    self._counters["tick_errors"],
+                )
+                self._last_error_log = now
         finally:
             self._busy = False
 

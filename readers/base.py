@@ -196,6 +196,11 @@ class Reader(ABC):
         """Check a file's chunk results against each other before they are committed."""
         return Reconciliation()
 
+    def prepare(self, source: Source, description: Description,
+                chunks: list[ChunkSpec]) -> list[ChunkSpec]:
+        """Chunks that read correctly on their own, without `reconcile` (for lazy reads)."""
+        return chunks
+
     def summarize(self, source: Source, description: Description, chunks: list[ChunkSpec],
                   facts: list[dict[str, Any]]) -> dict[str, Any]:
         """Catalog metadata that only the finished chunks know (a whole-file digest, ...)."""

@@ -1,0 +1,108 @@
+"""The Python API for notebooks: plan, read (lazy), ingest; and a real multi-process cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import duckdb
+import pandas as pd
+import pyarrow.csv as pacsv
+import pytest
+
+import pipeline
+from pipeline.sample import make_sample
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    make_sample(root, rows=6000)
+    return root
+
+
+def test_plan_is_inspectable(sample) -> None:
+    plan = pipeline.plan([str(sample / "logs")], chunk_size="16KB")
+    assert len(plan.files) == 2 and len(plan.chunks) > 5
+    assert {f["format"] for f in plan.summary()} == {"csv"}
+    assert "logs: id: int64" in repr(plan).replace("table ", "")
+    assert "<table>" in plan._repr_html_()
+
+
+def test_read_is_lazy_and_matches_the_source(sample, tmp_path) -> None:
+    path = sample / "logs" / "2026-11-a.csv"
+    df = pipeline.read(str(path), chunk_size="16KB")
+    assert df.npartitions > 10
+    assert isinstance(df.dtypes["id"], pd.ArrowDtype)
+    assert not (tmp_path / "out").exists()
+    got = df.compute().sort_values("id").reset_index(drop=True)
+    whole = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                           convert_options=pacsv.ConvertOptions(
+                               null_values=[""], strings_can_be_null=True,
+                               quoted_strings_can_be_null=False)).to_pandas()
+    assert len(got) == len(whole)
+    assert got["note"].fillna("<null>").tolist() == whole["note"].fillna("<null>").tolist()
+
+
+def test_read_several_tables_needs_a_name(sample) -> None:
+    with pytest.raises(pipeline.UsageError, match="several tables"):
+        pipeline.read([str(sample / "events.jsonl"), str(sample / "users.tsv")])
+    users = pipeline.read([str(sample / "events.jsonl"), str(sample / "users.tsv")],
+                          table="users")
+    assert len(users) == 500
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(240)
+def test_cli_on_a_real_dask_cluster_equals_embedded(sample, tmp_path) -> None:
+    """`dask scheduler` + two `dask worker` processes on loopback, like a small real cluster."""
+    dask_cli = shutil.which("dask") or os.path.join(os.path.dirname(sys.executable), "dask")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port",
+                               str(port), "--dashboard-address", ":0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [dask_cli, "worker", address, "--nthreads", "1", "--memory-limit", "1GB",
+                 "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        common = [str(sample / "logs"), "--partition-by", "event", "--chunk-size", "64KB"]
+        cluster = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", *common,
+                                  "--out", str(tmp_path / "cluster"), "--scheduler", address,
+                                  "--json"], capture_output=True, text=True, timeout=180)
+        assert cluster.returncode == 0, cluster.stderr
+        embedded = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", *common,
+                                   "--out", str(tmp_path / "embedded")],
+                                  capture_output=True, text=True, timeout=180)
+        assert embedded.returncode == 0, embedded.stderr
+        query = ("select count(*), sum(hash(id, ts, user, event, value, note)::hugeint) "
+                 "from read_parquet('{}/logs/**/*.parquet', hive_partitioning=true)")
+        assert duckdb.sql(query.format(tmp_path / "cluster")).fetchall() == \
+            duckdb.sql(query.format(tmp_path / "embedded")).fetchall()
+        import json
+
+        workers = {r["worker"] for r in json.loads(cluster.stdout)["chunk_records"]}
+        assert len(workers) == 2  # the work really spread over both worker processes
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        time.sleep(0.1)
