@@ -25,15 +25,33 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def install_pressure_plugin(client: Client) -> None:
+    """The memory-pressure plugin on every worker (replaced, so this run's settings apply).
+
+    ``chunkmill.pressure.limit`` in dask's config (bytes or ``"12GB"``) sets the memory the
+    plugin treats as the machine's limit, e.g. the share of a notebook server the job may use.
+    """
+    from pipeline.options import parse_size
+    from pipeline.pressure_plugin import PressurePlugin
+
+    limit = dask.config.get("chunkmill.pressure.limit", None)
+    client.register_plugin(PressurePlugin(
+        limit_bytes=parse_size(limit) if limit else None, replace=True))
+
+
 @contextlib.contextmanager
 def connect(options: IngestOptions) -> Iterator[Client]:
-    """A client on the cluster the options ask for; an embedded cluster is shut down after."""
+    """A client on the cluster the options ask for; an embedded cluster is shut down after.
+
+    Either way every worker gets the memory-pressure plugin before any chunk runs.
+    """
     if options.scheduler:
         try:
             client = Client(options.scheduler, timeout="10s")
         except (OSError, TimeoutError) as exc:
             raise UsageError(f"--scheduler {options.scheduler}: cannot connect ({exc})") from exc
         try:
+            install_pressure_plugin(client)
             yield client
         finally:
             client.close()
@@ -52,6 +70,7 @@ def connect(options: IngestOptions) -> Iterator[Client]:
         )
         client = Client(cluster)
         try:
+            install_pressure_plugin(client)
             yield client
         finally:
             client.close()

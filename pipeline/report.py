@@ -45,6 +45,10 @@ class RunReport:
     """Pressure level changes: time, worker, old and new level."""
     spilled_bytes: int = 0
     """Bytes the workers spilled to disk (Dask's own counters)."""
+    pauses: int = 0
+    """Times the pressure plugin paused a worker."""
+    pressure: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per worker: the pressure plugin's counters at the end of the run."""
     memory_timeline: list[dict[str, Any]] = field(default_factory=list)
     """Samples of each worker's memory and pressure level, about every 0.5 s."""
     chunk_records: list[ChunkRecord] = field(default_factory=list)

@@ -103,6 +103,7 @@ class Runner:
                     if self.report.dashboard:
                         log.warning("chunkmill: dashboard at %s", self.report.dashboard)
                     self._execute(client, todo, plan)
+                    self.monitor.collect(client)
             self._finish()
         return self.report
 

@@ -13,13 +13,13 @@ from typing import Any
 
 from distributed import Client
 
+from pipeline.backpressure import InflightWindow
+from pipeline.pressure import PressureLevel
+from pipeline.pressure_plugin import METRIC_LEVEL
 from pipeline.progress import Progress
 from pipeline.report import RunReport
 
-LEVELS = ("NORMAL", "ELEVATED", "HIGH", "CRITICAL")
-LEVEL_METRIC = "chunkmill_pressure_level"
-#: Share of the full window allowed at each level (CRITICAL: submit nothing new).
-WINDOW_SHARE = (1.0, 0.75, 0.5, 0.0)
+LEVELS = tuple(level.name for level in PressureLevel)
 
 
 class ClusterWatch:
@@ -35,8 +35,22 @@ class ClusterWatch:
 
     def window(self, base: int) -> int:
         """Chunks allowed in flight now: the base window scaled down by the pressure level."""
-        share = WINDOW_SHARE[self.level]
-        return 0 if share == 0 else max(1, int(base * share))
+        return InflightWindow.size_for(base, PressureLevel(self.level))
+
+    def collect(self, client: Client) -> None:
+        """At the end of a run: the plugin's own counters (pauses, evictions) per worker."""
+        from pipeline.pressure_plugin import pressure_events
+
+        try:
+            per_worker = client.run(pressure_events)
+        except Exception:  # a worker that left, or a cluster without the plugin
+            return
+        for addr, info in per_worker.items():
+            self.report.pressure[addr] = _small(info)
+        self.report.pauses = sum(int(i.get("pauses", 0) or 0) for i in per_worker.values())
+        spilled = sum(int(i.get("dask_disk_write_bytes_total", 0) or 0)
+                      for i in per_worker.values())
+        self.report.spilled_bytes = max(self.report.spilled_bytes, spilled)
 
     def poll(self, client: Client, progress: Progress | None = None) -> None:
         now = time.monotonic()
@@ -51,7 +65,7 @@ class ClusterWatch:
         highest = 0
         for addr, info in workers.items():
             metrics: dict[str, Any] = info.get("metrics", {})
-            level = int(metrics.get(LEVEL_METRIC, 0) or 0)
+            level = int(metrics.get(METRIC_LEVEL, 0) or 0)
             level = min(max(level, 0), len(LEVELS) - 1)
             highest = max(highest, level)
             limit = info.get("memory_limit") or 0
@@ -72,3 +86,8 @@ class ClusterWatch:
         self.level = highest
         if progress is not None:
             progress.update(pressure=LEVELS[highest])
+
+
+def _small(info: dict[str, Any]) -> dict[str, Any]:
+    """The counters of the plugin's report that belong in a run report (no long lists)."""
+    return {k: v for k, v in info.items() if not isinstance(v, list | dict) or k == "spilled"}

@@ -111,7 +111,7 @@ def test_plugin_levels_drive_spill_pause_and_resume(inproc: Client) -> None:
     before = one(c.run(worker_state))
     assert before["pause"] == 0.8 and before["n"] == 600_000_000
 
-    c.register_plugin(PressurePlugin(interval=0.05, read_memory=fake_read))
+    c.register_plugin(PressurePlugin(interval=0.05, read_memory=fake_read, cooldown=0))
     st = one(c.run(worker_state))
     assert st["pause"] is False  # Dask's own pause is off, spill/terminate untouched
     assert st["metrics"] == ["chunkmill_memory_percent", "chunkmill_pressure_level"]
@@ -157,6 +157,7 @@ def test_plugin_levels_drive_spill_pause_and_resume(inproc: Client) -> None:
     assert metrics["chunkmill_memory_percent"] == pytest.approx(95.0)
     window = InflightWindow(c, base=8)
     assert window.allowed() == 0 and not window.has_room(0)
+    assert InflightWindow(c).base == 2  # 2 x total threads (1 worker x 1 thread)
     text = scrape_metrics(c, addr)
     assert f'chunkmill_pressure_level{{worker="{addr}"}} 3.0' in text
     assert f'chunkmill_memory_fraction{{worker="{addr}"}} 0.95' in text
@@ -214,6 +215,53 @@ def test_teardown_resumes_a_worker_it_paused(inproc: Client) -> None:
     st = one(c.run(worker_state))
     assert st["status"] == "running" and st["pause"] == 0.8
     check_table(c.submit(make_table, 3).result(timeout=20), 3)
+
+
+@pytest.mark.timeout(60)
+def test_cooldown_delays_stepping_down(inproc: Client) -> None:
+    c = inproc
+    FAKE["used"] = 850
+    c.register_plugin(PressurePlugin(interval=0.05, read_memory=fake_read, cooldown=1.0))
+    assert until(lambda: one(c.run(pressure_events))["level"] == "HIGH")
+    FAKE["used"] = 100
+    assert until(lambda: one(c.run(pressure_events))["observed_level"] == "NORMAL")
+    t0 = time.monotonic()
+    ev = one(c.run(pressure_events))
+    assert ev["level"] == "HIGH" and ev["status"] == "paused"  # still holding
+    assert until(lambda: one(c.run(pressure_events))["level"] == "NORMAL", timeout=10)
+    assert time.monotonic() - t0 > 0.7
+    assert one(c.run(worker_state))["status"] == "running"
+    FAKE["used"] = 930  # rising is never delayed
+    assert until(lambda: one(c.run(pressure_events))["level"] == "CRITICAL", timeout=1)
+
+
+@pytest.mark.timeout(60)
+def test_plugin_without_worker_memory_limit() -> None:
+    # No limit: worker.data is a plain dict (nothing to spill); only the machine-wide
+    # reading applies and pausing still works.
+    FAKE.update(used=100, limit=1000)
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            memory_limit=0,
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        assert one(c.run(lambda dask_worker: type(dask_worker.data).__name__)) == "dict"
+        c.register_plugin(PressurePlugin(interval=0.05))
+        ev = one(c.run(pressure_events))
+        assert ev["installed"] and ev["limit_bytes"] > 0 and "spill_target_bytes" not in ev
+        c.register_plugin(
+            PressurePlugin(interval=0.05, read_memory=fake_read, cooldown=0, replace=True)
+        )
+        FAKE["used"] = 950
+        assert until(lambda: one(c.run(lambda dask_worker: dask_worker.status.name)) == "paused")
+        FAKE["used"] = 100
+        check_table(c.submit(make_table, 7, 100).result(timeout=20), 7, 100)
+        assert one(c.run(pressure_events))["resumes"] == 1
 
 
 def test_plugin_pickles_configuration_only() -> None:
@@ -274,8 +322,11 @@ def test_real_spill_under_400mb_limit_keeps_workers_alive() -> None:
         spilled_now = sum(e["dask_spilled_bytes_now"] for e in ev.values())
         written = sum(e["dask_disk_write_bytes_total"] for e in ev.values())
         assert spilled_now > 400_000_000 and written > 400_000_000
-        # ...and the plugin saw the pressure and spilled earlier than Dask would have.
-        assert any(e["level_changes"] for e in ev.values()), ev
+        # ...and the plugin made it spill earlier than Dask's fixed 60 % target would:
+        # the headroom cap accounts for the ~150 MB the worker process itself uses.
+        for e in ev.values():
+            assert e["min_spill_target_bytes"] < e["original_settings"]["data_n"] - 50_000_000
+            assert e["arrow_pool"] == "jemalloc"
 
         # Nobody died or restarted: same addresses and pids, no nanny kill events.
         after = c.run(worker_state)
@@ -342,7 +393,9 @@ def test_outside_memory_pressure_pauses_and_resumes_worker() -> None:
     ):
         addr = next(iter(c.scheduler_info()["workers"]))
         used0, _ = read_memory_usage()
-        limit = used0 + 2 * GiB
+        # 4 GiB rather than 2 of headroom: other jobs on a shared box move host memory by
+        # a GB or more, which must neither start us above ELEVATED nor block the resume.
+        limit = used0 + 4 * GiB
         c.register_plugin(PressurePlugin(interval=0.1, limit_bytes=limit))
 
         # Metrics travel with heartbeats and are served on the worker's /metrics.
@@ -373,5 +426,7 @@ def test_outside_memory_pressure_pauses_and_resumes_worker() -> None:
             check_table(f.result(timeout=30), i, 1000)
         ev = one(c.run(pressure_events))
         assert ev["resumes"] == 1 and ev["paused_by_plugin"] is False
-        assert until(lambda: one(c.run(pressure_events))["level"] == "NORMAL")
-        assert [m["level"] for _, m in c.get_events(EVENT_TOPIC)][-1] == "NORMAL"
+        assert ev["level"] in ("NORMAL", "ELEVATED")
+        levels = [m["level"] for _, m in c.get_events(EVENT_TOPIC)]
+        assert "HIGH" in levels or "CRITICAL" in levels
+        assert levels[-1] in ("NORMAL", "ELEVATED")

@@ -1,0 +1,72 @@
+"""Memory pressure during a real ingest: outside pressure pauses the job, it resumes, and the
+output is complete; a small worker memory limit does not get workers killed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import dask
+import duckdb
+import psutil
+import pytest
+
+import pipeline
+from pipeline.pressure import read_memory_usage
+
+BALLOON = """
+import sys, time
+size = int(sys.argv[1]); hold = float(sys.argv[2])
+block = bytearray(size)
+for i in range(0, size, 4096):
+    block[i] = 1
+print("inflated", flush=True)
+time.sleep(hold)
+"""
+
+
+def make_csv(path, rows: int) -> None:
+    path.write_text("id,event,text\n" + "".join(
+        f'{i},{"abc"[i % 3]},"line {i}\nsecond, line"\n' for i in range(rows)))
+
+
+def total(out, table: str) -> int:
+    return duckdb.sql(f"select count(*) from read_parquet('{out}/{table}/**/*.parquet', "
+                      "hive_partitioning=true)").fetchall()[0][0]
+
+
+@pytest.mark.timeout(240)
+def test_outside_pressure_pauses_then_resumes(tmp_path) -> None:
+    make_csv(tmp_path / "in.csv", 60_000)
+    used, _ = read_memory_usage()
+    limit = used + 4 * 2**30  # HIGH starts at 80 % of this: a 3.6 GB balloon crosses it
+    balloon = subprocess.Popen([sys.executable, "-c", BALLOON, str(int(3.6 * 2**30)), "6"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert balloon.stdout.readline().strip() == "inflated"
+        started = time.monotonic()
+        with dask.config.set({"chunkmill.pressure.limit": limit}):
+            report = pipeline.ingest([str(tmp_path / "in.csv")], out=str(tmp_path / "o"),
+                                     chunk_size="64KB", workers=2, partition_by=["event"])
+        elapsed = time.monotonic() - started
+    finally:
+        balloon.kill()
+        balloon.wait()
+    assert report.ok and report.rows == 60_000 and total(tmp_path / "o", "in") == 60_000
+    assert report.pauses >= 1
+    levels = {e["new"] for e in report.pressure_events}
+    assert levels & {"HIGH", "CRITICAL"}
+    assert elapsed > 3  # it waited for the balloon to go instead of pushing on
+
+
+@pytest.mark.timeout(240)
+def test_small_worker_memory_limit_completes_without_restarts(tmp_path) -> None:
+    make_csv(tmp_path / "in.csv", 400_000)  # ~12 MB with quoted newlines
+    report = pipeline.ingest([str(tmp_path / "in.csv")], out=str(tmp_path / "o"),
+                             chunk_size="4MB", workers=2, memory_limit="400MB",
+                             partition_by=["event"])
+    assert report.ok and total(tmp_path / "o", "in") == 400_000
+    assert {r.worker for r in report.chunk_records} <= set(report.pressure)
+    assert all(p["status"] == "running" for p in report.pressure.values())
+    assert psutil.virtual_memory().available > 0
