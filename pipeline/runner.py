@@ -82,6 +82,7 @@ class Runner:
         self.catalog: list[dict[str, Any]] = []
         self.config = config_token(options)
         self.monitor = ClusterWatch(self.report)
+        self.ready: list[FileRun] = []
 
     # --- top level ------------------------------------------------------------------------------
     def run(self) -> RunReport:
@@ -96,7 +97,11 @@ class Runner:
             if self.options.prune:
                 self._prune(plan)
             self._save_report(planned=[f.source.path for r in todo for f in [r.planned]])
-            if todo:
+            if todo and not any(r.chunks for r in todo):
+                for run in todo:  # catalog-only files (images, empty files): no cluster needed
+                    self._complete_file(run)
+                self._commit_ready()
+            elif todo:
                 with connect(self.options) as client:
                     if self.options.dashboard:
                         self.report.dashboard = dashboard_link(client)
@@ -197,7 +202,9 @@ class Runner:
                                    f"{spec.offset}: timed out after {timeout:g}s")
                         finished(run, spec, self._chunk_failure(run, spec, "ChunkTimeout",
                                                                 message))
+            self._commit_ready()
             self.monitor.poll(client, progress)
+        self._commit_ready()
         progress.close()
 
     def _result(self, fut: Future, run: FileRun, spec: ChunkSpec) -> ChunkManifest:
@@ -257,9 +264,12 @@ class Runner:
         return path[len(self.store.root):].lstrip("/")
 
     def _complete_file(self, run: FileRun) -> None:
+        """Queue a verified file for the next commit batch."""
+        self.ready.append(run)
+
+    def _catalog_row(self, run: FileRun) -> dict[str, Any]:
         planned, source = run.planned, run.planned.source
         manifests = [run.manifests[c.index] for c in run.chunks]
-        fragments = [f for m in manifests for f in m.fragments]
         rows = sum(m.rows for m in manifests)
         errors = sum(m.error_count for m in manifests)
         failed = [m.failed for m in manifests if m.failed]
@@ -274,39 +284,54 @@ class Runner:
                 source, planned.description, run.chunks, [m.facts for m in manifests]))
         if run.notes:
             metadata["notes"] = run.notes
-        facts = [m.facts for m in manifests if m.facts.get("unterminated_quote_at_eof")]
-        if facts:
+        if any(m.facts.get("unterminated_quote_at_eof") for m in manifests):
             metadata["warning"] = "file ends inside an open quoted field"
-        row = {"file_id": source.file_id, "path": source.path, "format": planned.reader,
-               "size_bytes": source.size, "mtime": source.mtime,
-               "fingerprint": source.fingerprint, "status": status, "tables": planned.tables,
-               "rows": rows, "chunks": len(manifests), "error_count": errors,
-               "duration_s": round(time.time() - run.started, 3), "metadata": metadata,
-               "run_id": self.run_id, "ingested_at": time.time()}
-        previous = self._previous(source.file_id)
-        final = [self._rel(f.final) for f in fragments]
-        self.journal.append({"event": "committing", "file_id": source.file_id, "run": self.run_id,
-                             "fragments": final, "previous": previous})
-        for i, frag in enumerate(fragments):
-            if i == len(fragments) // 2:
-                crash_point("mid_commit")
-            self.store.replace(frag.staged, frag.final)
-        keep = set(final)
-        for rel in previous:
-            if rel not in keep:
-                self.store.remove(self.store.path(rel))
-        self.store.remove(self.store.path(ERRORS_DIR, f"{source.file_id}-file.parquet"))
-        self.journal.append({"event": "committed", "file_id": source.file_id,
-                             "run": self.run_id, "fingerprint": source.fingerprint,
-                             "config": self.config, "fragments": final,
-                             "catalog": {k: v for k, v in row.items() if k != "run_id"}})
-        self.done[source.file_id] = FileRecord(source.file_id, source.fingerprint, self.config,
-                                               final, row)
-        self.catalog.append(row)
-        self.report.rows += rows
-        self.report.errors += errors
-        self.report.bytes_read += source.size
-        self.report.chunks += len(manifests)
+        return {"file_id": source.file_id, "path": source.path, "format": planned.reader,
+                "size_bytes": source.size, "mtime": source.mtime,
+                "fingerprint": source.fingerprint, "status": status, "tables": planned.tables,
+                "rows": rows, "chunks": len(manifests), "error_count": errors,
+                "duration_s": round(time.time() - run.started, 3), "metadata": metadata,
+                "run_id": self.run_id, "ingested_at": time.time()}
+
+    def _commit_ready(self) -> None:
+        """Commit every queued file: one journal write (and fsync) per step for the batch."""
+        if not self.ready:
+            return
+        batch, self.ready = self.ready, []
+        work = []
+        for run in batch:
+            fragments = [f for c in run.chunks for f in run.manifests[c.index].fragments]
+            work.append((run, self._catalog_row(run), fragments,
+                         [self._rel(f.final) for f in fragments],
+                         self._previous(run.planned.source.file_id)))
+        self.journal.append(*({"event": "committing", "file_id": run.planned.source.file_id,
+                               "run": self.run_id, "fragments": final, "previous": previous}
+                              for run, _, _, final, previous in work))
+        for n, (run, _, fragments, final, previous) in enumerate(work):
+            for i, frag in enumerate(fragments):
+                if n == len(work) // 2 and i == len(fragments) // 2:
+                    crash_point("mid_commit")
+                self.store.replace(frag.staged, frag.final)
+            keep = set(final)
+            for rel in previous:
+                if rel not in keep:
+                    self.store.remove(self.store.path(rel))
+            self.store.remove(self.store.path(ERRORS_DIR,
+                                              f"{run.planned.source.file_id}-file.parquet"))
+        self.journal.append(*({"event": "committed", "file_id": run.planned.source.file_id,
+                               "run": self.run_id, "fingerprint": run.planned.source.fingerprint,
+                               "config": self.config, "fragments": final,
+                               "catalog": {k: v for k, v in row.items() if k != "run_id"}}
+                              for run, row, _, final, _ in work))
+        for run, row, _, final, _ in work:
+            source = run.planned.source
+            self.done[source.file_id] = FileRecord(source.file_id, source.fingerprint,
+                                                   self.config, final, row)
+            self.catalog.append(row)
+            self.report.rows += row["rows"]
+            self.report.errors += row["error_count"]
+            self.report.bytes_read += source.size
+            self.report.chunks += row["chunks"]
 
     def _previous(self, file_id: str) -> list[str]:
         prev = list(self.done[file_id].fragments) if file_id in self.done else []
