@@ -5,7 +5,8 @@ Widening (applied pairwise, order-independent):
 - null + T -> T
 - any two integer types -> int64; integer + floating -> float64; two floating -> float64
 - date32 + timestamp -> timestamp; timestamps of different units -> the finer unit (same zone)
-- list<A> + list<B> -> list<widen(A, B)>; struct fields are unified by name the same way
+- list<A> + list<B> -> list<widen(A, B)> (also fixed-size lists of different sizes); struct
+  fields are unified by name the same way
 - anything else that differs (bool + int, number + string, timestamp zones, ...) -> string
 
 Values that do not fit the widened type are rejected into ``_errors`` when parsed, never nulled.
@@ -41,11 +42,15 @@ def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
         return a
     if pt.is_date(a) and pt.is_timestamp(b):
         return b
-    if pt.is_list(a) and pt.is_list(b):
+    if _listlike(a) and _listlike(b):  # fixed-size lists of other sizes become plain lists
         return pa.list_(widen(a.value_type, b.value_type))
     if pt.is_struct(a) and pt.is_struct(b):
         return pa.struct(list(unify([pa.schema(list(a)), pa.schema(list(b))])))
     return pa.string()
+
+
+def _listlike(t: pa.DataType) -> bool:
+    return pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t)
 
 
 def unify(schemas: Iterable[pa.Schema]) -> pa.Schema:

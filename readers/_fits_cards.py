@@ -89,11 +89,13 @@ def read_header(read: Callable[[int, int], bytes], offset: int, file_size: int
                 ) -> tuple[bytes, int]:
     """Raw header bytes starting at ``offset`` and the header's padded length in bytes.
 
-    ``read(a, b)`` returns bytes ``[a, b)``. Reads 32 blocks at a time; raises `FITSError` when
-    the file ends before ``END`` or the header passes `MAX_HEADER_BYTES`.
+    ``read(a, b)`` returns bytes ``[a, b)``. Reads 2 blocks, then twice as many each time (most
+    headers are 1-3 blocks; reading far ahead would re-read data units on files of many small
+    HDUs); raises `FITSError` when the file ends before ``END`` or the header passes
+    `MAX_HEADER_BYTES`.
     """
     buf = bytearray()
-    pos = offset
+    pos, step = offset, 2 * BLOCK
     while True:
         if pos >= file_size:
             raise FITSError(f"header at byte {offset} has no END card before the end of the "
@@ -101,12 +103,13 @@ def read_header(read: Callable[[int, int], bytes], offset: int, file_size: int
         if len(buf) >= MAX_HEADER_BYTES:
             raise FITSError(f"header at byte {offset} has no END card in its first "
                             f"{MAX_HEADER_BYTES} bytes", offset)
-        piece = read(pos, min(pos + 32 * BLOCK, file_size))
+        piece = read(pos, min(pos + step, file_size))
         if not piece:
             raise FITSError(f"header at byte {offset} is cut short at byte {pos}", pos)
         start = len(buf)
         buf += piece
         pos += len(piece)
+        step = min(2 * step, 64 * BLOCK)
         for card_at in range(start - start % CARD, len(buf) - CARD + 1, CARD):
             if buf[card_at: card_at + 8] == b"END     ":
                 length = (card_at // BLOCK + 1) * BLOCK
@@ -149,8 +152,10 @@ class HDU:
         """A JSON-ready summary for the catalog: geometry plus (a capped set of) cards."""
         cards: dict[str, Any] = {}
         for key, value in self.cards[:CATALOG_CARDS]:
-            if key in _COMMENTARY:
-                cards.setdefault(key or "BLANK", []).append(str(value).strip())
+            text = str(value).strip()
+            if key in _COMMENTARY:  # keyword-less cards count as comments; blank ones are spacing
+                if text:
+                    cards.setdefault(key or "COMMENT", []).append(text)
             else:
                 cards.setdefault(key, value)
         return {"index": self.index, "type": self.kind, "extname": self.extname,
@@ -347,6 +352,7 @@ class Part:
 
 
 def clean_name(name: str) -> str:
+    """A table name from an EXTNAME: lower case, ``[a-z0-9_]`` only, no leading underscore."""
     return re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
 
 
@@ -453,6 +459,8 @@ def make_part(hdu: HDU, table: str, size: int, limit: int, notes: list[str]) -> 
 
 
 def table_name(hdu: HDU, used: set[str]) -> str:
+    """EXTNAME cleaned, or ``hdu<N>``; a name already used in this file gets ``_<EXTVER>`` (or
+    ``_hdu<N>``) appended."""
     name = clean_name(hdu.extname or "") or f"hdu{hdu.index}"
     if name in used:
         extver = hdu.header.get("EXTVER")

@@ -306,6 +306,9 @@ def edit_shift(data: bytes, base: int, track: Track, movie_timescale: int) -> No
                 scale = max(movie_timescale, 1)
                 track.edit_shift = (empty * track.timescale + scale // 2) // scale - time
             segments += 1
+    if abs(track.edit_shift) >= 1 << 53:
+        raise BoxError(f"elst at byte {box.offset}: edit shift of {track.edit_shift} ticks is "
+                       f"absurd", box.offset)
     if segments > 1:
         track.edit_note = f"edit list has {segments} segments: only the first is applied"
 

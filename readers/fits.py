@@ -10,8 +10,10 @@ Layouts (one table per HDU; the name is the EXTNAME lower-cased with anything ou
   A->string (trailing spaces/NULs trimmed); repeat > 1 -> fixed_size_list. TZERO 2^15/2^31/2^63
   (and -128 for B) with TSCAL 1 -> uint16/uint32/uint64 (int8); other TSCAL/TZERO -> float64.
   Integer TNULL values -> null. P/Q (variable-length) columns -> list<T> read from the heap
-  after bounds checks (X/C/M elements are left out and listed in the catalog). ASCII tables:
-  A->string, I->int64, F/E/D->float64, blank or TNULL fields -> null.
+  after bounds checks (X/C/M elements are left out and listed in the catalog ``notes``).
+  TDIMn is not applied: multi-dimensional cells stay flat (TDIM is in the catalog cards).
+  ASCII tables: A->string, I->int64, F/E/D->float64 (implied decimals honoured), blank or TNULL
+  fields -> null, a cell that does not parse rejects its row into ``_errors``.
 - IMAGE (primary with NAXIS > 0, IMAGE extensions): one row per image line, ``row`` (index
   along NAXIS2), ``plane`` (flattened index over NAXIS3.., only when NAXIS >= 3) and ``value``
   (list of NAXIS1 pixels). BSCALE/BZERO applied as astropy does (float32 for BITPIX 8/16/-32,
@@ -320,9 +322,11 @@ def _check_descriptors(part: Part, block: np.ndarray, file_size: int, limit: int
         raw = np.ascontiguousarray(block[:, col.offset: col.offset + col.width])
         desc = raw.view(BIN_CODES[col.code][0]).astype(np.int64).reshape(-1, 2)
         count, off = desc[:, 0], desc[:, 1]
-        nbytes = count * BIN_CODES[col.element][1]
-        ok = (count >= 0) & (off >= 0) & (nbytes <= limit) & (off <= part.heap_size)
-        ok &= (off + nbytes <= part.heap_size) & (part.heap_offset + off + nbytes <= file_size)
+        # Bound both numbers before any arithmetic: Q descriptors could overflow int64.
+        ok = (count >= 0) & (count <= limit) & (off >= 0) & (off <= part.heap_size)
+        nbytes = np.where(ok, count, 0) * BIN_CODES[col.element][1]
+        ok &= (nbytes <= limit) & (off + nbytes <= part.heap_size)
+        ok &= part.heap_offset + off + nbytes <= file_size
         ok |= count == 0  # an empty array reads nothing, wherever it points
         block[count == 0, col.offset: col.offset + col.width] = 0
         for i in np.flatnonzero(~ok & ~bad):
@@ -355,9 +359,15 @@ class _HeapReader:
         total = int(nbytes.sum())
         if total >= 1 << 31:
             raise ValueError(f"{total} heap bytes in one chunk overflow a list array")
+        nonempty = np.flatnonzero(nbytes > 0)
+        if not len(nonempty):
+            return b""
+        start, size = offsets[nonempty], nbytes[nonempty]
+        if np.array_equal(start[1:], start[:-1] + size[:-1]):  # written in row order: one read
+            self.file.seek(self.part.heap_offset + int(start[0]))
+            return self.file.read(total)
         out = np.empty(total, np.uint8)
         dest = np.concatenate([[0], np.cumsum(nbytes)])
-        nonempty = np.flatnonzero(nbytes > 0)
         order = nonempty[np.argsort(offsets[nonempty], kind="stable")]
         i = 0
         while i < len(order):  # group descriptors whose span fits one read window
