@@ -54,6 +54,7 @@ MIB = 2**20
 GB = 10**9  # sizes are decimal: --size-gb 2.0 means 2.0e9 bytes
 
 TOOLS = ("chunkmill", "duckdb", "polars", "dask")
+BUSY_SHARE = 0.10  # other processes above this share of the CPUs during a run: flagged
 PARTITION_COLUMN = "event"
 
 CSV_HEADER = b"id,ts,user,event,value,count,message\n"
@@ -119,6 +120,7 @@ def host_info() -> dict[str, Any]:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "ram_total_gib": round(vm.total / 2**30, 1),
         "ram_available_gib": round(vm.available / 2**30, 1),
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "python": platform.python_version(),
         "versions": {},
     }
@@ -150,6 +152,7 @@ def host_header(info: dict[str, Any]) -> list[str]:
         f" (affinity {info['cpu_affinity']}), RAM: {info['ram_total_gib']} GiB"
         f" ({info['ram_available_gib']} GiB available at start)",
         f"- python {info['python']}; {versions}",
+        f"- load average at start: {info['loadavg']}",
     ]
 
 
@@ -408,12 +411,20 @@ class Measurement:
     cmd: list[str]
     wall_s: float | None = None
     peak_rss_bytes: int = 0  # max over samples of the RSS summed over the process tree
-    max_single_rss_bytes: int = 0  # kernel high-water mark of the largest single process
+    # kernel high-water marks (VmHWM) of the processes seen: the largest one (a lower bound of
+    # the true summed peak: above peak_rss_bytes means sampling missed a short peak) and
+    # their sum (an upper bound: every process at its own peak at once)
+    max_single_rss_bytes: int = 0
+    sum_of_peaks_bytes: int = 0
     max_processes: int = 0
     samples: int = 0
     returncode: int | None = None
     timed_out: bool = False
-    stray_processes: int = 0  # descendants still alive after the main process exited
+    stray_processes: list[str] = field(default_factory=list)  # alive after the main exited
+    cpu_s: float | None = None  # user + system CPU of the tree (the processes waited for)
+    # CPU the rest of the machine used meanwhile, as a fraction of all CPUs over the wall time:
+    # other engineers' test runs on a shared box make wall times meaningless; this shows it
+    others_cpu_share: float | None = None
     error: str | None = None
     log: str | None = None
 
@@ -422,7 +433,20 @@ class Measurement:
         return self.error is None and self.returncode == 0
 
 
-def _tree_rss(root: psutil.Process) -> tuple[int, int]:
+def _hwm_bytes(pid: int) -> int:
+    """The kernel's peak RSS of one process since its exec (``VmHWM``), 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _tree_rss(root: psutil.Process, hwm: dict[int, int]) -> tuple[int, int]:
+    """RSS summed over ``root`` and its descendants; records each one's ``VmHWM`` in ``hwm``."""
     try:
         procs = [root, *root.children(recursive=True)]
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
@@ -432,7 +456,10 @@ def _tree_rss(root: psutil.Process) -> tuple[int, int]:
         try:
             total += p.memory_info().rss
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            pass
+            continue
+        peak = _hwm_bytes(p.pid)
+        if peak:
+            hwm[p.pid] = max(hwm.get(p.pid, 0), peak)
     return total, len(procs)
 
 
@@ -443,12 +470,15 @@ def measure(cmd: Sequence[str], *, log_path: Path, env: dict[str, str] | None = 
 
     The command runs in a new session (so its whole tree can be killed on timeout and any
     descendant left behind is cleaned up); stdout and stderr go to ``log_path``. A sampler
-    thread walks the tree every ``interval`` s; the main thread blocks in ``wait4`` so the
-    wall time is exact and the kernel's ``ru_maxrss`` (largest single process) comes along.
+    thread walks the tree every ``interval`` s (RSS via psutil, plus each process's ``VmHWM``);
+    the main thread blocks in ``wait4`` so the wall time is exact and the tree's CPU time comes
+    along. (``ru_maxrss`` from ``wait4`` is not used: Linux carries the forking parent's peak
+    into it, so it would report the harness's own size, not the tool's.)
     """
     m = Measurement(cmd=list(cmd), log=str(log_path))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log_f:
+        cpu0 = psutil.cpu_times()
         t0 = time.perf_counter()
         try:
             popen = subprocess.Popen(list(cmd), stdout=log_f, stderr=subprocess.STDOUT,
@@ -463,9 +493,11 @@ def measure(cmd: Sequence[str], *, log_path: Path, env: dict[str, str] | None = 
         except psutil.NoSuchProcess:
             root = None
 
+        hwm: dict[int, int] = {}
+
         def sample() -> None:
             while root is not None and not done.is_set():
-                total, nprocs = _tree_rss(root)
+                total, nprocs = _tree_rss(root, hwm)
                 if total:
                     m.samples += 1
                     m.peak_rss_bytes = max(m.peak_rss_bytes, total)
@@ -490,11 +522,15 @@ def measure(cmd: Sequence[str], *, log_path: Path, env: dict[str, str] | None = 
             if timer:
                 timer.cancel()
         m.wall_s = time.perf_counter() - t0
+        cpu1 = psutil.cpu_times()
         done.set()
         sampler.join()
         popen.returncode = m.returncode = os.waitstatus_to_exitcode(status)
-        m.max_single_rss_bytes = usage.ru_maxrss * 1024  # KiB on Linux
-        m.stray_processes = _killpg(popen.pid)
+        m.max_single_rss_bytes = max(hwm.values(), default=0)
+        m.sum_of_peaks_bytes = sum(hwm.values())
+        m.cpu_s = usage.ru_utime + usage.ru_stime
+        m.others_cpu_share = _others_share(cpu0, cpu1, m.cpu_s, m.wall_s)
+        m.stray_processes = _reap_group(popen.pid)
     if m.timed_out:
         m.error = f"timed out after {timeout:g} s"
     elif m.returncode != 0:
@@ -502,21 +538,68 @@ def measure(cmd: Sequence[str], *, log_path: Path, env: dict[str, str] | None = 
     return m
 
 
-def _killpg(pgid: int) -> int:
-    """SIGKILL whatever is left in the run's own process group; returns how many there were."""
-    left = 0
-    for p in psutil.process_iter(["pid"]):
+def _busy(t: Any) -> float:
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "steal", 0.0)
+
+
+def _others_share(cpu0: Any, cpu1: Any, own_cpu_s: float, wall_s: float) -> float | None:
+    """CPU used by everything but the measured tree, as a share of all CPUs (0..1)."""
+    ncpu = psutil.cpu_count() or 1
+    if wall_s <= 0:
+        return None
+    others = _busy(cpu1) - _busy(cpu0) - own_cpu_s
+    return max(0.0, min(1.0, others / (wall_s * ncpu)))
+
+
+def wait_until_quiet(max_wait: float, threshold: float = 0.25,
+                     log: Callable[[str], None] | None = None) -> float:
+    """Wait up to ``max_wait`` s for the machine's CPU use to fall below ``threshold``
+    (a share of all CPUs, over 1-s windows); returns the last share seen."""
+    deadline = time.monotonic() + max_wait
+    told = False
+    while True:
+        share = psutil.cpu_percent(interval=1.0) / 100
+        if share < threshold or time.monotonic() >= deadline:
+            return share
+        if log and not told:
+            log(f"  machine busy ({share:.0%} CPU), waiting up to {max_wait:g} s for quiet ...")
+            told = True
+
+
+def _group(pgid: int) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter():
         try:
-            if os.getpgid(p.pid) == pgid and p.pid != os.getpid():
-                left += 1
+            if p.pid != os.getpid() and os.getpgid(p.pid) == pgid and p.status() != "zombie":
+                found.append(p)
         except (ProcessLookupError, PermissionError, psutil.Error):
             pass
-    if left:
+    return found
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _reap_group(pgid: int, grace: float = 2.0) -> list[str]:
+    """Descendants of a finished run still alive after ``grace`` s (then killed): name + args."""
+    deadline = time.monotonic() + grace
+    left = _group(pgid)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = _group(pgid)
+    names = []
+    for p in left:
         try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    return left
+            names.append(" ".join(p.cmdline())[:160] or p.name())
+        except psutil.Error:
+            names.append(str(p.pid))
+    if left:
+        _killpg(pgid)
+    return names
 
 
 def last_error_line(log_path: Path, limit: int = 300) -> str:
@@ -670,6 +753,7 @@ class RunRecord:
         d["rows_ok"] = self.rows_ok
         d["measurement"]["peak_rss_mib"] = mib(self.measurement.peak_rss_bytes)
         d["measurement"]["max_single_rss_mib"] = mib(self.measurement.max_single_rss_bytes)
+        d["measurement"]["sum_of_peaks_mib"] = mib(self.measurement.sum_of_peaks_bytes)
         return d
 
 
@@ -707,6 +791,8 @@ class Summary:
     wall_s: float | None = None
     peak_rss_mib: float | None = None
     max_single_rss_mib: float | None = None
+    cpu_s: float | None = None
+    others_cpu_share: float | None = None  # max over the runs
     rows: int | None = None
     expected_rows: int = 0
     rows_ok: bool = False
@@ -725,6 +811,13 @@ def summarise(records: Sequence[RunRecord]) -> Summary:
         s.wall_s = median([r.measurement.wall_s or 0.0 for r in good])
         s.peak_rss_mib = mib(median([r.measurement.peak_rss_bytes for r in good]))
         s.max_single_rss_mib = mib(median([r.measurement.max_single_rss_bytes for r in good]))
+        s.cpu_s = median([r.measurement.cpu_s or 0.0 for r in good])
+        shares = [r.measurement.others_cpu_share for r in good
+                  if r.measurement.others_cpu_share is not None]
+        s.others_cpu_share = max(shares) if shares else None
+        if s.others_cpu_share is not None and s.others_cpu_share > BUSY_SHARE:
+            s.notes.append(f"machine busy: other processes used up to {s.others_cpu_share:.0%} "
+                           "of the CPUs during a run (wall time inflated)")
         counts = sorted({r.check.rows for r in good if r.check and r.check.rows is not None})
         s.rows = counts[0] if len(counts) == 1 else None
         s.rows_ok = all(r.rows_ok for r in good)
@@ -739,12 +832,13 @@ def summarise(records: Sequence[RunRecord]) -> Summary:
             s.notes.append(f"_errors table rows: {sorted(err_rows)}")
         if not s.rows_ok:
             s.status = "rows mismatch"
-        strays = max(r.measurement.stray_processes for r in good)
-        if strays:
-            s.notes.append(f"{strays} process(es) left running after exit (killed)")
-        if s.max_single_rss_mib and s.peak_rss_mib and s.max_single_rss_mib > s.peak_rss_mib:
-            s.notes.append("sampling missed a short peak (kernel max of one process "
-                           f"{s.max_single_rss_mib:.0f} MiB)")
+        strays = max(good, key=lambda r: len(r.measurement.stray_processes))
+        if strays.measurement.stray_processes:
+            s.notes.append(f"{len(strays.measurement.stray_processes)} process(es) still "
+                           f"running 2 s after exit, killed: {strays.measurement.stray_processes}")
+        if s.max_single_rss_mib and s.peak_rss_mib and s.max_single_rss_mib > 1.05 * s.peak_rss_mib:
+            s.notes.append("sampling missed a short peak: one process alone reached "
+                           f"{s.max_single_rss_mib:.0f} MiB (VmHWM)")
     bad = [r for r in records if not r.measurement.ok]
     if bad:
         s.status = "failed" if not good else f"failed {len(bad)}/{len(records)}"

@@ -38,13 +38,15 @@ Tools (``--tools``, default all), each a separate process writing zstd Parquet t
 What is measured, per run: wall time of the whole process (start to exit, Python start-up and
 imports included), and peak RSS summed over the process and all its descendants (psutil walks
 the tree every ``--interval`` s, default 0.05, sums RSS per sample and keeps the max; shared
-pages are counted once per process, as with RSS anywhere). The kernel's ``ru_maxrss`` of the
-largest single process is kept too, and a note is shown when it beats the sampled sum (a peak
-shorter than the sampling interval). The output is then read back with DuckDB
-(``read_parquet`` over every ``*.parquet`` under the output, skipping ``_``/``.`` directories
-such as chunkmill's ``_chunkmill``, ``_catalog`` and ``_errors``) and its row count compared
-with the generated count; a mismatch shows in the table. With ``--repeat N`` (default 3) the
-runs are interleaved (every tool once, then again) and the table shows the medians.
+pages are counted once per process, as with RSS anywhere). Each process's kernel high-water mark
+(``VmHWM``) is kept too: a note is shown when one process alone beats the sampled sum (a peak
+shorter than the sampling interval), and the JSON has the sum of the per-process peaks (an upper
+bound). Descendants still alive 2 s after the tool exits are killed and named. The output is
+then read back with DuckDB (``read_parquet`` over every ``*.parquet`` under the output, skipping
+``_``/``.`` directories such as chunkmill's ``_chunkmill``, ``_catalog`` and ``_errors``) and
+its row count compared with the generated count; a mismatch shows in the table. With ``--repeat
+N`` (default 3) the runs are interleaved (every tool once, then again) and the table shows the
+medians.
 
 Output: a markdown table on stdout (also saved as ``<scratch>/results/<stamp>.md``) and the
 full results, every run and command included, as JSON in ``<scratch>/results/<stamp>.json``,
@@ -130,6 +132,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds before a run is killed and reported as timed out")
     p.add_argument("--interval", type=float, default=0.05,
                    help="RSS sampling interval in seconds (default 0.05)")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each run, wait up to SECONDS for the machine's CPU use to drop "
+                        "below 25%% (for shared machines; default 0: don't wait)")
     p.add_argument("--keep-outputs", action="store_true",
                    help="keep each tool's last output under <scratch>/out (default: delete)")
     p.add_argument("--regenerate", action="store_true", help="rebuild the cached inputs")
@@ -171,6 +176,8 @@ def run_case(case: Case, ds: c.Dataset, args: argparse.Namespace, scratch: Path,
         for tool in args.tools:
             if tool == "chunkmill" and chunkmill is not None and chunkmill.missing and i:
                 continue  # no point repeating "not found"
+            if args.wait_quiet > 0:
+                c.wait_until_quiet(args.wait_quiet, log=log)
             rec = c.run_tool(
                 tool, ds, scratch / "out" / case.name / tool,
                 scratch / "logs" / case.name / f"{tool}-{i + 1}.log",
@@ -190,7 +197,10 @@ def _progress(rec: c.RunRecord) -> str:
         return f"FAILED: {m.error}"
     rows = ("rows ok" if rec.rows_ok else
             f"ROWS {rec.check.rows if rec.check else '?'} != {rec.expected_rows}")
-    return f"{m.wall_s:.2f} s, {c.mib(m.peak_rss_bytes):.0f} MiB, {rows}"
+    busy = (f", others used {m.others_cpu_share:.0%} of the CPUs"
+            if m.others_cpu_share and m.others_cpu_share > c.BUSY_SHARE else "")
+    return (f"{m.wall_s:.2f} s, CPU {m.cpu_s or 0:.1f} s, {c.mib(m.peak_rss_bytes):.0f} MiB, "
+            f"{rows}{busy}")
 
 
 def _ratio(value: float | None, base: float | None) -> str:
@@ -210,7 +220,7 @@ def _rows_cell(s: c.Summary) -> str:
 
 def render(results: list[dict[str, Any]], host: dict[str, Any], args: argparse.Namespace,
            inputs: dict[str, c.Dataset], chunkmill_how: str | None) -> str:
-    lines = [f"# chunkmill benchmark, {host['date']}", "", *c.host_header(host)]
+    lines = ["# chunkmill benchmark", "", *c.host_header(host)]
     lines.append(f"- repeat: {args.repeat} (medians shown), RSS sampled every "
                  f"{args.interval:g} s and summed over the process tree; zstd everywhere")
     if chunkmill_how:
@@ -219,8 +229,8 @@ def render(results: list[dict[str, Any]], host: dict[str, Any], args: argparse.N
     for name, ds in inputs.items():
         lines.append(f"- input {name}: {ds.path} ({ds.bytes / c.GB:.3g} GB, {ds.rows:,} rows"
                      + (f", {ds.files:,} files" if ds.files > 1 else "") + ")")
-    lines += ["", "| case | tool | wall s | peak RSS MiB (summed) | rows ok? | wall vs polars "
-              "| RSS vs polars | notes |", "|---|---|--:|--:|---|--:|--:|---|"]
+    lines += ["", "| case | tool | wall s | CPU s | peak RSS MiB (summed) | rows ok? "
+              "| wall vs polars | RSS vs polars | notes |", "|---|---|--:|--:|--:|---|--:|--:|---|"]
     by_case: dict[str, dict[str, c.Summary]] = {}
     for r in results:
         by_case.setdefault(r["case"], {})[r["tool"]] = r["summary_obj"]
@@ -229,16 +239,18 @@ def render(results: list[dict[str, Any]], host: dict[str, Any], args: argparse.N
         for tool, s in tools.items():
             wall = "n/a" if s.status == "n/a" else c.fmt_num(s.wall_s, ".2f")
             rss = "n/a" if s.status == "n/a" else c.fmt_num(s.peak_rss_mib, ".0f")
+            cpu = "n/a" if s.status == "n/a" else c.fmt_num(s.cpu_s, ".1f")
             base_wall = polars.wall_s if polars else None
             base_rss = polars.peak_rss_mib if polars else None
             notes = "; ".join(c.md_cell(n) for n in s.notes)
             if s.status not in ("ok", "n/a", "rows mismatch"):
                 notes = f"**{s.status}**: {notes}"
             lines.append(
-                f"| {case} | {tool} | {wall} | {rss} | {_rows_cell(s)} | "
+                f"| {case} | {tool} | {wall} | {cpu} | {rss} | {_rows_cell(s)} | "
                 f"{_ratio(s.wall_s, base_wall)} | {_ratio(s.peak_rss_mib, base_rss)} | {notes} |")
-    lines += ["", "Ratios are tool / polars on the same case (> 1: slower or bigger). "
-              "Logs of every run: " + str(args.scratch_resolved / "logs")]
+    lines += ["", "Ratios are tool / polars on the same case (> 1: slower or bigger). CPU s is "
+              "user + system time of the whole process tree. Logs of every run: "
+              + str(args.scratch_resolved / "logs")]
     return "\n".join(lines) + "\n"
 
 

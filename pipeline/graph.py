@@ -100,7 +100,7 @@ def run_chunk(task: ChunkTask) -> ChunkManifest:
             manifest.fragments = writer.close()
             text = str(exc).strip().splitlines()
             ctx.reject(kind="chunk", error_type=type(exc).__name__, byte_offset=chunk.offset,
-                       message=f"{source.path}: chunk {chunk.index} at byte {chunk.offset}: "
+                       message=f"{source.path}: chunk {chunk.index} at offset {chunk.offset}: "
                                f"{text[0] if text else type(exc).__name__}"
                                + (f" (after {attempt} retries)" if attempt else ""))
             manifest.failed = ctx.rejected[-1].message

@@ -198,7 +198,7 @@ class Runner:
                         # Python cannot kill the worker thread; we stop waiting for it.
                         running.pop(fut)
                         fut.cancel()
-                        message = (f"{run.planned.source.path}: chunk {spec.index} at byte "
+                        message = (f"{run.planned.source.path}: chunk {spec.index} at offset "
                                    f"{spec.offset}: timed out after {timeout:g}s")
                         finished(run, spec, self._chunk_failure(run, spec, "ChunkTimeout",
                                                                 message))
@@ -212,7 +212,7 @@ class Runner:
             return fut.result()
         except Exception as exc:  # worker lost too often, out of memory, ...
             text = str(exc).strip().splitlines()
-            message = (f"{run.planned.source.path}: chunk {spec.index} at byte {spec.offset}: "
+            message = (f"{run.planned.source.path}: chunk {spec.index} at offset {spec.offset}: "
                        f"{type(exc).__name__}: {text[0] if text else ''}")
             return self._chunk_failure(run, spec, type(exc).__name__, message)
 

@@ -31,392 +31,41 @@ datasets needing an unavailable filter, unsupported types (references).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import h5py
 import numpy as np
 import pyarrow as pa
 
-from readers.base import RAW_CAP, ChunkContext, ChunkSpec, Description, Reader, Source
+from readers._arrays import (
+    TRANSIENT,
+    ArrayInfo,
+    Unsupported,
+    array_layout,
+    first_line,
+    is_absurd,
+    json_safe,
+    opt,
+    read_rows,
+    row_blocks,
+    row_bytes,
+    table_name,
+    unique_table,
+    within,
+)
+from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 
-DEFAULTS: dict[str, Any] = {
-    "chunk_size": 64 << 20,
-    "max_expansion": 1000,          # declared bytes per file byte before an array is absurd
-    "dense_limit": 1 << 30,         # ... and never absurd below this many declared bytes
-    "max_listed_chunks": 1_000_000,  # written chunks listed to plan an absurd array sparsely
-    "max_objects": 10_000,          # links walked per file
-    "max_chunks_per_file": 200_000,
-}
-_VLEN_ROW_GUESS = 32  # bytes per variable-length element, for block sizing only
 _SCALAR_READ_LIMIT = 64 << 10
 _ATTR_READ_LIMIT = 1 << 20
 _NETCDF_DIM = "This is a netCDF dimension but not a netCDF variable"
 
 
-def opt(options: Mapping[str, Any], name: str) -> Any:
-    value = options.get(name)
-    return DEFAULTS[name] if value is None else value
-
-
-#: Errors that may pass on retry: raised to the runner (which retries the chunk), never rejected.
-TRANSIENT = (MemoryError, ConnectionError, TimeoutError)
-
-
-class Unsupported(ValueError):
-    """A dtype or storage layout chunkmill cannot turn into Arrow columns."""
-
-
 class HDF5FileError(OSError):
     """The file cannot be opened as HDF5 (truncated, corrupt, not HDF5); names the file."""
-
-
-# --- shared array layout (used by readers.zarr too) ------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ArrayInfo:
-    """How one array becomes one table; small and picklable (travels in `Description.state`)."""
-
-    path: str
-    """Path of the array inside the file or store."""
-    table: str
-    layout: str
-    """``column`` (1-D), ``fields`` (1-D compound) or ``value`` (N-D)."""
-    index: str
-    """Name of the row-index column."""
-    nrows: int
-    row_bytes: int
-    """Decoded bytes of one row (estimated for variable-length types)."""
-    grid_rows: int
-    """Rows per storage chunk along axis 0 (1 when unchunked)."""
-    sparse: bool = False
-    """Plan only row blocks that hold a written chunk (absurd declared size)."""
-    refused: str | None = None
-    """Why the array is not read (an ``_errors`` row instead of rows)."""
-
-
-def table_name(path: str) -> str:
-    """``/sensors/temp`` -> ``sensors.temp`` (safe as one directory name, never hidden)."""
-    name = ".".join(p for p in path.split("/") if p)
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return cleaned.lstrip("._") or "data"
-
-
-def unique_table(name: str, taken: set[str]) -> str:
-    candidate, n = name, 1
-    while candidate in taken:
-        n += 1
-        candidate = f"{name}_{n}"
-    taken.add(candidate)
-    return candidate
-
-
-def arrow_type(dt: np.dtype) -> pa.DataType:
-    """Arrow type of one element of ``dt`` (raises `Unsupported`)."""
-    meta = dt.metadata or {}
-    if "ref" in meta:
-        raise Unsupported("object references have no column form")
-    vlen = meta.get("vlen")
-    if vlen in (str, bytes):
-        return pa.string()
-    if vlen is not None:
-        return pa.list_(arrow_type(np.dtype(vlen)))
-    if dt.subdtype is not None:
-        base, shape = dt.subdtype
-        return pa.list_(arrow_type(base), math.prod(shape))
-    if dt.names:
-        return pa.struct([(n, arrow_type(dt.fields[n][0])) for n in dt.names])
-    kind = dt.kind
-    try:
-        if kind in "biufmM":
-            return pa.from_numpy_dtype(dt.newbyteorder("="))
-        if kind == "c" and dt.itemsize in (8, 16):
-            part = pa.float32() if dt.itemsize == 8 else pa.float64()
-            return pa.struct([("real", part), ("imag", part)])
-    except (pa.ArrowNotImplementedError, TypeError) as exc:
-        raise Unsupported(f"dtype {dt} has no Arrow equivalent") from exc
-    if kind in "SUTO":
-        return pa.string()
-    if kind == "V":
-        return pa.binary(dt.itemsize)
-    raise Unsupported(f"dtype {dt} has no Arrow equivalent")
-
-
-def array_layout(path: str, dtype: np.dtype, shape: tuple[int, ...]
-                 ) -> tuple[pa.Schema, str, str, tuple[int, ...]]:
-    """(schema, layout, index column, value shape) of the table an array of ``shape`` makes."""
-    leaf = path.rstrip("/").rsplit("/", 1)[-1] or "value"
-    if len(shape) == 1 and dtype.names and dtype.subdtype is None:
-        layout = "fields"
-        columns = [(n, arrow_type(dtype.fields[n][0])) for n in dtype.names]
-    elif len(shape) == 1:
-        layout, columns = "column", [(leaf, arrow_type(dtype))]
-    else:
-        size = math.prod(shape[1:])
-        if size >= 2**31:
-            raise Unsupported(f"one row holds {size} values (Arrow lists hold < 2**31)")
-        layout, columns = "value", [("value", pa.list_(arrow_type(dtype), size))]
-    index = "_row" if any(n == "row" for n, _ in columns) else "row"
-    schema = pa.schema([(index, pa.int64()), *columns])
-    return schema, layout, index, tuple(shape[1:])
-
-
-def row_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
-    item = _VLEN_ROW_GUESS if dtype.hasobject or dtype.itemsize == 0 else dtype.itemsize
-    return max(1, item * math.prod(shape[1:]))
-
-
-def is_absurd(declared: int, stored: int, options: Mapping[str, Any]) -> bool:
-    """True when an array declares far more bytes than its storage could ever hold."""
-    return declared > max(int(opt(options, "dense_limit")),
-                          int(opt(options, "max_expansion")) * max(stored, 1))
-
-
-def row_blocks(nrows: int, grid_rows: int, bytes_per_row: int, chunk_size: int,
-               present: Sequence[int] | None = None, limit: int | None = None
-               ) -> list[tuple[int, int]]:
-    """Row ranges along axis 0, whole storage chunks each, about ``chunk_size`` bytes.
-
-    With ``present`` (sorted grid indices along axis 0 that hold data) only runs of those are
-    planned. Raises ValueError when more than ``limit`` blocks would be needed.
-    """
-    grid_rows = max(1, grid_rows)
-    per = max(1, chunk_size // max(1, bytes_per_row * grid_rows))  # grid rows per block
-    step = per * grid_rows
-    if present is None:
-        count = -(-nrows // step)
-        blocks = [] if limit is not None and count > limit else [
-            (a, min(a + step, nrows)) for a in range(0, nrows, step)]
-    else:
-        blocks, run_start, prev = [], None, None
-        for g in [*present, None]:
-            if g is not None and prev is not None and g == prev + 1 and g - run_start < per:
-                prev = g
-                continue
-            if run_start is not None:
-                blocks.append((run_start * grid_rows, min((prev + 1) * grid_rows, nrows)))
-            run_start = prev = g
-        blocks = [(a, b) for a, b in blocks if a < b]
-        count = len(blocks)
-    if limit is not None and count > limit:
-        raise ValueError(f"{nrows} rows would need {count} chunks (limit {limit}); "
-                         "raise --chunk-size")
-    return blocks
-
-
-def _or(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
-    if a is None:
-        return b
-    return a if b is None else a | b
-
-
-def _fixed_bytes(values: np.ndarray) -> pa.Array:
-    """Fixed-width ``S`` values as binary without their NUL padding (embedded NULs kept)."""
-    n, width = len(values), values.dtype.itemsize
-    raw = np.ascontiguousarray(values).view(np.uint8).reshape(n, width)
-    nonzero = raw != 0
-    lengths = np.where(nonzero.any(axis=1), width - np.argmax(nonzero[:, ::-1], axis=1), 0)
-    data = raw[np.arange(width) < lengths[:, None]]
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if offsets[-1] < 2**31:
-        return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets.astype(np.int32)),
-                                                      pa.py_buffer(data)])
-    return pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets),
-                                                        pa.py_buffer(data)])
-
-
-def _valid_utf8(value: Any) -> bool:
-    if value is None or isinstance(value, str):
-        return True
-    try:
-        bytes(value).decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _strings(values: np.ndarray) -> tuple[pa.Array, np.ndarray | None]:
-    if values.dtype.kind == "S":
-        arr = _fixed_bytes(values)
-    elif values.dtype.kind == "O":
-        try:
-            arr = pa.array(values, from_pandas=False)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # str and bytes mixed
-            arr = pa.array([v.encode() if isinstance(v, str) else v for v in values],
-                           type=pa.binary())
-    else:
-        return pa.array(values, type=pa.string()), None
-    try:
-        return arr.cast(pa.string()), None
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # rare: find the rows that are not UTF-8
-        items = arr.to_pylist()
-        bad = np.fromiter((not _valid_utf8(v) for v in items), bool, len(items))
-        kept = pa.array([None if b else v for v, b in zip(items, bad, strict=True)],
-                        type=pa.binary())
-        return kept.cast(pa.string()), bad
-
-
-def convert(values: np.ndarray) -> tuple[pa.Array, np.ndarray | None]:
-    """Arrow array of ``values`` along axis 0, and a mask of rows holding undecodable strings."""
-    n = len(values)
-    if values.ndim > 1:
-        size = math.prod(values.shape[1:])
-        inner, bad = convert(values.reshape(n * size))
-        if bad is not None:
-            bad = bad.reshape(n, size).any(axis=1)
-        return pa.FixedSizeListArray.from_arrays(inner, size), bad
-    dt = values.dtype
-    vlen = (dt.metadata or {}).get("vlen")
-    if dt.names:
-        children, bad = [], None
-        for name in dt.names:
-            child, child_bad = convert(values[name])
-            children.append(child)
-            bad = _or(bad, child_bad)
-        return pa.StructArray.from_arrays(children, names=list(dt.names)), bad
-    if vlen is not None and vlen not in (str, bytes):
-        return pa.array(list(values), type=arrow_type(dt)), None
-    if dt.kind in "SOUT":
-        return _strings(values)
-    if dt.kind == "c":
-        real, imag = convert(np.ascontiguousarray(values.real))[0], convert(
-            np.ascontiguousarray(values.imag))[0]
-        return pa.StructArray.from_arrays([real, imag], names=["real", "imag"]), None
-    if dt.kind == "V":
-        data = pa.py_buffer(np.ascontiguousarray(values).view(np.uint8))
-        return pa.Array.from_buffers(pa.binary(dt.itemsize), n, [None, data]), None
-    if not dt.isnative:
-        values = values.astype(dt.newbyteorder("="))
-    return pa.array(np.ascontiguousarray(values)), None
-
-
-def to_table(values: np.ndarray, info: ArrayInfo, schema: pa.Schema, start: int
-             ) -> tuple[pa.Table, np.ndarray | None]:
-    """Rows ``start..`` of an array as a table (bad-string rows dropped, their mask returned)."""
-    n = len(values)
-    if info.layout == "fields":
-        converted = [convert(values[name]) for name in values.dtype.names]
-    elif info.layout == "column":
-        converted = [convert(values)]
-    else:
-        converted = [convert(values.reshape(n, -1))]
-    bad = None
-    for _, mask in converted:
-        bad = _or(bad, mask)
-    arrays = [pa.array(np.arange(start, start + n, dtype=np.int64)), *(a for a, _ in converted)]
-    table = pa.Table.from_arrays(arrays, names=schema.names)
-    if table.schema != schema:
-        table = table.cast(schema)
-    if bad is not None and bad.any():
-        table = table.filter(pa.array(~bad))
-    return table, bad if bad is not None and bad.any() else None
-
-
-def reject_rows(ctx: ChunkContext, values: np.ndarray, bad: np.ndarray, start: int, where: str,
-                byte_offset: int | None, row_bytes_: int) -> None:
-    """One ``_errors`` row per row holding a string that is not UTF-8."""
-    for i in np.flatnonzero(bad):
-        item = values[i]
-        raw = item if isinstance(item, bytes) else (
-            repr(item).encode() if values.dtype.hasobject else np.asarray(item).tobytes())
-        ctx.reject(error_type="InvalidUTF8", raw=raw[:RAW_CAP],
-                   byte_offset=None if byte_offset is None else byte_offset + int(i) * row_bytes_,
-                   message=f"{where} row {start + int(i)}: string value is not valid UTF-8")
-
-
-def read_rows(fetch: Callable[[int, int], np.ndarray], info: ArrayInfo, schema: pa.Schema,
-              a: int, b: int, ctx: ChunkContext, where: str,
-              offset_of: Callable[[int], int | None] = lambda row: None,
-              record_offsets: bool = False) -> Iterator[pa.Table]:
-    """Rows ``a:b`` as tables; a block that fails is retried one storage chunk at a time.
-
-    So one damaged chunk costs only its own rows: each chunk that still fails becomes one
-    ``chunk`` row in ``_errors`` at its byte offset (when known).
-    """
-    try:
-        values = fetch(a, b)
-        table, bad = to_table(values, info, schema, a)
-    except TRANSIENT:
-        raise  # the runner retries the whole chunk after a backoff
-    except Exception as exc:
-        if b - a > info.grid_rows:
-            for start in range(a, b, info.grid_rows):
-                yield from read_rows(fetch, info, schema, start, min(start + info.grid_rows, b),
-                                     ctx, where, offset_of, record_offsets)
-            return
-        ctx.reject(kind="chunk", error_type=type(exc).__name__, byte_offset=offset_of(a),
-                   message=f"{where} rows {a}:{b}: {_first_line(exc)}")
-        return
-    if bad is not None:
-        reject_rows(ctx, values, bad, a, where, offset_of(a) if record_offsets else None,
-                    info.row_bytes)
-    del values
-    yield table
-
-
-def json_safe(value: Any, depth: int = 0) -> Any:
-    """Attribute or fill value as JSON: bytes decoded, small arrays listed, big ones summarised."""
-    if depth > 8:
-        return _trim(str(value))
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, str):
-        return _trim(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return _trim(bytes(value).decode("utf-8", "backslashreplace"))
-    if isinstance(value, complex):
-        return {"real": json_safe(value.real), "imag": json_safe(value.imag)}
-    if isinstance(value, np.void):
-        if value.dtype.names:
-            return {n: json_safe(value[n], depth + 1) for n in value.dtype.names}
-        return value.tobytes()[:256].hex()
-    if isinstance(value, np.generic):
-        return json_safe(value.item(), depth + 1)
-    if isinstance(value, np.ndarray):
-        if value.size <= 64:
-            return [json_safe(v, depth + 1) for v in value.reshape(-1)] if value.ndim <= 1 else \
-                [json_safe(v, depth + 1) for v in value]
-        head = value.reshape(-1)[:16]
-        return {"dtype": str(value.dtype), "shape": list(value.shape), "truncated": True,
-                "head": [json_safe(v, depth + 1) for v in head]}
-    if isinstance(value, Mapping):
-        items = list(value.items())
-        out = {str(k): json_safe(v, depth + 1) for k, v in items[:256]}
-        if len(items) > 256:
-            out["..."] = f"{len(items) - 256} more"
-        return out
-    if isinstance(value, list | tuple | set):
-        items = list(value)
-        out_list = [json_safe(v, depth + 1) for v in items[:64]]
-        return out_list + ([f"... {len(items) - 64} more"] if len(items) > 64 else [])
-    if isinstance(value, h5py.Empty):
-        return None
-    return _trim(str(value))
-
-
-def _trim(text: str, limit: int = 1024) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... (+{len(text) - limit} chars)"
-
-
-def within(path: str, roots: Sequence[str]) -> bool:
-    """True when ``path`` (symlinks resolved) lies in one of the local ``roots``."""
-    real = os.path.realpath(path)
-    for root in roots:
-        if "://" in root:
-            continue
-        base = os.path.realpath(root)
-        if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
-            return True
-    return False
 
 
 # --- HDF5 -------------------------------------------------------------------------------------
@@ -462,15 +111,11 @@ def _attrs(obj: Any, limit: int = 256) -> dict[str, Any]:
             out[name] = (f"<{size} bytes, not read>" if size > _ATTR_READ_LIMIT
                          else json_safe(obj.attrs[name]))
         except Exception as exc:
-            out[name] = f"<unreadable: {_first_line(exc)}>"
+            out[name] = f"<unreadable: {first_line(exc)}>"
     if len(names) > limit:
         out["..."] = f"{len(names) - limit} more attributes"
     return out
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 _LAYOUTS = {h5py.h5d.COMPACT: "compact", h5py.h5d.CONTIGUOUS: "contiguous",
@@ -522,7 +167,7 @@ def _virtual_problem(f: h5py.File, ds: h5py.Dataset, source: Source,
                 if target.is_virtual:
                     return f"virtual source {m.file_name}:{m.dset_name} is itself virtual", 0
         except OSError as exc:
-            return f"virtual source {m.file_name!r} cannot be opened ({_first_line(exc)})", 0
+            return f"virtual source {m.file_name!r} cannot be opened ({first_line(exc)})", 0
         nbytes += os.path.getsize(path)
     return None, nbytes
 
@@ -566,7 +211,7 @@ class HDF5Reader(Reader):
                 f.visititems_links(visit)
             except Exception as exc:  # a damaged group structure: nothing can be trusted
                 raise HDF5FileError(f"{source.path}: damaged HDF5 structure "
-                                    f"({_first_line(exc)})") from exc
+                                    f"({first_line(exc)})") from exc
             if len(links) > limit:
                 raise ValueError(f"{source.path}: more than {limit} objects; not supported")
             seen: set[Any] = set()
@@ -582,7 +227,7 @@ class HDF5Reader(Reader):
                         self._hard_link(f, source, path, roots, options, meta, tables, infos,
                                         seen, taken)
                     except Exception as exc:  # a damaged header refuses this object only
-                        reason = f"cannot read its header: {_first_line(exc)}"
+                        reason = f"cannot read its header: {first_line(exc)}"
                         meta["refused"][path] = reason
                         infos[path] = ArrayInfo(path, "", "column", "row", 0, 1, 1,
                                                 refused=reason)
@@ -701,7 +346,7 @@ class HDF5Reader(Reader):
             try:
                 entry["value"] = json_safe(ds[()])
             except Exception as exc:
-                entry["value_error"] = _first_line(exc)
+                entry["value_error"] = first_line(exc)
         return entry
 
     # --- plan -----------------------------------------------------------------------------------
@@ -719,7 +364,7 @@ class HDF5Reader(Reader):
                     try:
                         present[path] = self._written_rows(f[path], infos[path], options)
                     except Exception as exc:  # a damaged chunk index refuses this dataset
-                        present[path] = f"cannot list its chunks: {_first_line(exc)}"
+                        present[path] = f"cannot list its chunks: {first_line(exc)}"
         for path, info in infos.items():
             listed = present.get(path)
             reason = info.refused or (listed if isinstance(listed, str) else None)
@@ -780,7 +425,7 @@ class HDF5Reader(Reader):
             raise
         except Exception as exc:  # the file itself broke (truncated since planning, ...)
             ctx.reject(kind="chunk", error_type=type(exc).__name__,
-                       message=f"{where} rows {a}:{b}: {_first_line(exc)}")
+                       message=f"{where} rows {a}:{b}: {first_line(exc)}")
 
     @staticmethod
     def _rows(ds: h5py.Dataset, a: int, b: int) -> np.ndarray:
@@ -805,6 +450,4 @@ class HDF5Reader(Reader):
             return None
 
 
-__all__ = ["HDF5Reader", "ArrayInfo", "array_layout", "arrow_type", "convert", "to_table",
-           "row_blocks", "is_absurd", "table_name", "unique_table", "json_safe", "within",
-           "reject_rows", "read_rows", "HDF5FileError", "Unsupported", "TRANSIENT"]
+__all__ = ["HDF5Reader", "HDF5FileError"]

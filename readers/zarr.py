@@ -24,12 +24,12 @@ import zarr
 import zarr.storage
 from zarr.core.sync import sync
 
-from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
-from readers.hdf5 import (
+from readers._arrays import (
     TRANSIENT,
     ArrayInfo,
     Unsupported,
     array_layout,
+    first_line,
     is_absurd,
     json_safe,
     opt,
@@ -39,6 +39,7 @@ from readers.hdf5 import (
     table_name,
     unique_table,
 )
+from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
 
 _SCALAR_READ_LIMIT = 64 << 10
 
@@ -55,10 +56,6 @@ def open_store(source: Source) -> zarr.abc.store.Store:
     return zarr.storage.FsspecStore.from_url(source.url, storage_options=options,
                                              read_only=True)
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _grid_rows(arr: zarr.Array) -> int:
@@ -130,7 +127,7 @@ class ZarrReader(Reader):
             raise  # network trouble: planning retries
         except Exception as exc:
             raise ZarrStoreError(f"{source.path}: not a readable Zarr store "
-                                 f"({_first_line(exc)})") from exc
+                                 f"({first_line(exc)})") from exc
         meta: dict[str, Any] = {"zarr_format": node.metadata.zarr_format,
                                 "attributes": json_safe(dict(node.attrs)), "arrays": {},
                                 "scalars": {}, "groups": {}, "refused": {}}
@@ -172,7 +169,7 @@ class ZarrReader(Reader):
                 try:
                     entry["value"] = json_safe(arr[()])
                 except Exception as exc:
-                    entry["value_error"] = _first_line(exc)
+                    entry["value_error"] = first_line(exc)
             meta["scalars"][path or "/"] = entry
             return
         meta["arrays"][path or "/"] = entry
@@ -244,7 +241,7 @@ class ZarrReader(Reader):
             raise
         except Exception as exc:  # the store changed or broke since planning
             ctx.reject(kind="chunk", error_type=type(exc).__name__,
-                       message=f"{where} rows {a}:{b}: {_first_line(exc)}")
+                       message=f"{where} rows {a}:{b}: {first_line(exc)}")
             return
         for table in read_rows(lambda lo, hi: np.asarray(arr[lo:hi]), info,
                                description.tables[info.table], a, b, ctx, where):

@@ -58,9 +58,10 @@ def run_reader(path: str, reader: str | None = None, *, chunk_size: int = 1 << 2
 @pytest.fixture(scope="session")
 def shared_scheduler() -> Iterator[str]:
     """A two-process cluster for tests that only need *a* cluster (``scheduler=`` option)."""
-    import dask
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.worker.memory.pause": False}), LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    # No global dask.config changes here: they would leak into every later test of the
+    # session (the pressure plugin turns Dask's own pause off per worker when it installs).
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
         yield cluster.scheduler_address

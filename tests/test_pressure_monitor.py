@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +10,7 @@ from types import SimpleNamespace
 import dask
 import psutil
 import pytest
+from balloon import Balloon
 
 from pipeline import pressure
 from pipeline.pressure import (
@@ -357,52 +356,15 @@ def test_inactive_file_larger_than_usage_clamps_to_zero(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------- real memory
-BALLOON = r"""
-import sys
-n = int(sys.argv[1])
-# Multiplying a 1-byte bytearray writes every byte, so the pages are really resident
-# (bytearray(n) alone would be lazily-zeroed, untouched memory).
-buf = bytearray(b"\x01") * n
-print("ready", flush=True)
-sys.stdin.read()
-"""
-
-
-class Balloon:
-    """A subprocess holding ``nbytes`` of touched memory until closed."""
-
-    def __init__(self, nbytes: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", BALLOON, str(nbytes)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if line.strip() != "ready":
-            self.close()
-            raise RuntimeError(f"balloon failed to start: {line!r}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            if self.proc.stdin:
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.mark.timeout(60)
 def test_real_balloon_drives_level_high_then_normal() -> None:
     used0, _ = read_memory_usage()
     # 4 GiB rather than 2 of headroom: other jobs on a shared box move host memory by
     # a GB or more, which must not keep the level up after the balloon is gone.
     limit = used0 + 4 * GiB
-    # Aim for 85 % of the budget: the middle of the HIGH band, so other processes
-    # moving by a few hundred MB do not change the outcome.
-    balloon_bytes = int(0.85 * limit) - used0
+    # Aim for 95 % of the budget: HIGH or CRITICAL both pass, and other processes freeing
+    # half a GB meanwhile (a previous test's cluster shutting down) still leaves it >= HIGH.
+    balloon_bytes = int(0.95 * limit) - used0
     assert balloon_bytes > 3 * GiB
 
     transitions: list[tuple[str, str]] = []

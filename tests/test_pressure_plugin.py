@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -13,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from balloon import Balloon
 from distributed import Client, LocalCluster, wait
 
 from pipeline.backpressure import InflightWindow, cluster_pressure, worker_pressure
@@ -341,42 +340,6 @@ def test_real_spill_under_400mb_limit_keeps_workers_alive() -> None:
         for info in c.scheduler_info()["workers"].values():
             assert "chunkmill_pressure_level" in info["metrics"]
             assert "chunkmill_memory_percent" in info["metrics"]
-
-
-BALLOON = r"""
-import sys
-n = int(sys.argv[1])
-# Multiplying a 1-byte bytearray writes every byte, so the pages are really resident.
-buf = bytearray(b"\x01") * n
-print("ready", flush=True)
-sys.stdin.read()
-"""
-
-
-class Balloon:
-    """A subprocess holding ``nbytes`` of touched memory until closed."""
-
-    def __init__(self, nbytes: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", BALLOON, str(nbytes)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if line.strip() != "ready":
-            self.close()
-            raise RuntimeError(f"balloon failed to start: {line!r}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            if self.proc.stdin:
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.mark.timeout(120)

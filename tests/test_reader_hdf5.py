@@ -1,0 +1,387 @@
+"""HDF5 reader: layout of the tables, catalog metadata, refusals and hostile files.
+
+One ingest (module fixture) covers the happy path and every hostile file at once, so the
+embedded cluster starts once; unit tests drive the reader and its helpers directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+
+import duckdb
+import fsspec
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+import pipeline
+from readers import detect
+from readers._arrays import convert, json_safe, row_blocks, table_name
+from readers.base import ChunkContext, Source
+from readers.hdf5 import HDF5Reader
+
+N = 10_000
+TIB4 = 4 * 2**40
+
+
+def _write_good(path: str, userblock: int = 0) -> None:
+    events = np.zeros(
+        300, dtype=[("id", "<i8"), ("t", ">f8"), ("name", "S8"), ("pos", "<f4", (3,))]
+    )
+    events["id"] = np.arange(300)
+    events["t"] = np.arange(300) / 10
+    events["name"] = [b"ev%d" % i for i in range(300)]
+    events["name"][7] = b"a\x00b"  # embedded NUL survives, the padding does not
+    events["pos"] = np.arange(900, dtype="f4").reshape(300, 3)
+    kwargs = {"userblock_size": userblock} if userblock else {}
+    with h5py.File(path, "w", **kwargs) as f:
+        f.attrs["title"] = b"bytes title"
+        f.attrs["small"] = np.arange(4)
+        f.attrs["large"] = np.arange(1000)
+        f.attrs["nan"] = np.nan
+        g = f.create_group("sensors")
+        g.attrs["unit"] = "C"
+        d = g.create_dataset(
+            "temp", data=np.arange(N, dtype="f8"), chunks=(1000,), compression="gzip", shuffle=True
+        )
+        d.attrs["calibrated"] = True
+        f.create_dataset("events", data=events, chunks=(50,))
+        f.create_dataset(
+            "images", data=np.arange(20 * 4 * 5, dtype="i2").reshape(20, 4, 5), chunks=(5, 4, 5)
+        )
+        f.create_dataset("labels", data=["alpha", "béta", ""], dtype=h5py.string_dtype())
+        f.create_dataset("bigendian", data=np.arange(5, dtype=">i4"))
+        f.create_dataset("flags", data=np.array([True, False, True]))
+        f.create_dataset("cplx", data=np.array([1 + 2j, 3 - 4j]))
+        f.create_dataset("meta/version", data=3)
+        f.create_dataset("meta/empty", data=h5py.Empty("f8"))
+        f["alias"] = h5py.SoftLink("/sensors/temp")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Ingest a directory holding good and hostile HDF5 files once; return (out, inputs)."""
+    base = tmp_path_factory.mktemp("h5")
+    inp = base / "in"
+    outside = base / "outside"
+    inp.mkdir()
+    outside.mkdir()
+    _write_good(str(inp / "good.h5"))
+    _write_good(str(inp / "disguised.dat"), userblock=1024)  # HDF5 after a user block
+
+    with h5py.File(outside / "secret.h5", "w") as f:
+        f["data"] = np.arange(3)
+    with h5py.File(inp / "src.h5", "w") as f:
+        f["d"] = np.arange(10, dtype="f8")
+    with h5py.File(inp / "links.h5", "w") as f:
+        f["own"] = np.arange(4)
+        f["leak"] = h5py.ExternalLink(str(outside / "secret.h5"), "/data")
+        f["sibling"] = h5py.ExternalLink("src.h5", "/d")
+        ok = h5py.VirtualLayout(shape=(10,), dtype="f8")
+        ok[:] = h5py.VirtualSource("src.h5", "d", shape=(10,))
+        f.create_virtual_dataset("vds_ok", ok, fillvalue=-1)
+        missing = h5py.VirtualLayout(shape=(10,), dtype="f8")
+        missing[:] = h5py.VirtualSource("gone.h5", "d", shape=(10,))
+        f.create_virtual_dataset("vds_missing", missing, fillvalue=-1)
+        away = h5py.VirtualLayout(shape=(3,), dtype="i8")
+        away[:] = h5py.VirtualSource(
+            os.path.relpath(outside / "secret.h5", inp), "data", shape=(3,)
+        )
+        f.create_virtual_dataset("vds_outside", away, fillvalue=-1)
+
+    with h5py.File(inp / "sparse.h5", "w") as f:
+        d = f.create_dataset(
+            "huge", shape=(TIB4 // 8,), dtype="f8", chunks=(1024,), compression="gzip"
+        )
+        d[0:1024] = 1.0
+        d[2**30 : 2**30 + 1024] = 2.0
+        f.create_dataset("declared", shape=(TIB4 // 8,), dtype="f8")  # contiguous, unallocated
+
+    with h5py.File(inp / "badtext.h5", "w") as f:
+        f["names"] = np.array([b"ok", b"\xff\xfe", b"fine"], dtype="S4")
+
+    _write_good(str(base / "whole.h5"))
+    data = (base / "whole.h5").read_bytes()
+    (inp / "truncated.h5").write_bytes(data[: len(data) // 2])
+    (inp / "garbage.h5").write_bytes(os.urandom(1000))
+
+    # Corrupt the compressed bytes of one chunk: only that block may fail.
+    shutil.copy(base / "whole.h5", inp / "flipped.h5")
+    with h5py.File(inp / "flipped.h5", "r") as f:
+        info = f["sensors/temp"].id.get_chunk_info(3)
+    with open(inp / "flipped.h5", "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xde\xad\xbe\xef" * (info.size // 4))
+
+    out = base / "out"
+    started = time.time()
+    report = pipeline.ingest(
+        [str(inp)], out=str(out), workers=2, chunk_size="16KiB", progress=False
+    )
+    return {
+        "out": out,
+        "inp": inp,
+        "report": report,
+        "seconds": time.time() - started,
+        "flipped": info,
+    }
+
+
+def _sql(query: str) -> list[tuple]:
+    return duckdb.sql(query).fetchall()
+
+
+def _catalog(out) -> dict[str, dict]:
+    cols = ["path", "format", "status", "tables", "rows", "chunks", "error_count", "metadata"]
+    rows = _sql(f"select {', '.join(cols)} from read_parquet('{out}/_catalog/*.parquet')")
+    return {os.path.basename(r[0]): dict(zip(cols, r, strict=True)) for r in rows}
+
+
+def _errors(out) -> list[tuple]:
+    return _sql(
+        f"select path, kind, error_type, message, byte_offset "
+        f"from read_parquet('{out}/_errors/*.parquet')"
+    )
+
+
+def test_one_dim_dataset_is_a_table_named_by_its_path(run):
+    out = run["out"]
+    rows = _sql(
+        f"select row, temp from read_parquet('{out}/sensors.temp/**/*.parquet', "
+        "hive_partitioning=true) order by _file_id, row"
+    )
+    assert len(rows) == 3 * N - 1000  # good, disguised, flipped minus its broken chunk
+    good = _sql(
+        f"select count(*), sum(temp), min(row), max(row) from "
+        f"read_parquet('{out}/sensors.temp/**/*.parquet') t join "
+        f"read_parquet('{out}/_catalog/*.parquet') c on t._file_id = c.file_id "
+        "where c.path like '%good.h5'"
+    )
+    assert good == [(N, float(sum(range(N))), 0, N - 1)]
+
+
+def test_compound_nd_strings_and_types(run):
+    out = run["out"]
+    ev = duckdb.sql(
+        f"select row, id, t, name, pos from read_parquet('{out}/events/**/*.parquet')"
+        " where row in (0, 7, 299) order by _file_id, row limit 3"
+    ).fetchall()
+    assert ev[0][:4] == (0, 0, 0.0, "ev0")
+    assert ev[1][3] == "a\x00b"
+    assert list(ev[2][4]) == [897.0, 898.0, 899.0]
+    img = _sql(
+        f"select row, value from read_parquet('{out}/images/**/*.parquet') "
+        "order by _file_id, row limit 2"
+    )
+    assert img[1][0] == 1 and list(img[1][1]) == list(range(20, 40))
+    labels = _sql(
+        f"select labels from read_parquet('{out}/labels/**/*.parquet') "
+        "order by _file_id, row limit 3"
+    )
+    assert [r[0] for r in labels] == ["alpha", "béta", ""]
+    assert (
+        _sql(f"select sum(bigendian) from read_parquet('{out}/bigendian/**/*.parquet')")[0][0]
+        == 3 * 10
+    )
+    cplx = ds.dataset(str(out / "cplx"), format="parquet").to_table()
+    assert cplx.schema.field("cplx").type == pa.struct(
+        [("real", pa.float64()), ("imag", pa.float64())]
+    )
+    assert sorted(_sql(f"select distinct flags from read_parquet('{out}/flags/**/*.parquet')")) == [
+        (False,),
+        (True,),
+    ]
+
+
+def test_catalog_metadata(run):
+    cat = _catalog(run["out"])
+    good = cat["good.h5"]
+    assert good["status"] == "ok" and good["format"] == "hdf5"
+    meta = json.loads(good["metadata"])
+    assert meta["attributes"]["title"] == "bytes title"
+    assert meta["attributes"]["small"] == [0, 1, 2, 3]
+    assert meta["attributes"]["large"]["truncated"] and meta["attributes"]["large"]["shape"] == [
+        1000
+    ]
+    assert meta["attributes"]["nan"] == "nan"
+    temp = meta["datasets"]["/sensors/temp"]
+    assert temp["table"] == "sensors.temp" and temp["shape"] == [N] and temp["chunks"] == [1000]
+    assert temp["compression"] == "gzip" and temp["attributes"] == {"calibrated": True}
+    assert [f["name"] for f in temp["filters"]] == ["shuffle", "deflate"]
+    assert meta["datasets"]["/images"]["value_shape"] == [4, 5]
+    assert meta["scalars"]["/meta/version"]["value"] == 3
+    assert meta["scalars"]["/meta/empty"]["shape"] is None
+    assert meta["groups"]["/sensors"] == {"unit": "C"}
+    assert meta["links"]["/alias"] == {"soft": "/sensors/temp"}
+    assert "meta.version" not in good["tables"]
+
+
+def test_user_block_file_with_dat_suffix_goes_to_hdf5(run):
+    cat = _catalog(run["out"])
+    assert cat["disguised.dat"]["format"] == "hdf5"
+    assert cat["disguised.dat"]["status"] == "ok"
+    assert json.loads(cat["disguised.dat"]["metadata"])["userblock_size"] == 1024
+
+
+def test_links_and_virtual_datasets(run):
+    out, cat = run["out"], _catalog(run["out"])
+    links = cat["links.h5"]
+    assert links["status"] == "partial"
+    meta = json.loads(links["metadata"])
+    assert set(meta["refused"]) == {"/leak", "/vds_missing", "/vds_outside"}
+    assert meta["links"]["/sibling"]["inside_input_roots"] is True
+    assert meta["links"]["/sibling"]["followed"] is False
+    assert sorted(links["tables"]) == ["own", "vds_ok"]
+    assert _sql(f"select sum(vds_ok) from read_parquet('{out}/vds_ok/**/*.parquet')") == [(45.0,)]
+    errors = [e for e in _errors(out) if e[0].endswith("links.h5")]
+    assert len(errors) == 3 and all(e[1] == "chunk" and e[2] == "Refused" for e in errors)
+    text = " ".join(e[3] for e in errors)
+    assert "secret.h5" in text and "gone.h5" in text and "outside the input" in text
+    assert not (out / "leak").exists() and not (out / "vds_missing").exists()
+
+
+def test_absurd_declared_sizes_do_not_allocate(run):
+    out, cat = run["out"], _catalog(run["out"])
+    sparse = cat["sparse.h5"]
+    meta = json.loads(sparse["metadata"])
+    assert meta["datasets"]["/huge"]["planning"] == "sparse"
+    assert "absurd" in meta["refused"]["/declared"]
+    rows = _sql(
+        f"select min(row), max(row), count(*), sum(huge) from "
+        f"read_parquet('{out}/huge/**/*.parquet')"
+    )
+    assert rows == [(0, 2**30 + 1023, 2048, 1024 * 3.0)]
+    assert sparse["chunks"] <= 4  # two written blocks and one refusal, not 2**29 blocks
+
+
+def test_hostile_files_end_as_errors(run):
+    out, cat = run["out"], _catalog(run["out"])
+    for name in ("truncated.h5", "garbage.h5"):
+        assert cat[name]["status"] == "failed"
+    trunc = json.loads(cat["truncated.h5"]["metadata"])["error"]
+    assert "truncated.h5" in trunc and "truncated" in trunc.split("truncated.h5", 1)[1]
+    flipped = [e for e in _errors(out) if e[0].endswith("flipped.h5")]
+    assert len(flipped) == 1 and flipped[0][1] == "chunk"
+    assert "/sensors/temp rows 3000:4000" in flipped[0][3]
+    assert flipped[0][4] == run["flipped"].byte_offset
+    assert cat["flipped.h5"]["status"] == "partial"
+    bad = [e for e in _errors(out) if e[0].endswith("badtext.h5")]
+    assert [(e[1], e[2]) for e in bad] == [("record", "InvalidUTF8")]
+    assert "row 1" in bad[0][3]
+    assert _sql(f"select names from read_parquet('{out}/names/**/*.parquet') order by row") == [
+        ("ok",),
+        ("fine",),
+    ]
+    assert run["seconds"] < 60
+
+
+# --- reader level ----------------------------------------------------------------------------
+
+
+def _source(path: str, url: str | None = None) -> Source:
+    return Source(
+        url or "file://" + os.path.abspath(path), os.path.getsize(path), None, "fid", "fp", "t"
+    )
+
+
+def _read_all(reader, source, options=None):
+    options = options or {}
+    description = reader.describe(source, options)
+    tables, rejected = {}, []
+    for chunk in reader.plan(source, description, options):
+        ctx = ChunkContext(source, chunk)
+        for name, table in reader.read(source, chunk, description, options, ctx):
+            tables.setdefault(name, []).append(table)
+        rejected += ctx.rejected
+    return description, {k: pa.concat_tables(v) for k, v in tables.items()}, rejected
+
+
+def test_remote_file_through_fsspec(tmp_path):
+    _write_good(str(tmp_path / "g.h5"))
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/h5test/g.h5", (tmp_path / "g.h5").read_bytes())
+    src = Source("memory://h5test/g.h5", os.path.getsize(tmp_path / "g.h5"), None, "fid", "fp", "t")
+    desc, tables, rejected = _read_all(HDF5Reader(), src, {"chunk_size": 4096})
+    assert not rejected
+    assert tables["sensors.temp"].num_rows == N
+    assert tables["sensors.temp"].column("temp").to_pylist()[:3] == [0.0, 1.0, 2.0]
+    assert tables["events"].column("name")[7].as_py() == "a\x00b"
+
+
+def test_blocks_follow_dataset_chunks(tmp_path):
+    _write_good(str(tmp_path / "g.h5"))
+    reader = HDF5Reader()
+    src = _source(str(tmp_path / "g.h5"))
+    desc = reader.describe(src, {})
+    specs = [
+        c
+        for c in reader.plan(src, desc, {"chunk_size": 20_000})
+        if c.selector[1] == "/sensors/temp"
+    ]
+    # 1000-row chunks of 8 bytes: two chunks (16 kB) fit in 20 kB
+    assert [c.selector[2:] for c in specs][:2] == [(0, 2000), (2000, 4000)]
+    assert all(c.selector[2] % 1000 == 0 for c in specs)
+
+
+def test_too_many_sparse_chunks_is_refused(tmp_path):
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("x", shape=(2**40,), dtype="u1", chunks=(16,))
+        d[0:64] = 1
+    desc, tables, rejected = _read_all(HDF5Reader(), _source(str(path)), {"max_listed_chunks": 2})
+    assert not tables and len(rejected) == 1
+    assert "4 written chunks" in rejected[0].message
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_bit_flips_never_crash(tmp_path, seed):
+    _write_good(str(tmp_path / "g.h5"))
+    data = bytearray((tmp_path / "g.h5").read_bytes())
+    rng = random.Random(seed)
+    for _ in range(8):
+        i = rng.randrange(len(data))
+        data[i] ^= 1 << rng.randrange(8)
+    (tmp_path / "m.h5").write_bytes(bytes(data))
+    try:
+        _read_all(HDF5Reader(), _source(str(tmp_path / "m.h5")))
+    except OSError as exc:  # describe may refuse the file; it must say which
+        assert "m.h5" in str(exc)
+    except ValueError:
+        pass
+
+
+def test_sniff_magic_at_user_block_offsets():
+    magic = b"\x89HDF\r\n\x1a\n"
+    assert HDF5Reader.sniff(magic + b"\0" * 100, "x.bin") == 90
+    assert HDF5Reader.sniff(b"\0" * 2048 + magic, "x.dat") == 90
+    assert HDF5Reader.sniff(b"\0" * 700 + magic, "x.dat") == 0  # not a power-of-two offset
+    assert HDF5Reader.sniff(b"a,b\n1,2\n", "x.csv") == 0
+    assert detect(b"\0" * 512 + magic + b"\0" * 100, "data.dat").name == "hdf5"
+
+
+def test_helpers():
+    assert table_name("/sensors/temp") == "sensors.temp"
+    assert table_name("/_errors") == "errors"
+    assert table_name("/a b/c$") == "a_b.c_"
+    assert row_blocks(10, 3, 1, 6) == [(0, 6), (6, 10)]
+    assert row_blocks(100, 10, 1, 25, present=[0, 1, 2, 5, 9]) == [
+        (0, 20),
+        (20, 30),
+        (50, 60),
+        (90, 100),
+    ]
+    with pytest.raises(ValueError, match="chunk-size"):
+        row_blocks(10**12, 1, 8, 8, limit=10)
+    arr, bad = convert(np.array([b"ab\0\0", b"\xff", b""], dtype="S4"))
+    assert arr.to_pylist() == ["ab", None, ""] and bad.tolist() == [False, True, False]
+    assert json_safe({"a": np.float32(1.5), "b": [b"x", np.int64(2)], "c": np.inf}) == {
+        "a": 1.5,
+        "b": ["x", 2],
+        "c": "inf",
+    }
