@@ -3,29 +3,39 @@
 Public API (options are the CLI flags' names)::
 
     import pipeline
-    plan = pipeline.plan(["logs/"], out="lake/")          # inspect: files, formats, chunks
+    plan = pipeline.plan(["logs/"])                        # inspect: files, formats, chunks
     df = pipeline.read(["logs/"])                          # lazy dask DataFrame, no writes
     report = pipeline.ingest(["logs/"], out="lake/", partition_by=["event"])
+
+Names load on first use: a worker process that unpickles a chunk task imports only what the
+task needs (not pandas, dask.dataframe or the client-side runner).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ChunkmillError, OutputLocked, SourceNotFound, UsageError
-from pipeline.lazy import read
-from pipeline.options import IngestOptions, as_paths
-from pipeline.planning import Plan
-from pipeline.report import RunReport
-from pipeline.runner import ingest
+
+if TYPE_CHECKING:
+    from pipeline.lazy import read
+    from pipeline.options import IngestOptions
+    from pipeline.planning import Plan, plan
+    from pipeline.report import RunReport
+    from pipeline.runner import ingest
 
 __all__ = ["plan", "read", "ingest", "Plan", "RunReport", "IngestOptions", "ChunkmillError",
            "UsageError", "SourceNotFound", "OutputLocked"]
 
+_LAZY = {"plan": "pipeline.planning", "read": "pipeline.lazy", "ingest": "pipeline.runner",
+         "Plan": "pipeline.planning", "RunReport": "pipeline.report",
+         "IngestOptions": "pipeline.options"}
 
-def plan(paths: str | Sequence[str], out: str = "out", **options: Any) -> Plan:
-    """What ``ingest`` would do, without writing anything: files, formats, chunks, schemas."""
-    from pipeline.planning import build_plan
 
-    return build_plan(as_paths(paths), IngestOptions.from_kwargs(out, **options))
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline.retry import backoff, is_transient
 from pipeline.sink import Fragment, FragmentWriter, SinkSpec, errors_table, stage_errors
 from readers import get_reader
-from readers.base import ChunkContext, ChunkSpec, Description, Rejected, Source
+from readers.base import ChunkContext, ChunkSpec, Description, Rejected, RestartChunk, Source
 
 
 @dataclass(slots=True)
@@ -75,19 +75,28 @@ def run_chunk(task: ChunkTask) -> ChunkManifest:
     """
     chunk, source = task.chunk, task.source
     reader = get_reader(task.reader)()
+    options = task.reader_options
     attempt = 0
+    restarted = False
     while True:
         manifest = ChunkManifest(chunk.id, chunk.file_id, chunk.index, worker=_worker_name(),
                                  started=time.time())
         ctx = ChunkContext(source, chunk)
         writer = FragmentWriter(task.sink, chunk.id, source.file_id)
         try:
-            for table, rows in reader.read(source, chunk, task.description,
-                                           task.reader_options, ctx):
+            for table, rows in reader.read(source, chunk, task.description, options, ctx):
                 writer.write(table, rows)
                 manifest.rows += rows.num_rows
             manifest.fragments = writer.close()
             break
+        except RestartChunk as restart:
+            writer.abort()
+            if restarted:
+                raise RuntimeError(f"{source.path}: chunk {chunk.index} asked for a second "
+                                   f"restart ({restart.reason})") from restart
+            restarted = True
+            options = {**options, **restart.changes}
+            continue
         except MemoryError:
             writer.abort()
             raise

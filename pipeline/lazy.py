@@ -20,15 +20,21 @@ from pipeline.planning import build_plan
 from pipeline.schema import conform
 from pipeline.sink import FILE_ID
 from readers import get_reader
-from readers.base import ChunkContext, ChunkSpec, Description, Source
+from readers.base import ChunkContext, ChunkSpec, Description, RestartChunk, Source
 
 
 def _load(source: Source, reader_name: str, chunk: ChunkSpec, description: Description,
           options: dict[str, Any], table: str, schema: pa.Schema) -> pd.DataFrame:
     reader = get_reader(reader_name)()
     ctx = ChunkContext(source, chunk)
-    pieces = [conform(rows, schema) for name, rows in
-              reader.read(source, chunk, description, options, ctx) if name == table]
+    try:
+        pieces = [conform(rows, schema) for name, rows in
+                  reader.read(source, chunk, description, options, ctx) if name == table]
+    except RestartChunk as restart:
+        ctx = ChunkContext(source, chunk)
+        pieces = [conform(rows, schema) for name, rows in
+                  reader.read(source, chunk, description, {**options, **restart.changes}, ctx)
+                  if name == table]
     if reader.reconciles and not ctx.facts.get("verified", True) and not ctx.facts.get("last"):
         raise ValueError(f"{source.path}: chunk {chunk.index} does not end on a record "
                          "boundary (stray quotes): use pipeline.ingest, which re-plans it")

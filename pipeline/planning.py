@@ -186,3 +186,9 @@ def _check_partitioning(schemas: dict[str, pa.Schema], partition_by: tuple[str, 
         raise UsageError(f"--partition-by {','.join(partition_by)}: no table has "
                          f"{'this column' if len(partition_by) == 1 else 'these columns'} "
                          f"(columns are {tables})")
+
+
+def plan(paths: str | Sequence[str], **options: Any) -> Plan:
+    """What ``ingest`` would do, without writing anything: files, formats, chunks, schemas."""
+    return build_plan(as_paths(paths), IngestOptions.from_kwargs(options.pop("out", "out"),
+                                                                 **options))

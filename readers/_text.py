@@ -9,7 +9,7 @@ subclass's `_parse_block`, which must reject bad records into the chunk context 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,6 +23,7 @@ from readers.base import (
     Description,
     Reader,
     Reconciliation,
+    RestartChunk,
     Source,
     read_head,
 )
@@ -144,12 +145,31 @@ class TextReader(Reader):
     @abstractmethod
     def _parse_block(self, block: memoryview, abs_offset: int, description: Description,
                      options: Mapping[str, Any], ctx: ChunkContext, sentinel: bool
-                     ) -> tuple[pa.Table | None, bool]:
-        """Parse whole records; with ``sentinel`` the block ends in `SENTINEL`.
+                     ) -> Generator[pa.Table, None, bool]:
+        """Yield the rows of whole records; with ``sentinel`` the block ends in `SENTINEL`.
 
-        Returns the rows and whether the sentinel came back as a record of its own (always True
-        when ``sentinel`` is False or the format has no quoting).
+        Returns whether the sentinel came back as a record of its own (always True when
+        ``sentinel`` is False or the format has no quoting). May raise `RestartChunk` after
+        yielding, to have the chunk read again another way.
         """
+
+    def _collect(self, block: memoryview, abs_offset: int, description: Description,
+                 options: Mapping[str, Any], ctx: ChunkContext, sentinel: bool
+                 ) -> tuple[list[pa.Table], bool]:
+        """All rows of one block in memory, for blocks that may still be thrown away."""
+        for attempt in range(2):
+            gen = self._parse_block(block, abs_offset, description, options, ctx, sentinel)
+            tables: list[pa.Table] = []
+            try:
+                while True:
+                    tables.append(next(gen))
+            except StopIteration as stop:
+                return tables, bool(stop.value)
+            except RestartChunk as restart:
+                if attempt:
+                    raise
+                options = {**options, **restart.changes}
+        raise AssertionError("unreachable")
 
     def _sentinel(self, description: Description) -> bytes:
         """Sentinel bytes appended after a chunk (see `sentinel_text`)."""
@@ -185,7 +205,7 @@ class TextReader(Reader):
 
     def read(self, source: Source, chunk: ChunkSpec, description: Description,
              options: Mapping[str, Any], ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
-        table = source.table
+        table = next(iter(description.tables), source.table)
         selector = chunk.selector or ()
         if selector and selector[0] == "stream":
             blocks = self._read_stream(source, description, options, ctx)
@@ -295,22 +315,21 @@ class TextReader(Reader):
                 overflow *= 4
                 buf, data_len = read_into(source, chunk.offset, length + overflow, spare)
         ctx.facts.update(start=chunk.offset + start, end=chunk.offset + end)
+        if start >= end:
+            return  # the range starts at the end of the file: no record of its own
         # The bytes after `end` belong to the next chunk: overwrite them with the sentinel
         # instead of copying the whole chunk to append it.
-        sentinel = self.quote is not None
+        # The last chunk ends at the end of the file: nothing to verify there (a file ending
+        # inside an open quote keeps it as one last value, as a whole-file parse does).
+        sentinel = self.quote is not None and not last
         if sentinel:
             buf[end:end + spare] = self._sentinel(description)
         view = memoryview(buf)[start:end + (spare if sentinel else 0)]
-        rows, verified = self._parse_block(view, chunk.offset + start, description, options,
-                                           ctx, sentinel=sentinel)
+        verified = yield from self._parse_block(view, chunk.offset + start, description,
+                                                options, ctx, sentinel=sentinel)
         ctx.facts["verified"] = verified
-        if not verified and last:
-            # The file ends inside an open quote: pyarrow (and we) keep it as one last value.
-            view.release()
-            rows, _ = self._parse_block(memoryview(buf)[start:end], chunk.offset + start,
-                                        description, options, ctx, sentinel=False)
+        if last and self.quote is not None and (h ^ (q & 1)):
             ctx.facts["unterminated_quote_at_eof"] = True
-        yield rows
 
     def _record_end(self, buf: bytearray, start: int, parity: int, data_len: int) -> int:
         """First newline at or after ``start`` outside quotes, -1 if none before ``data_len``."""
@@ -362,9 +381,9 @@ class TextReader(Reader):
                         continue
                     if eof and broken is None:
                         if carry:
-                            rows, _ = self._parse_block(memoryview(carry), position,
-                                                        description, options, ctx, False)
-                            yield rows
+                            tables, _ = self._collect(memoryview(carry), position,
+                                                      description, options, ctx, False)
+                            yield from tables
                             position += len(carry)
                             carry.clear()
                         break
@@ -375,12 +394,14 @@ class TextReader(Reader):
                             raise RecordTooLong(
                                 f"no verifiable record boundary within {len(carry)} bytes")
                         continue
-                    cut_len, rows = cut
-                    yield rows
+                    cut_len, tables = cut
+                    yield from tables
                     del carry[:cut_len]
                     position += cut_len
             if broken is not None:
                 raise broken
+        except RestartChunk:
+            raise
         except Exception as exc:
             # Rows parsed so far stay; the rest of the file is reported, not silently dropped.
             ctx.reject(kind="chunk", error_type=type(exc).__name__,
@@ -390,7 +411,7 @@ class TextReader(Reader):
 
     def _verified_cut(self, carry: bytearray, position: int, description: Description,
                       options: Mapping[str, Any], ctx: ChunkContext
-                      ) -> tuple[int, pa.Table | None] | None:
+                      ) -> tuple[int, list[pa.Table]] | None:
         if self.quote is None:
             candidates = [carry.rfind(b"\n")]
         else:
@@ -402,9 +423,9 @@ class TextReader(Reader):
             trial = ChunkContext(ctx.source, ctx.chunk)
             sentinel = self.quote is not None
             block = bytes(carry[:cut]) + (self._sentinel(description) if sentinel else b"")
-            rows, verified = self._parse_block(memoryview(block), position, description,
-                                               options, trial, sentinel=sentinel)
+            tables, verified = self._collect(memoryview(block), position, description,
+                                             options, trial, sentinel=sentinel)
             if verified:
                 ctx.rejected.extend(trial.rejected)
-                return cut, rows
+                return cut, tables
         return None

@@ -146,6 +146,20 @@ class ChunkContext:
         self.rejected.append(Rejected(kind, error_type, message, byte_offset, raw).capped())
 
 
+class RestartChunk(Exception):  # noqa: N818 - a request, not an error
+    """Raised by ``read`` to throw away what it yielded so far and read the chunk again.
+
+    The runner discards the chunk's output and calls ``read`` once more with ``options``
+    updated by ``changes`` (e.g. a streaming parse that met a bad value half-way switches to
+    the whole-chunk parse that can isolate it).
+    """
+
+    def __init__(self, reason: str, changes: dict[str, Any]) -> None:
+        super().__init__(reason, changes)
+        self.reason = reason
+        self.changes = changes
+
+
 @dataclass(slots=True)
 class Reconciliation:
     """What the client must do after checking a file's chunk outputs against each other."""

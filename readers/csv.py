@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -17,7 +17,7 @@ from readers._text import (
     opt,
     sentinel_text,
 )
-from readers.base import ChunkContext, Description
+from readers.base import ChunkContext, Description, RestartChunk
 
 _TEXTISH_SUFFIXES = (".csv", ".txt", ".log", ".dat")
 
@@ -145,20 +145,55 @@ class CSVReader(TextReader):
 
     def _parse_block(self, block: memoryview, abs_offset: int, description: Description,
                      options: Mapping[str, Any], ctx: ChunkContext, sentinel: bool
-                     ) -> tuple[pa.Table | None, bool]:
+                     ) -> Generator[pa.Table, None, bool]:
         state: TextState = description.state
         if not state.column_names:
-            return None, True  # no header, no columns: the file holds nothing
+            return True  # no header, no columns: the file holds nothing
         schema = next(iter(description.tables.values()))
         names = list(state.column_names)
         types = {n: schema.field(n).type for n in names if n in schema.names}
         marker = sentinel_text(self.delimiter, len(names)) if sentinel else None
+        bad: list[tuple[str, int, int]] = []
+        seen = [False]
+        yielded = False
         try:
-            table, seen, bad_rows = self._parse(block, names, types, marker, options)
+            if options.get("csv_streaming", True):
+                # Parse block by block straight into the writer: memory stays at a few parse
+                # blocks instead of the whole chunk as one table.
+                for table in self._stream(block, names, types, marker, options, bad, seen):
+                    yielded = True
+                    yield table
+            else:
+                table, seen[0], bad = self._parse(block, names, types, marker, options)
+                yield table
         except pa.ArrowInvalid:
-            return self._rescue(block, abs_offset, names, types, marker, options, ctx)
-        self._reject_rows(bytes(block) if bad_rows else b"", abs_offset, bad_rows, ctx)
-        return table, seen or not sentinel
+            if yielded:  # rows of this chunk already went out: read it again as a whole
+                raise RestartChunk("a value did not convert", {"csv_streaming": False}) from None
+            table, verified = self._rescue(block, abs_offset, names, types, marker, options, ctx)
+            yield table
+            return verified
+        self._reject_rows(bytes(block) if bad else b"", abs_offset, bad, ctx)
+        return seen[0] or not sentinel
+
+    def _stream(self, data: Any, names: list[str], types: dict[str, pa.DataType],
+                marker: str | None, options: Mapping[str, Any],
+                bad: list[tuple[str, int, int]], seen: list[bool]) -> Iterator[pa.Table]:
+        def handler(row: Any) -> str:
+            if marker is not None and row.text == marker:
+                seen[0] = True
+            else:
+                bad.append((row.text, row.expected_columns, row.actual_columns))
+            return "skip"
+
+        reader = pacsv.open_csv(
+            pa.BufferReader(pa.py_buffer(data)),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False,
+                                           block_size=int(opt(options, "parse_block_bytes"))),
+            parse_options=self._parse_options(handler),
+            convert_options=convert_options(types))
+        for batch in reader:
+            if batch.num_rows:
+                yield pa.Table.from_batches([batch])
 
     def _parse(self, data: Any, names: list[str], types: dict[str, pa.DataType],
                marker: str | None, options: Mapping[str, Any]

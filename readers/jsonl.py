@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -94,12 +94,18 @@ class JSONLReader(TextReader):
 
     def _parse_block(self, block: memoryview, abs_offset: int, description: Description,
                      options: Mapping[str, Any], ctx: ChunkContext, sentinel: bool
-                     ) -> tuple[pa.Table | None, bool]:
+                     ) -> Generator[pa.Table, None, bool]:
         schema = next(iter(description.tables.values()))
         try:
-            return self._read_json(block, schema, options), True
+            table = self._read_json(block, schema, options)
         except pa.ArrowInvalid:
-            pass
+            table = self._rescue(block, abs_offset, schema, options, ctx)
+        yield table
+        return True
+
+    def _rescue(self, block: memoryview, abs_offset: int, schema: pa.Schema,
+                options: Mapping[str, Any], ctx: ChunkContext) -> pa.Table:
+        """Some lines did not parse: isolate them, keep every good one."""
         data = bytes(block)
 
         def on_bad(a: int, b: int, exc: Exception) -> None:
@@ -118,4 +124,4 @@ class JSONLReader(TextReader):
                 return _coerce_line(piece, schema)
 
         pieces = list(bisect_records(data, record_starts_lines(data), parse, on_bad))
-        return (pa.concat_tables(pieces) if pieces else schema.empty_table()), True
+        return pa.concat_tables(pieces) if pieces else schema.empty_table()

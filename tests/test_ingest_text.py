@@ -130,6 +130,15 @@ def test_bad_records_go_to_errors_with_offsets(tmp_path, shared_scheduler) -> No
     assert by_type["FieldCountMismatch"]["byte_offset"] == data.index("1,2,3\n")
     assert by_type["FieldCountMismatch"]["raw"] == b"1,2,3"
     assert catalog(out)[0]["status"] == "partial"
+    # A bad value after the first 4 MiB parse block of a chunk: the streamed rows already
+    # written are thrown away and the chunk is read again as a whole (RestartChunk).
+    big = "a,b\n" + "".join(f"{i},{i}\n" for i in range(700_000)) + "x,1\n" + "5,5\n"
+    (tmp_path / "big.csv").write_text(big)
+    report = pipeline.ingest([str(tmp_path / "big.csv")], out=str(out / "big"),
+                             scheduler=shared_scheduler)
+    assert report.rows == 700_001 and report.errors == 1
+    (err,) = errors(out / "big")
+    assert err["byte_offset"] == big.index("x,1") and err["raw"] == b"x,1\n"
     pipeline.ingest([str(tmp_path / "bad.jsonl")], out=str(out / "j"),
                     scheduler=shared_scheduler)
     (err,) = errors(out / "j")
