@@ -32,8 +32,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="force a reader (csv, tsv, jsonl, ...) instead of sniffing")
     p.add_argument("--no-header", dest="header", action="store_false",
                    help="CSV/TSV files have no header row (columns are f0, f1, ...)")
-    p.add_argument("--chunk-size", type=_size, default="64MiB",
-                   help="bytes per chunk task, e.g. 64MB, 256MiB (default 64MiB)")
+    p.add_argument("--chunk-size", type=_size, default="32MiB",
+                   help="bytes per chunk task, e.g. 64MB, 256MiB (default 32MiB)")
     p.add_argument("--max-record-bytes", type=_size, default="16MiB",
                    help="longest record accepted when seeking boundaries (default 16MiB)")
     p.add_argument("--partition-by", default="", metavar="COL[,COL]",

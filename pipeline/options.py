@@ -36,7 +36,7 @@ class IngestOptions:
     out: str
     table: str | None = None
     partition_by: tuple[str, ...] = ()
-    chunk_size: int = 64 * 2**20
+    chunk_size: int = 32 * 2**20
     compression: str = "zstd"
     format: str | None = None
     header: bool = True

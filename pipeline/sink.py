@@ -156,7 +156,9 @@ class SinkSpec:
     schemas: dict[str, pa.Schema]
     partition_by: tuple[str, ...] = ()
     compression: str = "zstd"
-    row_group_rows: int = 1 << 20
+    row_group_rows: int = 1 << 19
+    """Rows buffered per (table, partition) before a row group is written: readers get row
+    groups of a useful size even though parsers hand over small batches."""
 
 
 @dataclass
@@ -168,19 +170,29 @@ class FragmentWriter:
     file_id: str
     writers: dict[tuple[str, str], tuple[pq.ParquetWriter, Any, Fragment]] = field(
         default_factory=dict)
+    pending: dict[tuple[str, str], list[pa.Table]] = field(default_factory=dict)
 
     def write(self, table: str, rows: pa.Table) -> None:
         schema = self.spec.schemas[table]
         rows = conform(rows, schema)
-        rows = rows.append_column(FILE_ID, pa.array([self.file_id] * rows.num_rows, pa.string())
-                                  if rows.num_rows < 1024 else
-                                  pa.repeat(self.file_id, rows.num_rows))
+        rows = rows.append_column(FILE_ID, pa.repeat(self.file_id, rows.num_rows)
+                                  .cast(pa.string()))
         columns = self.spec.partition_by if all(
             c in schema.names for c in self.spec.partition_by) else ()
         for rel, part in partition.split(rows, columns):
-            self._writer(table, rel, part.schema).write_table(
-                part, row_group_size=self.spec.row_group_rows)
-            self.writers[(table, rel)][2].rows += part.num_rows
+            key = (table, rel)
+            self.pending.setdefault(key, []).append(part)
+            if sum(t.num_rows for t in self.pending[key]) >= self.spec.row_group_rows:
+                self._flush(key)
+
+    def _flush(self, key: tuple[str, str]) -> None:
+        parts = self.pending.pop(key, [])
+        if not parts:
+            return
+        data = pa.concat_tables(parts)
+        self._writer(key[0], key[1], data.schema).write_table(
+            data, row_group_size=self.spec.row_group_rows)
+        self.writers[key][2].rows += data.num_rows
 
     def _writer(self, table: str, rel: str, schema: pa.Schema) -> pq.ParquetWriter:
         key = (table, rel)
@@ -197,6 +209,8 @@ class FragmentWriter:
         return self.writers[key][0]
 
     def close(self) -> list[Fragment]:
+        for key in list(self.pending):
+            self._flush(key)
         out = []
         for writer, handle, fragment in self.writers.values():
             writer.close()
@@ -208,6 +222,7 @@ class FragmentWriter:
         return out
 
     def abort(self) -> None:
+        self.pending.clear()
         for writer, handle, fragment in self.writers.values():
             try:
                 writer.close()

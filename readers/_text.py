@@ -43,7 +43,7 @@ def sentinel_text(delimiter: str, ncols: int) -> str:
     return SENTINEL_TEXT if ncols != 1 else "\x1fchunkmill" + delimiter + "end\x1f"
 
 DEFAULTS: dict[str, Any] = {
-    "chunk_size": 64 << 20,
+    "chunk_size": 32 << 20,
     "infer_bytes": 1 << 20,
     "max_record_bytes": 16 << 20,
     "stream_block_bytes": 8 << 20,
