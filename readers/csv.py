@@ -198,24 +198,12 @@ class CSVReader(TextReader):
     def _parse(self, data: Any, names: list[str], types: dict[str, pa.DataType],
                marker: str | None, options: Mapping[str, Any]
                ) -> tuple[pa.Table, bool, list[tuple[str, int, int]]]:
+        """The whole block as one table: (rows, sentinel seen, field-count rejects)."""
         bad: list[tuple[str, int, int]] = []
-        seen = False
-
-        def handler(row: Any) -> str:
-            nonlocal seen
-            if marker is not None and row.text == marker:
-                seen = True
-            else:
-                bad.append((row.text, row.expected_columns, row.actual_columns))
-            return "skip"
-
-        table = pacsv.read_csv(
-            pa.BufferReader(pa.py_buffer(data)),
-            read_options=pacsv.ReadOptions(column_names=names, use_threads=False,
-                                           block_size=int(opt(options, "parse_block_bytes"))),
-            parse_options=self._parse_options(handler),
-            convert_options=convert_options(types))
-        return table, seen, bad
+        seen = [False]
+        tables = list(self._stream(data, names, types, marker, options, bad, seen))
+        schema = pa.schema([(n, types.get(n, pa.string())) for n in names])
+        return (pa.concat_tables(tables) if tables else schema.empty_table()), seen[0], bad
 
     def _reject_rows(self, data: bytes, abs_offset: int, bad: list[tuple[str, int, int]],
                      ctx: ChunkContext) -> None:

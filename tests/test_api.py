@@ -95,8 +95,12 @@ def test_cli_on_a_real_dask_cluster_equals_embedded(sample, tmp_path) -> None:
             duckdb.sql(query.format(tmp_path / "embedded")).fetchall()
         import json
 
-        workers = {r["worker"] for r in json.loads(cluster.stdout)["chunk_records"]}
+        report = json.loads(cluster.stdout)
+        workers = {r["worker"] for r in report["chunk_records"]}
         assert len(workers) == 2  # the work really spread over both worker processes
+        # the pressure plugin was installed on the external cluster's workers too
+        assert set(report["pressure"]) == workers
+        assert all(p["installed"] for p in report["pressure"].values())
     finally:
         for p in reversed(procs):
             p.terminate()
