@@ -150,6 +150,8 @@ def _options(args: argparse.Namespace) -> IngestOptions:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
+    import distributed  # noqa: F401 - it sets its loggers up on import: do that before we do
+
     level = logging.WARNING + 10 * (args.quiet - args.verbose)
     logging.basicConfig(level=max(logging.DEBUG, level), format="%(message)s")
     for noisy in ("distributed", "bokeh", "tornado", "asyncio", "fsspec"):

@@ -24,6 +24,8 @@ def test_ingest_on_embedded_cluster(tmp_path) -> None:
     assert res.returncode == 0, res.stderr
     assert "1 ok" in res.stdout and "5,000 rows" in res.stdout
     assert "Traceback" not in res.stderr
+    # Dask's own INFO chatter stays out of a user's terminal (shown with -v)
+    assert "Scheduler at" not in res.stderr and "Registering Worker plugin" not in res.stderr
     n = duckdb.sql(f"select count(*), count(distinct event) from read_parquet("
                    f"'{tmp_path}/lake/big/**/*.parquet', hive_partitioning=true)").fetchall()
     assert n == [(5000, 2)]
