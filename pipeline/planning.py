@@ -129,10 +129,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 def build_plan(paths: Sequence[str], options: IngestOptions,
-               skip: SkipCheck | None = None) -> Plan:
+               skip: SkipCheck | None = None,
+               known: dict[str, pa.Schema] | None = None) -> Plan:
     """Discover, describe (in parallel threads), unify schemas, then plan every file's chunks.
 
-    ``skip(file_id, fingerprint)`` lets a run pass over unchanged files before reading them.
+    ``skip(file_id, fingerprint)`` lets a run pass over unchanged files before reading them;
+    ``known`` holds the schemas the tables already have in OUT (unified first, so their
+    column order and types win where the new data fits them).
     """
     paths = as_paths(paths)
     options.input_roots = tuple(input_root(p) for p in paths)
@@ -146,7 +149,9 @@ def build_plan(paths: Sequence[str], options: IngestOptions,
         if f.description:
             for table, schema in f.description.tables.items():
                 by_table.setdefault(table, []).append(schema)
-    schemas = {table: unify(group) for table, group in by_table.items()}
+    known = known or {}
+    schemas = {table: unify([known[table], *group] if table in known else group)
+               for table, group in by_table.items()}
     _check_partitioning(schemas, options.partition_by)
     opts = options.reader_options()
     for f in files:

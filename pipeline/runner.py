@@ -27,6 +27,7 @@ from pipeline.options import IngestOptions
 from pipeline.planning import Plan, PlannedFile, build_plan
 from pipeline.progress import Progress
 from pipeline.report import ChunkRecord, RunReport
+from pipeline.schema import schema_change
 from pipeline.sink import (
     CATALOG_DIR,
     ERRORS_DIR,
@@ -38,7 +39,7 @@ from pipeline.sink import (
     errors_table,
     stage_errors,
 )
-from pipeline.state import FileRecord, Journal, OutputLock
+from pipeline.state import FileRecord, Journal, OutputLock, SchemaStore
 from pipeline.watch import ClusterWatch
 from readers import get_reader
 from readers.base import ChunkSpec, Rejected
@@ -89,14 +90,18 @@ class Runner:
         with OutputLock(self.store):
             self.journal = Journal(self.store)
             self.done, self.interrupted = self.journal.load()
-            plan = build_plan(self.paths, self.options, skip=self._unchanged)
+            schemas = SchemaStore(self.store)
+            known = schemas.load()
+            plan = build_plan(self.paths, self.options, skip=self._unchanged, known=known)
+            self._note_schema_changes(known, plan)
+            schemas.save({**known, **plan.schemas})
             self.sink = SinkSpec(self.store, self.run_id, plan.schemas,
                                  self.options.partition_by, self.options.compression)
             self.store.rmtree(self.store.path(STATE_DIR, "staging"))
             todo = self._triage(plan)
             if self.options.prune:
                 self._prune(plan)
-            self._save_report(planned=[f.source.path for r in todo for f in [r.planned]])
+            self._save_report(planned=[r.planned.source.path for r in todo])
             if todo and not any(r.chunks for r in todo):
                 for run in todo:  # catalog-only files (images, empty files): no cluster needed
                     self._complete_file(run)
@@ -105,12 +110,21 @@ class Runner:
                 with connect(self.options) as client:
                     if self.options.dashboard:
                         self.report.dashboard = dashboard_link(client)
-                    if self.report.dashboard:
                         log.warning("chunkmill: dashboard at %s", self.report.dashboard)
                     self._execute(client, todo, plan)
                     self.monitor.collect(client)
             self._finish()
         return self.report
+
+    def _note_schema_changes(self, known: dict[str, Any], plan: Plan) -> None:
+        """Tables whose schema grew since earlier runs: their older fragments differ."""
+        for table, schema in plan.schemas.items():
+            if table in known and not schema.equals(known[table]):
+                note = (f"table {table}: schema changed since earlier runs "
+                        f"({schema_change(known[table], schema)}); older fragments keep their "
+                        "types: read with union_by_name=true")
+                self.report.notes.append(note)
+                log.warning("chunkmill: %s", note)
 
     def _unchanged(self, file_id: str, fingerprint: str) -> bool:
         prev = self.done.get(file_id)

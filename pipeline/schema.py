@@ -73,3 +73,12 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def schema_change(old: pa.Schema, new: pa.Schema) -> str:
+    """What differs, in a few words: new columns and widened types."""
+    added = [f.name for f in new if f.name not in old.names]
+    widened = [f"{f.name} {old.field(f.name).type}->{f.type}" for f in new
+               if f.name in old.names and old.field(f.name).type != f.type]
+    parts = ([f"new columns {', '.join(added)}"] if added else []) + widened
+    return "; ".join(parts) or "column order"

@@ -238,3 +238,21 @@ def test_unreadable_and_empty_files(tmp_path, shared_scheduler) -> None:
     failed = [c for c in cat.values() if c["status"] == "failed"]
     assert failed and report.exit_code == 1
     assert all(e["path"] for e in errors(out))
+
+
+def test_later_runs_keep_the_tables_types(tmp_path, shared_scheduler) -> None:
+    (tmp_path / "a.csv").write_text("id,v\n1,1.5\n")
+    out = str(tmp_path / "o")
+    pipeline.ingest([str(tmp_path / "a.csv")], out=out, table="t", scheduler=shared_scheduler)
+    (tmp_path / "b.csv").write_text("id,v\n2,3\n")  # alone, v would be int64
+    report = pipeline.ingest([str(tmp_path / "b.csv")], out=out, table="t",
+                             scheduler=shared_scheduler)
+    assert not report.notes  # ints fit the table's double column: nothing changed
+    types = {str(pads.dataset(f).schema.field("v").type)
+             for f in (tmp_path / "o" / "t").glob("*.parquet")}
+    assert types == {"double"}
+    (tmp_path / "c.csv").write_text("id,v,extra\n3,x,y\n")
+    report = pipeline.ingest([str(tmp_path / "c.csv")], out=out, table="t",
+                             scheduler=shared_scheduler)
+    assert report.notes and "new columns extra" in report.notes[0] and "v double->string" in \
+        report.notes[0]
