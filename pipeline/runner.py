@@ -246,8 +246,11 @@ class Runner:
         """Reconcile a finished file; returns chunks to run again, or commits the file."""
         planned = run.planned
         reader = get_reader(planned.reader)()
-        if reader.reconciles and not any(m.failed for m in run.manifests.values()):
-            facts = [run.manifests[c.index].facts for c in run.chunks]
+        if reader.reconciles:
+            # Failed chunks still report what they learnt (quote counts): later chunks get
+            # checked all the same, and the failed one counts as a gap.
+            facts = [dict(run.manifests[c.index].facts, failed=bool(run.manifests[c.index].failed))
+                     for c in run.chunks]
             rec = reader.reconcile(planned.source, planned.description, run.chunks, facts)
             if rec.replace_plan is not None:
                 self._discard(run, list(run.manifests.values()))

@@ -221,6 +221,10 @@ class TextReader(Reader):
         """Check every chunk's parity guess and boundary against the exact prefix parity."""
         if not chunks or (chunks[0].selector or ("",))[0] == "stream":
             return Reconciliation()
+        if any(f.get("failed") and "q" not in f for f in facts):
+            # A chunk died before counting its quotes: later parities are unknowable.
+            return self._serial(source, description, "a chunk failed before its quotes were "
+                                                     "counted")
         rerun: list[ChunkSpec] = []
         parity = 0
         for spec, fact in zip(chunks, facts, strict=True):
@@ -232,6 +236,9 @@ class TextReader(Reader):
             return Reconciliation(rerun=rerun)
         expected_start: int | None = None
         for fact in facts:
+            if fact.get("failed"):
+                expected_start = None  # a gap: its rows are in _errors, not checked here
+                continue
             if fact.get("start") is None:
                 continue
             if expected_start is not None and fact["start"] != expected_start:

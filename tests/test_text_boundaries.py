@@ -163,3 +163,27 @@ def test_last_record_end_and_guess() -> None:
     assert last_record_end(b'a\n"b\nc"\n') == (7, 4)
     assert guess_parity(b'x,"open\nfield"') == 0
     assert guess_parity(b'inside", next\n') == 1
+
+
+def test_reconcile_checks_chunks_after_a_failed_one() -> None:
+    """A failed chunk must not stop the parity check of the chunks after it."""
+    from readers._text import TextState
+    from readers.base import ChunkSpec, Description, Source
+    from readers.csv import CSVReader
+
+    source = Source("file:///x.csv", 400, None, "f", "fp", "t")
+    desc = Description({"t": None}, {}, TextState(data_start=0, column_names=("a",)))
+    chunks = [ChunkSpec("f", i, i * 100, 100) for i in range(4)]
+    facts = [
+        {"q": 1, "h": 0, "start": 0, "end": 120, "verified": True},
+        {"q": 0, "h": 1, "failed": True},  # died (record too long) after counting its quotes
+        {"q": 0, "h": 0, "start": 230, "end": 330, "verified": True},  # guessed 0, truth is 1
+        {"q": 1, "h": 1, "start": 330, "end": 400, "last": True},
+    ]
+    rec = CSVReader().reconcile(source, desc, chunks, facts)
+    assert [c.index for c in rec.rerun] == [2] and rec.rerun[0].selector == ("range", 1)
+    facts[2]["h"] = 1  # after the re-run: parities right, the failed chunk is a gap
+    assert CSVReader().reconcile(source, desc, chunks, facts).rerun == []
+    assert CSVReader().reconcile(source, desc, chunks, facts).replace_plan is None
+    del facts[1]["q"]  # a chunk lost before counting: later parities are unknowable
+    assert CSVReader().reconcile(source, desc, chunks, facts).replace_plan is not None
