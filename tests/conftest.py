@@ -24,7 +24,8 @@ def run_reader(path: str, reader: str | None = None, *, chunk_size: int = 1 << 2
 
     fs = fsspec.filesystem("file")
     found = describe_file(fs, os.path.abspath(path), "t", reader, {})
-    assert found.error is None, found.error
+    if found.error is not None:  # the file is refused at discovery, with this message
+        raise ValueError(found.error)
     r = get_reader(found.reader)()
     opts = {"chunk_size": chunk_size, **options}
     desc = r.describe(found.source, opts)
