@@ -218,6 +218,24 @@ class CSVReader(TextReader):
             ctx.reject(error_type="FieldCountMismatch", byte_offset=offset, raw=raw,
                        message=f"{ctx.source.path}: expected {expected} fields, got {actual}")
 
+    def _ends_on_boundary(self, data: bytes, starts: Any, names: list[str],
+                          marker: str | None, options: Mapping[str, Any]) -> bool:
+        """Does the block end outside quotes? Parse it once as plain strings to know.
+
+        pyarrow cannot hand a row with invalid UTF-8 *and* a wrong field count to the
+        invalid-row hook (it fails decoding it); then the last record alone decides.
+        """
+        if marker is None:
+            return True
+        sentinel_bytes = b"\n" + marker.encode() + b"\n"
+        text = {n: pa.string() for n in names}
+        for piece in (data, data[int(starts[-2]):] if len(starts) > 1 else data):
+            try:
+                return self._parse(piece + sentinel_bytes, names, text, marker, options)[1]
+            except pa.ArrowInvalid:
+                continue
+        return False
+
     def _rescue(self, block: memoryview, abs_offset: int, names: list[str],
                 types: dict[str, pa.DataType], marker: str | None, options: Mapping[str, Any],
                 ctx: ChunkContext) -> tuple[pa.Table | None, bool]:
@@ -227,10 +245,8 @@ class CSVReader(TextReader):
         if marker is not None:
             sentinel_bytes = b"\n" + marker.encode() + b"\n"
             data = data[: len(data) - len(sentinel_bytes)]
-        # Does the block as a whole end outside quotes? Parse it once as plain strings to know.
-        _, seen, _ = self._parse(data + sentinel_bytes, names, {n: pa.string() for n in names},
-                                 marker, options) if marker else (None, True, [])
         starts = record_starts_csv(data)
+        seen = self._ends_on_boundary(data, starts, names, marker, options)
 
         def parse(piece: bytes, at: int) -> pa.Table:
             table, ok, bad = self._parse(piece + sentinel_bytes, names, types, marker, options)

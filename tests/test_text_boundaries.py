@@ -187,3 +187,14 @@ def test_reconcile_checks_chunks_after_a_failed_one() -> None:
     assert CSVReader().reconcile(source, desc, chunks, facts).replace_plan is None
     del facts[1]["q"]  # a chunk lost before counting: later parities are unknowable
     assert CSVReader().reconcile(source, desc, chunks, facts).replace_plan is not None
+
+
+def test_bad_row_with_invalid_utf8_is_rejected_not_fatal(tmp_path) -> None:
+    """pyarrow cannot pass such a row to its invalid-row hook: the rescue path must cope."""
+    data = b'c0,c1,c2\n' + b'1,a,b\n2,"\xc3x\xa9",x,extra\n3,c,d\n' * 3
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    for chunk in (1, 7, 1 << 20):
+        got, rejected, _ = run_reader(str(path), "csv", chunk_size=chunk, string_columns=True)
+        assert got.column("c0").to_pylist() == ["1", "3"] * 3
+        assert len(rejected) == 3 and all(r.raw.startswith(b"2,") for r in rejected)
