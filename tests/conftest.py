@@ -56,6 +56,16 @@ def run_reader(path: str, reader: str | None = None, *, chunk_size: int = 1 << 2
     return (pa.concat_tables(tables) if tables else None), rejected, info
 
 
+def read_catalog(out: object) -> dict[str, dict]:
+    """OUT's catalog rows by file name (metadata still JSON text)."""
+    import duckdb
+
+    cols = ["path", "format", "status", "tables", "rows", "chunks", "error_count", "metadata"]
+    rows = duckdb.sql(f"select {', '.join(cols)} from read_parquet('{out}/_catalog/*.parquet')"
+                      ).fetchall()
+    return {os.path.basename(r[0]): dict(zip(cols, r, strict=True)) for r in rows}
+
+
 @pytest.fixture(scope="session")
 def shared_scheduler() -> Iterator[str]:
     """A two-process cluster for tests that only need *a* cluster (``scheduler=`` option)."""

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+from conftest import read_catalog
 
 import pipeline
 from readers import detect
@@ -137,10 +138,6 @@ def _sql(query: str) -> list[tuple]:
     return duckdb.sql(query).fetchall()
 
 
-def _catalog(out) -> dict[str, dict]:
-    cols = ["path", "format", "status", "tables", "rows", "chunks", "error_count", "metadata"]
-    rows = _sql(f"select {', '.join(cols)} from read_parquet('{out}/_catalog/*.parquet')")
-    return {os.path.basename(r[0]): dict(zip(cols, r, strict=True)) for r in rows}
 
 
 def _errors(out) -> list[tuple]:
@@ -200,7 +197,7 @@ def test_compound_nd_strings_and_types(run):
 
 
 def test_catalog_metadata(run):
-    cat = _catalog(run["out"])
+    cat = read_catalog(run["out"])
     good = cat["good.h5"]
     assert good["status"] == "ok" and good["format"] == "hdf5"
     meta = json.loads(good["metadata"])
@@ -223,14 +220,14 @@ def test_catalog_metadata(run):
 
 
 def test_user_block_file_with_dat_suffix_goes_to_hdf5(run):
-    cat = _catalog(run["out"])
+    cat = read_catalog(run["out"])
     assert cat["disguised.dat"]["format"] == "hdf5"
     assert cat["disguised.dat"]["status"] == "ok"
     assert json.loads(cat["disguised.dat"]["metadata"])["userblock_size"] == 1024
 
 
 def test_links_and_virtual_datasets(run):
-    out, cat = run["out"], _catalog(run["out"])
+    out, cat = run["out"], read_catalog(run["out"])
     links = cat["links.h5"]
     assert links["status"] == "partial"
     meta = json.loads(links["metadata"])
@@ -247,7 +244,7 @@ def test_links_and_virtual_datasets(run):
 
 
 def test_absurd_declared_sizes_do_not_allocate(run):
-    out, cat = run["out"], _catalog(run["out"])
+    out, cat = run["out"], read_catalog(run["out"])
     sparse = cat["sparse.h5"]
     meta = json.loads(sparse["metadata"])
     assert meta["datasets"]["/huge"]["planning"] == "sparse"
@@ -261,7 +258,7 @@ def test_absurd_declared_sizes_do_not_allocate(run):
 
 
 def test_hostile_files_end_as_errors(run):
-    out, cat = run["out"], _catalog(run["out"])
+    out, cat = run["out"], read_catalog(run["out"])
     for name in ("truncated.h5", "garbage.h5"):
         assert cat[name]["status"] == "failed"
     trunc = json.loads(cat["truncated.h5"]["metadata"])["error"]

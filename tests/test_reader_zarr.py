@@ -7,7 +7,6 @@ process-local, so remote reading is tested at the reader level (describe/plan/re
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import duckdb
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pytest
 import zarr
 import zarr.storage
+from conftest import read_catalog
 
 import pipeline
 from readers.base import ChunkContext, Source
@@ -86,10 +86,6 @@ def _sql(query: str) -> list[tuple]:
     return duckdb.sql(query).fetchall()
 
 
-def _catalog(out) -> dict[str, dict]:
-    cols = ["path", "format", "status", "tables", "rows", "chunks", "error_count", "metadata"]
-    rows = _sql(f"select {', '.join(cols)} from read_parquet('{out}/_catalog/*.parquet')")
-    return {os.path.basename(r[0]): dict(zip(cols, r, strict=True)) for r in rows}
 
 
 def _of(out, table: str, store: str, cols: str) -> list[tuple]:
@@ -105,7 +101,7 @@ def _errors(out) -> list[tuple]:
 
 
 def test_stores_are_single_inputs(run):
-    cat = _catalog(run["out"])
+    cat = read_catalog(run["out"])
     assert set(cat) == {"v3.zarr", "v2.zarr", "rootarr.zarr", "side.csv", "corrupt.zarr",
                         "broken.zarr", "absurd.zarr"}
     assert all(cat[n]["format"] == "zarr" for n in cat if n.endswith(".zarr"))
@@ -137,14 +133,14 @@ def test_v2_arrays_and_fill_values(run):
 
 
 def test_root_array_store_is_named_after_the_store(run):
-    cat = _catalog(run["out"])
+    cat = read_catalog(run["out"])
     assert cat["rootarr.zarr"]["tables"] == ["rootarr"]
     assert _sql(f"select sum(rootarr) from read_parquet('{run['out']}/rootarr/**/*.parquet')"
                 ) == [(45,)]
 
 
 def test_catalog_metadata(run):
-    meta = json.loads(_catalog(run["out"])["v3.zarr"]["metadata"])
+    meta = json.loads(read_catalog(run["out"])["v3.zarr"]["metadata"])
     assert meta["zarr_format"] == 3 and meta["attributes"] == {"title": "v3 store"}
     temp = meta["arrays"]["sensors/temp"]
     assert temp["table"] == "sensors.temp" and temp["chunks"] == [100]
@@ -154,12 +150,12 @@ def test_catalog_metadata(run):
     assert meta["arrays"]["img"]["codecs"][0]["name"] == "sharding_indexed"
     assert meta["arrays"]["sparse"]["planning"] == "sparse"
     assert meta["scalars"]["scalar"]["value"] == 42
-    v2 = json.loads(_catalog(run["out"])["v2.zarr"]["metadata"])
+    v2 = json.loads(read_catalog(run["out"])["v2.zarr"]["metadata"])
     assert v2["zarr_format"] == 2 and v2["arrays"]["x"]["codecs"]["compressor"]["id"] == "blosc"
 
 
 def test_hostile_stores(run):
-    out, cat = run["out"], _catalog(run["out"])
+    out, cat = run["out"], read_catalog(run["out"])
     assert cat["broken.zarr"]["status"] == "failed"
     assert "broken.zarr" in json.loads(cat["broken.zarr"]["metadata"])["error"]
     corrupt = [e for e in _errors(out) if e[0].endswith("corrupt.zarr")]
