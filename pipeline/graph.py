@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline.retry import backoff, is_transient
 from pipeline.sink import Fragment, FragmentWriter, SinkSpec, errors_table, stage_errors
 from readers import get_reader
-from readers.base import ChunkContext, ChunkSpec, Description, Rejected, RestartChunk, Source
+from readers.base import ChunkContext, ChunkSpec, Description, RestartChunk, Source
 
 
 @dataclass(slots=True)
@@ -46,7 +46,6 @@ class ChunkManifest:
     bytes_read: int = 0
     fragments: list[Fragment] = field(default_factory=list)
     error_count: int = 0
-    errors_preview: list[Rejected] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     worker: str = ""
     started: float = 0.0
@@ -120,7 +119,6 @@ def run_chunk(task: ChunkTask) -> ChunkManifest:
                               for r in ctx.rejected), task.sink.run_id)
         manifest.fragments.append(stage_errors(task.sink, chunk.id, table))
     manifest.error_count = len(ctx.rejected)
-    manifest.errors_preview = ctx.rejected[:3]
     manifest.facts.update(ctx.facts)
     manifest.bytes_read = chunk.length if chunk.selector != ("stream",) else source.size
     manifest.finished = time.time()

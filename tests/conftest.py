@@ -56,6 +56,24 @@ def run_reader(path: str, reader: str | None = None, *, chunk_size: int = 1 << 2
     return (pa.concat_tables(tables) if tables else None), rejected, info
 
 
+def read_all(reader: object, source: object, options: dict | None = None
+             ) -> tuple[object, dict[str, pa.Table], list[Rejected]]:
+    """Describe, plan and read every chunk of one file in this process (multi-table readers).
+
+    Returns (description, rows per table, rejected records).
+    """
+    options = options or {}
+    description = reader.describe(source, options)
+    tables: dict[str, list[pa.Table]] = {}
+    rejected: list[Rejected] = []
+    for chunk in reader.plan(source, description, options):
+        ctx = ChunkContext(source, chunk)
+        for name, table in reader.read(source, chunk, description, options, ctx):
+            tables.setdefault(name, []).append(table)
+        rejected += ctx.rejected
+    return description, {k: pa.concat_tables(v) for k, v in tables.items()}, rejected
+
+
 def read_catalog(out: object) -> dict[str, dict]:
     """OUT's catalog rows by file name (metadata still JSON text)."""
     import duckdb

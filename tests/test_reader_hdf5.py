@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
-from conftest import read_catalog
+from conftest import read_all, read_catalog
 
 import pipeline
 from readers import detect
 from readers._arrays import convert, json_safe, row_blocks, table_name
-from readers.base import ChunkContext, Source
+from readers.base import Source
 from readers.hdf5 import HDF5Reader
 
 N = 10_000
@@ -287,16 +287,6 @@ def _source(path: str, url: str | None = None) -> Source:
     )
 
 
-def _read_all(reader, source, options=None):
-    options = options or {}
-    description = reader.describe(source, options)
-    tables, rejected = {}, []
-    for chunk in reader.plan(source, description, options):
-        ctx = ChunkContext(source, chunk)
-        for name, table in reader.read(source, chunk, description, options, ctx):
-            tables.setdefault(name, []).append(table)
-        rejected += ctx.rejected
-    return description, {k: pa.concat_tables(v) for k, v in tables.items()}, rejected
 
 
 def test_remote_file_through_fsspec(tmp_path):
@@ -304,7 +294,7 @@ def test_remote_file_through_fsspec(tmp_path):
     fs = fsspec.filesystem("memory")
     fs.pipe("/h5test/g.h5", (tmp_path / "g.h5").read_bytes())
     src = Source("memory://h5test/g.h5", os.path.getsize(tmp_path / "g.h5"), None, "fid", "fp", "t")
-    desc, tables, rejected = _read_all(HDF5Reader(), src, {"chunk_size": 4096})
+    desc, tables, rejected = read_all(HDF5Reader(), src, {"chunk_size": 4096})
     assert not rejected
     assert tables["sensors.temp"].num_rows == N
     assert tables["sensors.temp"].column("temp").to_pylist()[:3] == [0.0, 1.0, 2.0]
@@ -331,7 +321,7 @@ def test_too_many_sparse_chunks_is_refused(tmp_path):
     with h5py.File(path, "w") as f:
         d = f.create_dataset("x", shape=(2**40,), dtype="u1", chunks=(16,))
         d[0:64] = 1
-    desc, tables, rejected = _read_all(HDF5Reader(), _source(str(path)), {"max_listed_chunks": 2})
+    desc, tables, rejected = read_all(HDF5Reader(), _source(str(path)), {"max_listed_chunks": 2})
     assert not tables and len(rejected) == 1
     assert "4 written chunks" in rejected[0].message
 
@@ -346,7 +336,7 @@ def test_bit_flips_never_crash(tmp_path, seed):
         data[i] ^= 1 << rng.randrange(8)
     (tmp_path / "m.h5").write_bytes(bytes(data))
     try:
-        _read_all(HDF5Reader(), _source(str(tmp_path / "m.h5")))
+        read_all(HDF5Reader(), _source(str(tmp_path / "m.h5")))
     except OSError as exc:  # describe may refuse the file; it must say which
         assert "m.h5" in str(exc)
     except ValueError:

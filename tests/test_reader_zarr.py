@@ -11,14 +11,13 @@ import time
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 import pytest
 import zarr
 import zarr.storage
-from conftest import read_catalog
+from conftest import read_all, read_catalog
 
 import pipeline
-from readers.base import ChunkContext, Source
+from readers.base import Source
 from readers.zarr import ZarrReader
 
 N = 1000
@@ -173,15 +172,7 @@ def test_hostile_stores(run):
 
 
 def _read_all(source: Source, options=None):
-    reader, options = ZarrReader(), options or {}
-    description = reader.describe(source, options)
-    tables, rejected = {}, []
-    for chunk in reader.plan(source, description, options):
-        ctx = ChunkContext(source, chunk)
-        for name, table in reader.read(source, chunk, description, options, ctx):
-            tables.setdefault(name, []).append(table)
-        rejected += ctx.rejected
-    return description, {k: pa.concat_tables(v) for k, v in tables.items()}, rejected
+    return read_all(ZarrReader(), source, options)
 
 
 def test_remote_store_through_fsspec():
