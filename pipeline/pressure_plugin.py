@@ -26,17 +26,15 @@ Every level change is logged as a ``chunkmill-pressure`` event. Dask's spill and
 terminate stay active; only Dask's pause is disabled, because its monitor would
 otherwise un-pause a worker this plugin paused about 100 ms later.
 
-Install with ``client.register_plugin(PressurePlugin())``; inspect with
+The reactions themselves are in :mod:`pipeline.pressure_actions`; this module decides
+when to apply them. Install with ``client.register_plugin(PressurePlugin())``; inspect with
 ``client.run(pressure_events)``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
-import os
-import threading
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -46,6 +44,7 @@ from distributed import WorkerPlugin
 from distributed.core import Status
 from tornado.ioloop import PeriodicCallback
 
+from pipeline.arrow_pool import default_pool_name, restore_default_pool, switch_default_pool
 from pipeline.pressure import (
     MemoryPressureMonitor,
     MemoryReader,
@@ -55,6 +54,21 @@ from pipeline.pressure import (
     default_interval,
     read_memory_usage,
 )
+from pipeline.pressure_actions import (
+    ARROW_RELEASE_S,
+    DEFAULT_SPILL_FACTORS,
+    EVENT_TOPIC,
+    evict_to_target,
+    is_spillable,
+    log_pressure_event,
+    pause_worker,
+    release_arrow_memory,
+    resume_worker,
+    sampling_interval,
+    set_spill_target,
+    set_target_fraction,
+)
+from pipeline.pressure_gauges import expose_worker_gauges, remove_worker_gauges
 
 if TYPE_CHECKING:
     from distributed import Worker
@@ -72,70 +86,8 @@ __all__ = [
 ]
 
 PLUGIN_NAME = "chunkmill-pressure"
-EVENT_TOPIC = "chunkmill-pressure"
 METRIC_LEVEL = "chunkmill_pressure_level"
 METRIC_PERCENT = "chunkmill_memory_percent"
-
-#: Multiplier applied to the original SpillBuffer target and target fraction per level.
-DEFAULT_SPILL_FACTORS: Mapping[PressureLevel, float] = {
-    PressureLevel.NORMAL: 1.0,
-    PressureLevel.ELEVATED: 0.5,
-    PressureLevel.HIGH: 0.1,
-    PressureLevel.CRITICAL: 0.0,
-}
-
-# Dask treats a target fraction of 0 as "unset" and falls back to the spill fraction,
-# so the lowest target we hand it is this small positive number instead.
-_MIN_TARGET_FRACTION = 0.01
-# Yield to the event loop this often while evicting so heartbeats and comms keep going.
-_EVICT_YIELD_S = 0.05
-# While under pressure, hand Arrow's cached free pages back at most this often: they
-# show up as "unmanaged" RSS (100+ MB after spilling a few tables) and can keep a
-# worker above a threshold with nothing left to spill.
-_ARROW_RELEASE_S = 1.0
-# Sampling interval while at ELEVATED or above: as often as the nanny checks for its
-# 95 % kill line, since RSS can climb from 80 % to 95 % within one default interval.
-_PRESSURE_INTERVAL = 0.1
-
-# --------------------------------------------------------------------- prometheus
-_prom_lock = threading.Lock()
-_prom_gauges: dict[str, Any] | None = None
-
-
-def _prometheus_gauges() -> dict[str, Any]:
-    """Process-wide gauges, created once.
-
-    Several workers can share a process (``processes=False``) and a plugin can be
-    re-registered, so the gauges carry a ``worker`` label and are registered only once;
-    prometheus_client raises on a duplicate name.
-    """
-    global _prom_gauges
-    with _prom_lock:
-        if _prom_gauges is not None:
-            return _prom_gauges
-        try:
-            import prometheus_client
-        except ImportError:
-            _prom_gauges = {}
-            return _prom_gauges
-        gauges: dict[str, Any] = {}
-        specs = {
-            "chunkmill_pressure_level": "chunkmill memory pressure level acted on "
-            "(0 normal, 1 elevated, 2 high, 3 critical)",
-            "chunkmill_memory_fraction": "Memory used / budget as seen by the chunkmill "
-            "pressure plugin",
-        }
-        for name, doc in specs.items():
-            try:
-                gauges[name] = prometheus_client.Gauge(name, doc, labelnames=["worker"])
-            except ValueError:
-                # Already registered, e.g. this module was loaded twice under
-                # different names (cloudpickle by value): reuse the existing one.
-                existing = getattr(prometheus_client.REGISTRY, "_names_to_collectors", {})
-                if name in existing:
-                    gauges[name] = existing[name]
-        _prom_gauges = gauges
-        return gauges
 
 
 # ------------------------------------------------------------------------ plugin
@@ -289,7 +241,7 @@ class PressurePlugin(WorkerPlugin):
         self._original = {
             "memory_pause_fraction": mm.memory_pause_fraction,
             "memory_target_fraction": mm.memory_target_fraction,
-            "data_n": data.n if _is_spillable(data) else None,
+            "data_n": data.n if is_spillable(data) else None,
         }
         self._counters = {
             "pauses": 0,
@@ -311,7 +263,9 @@ class PressurePlugin(WorkerPlugin):
             # ever resume it now, so the plugin adopts that pause.
             self._paused_by_plugin = True
 
-        self._switch_arrow_pool()
+        switched = switch_default_pool(self.arrow_pool)
+        if switched is not None:
+            self._replaced_pool, self._our_pool = switched
 
         self._monitor = MemoryPressureMonitor(
             thresholds=self.thresholds,
@@ -323,15 +277,7 @@ class PressurePlugin(WorkerPlugin):
 
         worker.metrics[METRIC_LEVEL] = self._metric_level
         worker.metrics[METRIC_PERCENT] = self._metric_percent
-        gauges = _prometheus_gauges()
-        if "chunkmill_pressure_level" in gauges:
-            gauges["chunkmill_pressure_level"].labels(worker=worker.address).set_function(
-                lambda: float(self._applied)
-            )
-        if "chunkmill_memory_fraction" in gauges:
-            gauges["chunkmill_memory_fraction"].labels(worker=worker.address).set_function(
-                self._current_fraction
-            )
+        expose_worker_gauges(worker.address, lambda: float(self._applied), self._current_fraction)
 
         self._pc = PeriodicCallback(self._tick, self.interval * 1000)
         worker.periodic_callbacks[PLUGIN_NAME] = self._pc
@@ -349,9 +295,11 @@ class PressurePlugin(WorkerPlugin):
             mm = worker.memory_manager
             mm.memory_pause_fraction = self._original["memory_pause_fraction"]
             mm.memory_target_fraction = self._original["memory_target_fraction"]
-            if self._original["data_n"] is not None and _is_spillable(worker.data):
+            if self._original["data_n"] is not None and is_spillable(worker.data):
                 worker.data.n = self._original["data_n"]
-        self._restore_arrow_pool()
+        if self._replaced_pool is not None:
+            restore_default_pool(self._replaced_pool, self._our_pool)
+            self._replaced_pool = self._our_pool = None
         # Only a paused worker is resumed: during close the status is "closing".
         if self._paused_by_plugin and worker.status == Status.paused:
             worker.status = Status.running
@@ -363,41 +311,9 @@ class PressurePlugin(WorkerPlugin):
         ):
             if worker.metrics.get(key) == fn:
                 del worker.metrics[key]
-        for gauge in _prometheus_gauges().values():
-            try:
-                gauge.remove(worker.address)
-            except KeyError:
-                pass
+        remove_worker_gauges(worker.address)
         self._applied = PressureLevel.NORMAL
         self._worker = None
-
-    def _switch_arrow_pool(self) -> None:
-        if not self.arrow_pool or os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-            return
-        try:
-            import pyarrow as pa
-
-            current = pa.default_memory_pool()
-            if current.backend_name == self.arrow_pool:
-                return
-            pool = getattr(pa, f"{self.arrow_pool}_memory_pool")()
-            # Buffers remember the pool they came from, so switching is safe with
-            # live data: old buffers are still freed by the old pool.
-            pa.set_memory_pool(pool)
-        except (ImportError, AttributeError, NotImplementedError) as exc:
-            logger.info("Arrow memory pool %r not available: %s", self.arrow_pool, exc)
-            return
-        self._replaced_pool, self._our_pool = current, pool
-
-    def _restore_arrow_pool(self) -> None:
-        if self._replaced_pool is None:
-            return
-        import pyarrow as pa
-
-        # The pool is process-wide: leave it alone if someone switched it since.
-        if pa.default_memory_pool().backend_name == self._our_pool.backend_name:
-            pa.set_memory_pool(self._replaced_pool)
-        self._replaced_pool = self._our_pool = None
 
     # ------------------------------------------------------------------ sampling
     def _make_reader(self, worker: Worker) -> MemoryReader:
@@ -453,19 +369,28 @@ class PressurePlugin(WorkerPlugin):
             new = self._decide(sample.level)
             if new != old:
                 self._on_level_change(old, new, sample)
-            self._set_spill_target()
+            set_spill_target(
+                self._worker,
+                self._original.get("data_n"),
+                self.spill_factors.get(self._applied, 1.0),
+                elevated=self.thresholds.elevated,
+                headroom_cap=self.headroom_cap and self.read_memory is None,
+                counters=self._counters,
+            )
             if new >= PressureLevel.ELEVATED:
                 # Repeated on every tick while under pressure: a value larger than
                 # the shrunken target, or one that failed to spill last time, may
                 # still sit in the fast store. A no-op when it already fits.
-                evicted = await self._evict_to_target()
+                evicted = await evict_to_target(
+                    self._worker, self._counters, lambda: self._worker is None
+                )
                 if new >= PressureLevel.HIGH > old:
                     # Spilled objects may sit in reference cycles; collect once per
                     # episode rather than every tick, as gc blocks the event loop.
                     gc.collect()
                 now = time.monotonic()
-                if new > old or evicted or now - self._last_release >= _ARROW_RELEASE_S:
-                    self._release_arrow()
+                if new > old or evicted or now - self._last_release >= ARROW_RELEASE_S:
+                    release_arrow_memory(self._counters)
                     self._last_release = now
         except Exception:
             # At 10 samples/s a persistent failure would flood the worker log: keep
@@ -494,7 +419,7 @@ class PressurePlugin(WorkerPlugin):
             return observed
         return self._applied
 
-    # ------------------------------------------------------------------- actions
+    # ------------------------------------------------------------- level changes
     def _on_level_change(
         self, old: PressureLevel, new: PressureLevel, sample: MemorySample
     ) -> None:
@@ -519,102 +444,19 @@ class PressurePlugin(WorkerPlugin):
             sample.limit_bytes,
         )
         if self._pc is not None:
-            fast = new >= PressureLevel.ELEVATED
-            interval = min(self.interval, _PRESSURE_INTERVAL) if fast else self.interval
-            self._pc.callback_time = interval * 1000
-
-        factor = self.spill_factors.get(new, 1.0)
-        target = self._original.get("memory_target_fraction")
-        if target:
-            worker.memory_manager.memory_target_fraction = (
-                target if factor >= 1.0 else max(target * factor, _MIN_TARGET_FRACTION)
-            )
-
+            self._pc.callback_time = sampling_interval(new, self.interval) * 1000
+        set_target_fraction(
+            worker,
+            self._original.get("memory_target_fraction"),
+            self.spill_factors.get(new, 1.0),
+        )
         if new >= PressureLevel.HIGH:
-            if worker.status == Status.running:
-                worker.status = Status.paused
+            if pause_worker(worker, self._counters):
                 self._paused_by_plugin = True
-                self._counters["pauses"] += 1
         elif self._paused_by_plugin:
-            if worker.status == Status.paused:
-                worker.status = Status.running
-                self._counters["resumes"] += 1
+            resume_worker(worker, self._counters)
             self._paused_by_plugin = False
-
-        if new == PressureLevel.CRITICAL:
-            self._counters["critical_events"] += 1
-        event = {
-            "worker": worker.address,
-            "level": new.name,
-            "level_value": int(new),
-            "previous": old.name,
-            "fraction": float(sample.fraction),
-            "used_bytes": int(sample.used_bytes),
-            "limit_bytes": int(sample.limit_bytes),
-            "paused": worker.status == Status.paused,
-            "time": float(sample.time),
-        }
-        try:
-            worker.log_event(EVENT_TOPIC, event)
-        except Exception:
-            # Not connected to a scheduler (yet/anymore): the reaction still matters.
-            logger.debug("could not log chunkmill-pressure event", exc_info=True)
-
-    def _set_spill_target(self) -> None:
-        """Set ``worker.data.n`` for the applied level, capped by process headroom."""
-        worker = self._worker
-        assert worker is not None
-        n0 = self._original.get("data_n")
-        data = worker.data
-        if n0 is None or not _is_spillable(data):
-            return
-        factor = self.spill_factors.get(self._applied, 1.0)
-        n = n0 if factor >= 1.0 else int(n0 * factor)
-        limit = worker.memory_manager.memory_limit
-        if self.headroom_cap and self.read_memory is None and limit:
-            # Everything in the process that is not in the fast store (interpreter,
-            # imports, running tasks, allocator caches) stays whatever we spill, so
-            # only the rest of the budget below the ELEVATED line is for data.
-            unmanaged = max(0, worker.monitor.get_process_memory() - data.fast.total_weight)
-            n = min(n, max(0, int(self.thresholds.elevated * limit) - unmanaged))
-        data.n = n
-        low = self._counters.get("min_spill_target_bytes")
-        self._counters["min_spill_target_bytes"] = n if low is None else min(low, n)
-
-    async def _evict_to_target(self) -> int:
-        """Evict least-recently-used values until the fast store fits ``data.n``."""
-        worker = self._worker
-        assert worker is not None
-        data = worker.data
-        if not _is_spillable(data):
-            return 0
-        evicted = 0
-        last_yield = time.monotonic()
-        while data.fast and data.fast.total_weight > data.n:
-            weight = data.evict()
-            if weight == -1:
-                # Disk full, max-spill reached or unpicklable value: Dask logged it.
-                self._counters["evict_failures"] += 1
-                break
-            evicted += weight
-            self._counters["evictions"] += 1
-            self._counters["evicted_bytes"] += weight
-            if time.monotonic() - last_yield > _EVICT_YIELD_S:
-                await asyncio.sleep(0)
-                last_yield = time.monotonic()
-                if self._worker is None:  # torn down while we yielded
-                    break
-        return evicted
-
-    def _release_arrow(self) -> None:
-        try:
-            import pyarrow as pa
-        except ImportError:
-            return
-        # Arrow's allocator keeps freed pages for reuse; Dask counts them as
-        # unmanaged memory and they count towards the OOM killer's view too.
-        pa.default_memory_pool().release_unused()
-        self._counters["arrow_releases"] += 1
+        log_pressure_event(worker, old, new, sample, self._counters)
 
     # ------------------------------------------------------------------ reporting
     def events(self) -> dict[str, Any]:
@@ -636,9 +478,9 @@ class PressurePlugin(WorkerPlugin):
             **self._counters,
             "level_changes": list(self._changes),
             "original_settings": dict(self._original),
-            "arrow_pool": _arrow_pool_name(),
+            "arrow_pool": default_pool_name(),
         }
-        if worker is not None and _is_spillable(worker.data):
+        if worker is not None and is_spillable(worker.data):
             data = worker.data
             out["spill_target_bytes"] = data.n
             out["fast_bytes"] = data.fast.total_weight
@@ -648,26 +490,6 @@ class PressurePlugin(WorkerPlugin):
             out["dask_disk_write_bytes_total"] = int(metrics.get(("disk-write", "bytes"), 0))
             out["dask_disk_write_count_total"] = int(metrics.get(("disk-write", "count"), 0))
         return out
-
-
-def _arrow_pool_name() -> str | None:
-    try:
-        import pyarrow as pa
-    except ImportError:
-        return None
-    return pa.default_memory_pool().backend_name
-
-
-def _is_spillable(data: object) -> bool:
-    # SpillBuffer (a zict.Buffer) exposes a weighted LRU as .fast and a settable .n;
-    # a plain dict (no memory limit) or a third-party mapping may not.
-    fast = getattr(data, "fast", None)
-    return (
-        fast is not None
-        and hasattr(fast, "total_weight")
-        and hasattr(data, "evict")
-        and hasattr(data, "n")
-    )
 
 
 def pressure_events(dask_worker: Worker) -> dict[str, Any]:
