@@ -34,6 +34,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="CSV/TSV files have no header row (columns are f0, f1, ...)")
     p.add_argument("--chunk-size", type=_size, default="32MiB",
                    help="bytes per chunk task, e.g. 64MB, 256MiB (default 32MiB)")
+    p.add_argument("--small-file-size", type=_size, default="4MiB",
+                   help="files up to this size are read many to a task and share output "
+                        "fragments (default 4MiB; 0 turns bundling off)")
     p.add_argument("--max-record-bytes", type=_size, default="16MiB",
                    help="longest record accepted when seeking boundaries (default 16MiB)")
     p.add_argument("--partition-by", default="", metavar="COL[,COL]",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 
 import dask
@@ -75,6 +76,39 @@ def connect(options: IngestOptions) -> Iterator[Client]:
         finally:
             client.close()
             cluster.close()
+
+
+class BackgroundCluster:
+    """``connect(options)`` entered in a thread, so workers start while the client plans.
+
+    Worker processes take a second or two to spawn and import; describing thousands of files
+    takes about as long. `client()` waits for the start and re-raises its error, if any.
+    """
+
+    def __init__(self, options: IngestOptions) -> None:
+        self._stack = contextlib.ExitStack()
+        self._client: Client | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._start, args=(options,),
+                                        name="chunkmill-cluster-start", daemon=True)
+        self._thread.start()
+
+    def _start(self, options: IngestOptions) -> None:
+        try:
+            self._client = self._stack.enter_context(connect(options))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller in client()
+            self._error = exc
+
+    def client(self) -> Client:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._client is not None
+        return self._client
+
+    def close(self) -> None:
+        self._thread.join()
+        self._stack.close()
 
 
 def dashboard_link(client: Client) -> str | None:

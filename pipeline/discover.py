@@ -193,6 +193,13 @@ def describe_file(fs: fsspec.AbstractFileSystem, path: str, table: str, forced: 
     return Discovered(source, cls.name)
 
 
+def rediscover(found: Discovered, fmt: str | None, storage_options: dict[str, Any]
+               ) -> Discovered:
+    """A skipped file discovered again, sniffed this time."""
+    fs, path = url_to_fs(found.source.url, **storage_options)
+    return describe_file(fs, path, found.source.table, fmt, storage_options)
+
+
 def _describe_directory(fs: fsspec.AbstractFileSystem, path: str, url: str, file_id: str,
                         table: str, forced: str | None, storage_options: dict[str, Any]
                         ) -> Discovered:
@@ -236,9 +243,18 @@ def discover(inputs: Iterable[str], *, table: str | None = None, fmt: str | None
             if key not in seen:
                 seen.add(key)
                 jobs.append((fs, path, table or default_table))
+    def batch(part: list[tuple[fsspec.AbstractFileSystem, str, str]]) -> list[Discovered]:
+        return [_with_retries(job, fmt, storage_options, skip, retries) for job in part]
+
+    if all(_is_local(fs) for fs, _, _ in jobs):
+        # A local stat and 64 KiB read is ~0.1 ms of mostly Python: threads only fight for
+        # the GIL (10,000 small files took twice as long with 8 threads).
+        return batch(jobs)
+    # Threads hide remote latency; batches keep the hand-over cost down.
+    size = max(1, min(64, len(jobs) // max(1, threads * 4)))
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        return list(pool.map(lambda job: _with_retries(job, fmt, storage_options, skip,
-                                                       retries), jobs))
+        parts = pool.map(batch, [jobs[i:i + size] for i in range(0, len(jobs), size)])
+        return [found for part in parts for found in part]
 
 
 def _with_retries(job: tuple[fsspec.AbstractFileSystem, str, str], fmt: str | None,
@@ -254,4 +270,4 @@ def _with_retries(job: tuple[fsspec.AbstractFileSystem, str, str], fmt: str | No
     return found
 
 
-__all__ = ["Discovered", "discover", "expand", "fingerprint", "COMPRESSION_SUFFIXES"]
+__all__ = ["Discovered", "discover", "rediscover", "expand", "fingerprint", "COMPRESSION_SUFFIXES"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,30 +67,28 @@ def _worker_name() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def run_chunk(task: ChunkTask) -> ChunkManifest:
-    """Run one chunk end to end (inside a worker). Bad data never raises; it is reported.
+def read_with_retries(reader: Any, source: Source, chunk: ChunkSpec, description: Description,
+                      options: dict[str, Any], retries: int,
+                      write: Callable[[str, pa.Table], None], reset: Callable[[], None]
+                      ) -> tuple[ChunkManifest, ChunkContext]:
+    """Read one chunk into ``write``; bad data never raises, it is reported in the context.
 
-    Transient I/O failures restart the chunk from scratch after a backoff, up to
-    ``task.retries`` times; anything else becomes a ``chunk`` row in ``_errors``.
+    Transient I/O failures restart the chunk from scratch (``reset`` drops what was written)
+    after a backoff, up to ``retries`` times; anything else becomes a ``chunk`` rejection.
     """
-    chunk, source = task.chunk, task.source
-    reader = get_reader(task.reader)()
-    options = task.reader_options
     attempt = 0
     restarted = False
     while True:
         manifest = ChunkManifest(chunk.id, chunk.file_id, chunk.index, worker=_worker_name(),
                                  started=time.time())
         ctx = ChunkContext(source, chunk)
-        writer = FragmentWriter(task.sink, chunk.id, source.file_id)
         try:
-            for table, rows in reader.read(source, chunk, task.description, options, ctx):
-                writer.write(table, rows)
+            for table, rows in reader.read(source, chunk, description, options, ctx):
+                write(table, rows)
                 manifest.rows += rows.num_rows
-            manifest.fragments = writer.close()
             break
         except RestartChunk as restart:
-            writer.abort()
+            reset()
             if restarted:
                 raise RuntimeError(f"{source.path}: chunk {chunk.index} asked for a second "
                                    f"restart ({restart.reason})") from restart
@@ -97,15 +96,14 @@ def run_chunk(task: ChunkTask) -> ChunkManifest:
             options = {**options, **restart.changes}
             continue
         except MemoryError:
-            writer.abort()
+            reset()
             raise
         except Exception as exc:  # a broken chunk is an _errors row, the run goes on
-            if is_transient(exc) and attempt < task.retries:
-                writer.abort()
+            if is_transient(exc) and attempt < retries:
+                reset()
                 time.sleep(backoff(attempt))
                 attempt += 1
                 continue
-            manifest.fragments = writer.close()
             text = str(exc).strip().splitlines()
             ctx.reject(kind="chunk", error_type=type(exc).__name__, byte_offset=chunk.offset,
                        message=f"{source.path}: chunk {chunk.index} at offset {chunk.offset}: "
@@ -114,13 +112,28 @@ def run_chunk(task: ChunkTask) -> ChunkManifest:
             manifest.failed = ctx.rejected[-1].message
             break
     manifest.facts["attempts"] = attempt + 1
+    manifest.error_count = len(ctx.rejected)
+    manifest.facts.update(ctx.facts)
+    manifest.bytes_read = chunk.length if chunk.selector != ("stream",) else source.size
+    return manifest, ctx
+
+
+def run_chunk(task: ChunkTask) -> ChunkManifest:
+    """Run one chunk end to end (inside a worker): staged fragments and a manifest."""
+    chunk, source = task.chunk, task.source
+    writer = FragmentWriter(task.sink, chunk.id, source.file_id)
+    try:
+        manifest, ctx = read_with_retries(
+            get_reader(task.reader)(), source, chunk, task.description, task.reader_options,
+            task.retries, writer.write, writer.abort)
+        manifest.fragments = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     if ctx.rejected:
         table = errors_table(((source.file_id, source.path, chunk.index, r)
                               for r in ctx.rejected), task.sink.run_id)
         manifest.fragments.append(stage_errors(task.sink, chunk.id, table))
-    manifest.error_count = len(ctx.rejected)
-    manifest.facts.update(ctx.facts)
-    manifest.bytes_read = chunk.length if chunk.selector != ("stream",) else source.size
     manifest.finished = time.time()
     pa.default_memory_pool().release_unused()
     return manifest

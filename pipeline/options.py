@@ -37,6 +37,8 @@ class IngestOptions:
     table: str | None = None
     partition_by: tuple[str, ...] = ()
     chunk_size: int = 32 * 2**20
+    small_file_size: int = 4 * 2**20
+    """Files up to this size share tasks and fragments with others (0: never)."""
     compression: str = "zstd"
     format: str | None = None
     header: bool = True
@@ -63,6 +65,7 @@ class IngestOptions:
             self.partition_by = tuple(self.partition_by or ())
         self.chunk_size = parse_size(self.chunk_size)
         self.max_record_bytes = parse_size(self.max_record_bytes)
+        self.small_file_size = parse_size(self.small_file_size)
         if self.chunk_size < 1:
             raise UsageError("--chunk-size must be at least 1 byte")
         if self.compression not in COMPRESSIONS:

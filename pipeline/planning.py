@@ -10,7 +10,7 @@ import html
 import json
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 from fsspec.core import url_to_fs
 
-from pipeline.discover import Discovered, SkipCheck, discover
+from pipeline.discover import Discovered, SkipCheck, discover, rediscover
 from pipeline.errors import UsageError
 from pipeline.options import IngestOptions, as_paths
 from pipeline.retry import retrying
@@ -109,6 +109,40 @@ def _human(n: float) -> str:
     return f"{n} B"
 
 
+def _describe_all(found: list[Discovered], options: IngestOptions) -> list[PlannedFile]:
+    """Describe every file: small ones in batches where the reader can, the rest one by one."""
+    planned = [PlannedFile(f.source, f.reader, error=f.error, skipped=f.skipped) for f in found]
+    opts = options.reader_options()
+    by_reader: dict[str, list[int]] = {}
+    for i, f in enumerate(found):
+        if f.reader and not f.error and not f.skipped:
+            by_reader.setdefault(f.reader, []).append(i)
+    batches = [(name, idx[n:n + DESCRIBE_BATCH]) for name, idx in by_reader.items()
+               for n in range(0, len(idx), DESCRIBE_BATCH) if len(idx) > 1]
+
+    def batch(job: tuple[str, list[int]]) -> None:
+        name, idx = job
+        try:
+            described = get_reader(name)().describe_many([found[i].source for i in idx], opts)
+        except Exception:  # noqa: BLE001 - each file is then described on its own
+            return
+        for i, description in zip(idx, described, strict=True):
+            planned[i].description = description
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(batch, batches))
+        rest = [i for i, p in enumerate(planned)
+                if p.description is None and not p.skipped and not p.error and p.reader]
+        for i, one in zip(rest, pool.map(lambda i: _describe(found[i], options), rest),
+                          strict=True):
+            planned[i] = one
+    return planned
+
+
+#: Files per `Reader.describe_many` call (a thread each).
+DESCRIBE_BATCH = 512
+
+
 def _describe(found: Discovered, options: IngestOptions) -> PlannedFile:
     planned = PlannedFile(found.source, found.reader, error=found.error, skipped=found.skipped)
     if found.error or found.reader is None:
@@ -130,7 +164,8 @@ def _one_line(exc: BaseException) -> str:
 
 def build_plan(paths: Sequence[str], options: IngestOptions,
                skip: SkipCheck | None = None,
-               known: dict[str, pa.Schema] | None = None) -> Plan:
+               known: dict[str, pa.Schema] | None = None,
+               unskip: Callable[[list[Discovered]], set[str]] | None = None) -> Plan:
     """Discover, describe (in parallel threads), unify schemas, then plan every file's chunks.
 
     ``skip(file_id, fingerprint)`` lets a run pass over unchanged files before reading them;
@@ -142,8 +177,13 @@ def build_plan(paths: Sequence[str], options: IngestOptions,
     found = discover(paths, table=options.table, fmt=options.format,
                      storage_options=options.storage_options, skip=skip,
                      retries=options.retries)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        files = list(pool.map(lambda f: _describe(f, options), found))
+    if unskip is not None:
+        # Unchanged files that must be read all the same (they share a fragment with a
+        # changed file): sniff them now.
+        again = unskip(found)
+        found = [rediscover(f, options.format, options.storage_options)
+                 if f.skipped and f.source.file_id in again else f for f in found]
+    files = _describe_all(found, options)
     by_table: dict[str, list[pa.Schema]] = {}
     for f in files:
         if f.description:

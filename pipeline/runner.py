@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -20,7 +21,8 @@ from typing import Any
 
 from distributed import Client, Future, wait
 
-from pipeline.cluster import connect, dashboard_link
+from pipeline.bundle import BundleManifest, BundleTask, Carry, Member, bundle_id, pack, run_bundle
+from pipeline.cluster import BackgroundCluster, dashboard_link
 from pipeline.faults import crash_point
 from pipeline.graph import ChunkManifest, ChunkTask, run_chunk
 from pipeline.options import IngestOptions
@@ -70,6 +72,26 @@ class FileRun:
         return len(self.manifests) == len(self.chunks)
 
 
+@dataclass
+class BundleRun:
+    """Small files read by one task into shared fragments, and committed together."""
+
+    members: list[FileRun]
+    carries: list[Carry] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)
+    """Files gone from the inputs (``--prune``) whose rows this bundle's commit drops."""
+    attempts: int = 0
+
+    @property
+    def id(self) -> str:
+        return bundle_id([r.planned.source.file_id for r in self.members]
+                         + [c.file_id for c in self.carries])
+
+    @property
+    def size(self) -> int:
+        return sum(r.planned.source.size for r in self.members)
+
+
 class Runner:
     """Carries out one ingest; use `pipeline.ingest` rather than this class directly."""
 
@@ -84,37 +106,60 @@ class Runner:
         self.config = config_token(options)
         self.monitor = ClusterWatch(self.report)
         self.ready: list[FileRun] = []
+        self.ready_bundles: list[tuple[BundleRun, BundleManifest]] = []
+        self.cluster: BackgroundCluster | None = None
 
     # --- top level ------------------------------------------------------------------------------
     def run(self) -> RunReport:
         with OutputLock(self.store):
             self.journal = Journal(self.store)
             self.done, self.interrupted = self.journal.load()
+            self.sharing = self._shared_fragments()
+            self.group: set[str] = set()
             schemas = SchemaStore(self.store)
             known = schemas.load()
-            plan = build_plan(self.paths, self.options, skip=self._unchanged, known=known)
-            self._note_schema_changes(known, plan)
-            schemas.save({**known, **plan.schemas})
-            self.sink = SinkSpec(self.store, self.run_id, plan.schemas,
-                                 self.options.partition_by, self.options.compression)
-            self.store.rmtree(self.store.path(STATE_DIR, "staging"))
-            todo = self._triage(plan)
-            if self.options.prune:
-                self._prune(plan)
-            self._save_report(planned=[r.planned.source.path for r in todo])
-            if todo and not any(r.chunks for r in todo):
-                for run in todo:  # catalog-only files (images, empty files): no cluster needed
-                    self._complete_file(run)
-                self._commit_ready()
-            elif todo:
-                with connect(self.options) as client:
-                    if self.options.dashboard:
-                        self.report.dashboard = dashboard_link(client)
-                        log.warning("chunkmill: dashboard at %s", self.report.dashboard)
-                    self._execute(client, todo, plan)
-                    self.monitor.collect(client)
-            self._finish()
+            try:
+                self._run_locked(known, schemas)
+            finally:
+                if self.cluster is not None:
+                    self.cluster.close()
         return self.report
+
+    def _run_locked(self, known: dict[str, Any], schemas: SchemaStore) -> None:
+        plan = build_plan(self.paths, self.options, skip=self._unchanged, known=known,
+                          unskip=self._discovered)
+        self._note_schema_changes(known, plan)
+        schemas.save({**known, **plan.schemas})
+        self.sink = SinkSpec(self.store, self.run_id, plan.schemas,
+                             self.options.partition_by, self.options.compression)
+        self.store.rmtree(self.store.path(STATE_DIR, "staging"))
+        todo = self._triage(plan)
+        if self.options.prune:
+            self._prune(plan)
+        todo, bundles = self._bundle(todo, {f.source.file_id for f in plan.files})
+        self._save_report(planned=[r.planned.source.path for r in todo]
+                          + [r.planned.source.path for b in bundles for r in b.members])
+        if todo and not bundles and not any(r.chunks for r in todo):
+            for run in todo:  # catalog-only files (images, empty files): no cluster needed
+                self._complete_file(run)
+            self._commit_ready()
+        elif todo or bundles:
+            if self.cluster is None:
+                self.cluster = BackgroundCluster(self.options)
+            client = self.cluster.client()
+            if self.options.dashboard:
+                self.report.dashboard = dashboard_link(client)
+                log.warning("chunkmill: dashboard at %s", self.report.dashboard)
+            self._execute(client, todo, bundles)
+            self.monitor.collect(client)
+        self._finish()
+
+    def _discovered(self, found: list[Any]) -> set[str]:
+        """Right after discovery: start the cluster if anything needs reading, while the
+        files are described; and name the unchanged files to read again (see `_riders`)."""
+        if self.cluster is None and any(not f.skipped and f.error is None for f in found):
+            self.cluster = BackgroundCluster(self.options)
+        return self._riders(found)
 
     def _note_schema_changes(self, known: dict[str, Any], plan: Plan) -> None:
         """Tables whose schema grew since earlier runs: their older fragments differ."""
@@ -128,8 +173,111 @@ class Runner:
 
     def _unchanged(self, file_id: str, fingerprint: str) -> bool:
         prev = self.done.get(file_id)
-        return (not self.options.force and prev is not None
+        return (not self.options.force and prev is not None and file_id not in self.interrupted
                 and prev.fingerprint == fingerprint and prev.config == self.config)
+
+    # --- bundles --------------------------------------------------------------------------------
+    def _shared_fragments(self) -> dict[str, set[str]]:
+        """Fragments that hold rows of several files (bundles), with those files."""
+        users: dict[str, set[str]] = {}
+        for record in self.done.values():
+            for rel in record.fragments:
+                users.setdefault(rel, set()).add(record.file_id)
+        for fid, rels in self.interrupted.items():
+            for rel in rels:
+                users.setdefault(rel, set()).add(fid)
+        return {rel: ids for rel, ids in users.items() if len(ids) > 1}
+
+    def _fragments_of(self, file_id: str) -> list[str]:
+        record = self.done.get(file_id)
+        return (record.fragments if record else []) + self.interrupted.get(file_id, [])
+
+    def _riders(self, found: list[Any]) -> set[str]:
+        """Unchanged files to read again: they share a fragment that a changed file rewrites.
+
+        Files gone from the inputs that share such a fragment are carried over (kept) or,
+        with ``--prune``, dropped in the same commit.
+        """
+        present = {f.source.file_id for f in found}
+        seeds = {f.source.file_id for f in found if not f.skipped}
+        if self.options.prune:
+            seeds |= {fid for fid in self.done if fid not in present}
+        group: set[str] = set()
+        frontier = [fid for fid in seeds if any(r in self.sharing
+                                                for r in self._fragments_of(fid))]
+        while frontier:
+            fid = frontier.pop()
+            if fid in group:
+                continue
+            group.add(fid)
+            for rel in self._fragments_of(fid):
+                frontier.extend(self.sharing.get(rel, ()))
+        self.group = group
+        return {fid for fid in group if fid in present and fid not in seeds}
+
+    def _bundle(self, todo: list[FileRun], present: set[str]) -> tuple[list[FileRun],
+                                                                       list[BundleRun]]:
+        """Split the runs into ones of their own and bundles of small files."""
+        limit = self.options.small_file_size
+        parent: dict[str, str] = {}
+
+        def root(x: str) -> str:
+            while parent.setdefault(x, x) != x:
+                x = parent[x]
+            return x
+
+        # Files that shared a fragment stay together: one commit replaces it.
+        for fid in self.group:
+            for rel in self._fragments_of(fid):
+                if rel in self.sharing:
+                    parent[root(fid)] = root("@" + rel)
+        groups: dict[str, tuple[list[FileRun], list[Carry], list[str]]] = {}
+        alone: list[FileRun] = []
+        singles: list[tuple[list, int]] = []
+        for run in todo:
+            fid = run.planned.source.file_id
+            reader = get_reader(run.planned.reader)
+            small = (reader.bundles and len(run.chunks) == 1 and limit > 0
+                     and run.planned.source.size <= limit)
+            if fid in parent and reader.bundles and run.chunks:
+                if len(run.chunks) > 1:  # grew since: read it as one exact stream
+                    run.chunks = [ChunkSpec(fid, 0, run.chunks[0].offset,
+                                            run.planned.source.size, selector=("stream",),
+                                            weight=run.planned.source.size)]
+                groups.setdefault(root(fid), ([], [], []))[0].append(run)
+            elif small:
+                singles.append(([([run], [], [])], run.planned.source.size))
+            else:
+                alone.append(run)
+        for fid in self.group - present:
+            if fid not in self.done or fid not in parent:
+                continue
+            entry = groups.setdefault(root(fid), ([], [], []))
+            if self.options.prune:
+                entry[2].append(fid)
+            else:
+                entry[1].append(Carry(fid, self._carry_source(fid)))
+        items = [([entry], sum(r.planned.source.size for r in entry[0]) + 1)
+                 for entry in groups.values()] + singles
+        threads = (self.options.workers or os.cpu_count() or 1) * self.options.threads_per_worker
+        bundles = []
+        for entries in pack(items, self.options.chunk_size, 2 * threads):
+            runs = [r for e in entries for r in e[0]]
+            carries = [c for e in entries for c in e[1]]
+            forget = [f for e in entries for f in e[2]]
+            if len(runs) == 1 and not carries and not forget:
+                alone.extend(runs)  # a bundle of one is just a file
+            else:
+                bundles.append(BundleRun(runs, carries, forget))
+        return alone, bundles
+
+    def _carry_source(self, file_id: str) -> list[str]:
+        """Where a gone file's rows are: its record's fragments, or those of a commit that
+        was interrupted after its renames (previous fragments go only after all renames)."""
+        record = self.done[file_id].fragments
+        if all(self.store.exists(self.store.path(rel)) for rel in record):
+            return list(record)
+        return [rel for rel in self.interrupted.get(file_id, []) if rel not in record]
 
     def _triage(self, plan: Plan) -> list[FileRun]:
         todo = []
@@ -145,30 +293,49 @@ class Runner:
         return todo
 
     # --- execution ------------------------------------------------------------------------------
-    def _execute(self, client: Client, todo: list[FileRun], plan: Plan) -> None:
+    def _execute(self, client: Client, todo: list[FileRun], bundles: list[BundleRun]) -> None:
         threads = sum(w.get("nthreads", 1) for w in
                       client.scheduler_info(n_workers=-1).get("workers", {}).values()) or 1
         window = self.options.window or max(2, 2 * threads)
-        progress = Progress(len(todo), sum(len(r.chunks) for r in todo),
-                            sum(r.planned.source.size for r in todo),
+        members = [r for b in bundles for r in b.members]
+        progress = Progress(len(todo) + len(members),
+                            sum(len(r.chunks) for r in todo + members),
+                            sum(r.planned.source.size for r in todo + members),
                             enabled=self.options.progress)
-        queue: list[tuple[FileRun, ChunkSpec]] = [(r, c) for r in todo for c in r.chunks]
+        queue: list[tuple[Any, ChunkSpec | None]] = [(r, c) for r in todo for c in r.chunks]
+        queue += [(b, None) for b in bundles]
         queue.reverse()  # pop() from the end keeps largest-file-first order
-        running: dict[Future, tuple[FileRun, ChunkSpec, float]] = {}
+        running: dict[Future, tuple[Any, ChunkSpec | None, float]] = {}
         reader_options = self.options.reader_options()
         timeout = self.options.chunk_timeout
 
-        def submit(run: FileRun, spec: ChunkSpec) -> None:
-            task = ChunkTask(run.planned.source, run.planned.reader, spec,
-                             run.planned.description, reader_options, self.sink,
-                             self.options.retries)
-            key = f"chunkmill-{self.run_id}-{spec.id}-{run.attempts}"
-            fut = client.submit(run_chunk, task, key=key, pure=False,
-                                priority=run.planned.source.size,
-                                retries=self.options.retries)
+        def submit(run: FileRun | BundleRun, spec: ChunkSpec | None) -> None:
+            if isinstance(run, BundleRun):
+                task: Any = BundleTask(
+                    run.id, [Member(m.planned.source, m.planned.reader, m.chunks[0],
+                                    m.planned.description) for m in run.members],
+                    run.carries, reader_options, self.sink, self.options.retries)
+                key = f"chunkmill-{self.run_id}-bundle-{run.id}-{run.attempts}"
+                fut = client.submit(run_bundle, task, key=key, pure=False, priority=run.size,
+                                    retries=self.options.retries)
+            else:
+                task = ChunkTask(run.planned.source, run.planned.reader, spec,
+                                 run.planned.description, reader_options, self.sink,
+                                 self.options.retries)
+                key = f"chunkmill-{self.run_id}-{spec.id}-{run.attempts}"
+                fut = client.submit(run_chunk, task, key=key, pure=False,
+                                    priority=run.planned.source.size,
+                                    retries=self.options.retries)
             running[fut] = (run, spec, time.monotonic())
 
-        def finished(run: FileRun, spec: ChunkSpec, manifest: ChunkManifest) -> None:
+        def finished(run: FileRun | BundleRun, spec: ChunkSpec | None,
+                     manifest: ChunkManifest | BundleManifest | str) -> None:
+            if isinstance(run, BundleRun):
+                crash_point("before_commit")
+                self._bundle_done(run, manifest)
+                progress.update(chunks=len(run.members), nbytes=run.size,
+                                files=len(run.members))
+                return
             run.manifests[spec.index] = manifest
             self.report.chunk_records.append(ChunkRecord(
                 spec.id, run.planned.source.path, manifest.worker, manifest.started,
@@ -202,7 +369,8 @@ class Runner:
                 pass  # nothing finished yet: look at timeouts and pressure, then wait again
             for fut in [f for f in running if f.done()]:
                 run, spec, _ = running.pop(fut)
-                manifest = self._result(fut, run, spec)
+                manifest = (self._bundle_result(fut, run) if isinstance(run, BundleRun)
+                            else self._result(fut, run, spec))
                 fut.release()
                 finished(run, spec, manifest)
             if timeout:
@@ -212,6 +380,9 @@ class Runner:
                         # Python cannot kill the worker thread; we stop waiting for it.
                         running.pop(fut)
                         fut.cancel()
+                        if isinstance(run, BundleRun):
+                            finished(run, spec, f"ChunkTimeout: timed out after {timeout:g}s")
+                            continue
                         message = (f"{run.planned.source.path}: chunk {spec.index} at offset "
                                    f"{spec.offset}: timed out after {timeout:g}s")
                         finished(run, spec, self._chunk_failure(run, spec, "ChunkTimeout",
@@ -229,6 +400,34 @@ class Runner:
             message = (f"{run.planned.source.path}: chunk {spec.index} at offset {spec.offset}: "
                        f"{type(exc).__name__}: {text[0] if text else ''}")
             return self._chunk_failure(run, spec, type(exc).__name__, message)
+
+    def _bundle_result(self, fut: Future, run: BundleRun) -> BundleManifest | str:
+        try:
+            return fut.result()
+        except Exception as exc:  # worker lost too often, out of memory, ...
+            text = str(exc).strip().splitlines()
+            return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+    def _bundle_failure(self, run: BundleRun, why: str) -> None:
+        """A bundle task that produced nothing: its files fail, their old rows stay as they
+        are (with the carried files'), and the next run tries them again."""
+        for member in run.members:
+            self._fail_file(member.planned, f"{member.planned.source.path}: {why} "
+                                             f"(in a bundle of {len(run.members)} small files)")
+
+    def _bundle_done(self, run: BundleRun, manifest: BundleManifest | str) -> None:
+        if isinstance(manifest, str):
+            self._bundle_failure(run, manifest)
+            return
+        for member, m in zip(run.members, manifest.members, strict=True):
+            m.fragments = list(manifest.fragments)  # shared: renamed once at commit
+            member.manifests[member.chunks[0].index] = m
+        rows = sum(m.rows for m in manifest.members)
+        self.report.chunk_records.append(ChunkRecord(
+            f"bundle-{run.id}", f"{len(run.members)} files", manifest.worker, manifest.started,
+            manifest.finished, rows, run.size, sum(m.error_count for m in manifest.members),
+            run.attempts))
+        self.ready_bundles.append((run, manifest))
 
     def _chunk_failure(self, run: FileRun, spec: ChunkSpec, error_type: str,
                        message: str) -> ChunkManifest:
@@ -311,44 +510,71 @@ class Runner:
                 "run_id": self.run_id, "ingested_at": time.time()}
 
     def _commit_ready(self) -> None:
-        """Commit every queued file: one journal write (and fsync) per step for the batch."""
-        if not self.ready:
+        """Commit every queued file and bundle: one journal write (and fsync) per step.
+
+        All renames come before any removal of previous fragments, so a run killed in between
+        leaves the old fragments whole until the new ones all are (see `_carry_source`).
+        """
+        if not self.ready and not self.ready_bundles:
             return
         batch, self.ready = self.ready, []
-        work = []
+        bundles, self.ready_bundles = self.ready_bundles, []
+        batch += [m for run, _ in bundles for m in run.members]
+        work = []  # (file id, fingerprint, config, catalog row, fragments, final, previous)
         for run in batch:
             fragments = [f for c in run.chunks for f in run.manifests[c.index].fragments]
-            work.append((run, self._catalog_row(run), fragments,
-                         [self._rel(f.final) for f in fragments],
-                         self._previous(run.planned.source.file_id)))
-        self.journal.append(*({"event": "committing", "file_id": run.planned.source.file_id,
-                               "run": self.run_id, "fragments": final, "previous": previous}
-                              for run, _, _, final, previous in work))
-        for n, (run, _, fragments, final, previous) in enumerate(work):
-            for i, frag in enumerate(fragments):
-                if n == len(work) // 2 and i == len(fragments) // 2:
-                    crash_point("mid_commit")
+            fid = run.planned.source.file_id
+            work.append((fid, run.planned.source.fingerprint, self.config,
+                         self._catalog_row(run), fragments,
+                         list(dict.fromkeys(self._rel(f.final) for f in fragments)),
+                         self._previous(fid)))
+        forget = []
+        for run, manifest in bundles:
+            for carry in run.carries:  # gone files: same record, new fragments
+                record = self.done[carry.file_id]
+                work.append((carry.file_id, record.fingerprint, record.config,
+                             dict(record.catalog, rows=manifest.carried.get(carry.file_id, 0)),
+                             manifest.fragments,
+                             list(dict.fromkeys(self._rel(f.final) for f in manifest.fragments)),
+                             self._previous(carry.file_id)))
+            forget += [(fid, self._previous(fid)) for fid in run.forget]
+        self.journal.append(*({"event": "committing", "file_id": fid, "run": self.run_id,
+                               "fragments": final, "previous": previous}
+                              for fid, _, _, _, _, final, previous in work))
+        renamed: set[str] = set()
+        staged = [f for item in work for f in item[4]]
+        for i, frag in enumerate(staged):
+            if i == len(staged) // 2:
+                crash_point("mid_commit")
+            if frag.staged not in renamed:
+                renamed.add(frag.staged)
                 self.store.replace(frag.staged, frag.final)
-            keep = set(final)
-            for rel in previous:
-                if rel not in keep:
-                    self.store.remove(self.store.path(rel))
-            self.store.remove(self.store.path(ERRORS_DIR,
-                                              f"{run.planned.source.file_id}-file.parquet"))
-        self.journal.append(*({"event": "committed", "file_id": run.planned.source.file_id,
-                               "run": self.run_id, "fingerprint": run.planned.source.fingerprint,
-                               "config": self.config, "fragments": final,
+        keep = {rel for item in work for rel in item[5]}
+        gone = {rel for item in work for rel in item[6]} | {rel for _, p in forget for rel in p}
+        for rel in sorted(gone - keep):
+            self.store.remove(self.store.path(rel))
+        for item in work:
+            self.store.remove(self.store.path(ERRORS_DIR, f"{item[0]}-file.parquet"))
+        self.journal.append(*({"event": "committed", "file_id": fid, "run": self.run_id,
+                               "fingerprint": fingerprint, "config": config,
+                               "fragments": final,
                                "catalog": {k: v for k, v in row.items() if k != "run_id"}}
-                              for run, row, _, final, _ in work))
-        for run, row, _, final, _ in work:
-            source = run.planned.source
-            self.done[source.file_id] = FileRecord(source.file_id, source.fingerprint,
-                                                   self.config, final, row)
+                              for fid, fingerprint, config, row, _, final, _ in work),
+                            *({"event": "forget", "file_id": fid, "run": self.run_id}
+                              for fid, _ in forget))
+        carried = {c.file_id for run, _ in bundles for c in run.carries}
+        for fid, fingerprint, config, row, _, final, _ in work:
+            self.done[fid] = FileRecord(fid, fingerprint, config, final, row)
+            if fid in carried:
+                continue  # not an input of this run: its catalog row stays as it was
             self.catalog.append(row)
             self.report.rows += row["rows"]
             self.report.errors += row["error_count"]
-            self.report.bytes_read += source.size
+            self.report.bytes_read += row["size_bytes"]
             self.report.chunks += row["chunks"]
+        for fid, _ in forget:
+            record = self.done.pop(fid, None)
+            self.report.notes.append(f"pruned {record.catalog.get('path', fid) if record else fid}")
 
     def _previous(self, file_id: str) -> list[str]:
         prev = list(self.done[file_id].fragments) if file_id in self.done else []
@@ -377,8 +603,8 @@ class Runner:
         """Forget files that are no longer among the inputs, with their fragments."""
         seen = {f.source.file_id for f in plan.files}
         for file_id, record in list(self.done.items()):
-            if file_id in seen:
-                continue
+            if file_id in seen or file_id in self.group:
+                continue  # a file sharing a bundle's fragment goes with that bundle's commit
             for rel in record.fragments:
                 self.store.remove(self.store.path(rel))
             self.store.remove(self.store.path(ERRORS_DIR, f"{file_id}-file.parquet"))

@@ -172,18 +172,28 @@ class FragmentWriter:
         default_factory=dict)
     pending: dict[tuple[str, str], list[pa.Table]] = field(default_factory=dict)
 
-    def write(self, table: str, rows: pa.Table) -> None:
+    def write(self, table: str, rows: pa.Table, file_id: str | pa.Array | None = None) -> None:
+        """Rows of ``table`` from one file (``file_id``: the writer's own by default), or
+        from several (``file_id``: one id per row)."""
         schema = self.spec.schemas[table]
         rows = conform(rows, schema)
-        rows = rows.append_column(FILE_ID, pa.repeat(self.file_id, rows.num_rows)
-                                  .cast(pa.string()))
-        columns = self.spec.partition_by if all(
+        ids = (file_id if isinstance(file_id, pa.Array) else
+               pa.repeat(file_id or self.file_id, rows.num_rows).cast(pa.string()))
+        rows = rows.append_column(FILE_ID, ids)
+        for rel, part in partition.split(rows, self.partition_columns(table)):
+            self.add(table, rel, part)
+
+    def partition_columns(self, table: str) -> tuple[str, ...]:
+        schema = self.spec.schemas[table]
+        return self.spec.partition_by if all(
             c in schema.names for c in self.spec.partition_by) else ()
-        for rel, part in partition.split(rows, columns):
-            key = (table, rel)
-            self.pending.setdefault(key, []).append(part)
-            if sum(t.num_rows for t in self.pending[key]) >= self.spec.row_group_rows:
-                self._flush(key)
+
+    def add(self, table: str, rel: str, part: pa.Table) -> None:
+        """Rows already split: no partition columns, ``_file_id`` last."""
+        key = (table, rel)
+        self.pending.setdefault(key, []).append(part)
+        if sum(t.num_rows for t in self.pending[key]) >= self.spec.row_group_rows:
+            self._flush(key)
 
     def _flush(self, key: tuple[str, str]) -> None:
         parts = self.pending.pop(key, [])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -172,6 +172,18 @@ class Reconciliation:
     """Why, for the log and the catalog metadata."""
 
 
+@dataclass(slots=True)
+class TogetherRead:
+    """Rows of several files parsed as one (see `Reader.read_together`)."""
+
+    members: list[int]
+    """Positions of the files in the call's ``members``."""
+    table: str
+    rows: pa.Table
+    counts: list[int]
+    """Rows of each file, in ``members`` order (they are consecutive in ``rows``)."""
+
+
 class Reader(ABC):
     """Base class of all readers; subclasses set the class attributes and the four methods."""
 
@@ -183,6 +195,9 @@ class Reader(ABC):
     """True when the reader can consume a gzip/bz2/xz/zstd stream of its format."""
     reconciles: ClassVar[bool] = False
     """True when `reconcile` must see the chunk outputs of a file before they are committed."""
+    bundles: ClassVar[bool] = False
+    """True when a small file's one chunk may share a task and a fragment with other files'.
+    Only for readers whose single-chunk plans never need `reconcile` to run them again."""
     directory_markers: ClassVar[tuple[str, ...]] = ()
     """File names that make a whole directory one input of this format (``zarr.json``)."""
 
@@ -194,6 +209,24 @@ class Reader(ABC):
     @abstractmethod
     def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
         """Tables, schemas and catalog metadata, from headers and indexes only."""
+
+    def describe_many(self, sources: Sequence[Source], options: Mapping[str, Any]
+                      ) -> list[Description | None]:
+        """Describe many small files at once where that is cheaper than one by one.
+
+        None for a file this path does not take: it then gets `describe` of its own (which
+        reports its errors). The default takes none.
+        """
+        return [None] * len(sources)
+
+    def read_together(self, members: Sequence[tuple[Source, ChunkSpec, Description]],
+                      options: Mapping[str, Any]) -> Iterator[TogetherRead]:
+        """Read several small files' single chunks in one pass where that is cheaper.
+
+        Yields what it read; members it does not take are read one by one with `read`. The
+        default takes none.
+        """
+        return iter(())
 
     @abstractmethod
     def plan(self, source: Source, description: Description,

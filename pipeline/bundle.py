@@ -1,0 +1,241 @@
+"""Small files, many to a task: one Dask task and one fragment per bundle of files.
+
+Ten thousand 10 KB files as ten thousand tasks and fragments would cost more in scheduling,
+fsync and file count than in parsing. A file whose reader plans it into one chunk and allows
+bundling (`Reader.bundles`), and that is smaller than ``small_file_bytes``, is packed with
+others into bundles of up to ``chunk_size`` bytes. A bundle is read by one task into one
+fragment per (table, partition) and committed as a unit: every member's journal record lists
+the bundle's fragments, and rows keep their own ``_file_id``.
+
+A changed member invalidates its bundle's fragment: the runner then reads the bundle's
+unchanged members again and *carries* the rows of members that are gone from the inputs (kept
+without ``--prune``) from the old fragment into the new bundle, so no row is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.graph import ChunkManifest, _worker_name, read_with_retries
+from pipeline.schema import conform
+from pipeline.sink import (
+    ERRORS_DIR,
+    ERRORS_SCHEMA,
+    FILE_ID,
+    Fragment,
+    FragmentWriter,
+    SinkSpec,
+    errors_table,
+    stage_errors,
+)
+from readers import get_reader
+from readers.base import ChunkSpec, Description, Source, TogetherRead, stable_id
+
+
+@dataclass(slots=True)
+class Member:
+    """One file of a bundle, with its single planned chunk."""
+
+    source: Source
+    reader: str
+    chunk: ChunkSpec
+    description: Description
+
+
+@dataclass(slots=True)
+class Carry:
+    """A file gone from the inputs whose rows live in fragments the bundle replaces."""
+
+    file_id: str
+    fragments: list[str]
+    """Its committed fragments, relative to OUT (data and ``_errors``)."""
+
+
+@dataclass(slots=True)
+class BundleTask:
+    """Everything a worker needs for one bundle (pickled into the task)."""
+
+    bundle_id: str
+    members: list[Member]
+    carries: list[Carry]
+    reader_options: dict[str, Any]
+    sink: SinkSpec
+    retries: int = 2
+
+    @property
+    def name(self) -> str:
+        """Names the bundle's fragments: ``bundle-<id>.parquet``."""
+        return f"bundle-{self.bundle_id}"
+
+
+@dataclass(slots=True)
+class BundleManifest:
+    """What a bundle task reports: one manifest per member, the shared fragments."""
+
+    bundle_id: str
+    members: list[ChunkManifest]
+    fragments: list[Fragment]
+    carried: dict[str, int] = field(default_factory=dict)
+    """Rows carried over per gone file id."""
+    worker: str = ""
+    started: float = 0.0
+    finished: float = 0.0
+
+
+def bundle_id(file_ids: Iterable[str]) -> str:
+    """Deterministic per set of files: the same bundle rewrites the same fragment names."""
+    return stable_id(*sorted(file_ids))
+
+
+def run_bundle(task: BundleTask) -> BundleManifest:
+    """Read every member (then carry gone files' rows) into one writer; inside a worker."""
+    started = time.time()
+    writer = FragmentWriter(task.sink, task.name, "")
+    errors: list[pa.Table] = []
+    carried: dict[str, int] = {}
+    manifests: list[ChunkManifest | None] = [None] * len(task.members)
+    try:
+        for read in _read_together(task):
+            index = np.repeat(np.arange(len(read.members)), read.counts)
+            ids = pa.array([task.members[i].source.file_id for i in read.members]).take(index)
+            writer.write(read.table, read.rows, ids)
+            for i, rows in zip(read.members, read.counts, strict=True):
+                member = task.members[i]
+                manifests[i] = ChunkManifest(member.chunk.id, member.source.file_id,
+                                             member.chunk.index, rows=rows,
+                                             bytes_read=member.source.size,
+                                             facts={"read_together": len(read.members)})
+        for i, member in enumerate(task.members):
+            if manifests[i] is not None:
+                continue
+            manifests[i], tables, rejected = _read_member(member, task)
+            for table, rows in tables:
+                writer.write(table, rows, member.source.file_id)
+            if rejected is not None:
+                errors.append(rejected)
+        for carry in task.carries:
+            carried[carry.file_id] = _carry(carry, task.sink, writer, errors)
+        fragments = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    if errors:
+        fragments.append(stage_errors(task.sink, task.name, pa.concat_tables(errors)))
+    pa.default_memory_pool().release_unused()
+    return BundleManifest(task.bundle_id, manifests, fragments, carried, _worker_name(),
+                          started, time.time())
+
+
+def _read_together(task: BundleTask) -> Iterator[TogetherRead]:
+    by_reader: dict[str, list[int]] = {}
+    for i, member in enumerate(task.members):
+        by_reader.setdefault(member.reader, []).append(i)
+    for name, idx in by_reader.items():
+        if len(idx) < 2:
+            continue
+        group = [(task.members[i].source, task.members[i].chunk, task.members[i].description)
+                 for i in idx]
+        for read in get_reader(name)().read_together(group, task.reader_options):
+            yield TogetherRead([idx[i] for i in read.members], read.table, read.rows,
+                               read.counts)
+
+
+def _read_member(member: Member, task: BundleTask
+                 ) -> tuple[ChunkManifest, list[tuple[str, pa.Table]], pa.Table | None]:
+    """One member's rows, held until its reader has checked them (members are small)."""
+    reader = get_reader(member.reader)()
+    source, description = member.source, member.description
+    chunks = [member.chunk]
+    tables: list[tuple[str, pa.Table]] = []
+    for _ in range(3):
+        tables, contexts, manifests = [], [], []
+        for chunk in chunks:
+            held: list[tuple[str, pa.Table]] = []
+            manifest, ctx = read_with_retries(reader, source, chunk, description,
+                                              task.reader_options, task.retries,
+                                              lambda t, rows, held=held: held.append((t, rows)),
+                                              held.clear)
+            tables += held
+            manifests.append(manifest)
+            contexts.append(ctx)
+        if not reader.reconciles:
+            break
+        rec = reader.reconcile(source, description, chunks,
+                               [dict(m.facts, failed=bool(m.failed)) for m in manifests])
+        if rec.replace_plan is not None:
+            chunks = rec.replace_plan
+        elif rec.rerun:
+            by_index = {c.index: c for c in rec.rerun}
+            chunks = [by_index.get(c.index, c) for c in chunks]
+        else:
+            break
+    manifest = manifests[0]
+    for extra in manifests[1:]:
+        manifest.rows += extra.rows
+        manifest.error_count += extra.error_count
+        manifest.failed = manifest.failed or extra.failed
+    manifest.bytes_read = source.size
+    manifest.finished = time.time()
+    rejected = [(source.file_id, source.path, member.chunk.index, r)
+                for ctx in contexts for r in ctx.rejected]
+    return manifest, tables, (errors_table(rejected, task.sink.run_id) if rejected else None)
+
+
+def _carry(carry: Carry, sink: SinkSpec, writer: FragmentWriter, errors: list[pa.Table]
+           ) -> int:
+    """Copy a gone file's rows out of the fragments being replaced; returns the row count."""
+    rows = 0
+    for rel in carry.fragments:
+        path = sink.store.path(rel)
+        if not sink.store.exists(path):
+            continue
+        table, _, rest = rel.partition("/")
+        if table == ERRORS_DIR:
+            old = pq.read_table(path, filters=[("file_id", "==", carry.file_id)])
+            errors.append(conform(old, ERRORS_SCHEMA))
+            continue
+        old = pq.read_table(path, filters=[(FILE_ID, "==", carry.file_id)])
+        if table not in sink.schemas or not old.num_rows:
+            continue
+        columns = writer.partition_columns(table)
+        target = pa.schema([f for f in sink.schemas[table] if f.name not in columns]
+                           + [pa.field(FILE_ID, pa.string())])
+        # The partition directory is reused as it is: the values in its name may be cut.
+        writer.add(table, posixpath.dirname(rest), conform(old, target))
+        rows += old.num_rows
+    return rows
+
+
+def pack(items: list[tuple[list[Any], int]], max_bytes: int, min_bundles: int
+         ) -> list[list[Any]]:
+    """Group ``(members, bytes)`` items into bundles; an item's members stay together.
+
+    Bundles hold up to ``max_bytes``, and are made smaller when that leaves fewer than
+    ``min_bundles`` of them, so every worker thread gets some.
+    """
+    total = sum(size for _, size in items)
+    limit = max(1, min(max_bytes, -(-total // max(1, min_bundles))))
+    bundles: list[list[Any]] = []
+    current: list[Any] = []
+    size = 0
+    for members, nbytes in items:
+        if current and size + nbytes > limit:
+            bundles.append(current)
+            current, size = [], 0
+        current.extend(members)
+        size += nbytes
+    if current:
+        bundles.append(current)
+    return bundles
+
+
+__all__ = ["BundleTask", "BundleManifest", "Member", "Carry", "run_bundle", "pack",
+           "bundle_id"]

@@ -1,0 +1,154 @@
+"""Small files are read many to a task into shared fragments, and stay exactly-once on re-runs."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline
+from tests.test_resume import run_cli
+
+BUNDLE = re.compile(r"^bundle-[0-9a-f]{16}\.parquet$")
+
+
+def write_files(src, count: int, seed: int = 1) -> dict[str, list[tuple[int, str, float]]]:
+    """``count`` small CSV files: most plain, some with quotes (read one by one)."""
+    src.mkdir(parents=True, exist_ok=True)
+    rnd = random.Random(seed)
+    rows = {}
+    for n in range(count):
+        name = f"part-{n:04d}.csv"
+        lines = [(n * 1000 + i, rnd.choice(["a", "b", "c"]), round(rnd.random(), 3))
+                 for i in range(rnd.randint(1, 40))]
+        text = "id,event,value\n" + "".join(
+            f'{i},"{e}, quoted",{v}\n' if n % 7 == 3 else f"{i},{e},{v}\n"
+            for i, e, v in lines)
+        (src / name).write_text(text)
+        rows[name] = [(i, f"{e}, quoted" if n % 7 == 3 else e, v) for i, e, v in lines]
+    return rows
+
+
+def table_rows(out, table: str) -> list[tuple]:
+    return sorted(duckdb.sql(
+        f"select id, event, value, _file_id from read_parquet('{out}/{table}/**/*.parquet', "
+        f"hive_partitioning=true)").fetchall())
+
+
+def expected_rows(out, rows: dict[str, list[tuple]]) -> list[tuple]:
+    ids = dict(duckdb.sql(f"select path, file_id from '{out}/_catalog/*.parquet'").fetchall())
+    by_name = {os.path.basename(p): fid for p, fid in ids.items()}
+    return sorted((i, e, v, by_name[name]) for name, rs in rows.items() for i, e, v in rs)
+
+
+def bundle_mates(out, table: str) -> list[str]:
+    """Names of two files that share a fragment (so one change rewrites the other's rows)."""
+    names = dict(duckdb.sql(f"select file_id, path from '{out}/_catalog/*.parquet'").fetchall())
+    for _, _, files in os.walk(out / table):
+        for f in files:
+            ids = duckdb.sql(f"select distinct _file_id from read_parquet('{out}/{table}/**/{f}')"
+                             " order by 1").fetchall()
+            if len(ids) >= 2:
+                return [os.path.basename(names[i]) for (i,) in ids[:2]]
+    raise AssertionError("no fragment holds two files")
+
+
+def fragments(out, table: str) -> list[str]:
+    return sorted(f for _, _, files in os.walk(out / table) for f in files)
+
+
+def test_small_files_share_tasks_and_fragments(tmp_path, shared_scheduler) -> None:
+    src, out = tmp_path / "logs", tmp_path / "out"
+    rows = write_files(src, 60)
+    bad = "id,event,value\n1,a,0.5\n3,c\n4,d,1.5,extra\n"
+    (src / "part-9998.csv").write_text(bad)
+    report = pipeline.ingest([str(src)], out=str(out), scheduler=shared_scheduler)
+    assert report.files == {"ok": 60, "partial": 1}
+    rows["part-9998.csv"] = [(1, "a", 0.5)]  # the two ragged records go to _errors
+    assert table_rows(out, "logs") == expected_rows(out, rows)
+    # a few bundles, not one fragment per file; each row still names its own file
+    names = fragments(out, "logs")
+    assert len(names) <= 6 and all(BUNDLE.match(n) for n in names), names
+    assert len(report.chunk_records) == len(names)
+    errors = duckdb.sql(f"select path, byte_offset, kind, message from "
+                        f"'{out}/_errors/*.parquet' order by byte_offset").fetchall()
+    assert [(os.path.basename(p), off, kind) for p, off, kind, _ in errors] == [
+        ("part-9998.csv", bad.index("3,c"), "record"),
+        ("part-9998.csv", bad.index("4,d"), "record")]
+    # the catalog keeps one row per file, with its own row count
+    catalog = dict(duckdb.sql(f"select path, rows from '{out}/_catalog/*.parquet'").fetchall())
+    assert len(catalog) == 61
+    assert all(catalog[str(src / n)] == len(r) for n, r in rows.items())
+
+
+def test_concatenated_parse_matches_one_by_one(tmp_path, shared_scheduler) -> None:
+    src = tmp_path / "t"
+    rows = write_files(src, 40, seed=5)
+    together = pipeline.ingest([str(src)], out=str(tmp_path / "a"), scheduler=shared_scheduler)
+    alone = pipeline.ingest([str(src)], out=str(tmp_path / "b"), scheduler=shared_scheduler,
+                            small_file_size=0)
+    assert together.rows == alone.rows == sum(len(r) for r in rows.values())
+    assert table_rows(tmp_path / "a", "t") == table_rows(tmp_path / "b", "t")
+    assert len(fragments(tmp_path / "b", "t")) == 40
+    schema_a = pq.read_schema(next((tmp_path / "a" / "t").glob("*.parquet")))
+    schema_b = pq.read_schema(next((tmp_path / "b" / "t").glob("*.parquet")))
+    assert schema_a.equals(schema_b)
+
+
+def test_changed_member_rewrites_its_bundle_exactly_once(tmp_path, shared_scheduler) -> None:
+    src, out = tmp_path / "logs", tmp_path / "out"
+    rows = write_files(src, 30)
+    pipeline.ingest([str(src)], out=str(out), scheduler=shared_scheduler, partition_by="event")
+    before = fragments(out, "logs")
+    (src / "part-0004.csv").write_text("id,event,value\n77,b,7.5\n78,d,8.5\n")
+    rows["part-0004.csv"] = [(77, "b", 7.5), (78, "d", 8.5)]
+    again = pipeline.ingest([str(src)], out=str(out), scheduler=shared_scheduler,
+                            partition_by="event")
+    # the changed file's bundle mates are read again with it; other bundles are untouched
+    assert again.files.get("unchanged", 0) > 0 and again.files.get("ok", 0) > 1
+    assert table_rows(out, "logs") == expected_rows(out, rows)
+    assert set(before) & set(fragments(out, "logs"))  # untouched bundles kept their files
+    assert pipeline.ingest([str(src)], out=str(out), scheduler=shared_scheduler,
+                           partition_by="event").files == {"unchanged": 30}
+
+
+def test_deleted_member_is_carried_or_pruned(tmp_path, shared_scheduler) -> None:
+    src, out = tmp_path / "logs", tmp_path / "out"
+    rows = write_files(src, 12)
+    pipeline.ingest([str(src)], out=str(out), scheduler=shared_scheduler, partition_by="event")
+    # one file of a bundle changes, another is deleted: without --prune the deleted one's rows
+    # are kept, copied out of the fragment being replaced
+    changed, deleted = bundle_mates(out, "logs")
+    (src / changed).write_text("id,event,value\n5,a,1.0\n")
+    rows[changed] = [(5, "a", 1.0)]
+    (src / deleted).unlink()
+    pipeline.ingest([str(src)], out=str(out), scheduler=shared_scheduler, partition_by="event")
+    catalog = {os.path.basename(p) for (p,) in
+               duckdb.sql(f"select path from '{out}/_catalog/*.parquet'").fetchall()}
+    assert deleted in catalog
+    assert table_rows(out, "logs") == expected_rows(out, rows)
+    pipeline.ingest([str(src)], out=str(out), scheduler=shared_scheduler, partition_by="event",
+                    prune=True)
+    del rows[deleted]
+    assert table_rows(out, "logs") == expected_rows(out, rows)
+
+
+@pytest.mark.timeout(600)
+def test_killed_bundle_commit_resumes_exactly_once(tmp_path) -> None:
+    src, out = tmp_path / "logs", tmp_path / "out"
+    rows = write_files(src, 40)
+    args = ["ingest", str(src), "--out", str(out), "--workers", "2", "--no-progress"]
+    assert run_cli(args) == 0
+    changed, deleted = bundle_mates(out, "logs")
+    (src / changed).write_text("id,event,value\n1,a,1.0\n2,b,2.0\n")
+    rows[changed] = [(1, "a", 1.0), (2, "b", 2.0)]
+    (src / deleted).unlink()  # carried: its rows must survive the crashes too
+    for crash_at in ("mid_commit", "before_commit"):
+        assert run_cli(args, crash_at=crash_at) != 0
+        assert all(BUNDLE.match(n) for n in fragments(out, "logs"))
+    assert run_cli(args) == 0
+    assert table_rows(out, "logs") == expected_rows(out, rows)
