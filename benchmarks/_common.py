@@ -53,7 +53,9 @@ SEED = 20240101
 MIB = 2**20
 GB = 10**9  # sizes are decimal: --size-gb 2.0 means 2.0e9 bytes
 
-TOOLS = ("chunkmill", "duckdb", "polars", "dask")
+TOOLS = ("chunkmill", "duckdb", "polars", "dask", "pyarrow")
+#: How the table names a tool (the bare-pyarrow run is a floor, not a product to compare with).
+TOOL_LABELS = {"pyarrow": "pyarrow floor (not a product)"}
 BUSY_SHARE = 0.10  # other processes above this share of the CPUs during a run: flagged
 PARTITION_COLUMN = "event"
 

@@ -1,4 +1,6 @@
-"""Benchmark chunkmill against DuckDB, Polars and dask.dataframe: wall time, peak memory, rows.
+"""Benchmark chunkmill against DuckDB, Polars, dask.dataframe and a bare-pyarrow floor.
+
+Wall time, CPU time, peak memory and row counts.
 
 How to run (from the repository root; needs the ``bench`` extra: duckdb, polars, dask)::
 
@@ -34,6 +36,16 @@ Tools (``--tools``, default all), each a separate process writing zstd Parquet t
   blocksize=64e6)`` then ``.to_parquet(dir, compression='zstd'[, partition_on=['event']])``,
   default (threaded) scheduler. It is expected to fail or miscount on quoted.csv (blocks are
   split at raw newlines): that is recorded as a finding, not hidden.
+* pyarrow, shown as "pyarrow floor (not a product)": not a tool anyone would ship but the
+  leanest hand-written hot path on chunkmill's own stack, to show what that stack can do at
+  best on this machine. ``os.cpu_count()`` forked processes each parse a 64 MiB byte range
+  (end moved forward to the next newline) with ``pyarrow.csv.read_csv`` /
+  ``pyarrow.json.read_json`` (``use_threads=False``, the schema inferred once from the first
+  1 MiB) and write one zstd file with ``pyarrow.parquet.write_table``; partitioned: each range
+  through ``pyarrow.dataset.write_dataset`` (hive ``event=...`` directories); small_files: one
+  task per group of whole files (headers checked and dropped, bodies joined, parsed once);
+  startup: the same code on the 1 MB file. n/a on quoted.csv (a quote in the first 1 MiB: a
+  cut at a raw newline may fall inside a quoted field). No error handling, no memory limit.
 
 What is measured, per run: wall time of the whole process (start to exit, Python start-up and
 imports included), and peak RSS summed over the process and all its descendants (psutil walks
@@ -105,7 +117,8 @@ def _csv_list(value: str, known: tuple[str, ...] | list[str], what: str) -> list
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="benchmarks/run.py",
-        description="Benchmark chunkmill vs DuckDB, Polars and dask (wall, peak RSS, rows).",
+        description="Benchmark chunkmill vs DuckDB, Polars, dask and a bare-pyarrow floor "
+                    "(wall, peak RSS, rows).",
         epilog="See the docstring at the top of benchmarks/run.py for what is measured.")
     p.add_argument("--cases", default="all", type=lambda v: _csv_list(v, list(CASES), "case"),
                    help=f"comma-separated cases or 'all' ({', '.join(CASES)})")
@@ -243,14 +256,23 @@ def render(results: list[dict[str, Any]], host: dict[str, Any], args: argparse.N
             base_wall = polars.wall_s if polars else None
             base_rss = polars.peak_rss_mib if polars else None
             notes = "; ".join(c.md_cell(n) for n in s.notes)
+            label = c.TOOL_LABELS.get(tool, tool)
             if s.status not in ("ok", "n/a", "rows mismatch"):
                 notes = f"**{s.status}**: {notes}"
             lines.append(
-                f"| {case} | {tool} | {wall} | {cpu} | {rss} | {_rows_cell(s)} | "
+                f"| {case} | {label} | {wall} | {cpu} | {rss} | {_rows_cell(s)} | "
                 f"{_ratio(s.wall_s, base_wall)} | {_ratio(s.peak_rss_mib, base_rss)} | {notes} |")
     lines += ["", "Ratios are tool / polars on the same case (> 1: slower or bigger). CPU s is "
               "user + system time of the whole process tree. Logs of every run: "
               + str(args.scratch_resolved / "logs")]
+    if any(r["tool"] == "pyarrow" for r in results):
+        lines += ["", f"{c.TOOL_LABELS['pyarrow']}: a hand-written reference point, not a "
+                  "product. N forked processes each parse a 64 MiB byte range (or a group of small "
+                  "files) with pyarrow.csv/json (use_threads=False, schema from the first 1 MiB) "
+                  "and write one zstd Parquet file with pyarrow.parquet: no quoted newlines, no "
+                  "error handling, no memory limit, no resumability. Its wall and CPU times are "
+                  "the floor of what the stack under chunkmill does on this machine; its memory "
+                  "is not a floor (each process holds a whole range and its table)."]
     return "\n".join(lines) + "\n"
 
 
