@@ -54,12 +54,16 @@ def split(table: pa.Table, columns: Sequence[str]) -> Iterator[tuple[str, pa.Tab
         dictionary.append(None)
         codes = codes * len(dictionary) + indices
         uniques.append(dictionary)
+    if codes.size and codes.max() < 1 << 15:
+        codes = codes.astype(np.int16)  # numpy sorts 16-bit ints stably by radix: ~5x faster
     order = np.argsort(codes, kind="stable")
     sorted_codes = codes[order]
     bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
     starts = np.concatenate(([0], bounds))
     ends = np.concatenate((bounds, [len(order)]))
-    data = table.drop_columns(list(columns))
+    # One gather into partition order, then zero-copy slices: a take per partition cost
+    # about as much again.
+    data = table.drop_columns(list(columns)).take(pa.array(order))
     for start, end in zip(starts, ends, strict=True):
         code = int(sorted_codes[start])
         parts = []
@@ -69,7 +73,7 @@ def split(table: pa.Table, columns: Sequence[str]) -> Iterator[tuple[str, pa.Tab
         parts.reverse()
         rel = "/".join(f"{escape_column(c)}={escape_value(v)}" for c, v in zip(columns, parts,
                                                                                 strict=True))
-        yield rel, data.take(pa.array(order[start:end]))
+        yield rel, data.slice(int(start), int(end - start))
 
 
 def escape_column(name: str) -> str:
