@@ -46,7 +46,8 @@ class Member:
 
     source: Source
     reader: str
-    chunk: ChunkSpec
+    chunk: ChunkSpec | None
+    """None for a file with nothing to read (empty, or a header only)."""
     description: Description
 
 
@@ -57,6 +58,8 @@ class Carry:
     file_id: str
     fragments: list[str]
     """Its committed fragments, relative to OUT (data and ``_errors``)."""
+    retry: bool = False
+    """The file is there but could not be read this time: keep its rows, try it next run."""
 
 
 @dataclass(slots=True)
@@ -114,6 +117,9 @@ def run_bundle(task: BundleTask) -> BundleManifest:
                                              bytes_read=member.source.size,
                                              facts={"read_together": len(read.members)})
         for i, member in enumerate(task.members):
+            if member.chunk is None:
+                manifests[i] = ChunkManifest(f"{member.source.file_id}-empty",
+                                             member.source.file_id, 0)
             if manifests[i] is not None:
                 continue
             manifests[i], tables, rejected = _read_member(member, task)
@@ -137,7 +143,8 @@ def run_bundle(task: BundleTask) -> BundleManifest:
 def _read_together(task: BundleTask) -> Iterator[TogetherRead]:
     by_reader: dict[str, list[int]] = {}
     for i, member in enumerate(task.members):
-        by_reader.setdefault(member.reader, []).append(i)
+        if member.chunk is not None:
+            by_reader.setdefault(member.reader, []).append(i)
     for name, idx in by_reader.items():
         if len(idx) < 2:
             continue

@@ -190,7 +190,8 @@ def build_plan(paths: Sequence[str], options: IngestOptions,
             for table, schema in f.description.tables.items():
                 by_table.setdefault(table, []).append(schema)
     known = known or {}
-    schemas = {table: unify([known[table], *group] if table in known else group)
+    # A column no file had a value for (header-only files) is text.
+    schemas = {table: _no_nulls(unify([known[table], *group] if table in known else group))
                for table, group in by_table.items()}
     _check_partitioning(schemas, options.partition_by)
     opts = options.reader_options()
@@ -216,6 +217,11 @@ def input_root(arg: str) -> str:
         path = posixpath.dirname(path)
     local = fs.protocol in ("file", "local") or "file" in fs.protocol
     return os.path.abspath(path) if local else fs.unstrip_protocol(path)
+
+
+def _no_nulls(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
+                      for f in schema])
 
 
 def _ordered(unified: pa.Schema, own: pa.Schema) -> pa.Schema:

@@ -136,7 +136,8 @@ class Runner:
         todo = self._triage(plan)
         if self.options.prune:
             self._prune(plan)
-        todo, bundles = self._bundle(todo, {f.source.file_id for f in plan.files})
+        todo, bundles = self._bundle(todo, {f.source.file_id for f in plan.files},
+                                     {f.source.file_id for f in plan.files if f.error})
         self._save_report(planned=[r.planned.source.path for r in todo]
                           + [r.planned.source.path for b in bundles for r in b.members])
         if todo and not bundles and not any(r.chunks for r in todo):
@@ -215,9 +216,14 @@ class Runner:
         self.group = group
         return {fid for fid in group if fid in present and fid not in seeds}
 
-    def _bundle(self, todo: list[FileRun], present: set[str]) -> tuple[list[FileRun],
-                                                                       list[BundleRun]]:
-        """Split the runs into ones of their own and bundles of small files."""
+    def _bundle(self, todo: list[FileRun], present: set[str], failed: set[str]
+                ) -> tuple[list[FileRun], list[BundleRun]]:
+        """Split the runs into ones of their own and bundles of small files.
+
+        Files that shared a fragment go into one bundle (one commit replaces the fragment),
+        even one that grew or became empty since; rows of those gone or unreadable now are
+        carried over.
+        """
         limit = self.options.small_file_size
         parent: dict[str, str] = {}
 
@@ -239,7 +245,7 @@ class Runner:
             reader = get_reader(run.planned.reader)
             small = (reader.bundles and len(run.chunks) == 1 and limit > 0
                      and run.planned.source.size <= limit)
-            if fid in parent and reader.bundles and run.chunks:
+            if fid in parent and reader.bundles:
                 if len(run.chunks) > 1:  # grew since: read it as one exact stream
                     run.chunks = [ChunkSpec(fid, 0, run.chunks[0].offset,
                                             run.planned.source.size, selector=("stream",),
@@ -249,14 +255,14 @@ class Runner:
                 singles.append(([([run], [], [])], run.planned.source.size))
             else:
                 alone.append(run)
-        for fid in self.group - present:
+        for fid in self.group - (present - failed):
             if fid not in self.done or fid not in parent:
                 continue
             entry = groups.setdefault(root(fid), ([], [], []))
-            if self.options.prune:
+            if self.options.prune and fid not in present:
                 entry[2].append(fid)
-            else:
-                entry[1].append(Carry(fid, self._carry_source(fid)))
+            else:  # gone, or unreadable this time: its rows stay
+                entry[1].append(Carry(fid, self._carry_source(fid), retry=fid in failed))
         items = [([entry], sum(r.planned.source.size for r in entry[0]) + 1)
                  for entry in groups.values()] + singles
         threads = (self.options.workers or os.cpu_count() or 1) * self.options.threads_per_worker
@@ -312,8 +318,9 @@ class Runner:
         def submit(run: FileRun | BundleRun, spec: ChunkSpec | None) -> None:
             if isinstance(run, BundleRun):
                 task: Any = BundleTask(
-                    run.id, [Member(m.planned.source, m.planned.reader, m.chunks[0],
-                                    m.planned.description) for m in run.members],
+                    run.id, [Member(m.planned.source, m.planned.reader,
+                                    m.chunks[0] if m.chunks else None, m.planned.description)
+                             for m in run.members],
                     run.carries, reader_options, self.sink, self.options.retries)
                 key = f"chunkmill-{self.run_id}-bundle-{run.id}-{run.attempts}"
                 fut = client.submit(run_bundle, task, key=key, pure=False, priority=run.size,
@@ -421,7 +428,8 @@ class Runner:
             return
         for member, m in zip(run.members, manifest.members, strict=True):
             m.fragments = list(manifest.fragments)  # shared: renamed once at commit
-            member.manifests[member.chunks[0].index] = m
+            if member.chunks:  # an empty file has no chunk, and no rows
+                member.manifests[member.chunks[0].index] = m
         rows = sum(m.rows for m in manifest.members)
         self.report.chunk_records.append(ChunkRecord(
             f"bundle-{run.id}", f"{len(run.members)} files", manifest.worker, manifest.started,
@@ -532,7 +540,8 @@ class Runner:
         for run, manifest in bundles:
             for carry in run.carries:  # gone files: same record, new fragments
                 record = self.done[carry.file_id]
-                work.append((carry.file_id, record.fingerprint, record.config,
+                work.append((carry.file_id, "" if carry.retry else record.fingerprint,
+                             record.config,
                              dict(record.catalog, rows=manifest.carried.get(carry.file_id, 0)),
                              manifest.fragments,
                              list(dict.fromkeys(self._rel(f.final) for f in manifest.fragments)),
@@ -549,12 +558,18 @@ class Runner:
             if frag.staged not in renamed:
                 renamed.add(frag.staged)
                 self.store.replace(frag.staged, frag.final)
+        batch_ids = {item[0] for item in work} | {fid for fid, _ in forget}
         keep = {rel for item in work for rel in item[5]}
+        # A fragment another file's record still lists is never deleted under it.
+        keep |= {rel for fid, record in self.done.items() if fid not in batch_ids
+                 for rel in record.fragments}
         gone = {rel for item in work for rel in item[6]} | {rel for _, p in forget for rel in p}
         for rel in sorted(gone - keep):
             self.store.remove(self.store.path(rel))
+        failing = {c.file_id for run, _ in bundles for c in run.carries if c.retry}
         for item in work:
-            self.store.remove(self.store.path(ERRORS_DIR, f"{item[0]}-file.parquet"))
+            if item[0] not in failing:  # its file-level error row is from this very run
+                self.store.remove(self.store.path(ERRORS_DIR, f"{item[0]}-file.parquet"))
         self.journal.append(*({"event": "committed", "file_id": fid, "run": self.run_id,
                                "fingerprint": fingerprint, "config": config,
                                "fragments": final,

@@ -134,8 +134,8 @@ class CSVReader(TextReader):
         return rows[0] if rows else []
 
     def _infer_types(self, body: bytes, names: tuple[str, ...]) -> pa.Schema:
-        if not body.strip():
-            return pa.schema([(n, pa.string()) for n in names])
+        if not body.strip():  # no rows to go by: the other files of the table decide
+            return pa.schema([(n, pa.null()) for n in names])
         try:
             table = pacsv.read_csv(
                 pa.py_buffer(body),

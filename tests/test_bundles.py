@@ -152,3 +152,22 @@ def test_killed_bundle_commit_resumes_exactly_once(tmp_path) -> None:
         assert all(BUNDLE.match(n) for n in fragments(out, "logs"))
     assert run_cli(args) == 0
     assert table_rows(out, "logs") == expected_rows(out, rows)
+
+
+def test_member_that_empties_or_breaks_keeps_the_bundle_exact(tmp_path, shared_scheduler
+                                                             ) -> None:
+    src, out = tmp_path / "logs", tmp_path / "out"
+    rows = write_files(src, 12, seed=3)
+    pipeline.ingest([str(src)], out=str(out), scheduler=shared_scheduler)
+    emptied, broken = bundle_mates(out, "logs")
+    (src / emptied).write_text("id,event,value\n")  # header only now: no rows, no chunk
+    rows[emptied] = []
+    (src / broken).write_bytes(b"\x1f\x8b\x08\x00garbage")  # unreadable now: rows kept
+    report = pipeline.ingest([str(src)], out=str(out), scheduler=shared_scheduler)
+    assert report.files.get("failed") == 1
+    assert table_rows(out, "logs") == expected_rows(out, rows)
+    # the unreadable file is tried again next time; its old rows are still there
+    (src / broken).write_text("id,event,value\n9,z,9.5\n")
+    rows[broken] = [(9, "z", 9.5)]
+    pipeline.ingest([str(src)], out=str(out), scheduler=shared_scheduler)
+    assert table_rows(out, "logs") == expected_rows(out, rows)
