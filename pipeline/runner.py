@@ -560,12 +560,13 @@ class Runner:
                 self.store.replace(frag.staged, frag.final)
         batch_ids = {item[0] for item in work} | {fid for fid, _ in forget}
         keep = {rel for item in work for rel in item[5]}
-        # A fragment another file's record still lists is never deleted under it.
-        keep |= {rel for fid, record in self.done.items() if fid not in batch_ids
-                 for rel in record.fragments}
         gone = {rel for item in work for rel in item[6]} | {rel for _, p in forget for rel in p}
         for rel in sorted(gone - keep):
-            self.store.remove(self.store.path(rel))
+            # A fragment another file's record still lists is never deleted under it. Only
+            # fragments shared when the run began can have other users: ask just those.
+            users = self.sharing.get(rel, set()) - batch_ids
+            if not any(rel in self.done[fid].fragments for fid in users if fid in self.done):
+                self.store.remove(self.store.path(rel))
         failing = {c.file_id for run, _ in bundles for c in run.carries if c.retry}
         for item in work:
             if item[0] not in failing:  # its file-level error row is from this very run
