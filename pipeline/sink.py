@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
@@ -178,7 +179,7 @@ class FragmentWriter:
         schema = self.spec.schemas[table]
         rows = conform(rows, schema)
         ids = (file_id if isinstance(file_id, pa.Array) else
-               pa.repeat(file_id or self.file_id, rows.num_rows).cast(pa.string()))
+               pa.repeat(pa.scalar(file_id or self.file_id, pa.string()), rows.num_rows))
         rows = rows.append_column(FILE_ID, ids)
         for rel, part in partition.split(rows, self.partition_columns(table)):
             self.add(table, rel, part)
@@ -200,11 +201,11 @@ class FragmentWriter:
         if not parts:
             return
         data = pa.concat_tables(parts)
-        self._writer(key[0], key[1], data.schema).write_table(
+        self._writer(key[0], key[1], data).write_table(
             data, row_group_size=self.spec.row_group_rows)
         self.writers[key][2].rows += data.num_rows
 
-    def _writer(self, table: str, rel: str, schema: pa.Schema) -> pq.ParquetWriter:
+    def _writer(self, table: str, rel: str, first: pa.Table) -> pq.ParquetWriter:
         key = (table, rel)
         if key not in self.writers:
             store = self.spec.store
@@ -214,7 +215,9 @@ class FragmentWriter:
                                 f"{self.chunk_id}.{uuid.uuid4().hex[:8]}.parquet")
             final = store.path(table, rel, name)
             handle = store.open_write(staged)
-            writer = pq.ParquetWriter(handle, schema, compression=_codec(self.spec.compression))
+            writer = pq.ParquetWriter(handle, first.schema,
+                                      compression=_codec(self.spec.compression),
+                                      use_dictionary=dictionary_columns(first))
             self.writers[key] = (writer, handle, Fragment(table, rel, staged, final, 0))
         return self.writers[key][0]
 
@@ -240,6 +243,41 @@ class FragmentWriter:
             finally:
                 self.spec.store.remove(fragment.staged)
         self.writers.clear()
+
+
+_DICT_SAMPLE_ROWS = 8192
+
+
+def dictionary_columns(table: pa.Table) -> list[str] | bool:
+    """Columns worth Parquet dictionary encoding, judged from the first rows a writer sees.
+
+    Text always (the writer falls back to plain pages by itself when a dictionary outgrows its
+    page). Numbers and times only when the sample repeats values a lot: for a unique id or a
+    measurement, the writer would hash a whole dictionary page of values only to throw it away,
+    which made fragments both slower to write (a fifth of the write time) and no smaller.
+    """
+    if any(pa.types.is_nested(f.type) for f in table.schema):
+        return True  # leaf paths of nested columns differ from field names: keep the default
+    sample = table.slice(0, _DICT_SAMPLE_ROWS)
+    chosen = []
+    for name, column in zip(table.column_names, sample.columns, strict=True):
+        kind = column.type
+        if (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+                or pa.types.is_dictionary(kind)):
+            chosen.append(name)
+        elif pa.types.is_boolean(kind) or pa.types.is_null(kind):
+            continue
+        elif _repetitive(column):
+            chosen.append(name)
+    return chosen
+
+
+def _repetitive(column: pa.ChunkedArray) -> bool:
+    try:
+        return pc.count_distinct(column).as_py() * 4 <= len(column)
+    except pa.ArrowNotImplementedError:
+        return True  # a type count_distinct does not hash: the writer's default
 
 
 def errors_table(rows: Iterable[tuple[str, str, int | None, Rejected]], run_id: str) -> pa.Table:

@@ -23,6 +23,27 @@ NEWLINE = 0x0A
 _FIELD_START = frozenset(b",\t\n\r;|")
 
 
+_COUNT_SLICE = 1 << 20  # numpy compares this much at a time: the mask stays in cache
+
+
+def count_byte(buf: bytes | bytearray | memoryview, char: bytes, start: int = 0,
+               end: int | None = None) -> int:
+    """How often the one-byte ``char`` occurs in ``buf[start:end]``.
+
+    ``bytes.count`` walks byte by byte (about 1.5 GB/s); ``find`` is a SIMD ``memchr`` that
+    settles the common case, a file without quotes, and numpy counts the rest in cache-sized
+    slices (about 10 GB/s).
+    """
+    end = len(buf) if end is None else min(end, len(buf))
+    first = buf.find(char, start, end) if hasattr(buf, "find") else start
+    if first < 0 or start >= end:
+        return 0
+    arr = np.frombuffer(buf, np.uint8)
+    value = char[0]
+    return sum(int(np.count_nonzero(arr[at:min(at + _COUNT_SLICE, end)] == value))
+               for at in range(max(start, first), end, _COUNT_SLICE))
+
+
 def first_record_end(buf: bytes, start: int, parity: int, quote: bytes = b'"') -> int:
     """Index of the first newline at or after ``start`` outside quotes, or -1 if none in ``buf``.
 
@@ -45,7 +66,7 @@ def last_record_end(buf: bytes, quote: bytes = b'"') -> tuple[int, int]:
     ``buf`` must start at a record start. The second value is the fallback cut for files whose
     quoting the parity model gets wrong once in the buffer.
     """
-    total = buf.count(quote)
+    total = count_byte(buf, quote)
     end = len(buf)
     suffix_quotes = 0
     found_even = found_odd = -1

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from readers._boundaries import first_record_end, guess_parity, last_record_end
+from readers._boundaries import count_byte, first_record_end, guess_parity, last_record_end
 from readers.base import (
     ChunkContext,
     ChunkSpec,
@@ -394,8 +394,9 @@ class TextReader(Reader):
                                  ("range", parity), spec.weight))
             count = 0
             for at in range(spec.offset, spec.offset + spec.length, 16 << 20):
-                count += source.read_range(at, min(at + (16 << 20),
-                                                   spec.offset + spec.length)).count(self.quote)
+                count += count_byte(source.read_range(at, min(at + (16 << 20),
+                                                              spec.offset + spec.length)),
+                                    self.quote)
             parity ^= count & 1
         return out
 
@@ -417,7 +418,7 @@ class TextReader(Reader):
         spare = len(SENTINEL)
         buf, got = read_into(source, chunk.offset, length + overflow, spare)
         quote = self.quote
-        q = buf.count(quote, 0, length) if quote else 0
+        q = count_byte(buf, quote, 0, length) if quote else 0
         if first:
             h = 0
         elif hypothesis is not None:

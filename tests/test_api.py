@@ -110,3 +110,21 @@ def test_cli_on_a_real_dask_cluster_equals_embedded(sample, tmp_path) -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         time.sleep(0.1)
+
+
+@pytest.mark.timeout(120)
+def test_embedded_cluster_worker_settings(tmp_path) -> None:
+    """Workers get the settings chunkmill relies on, not only the process that made them."""
+    import dask
+
+    from pipeline.cluster import connect
+    from pipeline.options import IngestOptions
+
+    def settings() -> tuple:
+        return (dask.config.get("distributed.worker.memory.pause"),
+                dask.config.get("distributed.worker.profile.enabled"))
+
+    for dashboard, profile in ((False, False), (True, True)):
+        options = IngestOptions(out=str(tmp_path), workers=1, dashboard=dashboard)
+        with connect(options) as client:
+            assert set(client.run(settings).values()) == {(False, profile)}

@@ -274,3 +274,27 @@ def test_a_failed_chunk_leaves_the_others_exact(tmp_path, shared_scheduler) -> N
     assert 2000 < len(got) < 3000  # the chunks around the long record are reported instead
     kinds = {e["kind"] for e in errors(out)}
     assert "chunk" in kinds and report.files == {"partial": 1}
+
+
+def test_dictionary_encoding_only_where_values_repeat(tmp_path, shared_scheduler) -> None:
+    """Text and repetitive numbers are dictionary-encoded; unique ids and measurements are not
+    (a dictionary page the writer would build only to throw away)."""
+    rnd = random.Random(3)
+    lines = ["id,code,value,ts,word"]
+    for i in range(20_000):
+        lines.append(f"{i},{rnd.choice([200, 301, 404, 500])},{rnd.random():.6f},"
+                     f"2024-01-01 00:{i // 60 % 60:02d}:{i % 60:02d},{rnd.choice('abc')}")
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "lake"
+    report = pipeline.ingest([str(tmp_path / "t.csv")], out=str(out), scheduler=shared_scheduler)
+    assert report.ok
+    import pyarrow.parquet as pq
+
+    [fragment] = (out / "t").glob("*.parquet")
+    meta = pq.ParquetFile(fragment).metadata
+    dictionary = {meta.schema.column(i).name: meta.row_group(0).column(i).has_dictionary_page
+                  for i in range(meta.num_columns)}
+    assert dictionary == {"id": False, "code": True, "value": False, "ts": False, "word": True,
+                          "_file_id": True}
+    assert out_rows(out, "t", "select count(*), sum(code), count(distinct ts)") == \
+        [(20_000, sum(int(line.split(",")[1]) for line in lines[1:]), 3600)]

@@ -12,7 +12,7 @@ from conftest import run_reader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from readers._boundaries import first_record_end, guess_parity, last_record_end
+from readers._boundaries import count_byte, first_record_end, guess_parity, last_record_end
 from readers.csv import convert_options
 
 CHUNK_SIZES = [1, 2, 3, 5, 8, 13, 31, 64, 200, 4096]
@@ -157,6 +157,18 @@ def test_jsonl_chunked_equals_whole_file(tmp_path, records, chunk, trailing, bla
 ])
 def test_first_record_end(buf, start, parity, expected) -> None:
     assert first_record_end(buf, start, parity) == expected
+
+
+@given(data=st.binary(max_size=64), repeat=st.sampled_from([1, 3, 40_000]),
+       start=st.integers(-1, 3_000_000), end=st.one_of(st.none(), st.integers(0, 3_000_000)),
+       kind=st.sampled_from([bytes, bytearray, memoryview]))
+@settings(max_examples=200, deadline=None)
+def test_count_byte_matches_bytes_count(data: bytes, repeat: int, start: int, end: int | None,
+                                        kind: type) -> None:
+    buf = data * repeat  # up to 2.5 MiB: spans several of count_byte's numpy slices
+    start = max(0, min(start, len(buf)))
+    expected = buf.count(b'"', start, len(buf) if end is None else end)
+    assert count_byte(kind(buf), b'"', start, end) == expected
 
 
 def test_last_record_end_and_guess() -> None:
