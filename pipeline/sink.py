@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -179,7 +180,7 @@ class FragmentWriter:
         schema = self.spec.schemas[table]
         rows = conform(rows, schema)
         ids = (file_id if isinstance(file_id, pa.Array) else
-               pa.repeat(pa.scalar(file_id or self.file_id, pa.string()), rows.num_rows))
+               pa.repeat(_string_scalar(file_id or self.file_id), rows.num_rows))
         rows = rows.append_column(FILE_ID, ids)
         for rel, part in partition.split(rows, self.partition_columns(table)):
             self.add(table, rel, part)
@@ -243,6 +244,14 @@ class FragmentWriter:
             finally:
                 self.spec.store.remove(fragment.staged)
         self.writers.clear()
+
+
+def _string_scalar(value: str) -> pa.Scalar:
+    """``value`` as an Arrow string scalar, made from buffers: ``pa.scalar`` and ``pa.array`` on
+    Python objects import pandas on first use, half a second of every worker's start-up."""
+    data = value.encode()
+    offsets = np.array([0, len(data)], dtype=np.int32)
+    return pa.StringArray.from_buffers(1, pa.py_buffer(offsets), pa.py_buffer(data))[0]
 
 
 _DICT_SAMPLE_ROWS = 8192

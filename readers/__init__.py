@@ -22,7 +22,7 @@ from readers.base import ChunkContext, ChunkSpec, Description, Reader, Rejected,
 
 __all__ = [
     "ChunkContext", "ChunkSpec", "Description", "Reader", "Rejected", "Source",
-    "registry", "get_reader", "detect", "detect_directory", "detect_compression",
+    "registry", "get_reader", "clear_cache", "detect", "detect_directory", "detect_compression",
     "COMPRESSION_SUFFIXES",
 ]
 
@@ -69,21 +69,39 @@ def _load(name: str, target: str) -> type[Reader] | None:
 
 
 @cache
-def registry() -> dict[str, type[Reader]]:
-    """All readers by name: built-ins first, then entry points (a plugin may override)."""
+def _targets() -> dict[str, str]:
+    """name -> "module:Class": built-ins first, then entry points (a plugin may override)."""
     targets = dict(BUILTIN)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         targets[ep.name] = ep.value
-    loaded = {name: _load(name, target) for name, target in targets.items()}
+    return targets
+
+
+@cache
+def registry() -> dict[str, type[Reader]]:
+    """All readers by name, imported (format detection needs every reader's ``sniff``)."""
+    loaded = {name: _load(name, target) for name, target in _targets().items()}
     return {name: cls for name, cls in loaded.items() if cls is not None}
 
 
+@cache
 def get_reader(name: str) -> type[Reader]:
-    """The reader class registered under ``name``; KeyError lists the known names."""
-    table = registry()
-    if name not in table:
-        raise KeyError(f"no reader named {name!r}; known: {', '.join(sorted(table))}")
-    return table[name]
+    """The reader class registered under ``name``; KeyError lists the known names.
+
+    Imports that reader's module only: a worker reading CSV chunks never pays for importing
+    h5py, zarr and Pillow (half a second per process).
+    """
+    target = _targets().get(name)
+    cls = _load(name, target) if target is not None else None
+    if cls is None:
+        raise KeyError(f"no reader named {name!r}; known: {', '.join(sorted(registry()))}")
+    return cls
+
+
+def clear_cache() -> None:
+    """Forget loaded readers and entry points (after installing or removing a plugin)."""
+    for cached in (_targets, registry, get_reader):
+        cached.cache_clear()
 
 
 def detect_compression(head: bytes, path: str) -> str | None:

@@ -128,3 +128,23 @@ def test_embedded_cluster_worker_settings(tmp_path) -> None:
         options = IngestOptions(out=str(tmp_path), workers=1, dashboard=dashboard)
         with connect(options) as client:
             assert set(client.run(settings).values()) == {(False, profile)}
+
+
+@pytest.mark.timeout(120)
+def test_text_workers_import_only_what_text_needs(sample, tmp_path) -> None:
+    """A CSV job's workers never import pandas, h5py, zarr or Pillow: each costs start-up time
+    in every worker process (pandas alone half a second)."""
+    import sys as _sys
+
+    from pipeline.cluster import connect
+    from pipeline.options import IngestOptions
+
+    def heavy() -> list[str]:
+        return [m for m in ("pandas", "h5py", "zarr", "PIL") if m in _sys.modules]
+
+    with connect(IngestOptions(out=str(tmp_path), workers=1)) as client:
+        report = pipeline.ingest([str(sample / "logs")], out=str(tmp_path / "out"),
+                                 partition_by=["event"], chunk_size="64KB",
+                                 scheduler=client.scheduler.address, progress=False)
+        assert report.ok and report.chunks > 1
+        assert list(client.run(heavy).values()) == [[]]

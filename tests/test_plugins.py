@@ -59,12 +59,12 @@ def kv_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     assert done.returncode == 0, done.stdout + done.stderr
     try:
         importlib.invalidate_caches()
-        registry.cache_clear()
+        readers.clear_cache()
         yield
     finally:
         undone = _pip("uninstall", "-y", PLUGIN_DIST)
         importlib.invalidate_caches()
-        registry.cache_clear()
+        readers.clear_cache()
         assert undone.returncode == 0, undone.stdout + undone.stderr
 
 
@@ -98,7 +98,7 @@ def test_plugin_reader_ingests(kv_plugin: None, tmp_path: Path) -> None:
 
 
 def test_broken_plugin_is_skipped_with_a_warning(kv_plugin: None) -> None:
-    registry.cache_clear()
+    readers.clear_cache()
     with pytest.warns(RuntimeWarning, match="kv_broken.*could not be loaded"):
         table = registry()
     assert "kv_broken" not in table
@@ -110,19 +110,19 @@ def test_broken_plugin_is_skipped_with_a_warning(kv_plugin: None) -> None:
 def test_plugin_that_is_not_a_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = [importlib.metadata.EntryPoint("notareader", "json:loads", readers.ENTRY_POINT_GROUP)]
     monkeypatch.setattr(readers, "entry_points", lambda group: fake)
-    registry.cache_clear()
+    readers.clear_cache()
     try:
         with pytest.warns(RuntimeWarning, match="notareader.*is not a readers.base.Reader"):
             table = registry()
         assert "notareader" not in table and "csv" in table
     finally:
         monkeypatch.undo()
-        registry.cache_clear()
+        readers.clear_cache()
 
 
 # --- meta-tests ---------------------------------------------------------------------------------
 def _loaded_readers() -> tuple[dict[str, type], list[str]]:
-    registry.cache_clear()
+    readers.clear_cache()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         table = registry()
