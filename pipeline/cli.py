@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.errors import ChunkmillError
-from pipeline.options import COMPRESSIONS, IngestOptions, parse_size
+from pipeline.options import COMPRESSIONS, LAYOUTS, IngestOptions, parse_size
 
 log = logging.getLogger("chunkmill")
 
@@ -59,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "embedded cluster")
     ingest.add_argument("--workers", type=int, help="embedded cluster: worker processes "
                         "(default: one per core)")
-    ingest.add_argument("--threads-per-worker", type=int, default=1)
+    ingest.add_argument("--threads-per-worker", type=int,
+                        help="embedded cluster: threads per worker (default: 1 per process; "
+                             "one per core with --layout threads)")
+    ingest.add_argument("--layout", choices=LAYOUTS, default="auto",
+                        help="embedded cluster: worker processes, or threads of this process; "
+                             "auto (default) picks threads when every input is text and "
+                             "--workers/--threads-per-worker are not given")
     ingest.add_argument("--memory-limit", default="auto",
                         help="embedded cluster: memory per worker, e.g. 2GB (default auto)")
     ingest.add_argument("--dashboard", action="store_true",

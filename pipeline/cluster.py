@@ -1,8 +1,12 @@
 """Where tasks run: an embedded LocalCluster by default, or an existing Dask scheduler.
 
-Defaults are for throughput on small machines: one single-threaded worker *process* per core
-(pyarrow's CSV/JSON parsers and h5py hold the GIL or a global lock for parts of their work, so
-threads do not add up), no dashboard unless asked (it costs start-up time).
+The embedded cluster has two layouts. "threads": one worker inside this process with a thread
+per core, for jobs whose readers all parse outside the GIL (text: pyarrow's C++ CSV and JSON
+readers and Parquet writer). It starts in a tenth of a second instead of spawning and
+importing an interpreter per core, and holds one interpreter's memory instead of three.
+"processes": one single-threaded worker process per core, for everything else (h5py holds a
+global lock, Pillow and the container parsers run Python code; a reader that crashes takes
+its worker down, not the run). No dashboard unless asked (it costs start-up time).
 """
 
 from __future__ import annotations
@@ -11,19 +15,41 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import dask
 from distributed import Client, LocalCluster
 
 from pipeline.errors import UsageError
 from pipeline.options import IngestOptions
+from readers.base import Reader
 
 log = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
+
+
+def choose_layout(options: IngestOptions, readers: Iterable[type[Reader]]) -> str:
+    """"threads" or "processes" for an embedded cluster that will run ``readers``' chunks.
+
+    "auto" picks threads only when every reader allows it and the user asked for nothing
+    about workers: ``--workers 2`` means two processes.
+    """
+    if options.layout != "auto":
+        return options.layout
+    if options.workers is not None or options.threads_per_worker is not None:
+        return "processes"
+    readers = list(readers)
+    return "threads" if readers and all(r.threads_ok for r in readers) else "processes"
+
+
+def worker_shape(options: IngestOptions, layout: str) -> tuple[int, int]:
+    """(workers, threads per worker) of the embedded cluster in ``layout``."""
+    if layout == "threads":
+        return options.workers or 1, options.threads_per_worker or default_workers()
+    return options.workers or default_workers(), options.threads_per_worker or 1
 
 
 def install_pressure_plugin(client: Client) -> None:
@@ -41,8 +67,9 @@ def install_pressure_plugin(client: Client) -> None:
 
 
 @contextlib.contextmanager
-def connect(options: IngestOptions) -> Iterator[Client]:
-    """A client on the cluster the options ask for; an embedded cluster is shut down after.
+def connect(options: IngestOptions, layout: str = "processes") -> Iterator[Client]:
+    """A client on the cluster the options ask for; an embedded cluster (in ``layout``, see
+    `choose_layout`) is shut down after.
 
     Either way every worker gets the memory-pressure plugin before any chunk runs.
     """
@@ -64,10 +91,13 @@ def connect(options: IngestOptions) -> Iterator[Client]:
                           "distributed.scheduler.work-stealing": True,
                           "distributed.admin.system-monitor.gil.enabled": False,
                           "distributed.worker.profile.enabled": options.dashboard}):
+        workers, threads = worker_shape(options, layout)
+        log.info("chunkmill: embedded cluster of %d worker(s) x %d thread(s) in %s",
+                 workers, threads, "this process" if layout == "threads" else "processes")
         cluster = LocalCluster(
-            n_workers=options.workers or default_workers(),
-            threads_per_worker=options.threads_per_worker,
-            processes=True,
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=layout != "threads",
             memory_limit=options.memory_limit,
             dashboard_address=":0" if options.dashboard else None,
             silence_logs=logging.ERROR,
@@ -88,17 +118,17 @@ class BackgroundCluster:
     takes about as long. `client()` waits for the start and re-raises its error, if any.
     """
 
-    def __init__(self, options: IngestOptions) -> None:
+    def __init__(self, options: IngestOptions, layout: str = "processes") -> None:
         self._stack = contextlib.ExitStack()
         self._client: Client | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._start, args=(options,),
+        self._thread = threading.Thread(target=self._start, args=(options, layout),
                                         name="chunkmill-cluster-start", daemon=True)
         self._thread.start()
 
-    def _start(self, options: IngestOptions) -> None:
+    def _start(self, options: IngestOptions, layout: str) -> None:
         try:
-            self._client = self._stack.enter_context(connect(options))
+            self._client = self._stack.enter_context(connect(options, layout))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller in client()
             self._error = exc
 

@@ -27,6 +27,7 @@ def parse_size(value: str | int | float) -> int:
 
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
+LAYOUTS = ("auto", "processes", "threads")
 
 
 @dataclass
@@ -44,7 +45,10 @@ class IngestOptions:
     header: bool = True
     scheduler: str | None = None
     workers: int | None = None
-    threads_per_worker: int = 1
+    threads_per_worker: int | None = None
+    """Default: 1 per worker process; one per core for the threads layout."""
+    layout: str = "auto"
+    """Embedded cluster: "processes", "threads" (one worker in this process) or "auto"."""
     memory_limit: str | int | None = "auto"
     dashboard: bool = False
     max_record_bytes: int = 16 * 2**20
@@ -72,8 +76,10 @@ class IngestOptions:
             raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}")
         if self.workers is not None and self.workers < 1:
             raise UsageError("--workers must be at least 1")
-        if self.threads_per_worker < 1:
+        if self.threads_per_worker is not None and self.threads_per_worker < 1:
             raise UsageError("--threads-per-worker must be at least 1")
+        if self.layout not in LAYOUTS:
+            raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}")
         if not self.out:
             raise UsageError("--out is required")
 

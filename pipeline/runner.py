@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from typing import Any
 from distributed import Client, Future, wait
 
 from pipeline.bundle import BundleManifest, BundleTask, Carry, Member, bundle_id, pack, run_bundle
-from pipeline.cluster import BackgroundCluster, dashboard_link
+from pipeline.cluster import BackgroundCluster, choose_layout, dashboard_link, worker_shape
 from pipeline.faults import crash_point
 from pipeline.graph import ChunkManifest, ChunkTask, run_chunk
 from pipeline.options import IngestOptions
@@ -108,6 +107,7 @@ class Runner:
         self.ready: list[FileRun] = []
         self.ready_bundles: list[tuple[BundleRun, BundleManifest]] = []
         self.cluster: BackgroundCluster | None = None
+        self.layout = "processes"
 
     # --- top level ------------------------------------------------------------------------------
     def run(self) -> RunReport:
@@ -146,7 +146,7 @@ class Runner:
             self._commit_ready()
         elif todo or bundles:
             if self.cluster is None:
-                self.cluster = BackgroundCluster(self.options)
+                self.cluster = BackgroundCluster(self.options, self.layout)
             client = self.cluster.client()
             if self.options.dashboard:
                 self.report.dashboard = dashboard_link(client)
@@ -158,8 +158,10 @@ class Runner:
     def _discovered(self, found: list[Any]) -> set[str]:
         """Right after discovery: start the cluster if anything needs reading, while the
         files are described; and name the unchanged files to read again (see `_riders`)."""
+        self.layout = choose_layout(self.options, {get_reader(f.reader) for f in found
+                                                   if f.reader is not None and f.error is None})
         if self.cluster is None and any(not f.skipped and f.error is None for f in found):
-            self.cluster = BackgroundCluster(self.options)
+            self.cluster = BackgroundCluster(self.options, self.layout)
         return self._riders(found)
 
     def _note_schema_changes(self, known: dict[str, Any], plan: Plan) -> None:
@@ -265,7 +267,8 @@ class Runner:
                 entry[1].append(Carry(fid, self._carry_source(fid), retry=fid in failed))
         items = [([entry], sum(r.planned.source.size for r in entry[0]) + 1)
                  for entry in groups.values()] + singles
-        threads = (self.options.workers or os.cpu_count() or 1) * self.options.threads_per_worker
+        workers, threads_per_worker = worker_shape(self.options, self.layout)
+        threads = workers * threads_per_worker
         bundles = []
         for entries in pack(items, self.options.chunk_size, 2 * threads):
             runs = [r for e in entries for r in e[0]]

@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import h5py
 import numpy as np
 import pyarrow as pa
 
+from readers._deferred import deferred
 from readers.base import RAW_CAP, ChunkContext
+
+h5py = deferred("h5py")
 
 DEFAULTS: dict[str, Any] = {
     "chunk_size": 64 << 20,

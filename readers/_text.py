@@ -136,6 +136,7 @@ class TextReader(Reader):
     reconciles = True
     bundles = True
     quote: ClassVar[bytes | None] = b'"'
+    threads_ok = True
     """Quote character whose parity decides record ends; None when a newline always ends one."""
 
     # --- subclass hooks -------------------------------------------------------------------------

@@ -200,6 +200,10 @@ class Reader(ABC):
     Only for readers whose single-chunk plans never need `reconcile` to run them again."""
     directory_markers: ClassVar[tuple[str, ...]] = ()
     """File names that make a whole directory one input of this format (``zarr.json``)."""
+    threads_ok: ClassVar[bool] = False
+    """True when chunk tasks spend their time outside the GIL (pyarrow's C++ parsers) and in
+    code that cannot crash the process: the embedded cluster may then run them in threads of
+    the client's process (``layout="auto"``), which starts faster and holds one interpreter."""
 
     @classmethod
     @abstractmethod

@@ -35,7 +35,6 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import h5py
 import numpy as np
 import pyarrow as pa
 
@@ -55,7 +54,10 @@ from readers._arrays import (
     unique_table,
     within,
 )
+from readers._deferred import deferred
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
+
+h5py = deferred("h5py")
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -118,8 +120,11 @@ def _attrs(obj: Any, limit: int = 256) -> dict[str, Any]:
 
 
 
-_LAYOUTS = {h5py.h5d.COMPACT: "compact", h5py.h5d.CONTIGUOUS: "contiguous",
-            h5py.h5d.CHUNKED: "chunked", h5py.h5d.VIRTUAL: "virtual"}
+def _layout_name(code: int) -> str:
+    d = h5py.h5d
+    names = {d.COMPACT: "compact", d.CONTIGUOUS: "contiguous", d.CHUNKED: "chunked",
+             d.VIRTUAL: "virtual"}
+    return names.get(code, "unknown")
 
 
 def _filters(dcpl: Any) -> tuple[list[dict[str, Any]], list[str]]:
@@ -282,7 +287,7 @@ class HDF5Reader(Reader):
             meta["scalars"][path] = self._scalar(ds, attrs)
             return
         dcpl = ds.id.get_create_plist()
-        layout = _LAYOUTS.get(dcpl.get_layout(), "unknown")
+        layout = _layout_name(dcpl.get_layout())
         pipeline, missing = _filters(dcpl)
         storage = int(ds.id.get_storage_size())
         entry: dict[str, Any] = {

@@ -29,9 +29,12 @@ from fractions import Fraction
 from typing import IO, Any
 
 import pyarrow as pa
-from PIL import ExifTags, Image
 
+from readers._deferred import deferred
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
+
+Image = deferred("PIL.Image")
+ExifTags = deferred("PIL.ExifTags")
 
 #: Leading bytes -> Pillow format id. WebP (RIFF....WEBP) and BMP are checked separately.
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -53,8 +56,8 @@ MAX_WEBP_CHUNKS = 100_000
 MAX_WEBP_EXIF = 1 << 20
 #: Tags left out of ``exif``: sub-IFD pointers (expanded on their own) and TIFF data locators
 #: (StripOffsets/StripByteCounts/TileOffsets/TileByteCounts: thousands of numbers, no facts).
-_SKIP_TAGS = {int(ExifTags.IFD.Exif), int(ExifTags.IFD.GPSInfo), int(ExifTags.IFD.Interop),
-              273, 279, 324, 325}
+#: Numbers fixed by the TIFF/EXIF standards (Pillow's ExifTags.IFD Exif, GPSInfo, Interop).
+_SKIP_TAGS = {34665, 34853, 40965, 273, 279, 324, 325}
 
 
 def image_format(head: bytes) -> str | None:

@@ -20,9 +20,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import zarr
-import zarr.storage
-from zarr.core.sync import sync
 
 from readers._arrays import (
     TRANSIENT,
@@ -39,7 +36,11 @@ from readers._arrays import (
     table_name,
     unique_table,
 )
+from readers._deferred import deferred
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
+
+zarr = deferred("zarr")
+zarr_sync = deferred("zarr.core.sync")
 
 _SCALAR_READ_LIMIT = 64 << 10
 
@@ -86,7 +87,7 @@ async def _list_keys(store: Any, prefix: str, cap: int) -> list[str] | None:
 def written_rows(store: Any, arr: zarr.Array, cap: int) -> list[int] | None:
     """Grid rows along axis 0 holding a stored object; None when more than ``cap`` keys."""
     base = f"{arr.path}/" if arr.path else ""
-    keys = sync(_list_keys(store, base, cap))
+    keys = zarr_sync.sync(_list_keys(store, base, cap))
     if keys is None:
         return None
     prefix, separator = _key_parser(arr)

@@ -148,3 +148,52 @@ def test_text_workers_import_only_what_text_needs(sample, tmp_path) -> None:
                                  scheduler=client.scheduler.address, progress=False)
         assert report.ok and report.chunks > 1
         assert list(client.run(heavy).values()) == [[]]
+
+
+def test_text_client_imports_only_what_text_needs(sample, tmp_path) -> None:
+    """The process running ``chunkmill ingest`` on CSV files never imports pandas, h5py, zarr or
+    Pillow either: format detection asks every reader, and the catalog is built at the end."""
+    code = (
+        "import sys, pipeline\n"
+        f"report = pipeline.ingest([{str(sample / 'logs')!r}], out={str(tmp_path / 'out')!r},"
+        " workers=1, progress=False)\n"
+        "assert report.ok, report\n"
+        "print(sorted(m for m in ('pandas', 'h5py', 'zarr', 'PIL') if m in sys.modules))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.timeout(180)
+def test_layout_auto_runs_text_in_threads_and_other_formats_in_processes(sample, tmp_path
+                                                                         ) -> None:
+    """Text-only jobs run on one in-process worker (fast start, one interpreter); a job with
+    an HDF5 file, or one that names its worker processes, gets worker processes."""
+    import h5py
+    import numpy as np
+
+    def transports(report: pipeline.RunReport) -> set[str]:
+        assert report.ok and report.chunk_records
+        return {r.worker.partition("://")[0] for r in report.chunk_records}
+
+    logs = str(sample / "logs")
+    text = pipeline.ingest([logs], out=str(tmp_path / "text"), chunk_size="64KB",
+                           progress=False)
+    assert transports(text) == {"inproc"}
+    expected = duckdb.sql(f"select count(*), sum(id) from read_parquet('{tmp_path}/text/logs/"
+                          "**/*.parquet')").fetchall()
+    named = pipeline.ingest([logs], out=str(tmp_path / "named"), chunk_size="64KB",
+                            workers=1, progress=False)
+    assert transports(named) == {"tcp"}
+    assert duckdb.sql(f"select count(*), sum(id) from read_parquet('{tmp_path}/named/logs/"
+                      "**/*.parquet')").fetchall() == expected == [(6000, sum(range(6000)))]
+
+    with h5py.File(tmp_path / "grid.h5", "w") as f:
+        f["values"] = np.arange(1000, dtype="f8")
+    mixed = pipeline.ingest([logs, str(tmp_path / "grid.h5")], out=str(tmp_path / "mixed"),
+                            progress=False)
+    assert transports(mixed) == {"tcp"}
+    forced = pipeline.ingest([logs], out=str(tmp_path / "forced"), layout="processes",
+                             progress=False)
+    assert transports(forced) == {"tcp"}
