@@ -346,8 +346,10 @@ def catalog_table(rows: list[dict[str, Any]]) -> pa.Table:
         record["mtime"], record["ingested_at"] = ts(record["mtime"]), ts(record["ingested_at"])
         record["metadata"] = json.dumps(record["metadata"] or {}, default=str, sort_keys=True)
         lines.append(json.dumps(record, default=_json_scalar))
+    # A record must fit one parse block (1 MiB by default); json.dumps output is ASCII.
+    block = max(1 << 20, max(map(len, lines)) + 64)
     return pa_json.read_json(
-        io.BytesIO("\n".join(lines).encode()),
+        io.BytesIO("\n".join(lines).encode()), read_options=pa_json.ReadOptions(block_size=block),
         parse_options=pa_json.ParseOptions(explicit_schema=CATALOG_SCHEMA,
                                            unexpected_field_behavior="error"))
 

@@ -298,3 +298,25 @@ def test_dictionary_encoding_only_where_values_repeat(tmp_path, shared_scheduler
                           "_file_id": True}
     assert out_rows(out, "t", "select count(*), sum(code), count(distinct ts)") == \
         [(20_000, sum(int(line.split(",")[1]) for line in lines[1:]), 3600)]
+
+
+def test_catalog_rows_of_any_size_and_type() -> None:
+    """The catalog goes through pyarrow's JSON reader (no pandas import): a record longer
+    than its default 1 MiB parse block, non-ASCII text, missing values and numpy scalars."""
+    import numpy as np
+
+    from pipeline.sink import CATALOG_SCHEMA, catalog_table
+
+    row = {"file_id": "a", "path": "/data/é.csv", "format": "csv", "size_bytes": np.int64(5),
+           "mtime": 1_700_000_000.25, "fingerprint": "f", "status": "ok", "tables": ["t", "u"],
+           "rows": 3, "chunks": 1, "error_count": 0, "duration_s": 2,
+           "metadata": {"note": "ü" * 500_000}, "run_id": "r", "ingested_at": 1_700_000_001.5}
+    other = {"file_id": "b", "path": "/data/b.csv", "status": "failed", "tables": []}
+    table = catalog_table([row, other])
+    assert table.schema == CATALOG_SCHEMA
+    got = table.to_pylist()
+    assert json.loads(got[0]["metadata"]) == {"note": "ü" * 500_000}
+    assert got[0]["path"] == "/data/é.csv" and got[0]["size_bytes"] == 5
+    assert got[0]["mtime"].timestamp() == 1_700_000_000.25 and got[0]["duration_s"] == 2.0
+    assert got[1]["metadata"] == "{}" and got[1]["rows"] is None and got[1]["tables"] == []
+    assert catalog_table([]).num_rows == 0
