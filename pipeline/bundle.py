@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.columns import int64_from_numpy, text_array
 from pipeline.graph import ChunkManifest, _worker_name, read_with_retries
 from pipeline.schema import conform
 from pipeline.sink import (
@@ -108,7 +109,8 @@ def run_bundle(task: BundleTask) -> BundleManifest:
     try:
         for read in _read_together(task):
             index = np.repeat(np.arange(len(read.members)), read.counts)
-            ids = pa.array([task.members[i].source.file_id for i in read.members]).take(index)
+            ids = text_array([task.members[i].source.file_id for i in read.members]).take(
+                int64_from_numpy(index))
             writer.write(read.table, read.rows, ids)
             for i, rows in zip(read.members, read.counts, strict=True):
                 member = task.members[i]

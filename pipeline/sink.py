@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from pipeline import partition
+from pipeline.columns import int64_array, string_scalar, text_array
 from pipeline.faults import crash_point
 from pipeline.schema import conform
 from readers.base import Rejected
@@ -182,7 +183,7 @@ class FragmentWriter:
         schema = self.spec.schemas[table]
         rows = conform(rows, schema)
         ids = (file_id if isinstance(file_id, pa.Array) else
-               pa.repeat(_string_scalar(file_id or self.file_id), rows.num_rows))
+               pa.repeat(string_scalar(file_id or self.file_id), rows.num_rows))
         rows = rows.append_column(FILE_ID, ids)
         for rel, part in partition.split(rows, self.partition_columns(table)):
             self.add(table, rel, part)
@@ -248,14 +249,6 @@ class FragmentWriter:
         self.writers.clear()
 
 
-def _string_scalar(value: str) -> pa.Scalar:
-    """``value`` as an Arrow string scalar, made from buffers: ``pa.scalar`` and ``pa.array`` on
-    Python objects import pandas on first use, half a second of every worker's start-up."""
-    data = value.encode()
-    offsets = np.array([0, len(data)], dtype=np.int32)
-    return pa.StringArray.from_buffers(1, pa.py_buffer(offsets), pa.py_buffer(data))[0]
-
-
 _DICT_SAMPLE_ROWS = 8192
 
 
@@ -294,13 +287,14 @@ def _repetitive(column: pa.ChunkedArray) -> bool:
 def errors_table(rows: Iterable[tuple[str, str, int | None, Rejected]], run_id: str) -> pa.Table:
     """The ``_errors`` rows for (file_id, path, chunk index, rejection) tuples."""
     rows = list(rows)
-    return pa.Table.from_pydict({
-        "file_id": [r[0] for r in rows], "path": [r[1] for r in rows],
-        "chunk": [r[2] for r in rows], "byte_offset": [r[3].byte_offset for r in rows],
-        "kind": [r[3].kind for r in rows], "error_type": [r[3].error_type for r in rows],
-        "message": [r[3].message for r in rows], "raw": [r[3].raw for r in rows],
-        "run_id": [run_id] * len(rows),
-    }, schema=ERRORS_SCHEMA)
+    return pa.Table.from_arrays([
+        text_array([r[0] for r in rows]), text_array([r[1] for r in rows]),
+        int64_array([r[2] for r in rows]), int64_array([r[3].byte_offset for r in rows]),
+        text_array([r[3].kind for r in rows]), text_array([r[3].error_type for r in rows]),
+        text_array([r[3].message for r in rows]),
+        text_array([r[3].raw for r in rows], pa.binary()),
+        text_array([run_id] * len(rows)),
+    ], schema=ERRORS_SCHEMA)
 
 
 def stage_errors(spec: SinkSpec, name: str, table: pa.Table) -> Fragment:

@@ -133,21 +133,42 @@ def test_embedded_cluster_worker_settings(tmp_path) -> None:
 @pytest.mark.timeout(120)
 def test_text_workers_import_only_what_text_needs(sample, tmp_path) -> None:
     """A CSV job's workers never import pandas, h5py, zarr or Pillow: each costs start-up time
-    in every worker process (pandas alone half a second)."""
+    in every worker process (pandas alone half a second). Rejected records too (``_errors``)."""
     import sys as _sys
 
     from pipeline.cluster import connect
     from pipeline.options import IngestOptions
 
+    names = ("pandas", "h5py", "zarr", "PIL")
+
     def heavy() -> list[str]:
-        return [m for m in ("pandas", "h5py", "zarr", "PIL") if m in _sys.modules]
+        return [m for m in names if m in _sys.modules]
+
+    def trace() -> None:
+        """Record where a heavy module gets imported, for the failure message."""
+        import traceback
+
+        class Finder:
+            stacks: list[str] = []
+
+            def find_spec(self, name, path=None, target=None):  # noqa: ANN001, ANN202
+                if name in names:
+                    Finder.stacks.append("".join(traceback.format_stack(limit=30)))
+
+        _sys.meta_path.insert(0, Finder())
+        _sys.chunkmill_import_trace = Finder.stacks
 
     with connect(IngestOptions(out=str(tmp_path), workers=1)) as client:
-        report = pipeline.ingest([str(sample / "logs")], out=str(tmp_path / "out"),
+        assert list(client.run(heavy).values()) == [[]]
+        client.run(trace)
+        bad = tmp_path / "bad.csv"
+        bad.write_text("a,b\n1,2\n3,4,5\n6,7\n")
+        report = pipeline.ingest([str(sample / "logs"), str(bad)], out=str(tmp_path / "out"),
                                  partition_by=["event"], chunk_size="64KB",
                                  scheduler=client.scheduler.address, progress=False)
-        assert report.ok and report.chunks > 1
-        assert list(client.run(heavy).values()) == [[]]
+        assert report.ok and report.chunks > 1 and report.errors == 1
+        stacks = list(client.run(lambda: _sys.chunkmill_import_trace).values())[0]
+        assert list(client.run(heavy).values()) == [[]], stacks[0]
 
 
 def test_text_client_imports_only_what_text_needs(sample, tmp_path) -> None:
@@ -197,3 +218,5 @@ def test_layout_auto_runs_text_in_threads_and_other_formats_in_processes(sample,
     forced = pipeline.ingest([logs], out=str(tmp_path / "forced"), layout="processes",
                              progress=False)
     assert transports(forced) == {"tcp"}
+    with pytest.raises(pipeline.UsageError, match="--layout must be one of"):
+        pipeline.ingest([logs], out=str(tmp_path / "bad"), layout="fibers")

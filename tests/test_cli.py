@@ -45,6 +45,8 @@ def test_json_report_for_schedulers(tmp_path, shared_scheduler) -> None:
     (["ingest", "nope/missing.csv", "--out", "o"], "nope/missing.csv: no such file"),
     (["ingest", "x.csv", "--out", "o", "--chunk-size", "lots"], "not a size"),
     (["ingest", "x.csv", "--out", "o", "--compression", "rar"], "invalid choice"),
+    (["ingest", "x.csv", "--out", "o", "--layout", "fibers"], "invalid choice"),
+    (["ingest", "x.csv", "--out", "o", "--threads-per-worker", "0"], "at least 1"),
     (["ingest", "x.csv"], "--out"),
     (["ingest", "x.csv", "--out", "o", "--format", "nosuch"], "no reader named 'nosuch'"),
     (["ingest", "x.csv", "--out", "o", "--partition-by", "nocol"], "--partition-by nocol"),

@@ -1,0 +1,60 @@
+"""Arrow arrays from Python values, built from buffers.
+
+``pa.array`` and ``Table.from_pydict`` on Python objects import pandas inside pyarrow (half a
+second and 40 MiB in a worker that otherwise never needs it), so the few small tables a
+worker builds from Python values (``_errors`` rows, the ``_file_id`` column) are assembled
+from numpy-backed buffers instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+_MAX_OFFSET = 2**31 - 1
+
+
+def _validity(present: np.ndarray) -> tuple[pa.Buffer | None, int]:
+    nulls = int(present.size - np.count_nonzero(present))
+    if not nulls:
+        return None, 0
+    return pa.py_buffer(np.packbits(present, bitorder="little")), nulls
+
+
+def text_array(values: Sequence[str | bytes | None], type_: pa.DataType | None = None
+               ) -> pa.Array:
+    """A string (default) or binary array; str values that cannot be UTF-8 (lone
+    surrogates) get replacement characters."""
+    type_ = pa.string() if type_ is None else type_
+    encoded = [v.encode("utf-8", "replace") if isinstance(v, str) else v for v in values]
+    present = np.fromiter((v is not None for v in encoded), dtype=bool, count=len(encoded))
+    lengths = np.fromiter((len(v) if v is not None else 0 for v in encoded), dtype=np.int64,
+                          count=len(encoded))
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] > _MAX_OFFSET:
+        raise ValueError(f"{offsets[-1]} bytes do not fit one {type_} array")
+    validity, nulls = _validity(present)
+    data = b"".join(v for v in encoded if v is not None)
+    return pa.Array.from_buffers(type_, len(encoded), [
+        validity, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)], null_count=nulls)
+
+
+def int64_array(values: Sequence[int | None]) -> pa.Array:
+    present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    data = np.fromiter((v if v is not None else 0 for v in values), dtype=np.int64,
+                       count=len(values))
+    validity, nulls = _validity(present)
+    return pa.Array.from_buffers(pa.int64(), len(values), [validity, pa.py_buffer(data)],
+                                 null_count=nulls)
+
+
+def int64_from_numpy(values: np.ndarray) -> pa.Array:
+    data = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
+
+
+def string_scalar(value: str) -> pa.Scalar:
+    return text_array([value])[0]
