@@ -232,7 +232,7 @@ class PressurePlugin(WorkerPlugin):
         return self._applied
 
     # ------------------------------------------------------------------ lifecycle
-    def setup(self, worker: Worker) -> None:
+    async def setup(self, worker: Worker) -> None:
         """Disable Dask's pause, start sampling, register metrics and gauges."""
         self._reset_runtime()
         self._worker = worker
@@ -282,6 +282,9 @@ class PressurePlugin(WorkerPlugin):
         self._pc = PeriodicCallback(self._tick, self.interval * 1000)
         worker.periodic_callbacks[PLUGIN_NAME] = self._pc
         self._pc.start()
+        # Act on the memory as it is now, before the first chunk runs: a job started on a
+        # machine already under pressure must not run unchecked until the first interval.
+        await self._tick()
 
     def teardown(self, worker: Worker) -> None:
         """Stop sampling, restore Dask's settings and resume a worker we paused."""

@@ -104,6 +104,17 @@ def inproc() -> Iterator[Client]:
 
 
 @pytest.mark.timeout(60)
+def test_pressure_at_install_applies_before_the_first_interval(inproc: Client) -> None:
+    """A job started on a machine already under pressure is paused by the time the plugin is
+    registered, not one sampling interval later (a short job could finish unchecked)."""
+    FAKE["used"] = 950
+    inproc.register_plugin(PressurePlugin(interval=3600, read_memory=fake_read))
+    ev = one(inproc.run(pressure_events))
+    assert (ev["level"], ev["status"], ev["pauses"]) == ("CRITICAL", "paused", 1)
+    assert [(c["from"], c["to"]) for c in ev["level_changes"]] == [("NORMAL", "CRITICAL")]
+
+
+@pytest.mark.timeout(60)
 def test_plugin_levels_drive_spill_pause_and_resume(inproc: Client) -> None:
     c = inproc
     addr = one(c.run(lambda dask_worker: dask_worker.address))
