@@ -171,3 +171,13 @@ def test_member_that_empties_or_breaks_keeps_the_bundle_exact(tmp_path, shared_s
     rows[broken] = [(9, "z", 9.5)]
     pipeline.ingest([str(src)], out=str(out), scheduler=shared_scheduler)
     assert table_rows(out, "logs") == expected_rows(out, rows)
+
+
+def test_equal_schemas_are_one_object_in_the_plan(tmp_path) -> None:
+    """Bundle tasks pickle each member's description; shared schema objects pickle once."""
+    for i in range(6):
+        (tmp_path / f"f{i}.csv").write_text(f"a,b\n{i},x\n")
+    (tmp_path / "other.csv").write_text("a,c\n1,2.5\n")
+    plan = pipeline.plan([str(tmp_path)], table="t")
+    schemas = [f.description.tables["t"] for f in plan.files]
+    assert len(schemas) == 7 and len({id(s) for s in schemas}) == 2
