@@ -139,7 +139,6 @@ def _describe_all(found: list[Discovered], options: IngestOptions) -> list[Plann
     return planned
 
 
-
 #: Files per `Reader.describe_many` call (a thread each).
 DESCRIBE_BATCH = 512
 

@@ -50,10 +50,11 @@ class ClusterWatch:
         self.report.pauses = sum(int(i.get("pauses", 0) or 0) for i in per_worker.values())
         # The plugins' own histories are exact; polling heartbeats misses a level that came
         # and went between two polls (a pause still counted in ``pauses``).
+        # Polled events stay only for workers that are gone (their histories went with them).
         exact = [{"time": c["time"], "worker": addr, "old": c["from"], "new": c["to"]}
                  for addr, info in per_worker.items() for c in info.get("level_changes") or ()]
-        if exact:
-            self.report.pressure_events = sorted(exact, key=lambda e: e["time"])
+        polled = [e for e in self.report.pressure_events if e["worker"] not in per_worker]
+        self.report.pressure_events = sorted(polled + exact, key=lambda e: e["time"])
         spilled = sum(int(i.get("dask_disk_write_bytes_total", 0) or 0)
                       for i in per_worker.values())
         self.report.spilled_bytes = max(self.report.spilled_bytes, spilled)

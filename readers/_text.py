@@ -136,8 +136,8 @@ class TextReader(Reader):
     reconciles = True
     bundles = True
     quote: ClassVar[bytes | None] = b'"'
-    threads_ok = True
     """Quote character whose parity decides record ends; None when a newline always ends one."""
+    threads_ok = True  # pyarrow's CSV/JSON parsers and the Parquet writer release the GIL
 
     # --- subclass hooks -------------------------------------------------------------------------
     @abstractmethod
