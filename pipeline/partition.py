@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.columns import int64_from_numpy
+
 NULL_VALUE = "__HIVE_DEFAULT_PARTITION__"
 MAX_SEGMENT = 128
 
@@ -61,8 +63,7 @@ def split(table: pa.Table, columns: Sequence[str]) -> Iterator[tuple[str, pa.Tab
     ends = np.concatenate((bounds, [len(order)]))
     # One gather into partition order, then zero-copy slices: a take per partition cost
     # about as much again.
-    take = pa.Array.from_buffers(pa.int64(), len(order), [None, pa.py_buffer(order)])
-    data = table.drop_columns(list(columns)).take(take)
+    data = table.drop_columns(list(columns)).take(int64_from_numpy(order))
     for start, end in zip(starts, ends, strict=True):
         code = int(sorted_codes[start])
         parts = []
