@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from pipeline import partition
-from pipeline.columns import int64_array, string_scalar, text_array
+from pipeline.columns import int64_array, repeated_text, text_array
 from pipeline.faults import crash_point
 from pipeline.schema import conform
 from readers.base import Rejected
@@ -67,9 +67,28 @@ class Store:
         else:
             self.fs.makedirs(path, exist_ok=True)
 
-    def open_write(self, path: str):  # noqa: ANN201 - binary file object
+    def open_write(self, path: str):  # noqa: ANN201 - binary output stream
+        """A new file to write; `sync` it after closing to make it durable.
+
+        On local disks this is Arrow's own buffered file, not a Python one: pyarrow's Parquet
+        writer then writes without the GIL, where a Python file object made every page write
+        wait for it (7 % of a worker thread's time on plain CSV).
+        """
         self.makedirs(posixpath.dirname(path))
-        return open(path, "wb") if self.local else self.fs.open(path, "wb")
+        if self.local:
+            return pa.output_stream(path, compression=None, buffer_size=1 << 20)
+        return self.fs.open(path, "wb")
+
+    def sync(self, path: str) -> None:
+        """Flush a closed local file to disk (fsync works on any descriptor of the file);
+        remote stores commit when the file closes."""
+        if not self.local:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def replace(self, src: str, dst: str) -> None:
         """Move ``src`` over ``dst`` atomically where the filesystem allows it."""
@@ -111,14 +130,14 @@ class Store:
         tmp = self.temp_name(path)
         with self.open_write(tmp) as f:
             f.write(data)
-            _sync(f, self.local)
+        self.sync(tmp)
         self.replace(tmp, path)
 
     def write_table_atomic(self, path: str, table: pa.Table, compression: str = "zstd") -> None:
         tmp = self.temp_name(path)
         with self.open_write(tmp) as f:
             pq.write_table(table, f, compression=_codec(compression))
-            _sync(f, self.local)
+        self.sync(tmp)
         crash_point("before_rename")
         self.replace(tmp, path)
 
@@ -128,12 +147,6 @@ class Store:
 
             return sorted(glob.glob(pattern, recursive=True))
         return sorted(self.fs.glob(pattern))
-
-
-def _sync(f: Any, local: bool) -> None:
-    if local:
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _codec(compression: str) -> str | None:
@@ -176,17 +189,28 @@ class FragmentWriter:
     writers: dict[tuple[str, str], tuple[pq.ParquetWriter, Any, Fragment]] = field(
         default_factory=dict)
     pending: dict[tuple[str, str], list[pa.Table]] = field(default_factory=dict)
+    _own_ids: pa.Array | None = None
+    """The writer's own ``_file_id`` column, sliced for each batch of rows."""
 
     def write(self, table: str, rows: pa.Table, file_id: str | pa.Array | None = None) -> None:
         """Rows of ``table`` from one file (``file_id``: the writer's own by default), or
         from several (``file_id``: one id per row)."""
         schema = self.spec.schemas[table]
         rows = conform(rows, schema)
-        ids = (file_id if isinstance(file_id, pa.Array) else
-               pa.repeat(string_scalar(file_id or self.file_id), rows.num_rows))
+        if isinstance(file_id, pa.Array):
+            ids = file_id
+        elif file_id and file_id != self.file_id:
+            ids = repeated_text(file_id, rows.num_rows)
+        else:
+            ids = self._ids(rows.num_rows)
         rows = rows.append_column(FILE_ID, ids)
         for rel, part in partition.split(rows, self.partition_columns(table)):
             self.add(table, rel, part)
+
+    def _ids(self, count: int) -> pa.Array:
+        if self._own_ids is None or len(self._own_ids) < count:
+            self._own_ids = repeated_text(self.file_id, max(count, 1 << 16))
+        return self._own_ids.slice(0, count)
 
     def partition_columns(self, table: str) -> tuple[str, ...]:
         schema = self.spec.schemas[table]
@@ -231,9 +255,9 @@ class FragmentWriter:
         out = []
         for writer, handle, fragment in self.writers.values():
             writer.close()
-            _sync(handle, self.spec.store.local)
             fragment.bytes = handle.tell()
             handle.close()
+            self.spec.store.sync(fragment.staged)
             out.append(fragment)
         self.writers.clear()
         return out
@@ -304,7 +328,7 @@ def stage_errors(spec: SinkSpec, name: str, table: pa.Table) -> Fragment:
                         f"{name}.{uuid.uuid4().hex[:8]}.parquet")
     with store.open_write(staged) as f:
         pq.write_table(table, f, compression=_codec(spec.compression))
-        _sync(f, store.local)
+    store.sync(staged)
     return Fragment(ERRORS_DIR, "", staged, store.path(ERRORS_DIR, f"{name}.parquet"),
                     table.num_rows)
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.columns import int64_array, int64_from_numpy, string_scalar, text_array
+from pipeline.columns import int64_array, int64_from_numpy, repeated_text, text_array
 
 
 @settings(deadline=None)
@@ -43,5 +43,10 @@ def test_int64_from_numpy_matches_pa_array(values) -> None:
     assert got.equals(pa.array(values, pa.int64()))
 
 
-def test_string_scalar() -> None:
-    assert string_scalar("é") == pa.scalar("é")
+@settings(deadline=None)
+@given(st.text(), st.integers(0, 3000))
+def test_repeated_text_matches_pa_repeat(value, count) -> None:
+    got = repeated_text(value, count)
+    got.validate(full=True)
+    clean = value.encode("utf-8", "replace").decode()
+    assert got.equals(pa.repeat(pa.scalar(clean, pa.string()), count))
