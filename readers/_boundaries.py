@@ -46,14 +46,16 @@ def count_byte(buf: bytes | bytearray | memoryview | mmap.mmap, char: bytes, sta
                for at in range(max(start, first), end, _COUNT_SLICE))
 
 
-def first_record_end(buf: bytes, start: int, parity: int, quote: bytes = b'"') -> int:
-    """Index of the first newline at or after ``start`` outside quotes, or -1 if none in ``buf``.
+def first_record_end(buf: bytes, start: int, parity: int, quote: bytes = b'"',
+                     end: int | None = None) -> int:
+    """Index of the first newline in ``buf[start:end]`` outside quotes, or -1 if none.
 
     ``parity`` is 1 when ``start`` lies inside a quoted field.
     """
+    end = len(buf) if end is None else end
     pos = start
     while True:
-        nl = buf.find(b"\n", pos)
+        nl = buf.find(b"\n", pos, end)
         if nl < 0:
             return -1
         parity ^= count_byte(buf, quote, pos, nl) & 1
