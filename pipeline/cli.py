@@ -32,8 +32,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="force a reader (csv, tsv, jsonl, ...) instead of sniffing")
     p.add_argument("--no-header", dest="header", action="store_false",
                    help="CSV/TSV files have no header row (columns are f0, f1, ...)")
-    p.add_argument("--chunk-size", type=_size, default="32MiB",
-                   help="bytes per chunk task, e.g. 64MB, 256MiB (default 32MiB)")
+    p.add_argument("--chunk-size", type=_size, default=None,
+                   help="bytes per chunk task, e.g. 64MB, 256MiB (default 32MiB; 64MiB with "
+                        "--partition-by)")
     p.add_argument("--small-file-size", type=_size, default="4MiB",
                    help="files up to this size are read many to a task and share output "
                         "fragments (default 4MiB; 0 turns bundling off)")

@@ -26,6 +26,12 @@ def parse_size(value: str | int | float) -> int:
     return int(float(number) * base ** _POWERS[prefix.lower()])
 
 
+DEFAULT_CHUNK_SIZE = 32 * 2**20
+#: Partitioning splits each chunk's rows over one fragment per value, and every fragment pays
+#: its own dictionaries, footer and files: twice the chunk halves that (2 GB CSV by 6 values:
+#: 9.2 -> 8.6 s, at 505 instead of 374 MiB peak).
+PARTITIONED_CHUNK_SIZE = 64 * 2**20
+
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 LAYOUTS = ("auto", "processes", "threads")
 
@@ -37,7 +43,8 @@ class IngestOptions:
     out: str
     table: str | None = None
     partition_by: tuple[str, ...] = ()
-    chunk_size: int = 32 * 2**20
+    chunk_size: int | str | None = None
+    """Default `DEFAULT_CHUNK_SIZE`, or `PARTITIONED_CHUNK_SIZE` with ``partition_by``."""
     small_file_size: int = 4 * 2**20
     """Files up to this size share tasks and fragments with others (0: never)."""
     compression: str = "zstd"
@@ -67,6 +74,8 @@ class IngestOptions:
             self.partition_by = tuple(c.strip() for c in self.partition_by.split(",") if c.strip())
         else:
             self.partition_by = tuple(self.partition_by or ())
+        if self.chunk_size is None:
+            self.chunk_size = PARTITIONED_CHUNK_SIZE if self.partition_by else DEFAULT_CHUNK_SIZE
         self.chunk_size = parse_size(self.chunk_size)
         self.max_record_bytes = parse_size(self.max_record_bytes)
         self.small_file_size = parse_size(self.small_file_size)

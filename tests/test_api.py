@@ -33,6 +33,15 @@ def test_plan_is_inspectable(sample) -> None:
     assert "<table>" in plan._repr_html_()
 
 
+def test_partitioned_jobs_default_to_twice_the_chunk(tmp_path) -> None:
+    path = tmp_path / "big.csv"
+    path.write_bytes(b"id,kind\n" + b"1,a\n" * (70 * 2**20 // 4))  # 70 MiB
+    plain = pipeline.plan([str(path)])
+    partitioned = pipeline.plan([str(path)], partition_by=["kind"])
+    chosen = pipeline.plan([str(path)], partition_by=["kind"], chunk_size="32MiB")
+    assert [len(p.chunks) for p in (plain, partitioned, chosen)] == [3, 2, 3]
+
+
 def test_read_is_lazy_and_matches_the_source(sample, tmp_path) -> None:
     path = sample / "logs" / "2026-11-a.csv"
     df = pipeline.read(str(path), chunk_size="16KB")
