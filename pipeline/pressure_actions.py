@@ -9,7 +9,8 @@ functions here are *what* it then does to the worker (see the level table in
                                    process's headroom below the ELEVATED line
 :func:`set_target_fraction`        the memory manager's target fraction for the level
 :func:`evict_to_target`            ELEVATED and above: spill until the fast store fits
-:func:`release_arrow_memory`       ELEVATED and above: hand Arrow's cached free pages back
+:func:`release_arrow_memory`       ELEVATED and above: hand Arrow's cached free pages and
+                                   idle chunk read buffers back
 :func:`sampling_interval`          ELEVATED and above: sample every 100 ms
 :func:`pause_worker`               HIGH and above: running tasks finish, no new ones start
 :func:`resume_worker`              back below HIGH
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -166,7 +168,11 @@ async def evict_to_target(
 
 
 def release_arrow_memory(counters: dict[str, Any]) -> None:
-    """Return the free pages cached by Arrow's default memory pool to the OS."""
+    """Return the free pages cached by Arrow's default memory pool, and the text readers'
+    idle chunk buffers, to the OS."""
+    text = sys.modules.get("readers._text")  # only a process that read text keeps buffers
+    if text is not None:
+        text.READ_BUFFERS.clear()
     try:
         import pyarrow as pa
     except ImportError:

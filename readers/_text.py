@@ -113,8 +113,13 @@ class ReadBuffers:
             del self._free[self.keep:]  # the smallest go; unmapped once unreferenced
 
     def clear(self) -> None:
+        """Let every idle buffer go (memory pressure); they are unmapped once unreferenced."""
         with self._lock:
             self._free.clear()
+
+    def __len__(self) -> int:
+        """Idle buffers kept."""
+        return len(self._free)
 
 
 _BUFFER_STEP = 1 << 20

@@ -22,6 +22,7 @@ from pipeline.pressure_plugin import (
     PressurePlugin,
     pressure_events,
 )
+from readers._text import READ_BUFFERS
 
 GiB = 1 << 30
 ROWS = 1_250_000  # two int64 columns: 20 MB per table
@@ -107,10 +108,13 @@ def inproc() -> Iterator[Client]:
 def test_pressure_at_install_applies_before_the_first_interval(inproc: Client) -> None:
     """A job started on a machine already under pressure is paused by the time the plugin is
     registered, not one sampling interval later (a short job could finish unchecked)."""
+    READ_BUFFERS.give(READ_BUFFERS.take(1 << 20))  # an idle chunk buffer this worker keeps
+    assert len(READ_BUFFERS) == 1
     FAKE["used"] = 950
     inproc.register_plugin(PressurePlugin(interval=3600, read_memory=fake_read))
     ev = one(inproc.run(pressure_events))
     assert (ev["level"], ev["status"], ev["pauses"]) == ("CRITICAL", "paused", 1)
+    assert ev["arrow_releases"] >= 1 and len(READ_BUFFERS) == 0
     assert [(c["from"], c["to"]) for c in ev["level_changes"]] == [("NORMAL", "CRITICAL")]
 
 
