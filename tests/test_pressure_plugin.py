@@ -109,7 +109,7 @@ def test_pressure_at_install_applies_before_the_first_interval(inproc: Client) -
     """A job started on a machine already under pressure is paused by the time the plugin is
     registered, not one sampling interval later (a short job could finish unchecked)."""
     READ_BUFFERS.give(READ_BUFFERS.take(1 << 20))  # an idle chunk buffer this worker keeps
-    assert len(READ_BUFFERS) == 1
+    assert len(READ_BUFFERS) >= 1
     FAKE["used"] = 950
     inproc.register_plugin(PressurePlugin(interval=3600, read_memory=fake_read))
     ev = one(inproc.run(pressure_events))
