@@ -129,19 +129,19 @@ _OVERFLOW = 1 << 16
 READ_BUFFERS = ReadBuffers(keep=min(os.cpu_count() or 1, 8))
 
 
-def read_into(source: Source, start: int, size: int, spare: int = 0,
-              buffers: ReadBuffers = READ_BUFFERS) -> tuple[mmap.mmap | bytearray, int]:
+def read_into(source: Source, start: int, size: int, spare: int = 0
+              ) -> tuple[mmap.mmap | bytearray, int]:
     """``size`` bytes from ``start`` into a buffer with at least ``spare`` bytes after them.
 
     The spare room lets the parser append its sentinel without copying the chunk again.
     Returns the buffer and how many bytes were read; bytes past those are stale, and the
-    caller gives the buffer back to ``buffers`` when done with it. The buffer is an
+    caller gives the buffer back to `READ_BUFFERS` when done with it. The buffer is an
     anonymous mapping, not a ``bytearray``, which zero-fills with the GIL held first.
     """
     size = max(0, min(size, source.size - start))
     if size == 0:
         return bytearray(spare), 0
-    buf = buffers.take(size + spare)
+    buf = READ_BUFFERS.take(size + spare)
     try:
         fs, path = source.filesystem()
         with fs.open(path, "rb") as f:
@@ -155,7 +155,7 @@ def read_into(source: Source, start: int, size: int, spare: int = 0,
                 got += n
             view.release()
     except BaseException:
-        buffers.give(buf)
+        READ_BUFFERS.give(buf)
         raise
     return buf, got
 
@@ -471,80 +471,69 @@ class TextReader(Reader):
     def _read_range(self, source: Source, chunk: ChunkSpec, description: Description,
                     options: Mapping[str, Any], ctx: ChunkContext, hypothesis: int | None
                     ) -> Iterator[pa.Table | None]:
-        held = [read_into(source, chunk.offset, chunk.length + _OVERFLOW, len(SENTINEL))]
+        buf, got = read_into(source, chunk.offset, chunk.length + _OVERFLOW, len(SENTINEL))
         try:
-            yield from self._parse_range(source, chunk, description, options, ctx,
-                                         hypothesis, held)
+            max_record = int(opt(options, "max_record_bytes"))
+            length = chunk.length
+            first = chunk.index == 0
+            last = chunk.offset + length >= source.size
+            overflow = _OVERFLOW
+            spare = len(SENTINEL)
+            quote = self.quote
+            q = count_byte(buf, quote, 0, min(length, got)) if quote else 0
+            if first:
+                h = 0
+            elif hypothesis is not None:
+                h = hypothesis
+            else:
+                h = guess_parity(buf[: min(got, 1 << 16)]) if quote else 0
+            ctx.facts.update(q=q, h=h, start=None, last=last)
+            data_len = got
+            if first:
+                start = 0
+            else:
+                p = self._record_end(buf, 0, h, data_len)
+                if p < 0 or p >= length:  # no record starts inside this range
+                    return
+                start = p + 1
+            if last:
+                end = data_len
+            else:
+                end_parity = h ^ (q & 1)
+                while True:
+                    p = self._record_end(buf, length, end_parity, data_len)
+                    if p >= 0:
+                        end = p + 1
+                        break
+                    if chunk.offset + data_len >= source.size:
+                        end = data_len  # the file's last record has no newline after it
+                        break
+                    if data_len - length > max_record:
+                        raise RecordTooLong(
+                            f"{source.path}: no record boundary within {max_record} bytes after "
+                            f"offset {chunk.offset + length} (raise max_record_bytes?)")
+                    overflow *= 4
+                    READ_BUFFERS.give(buf)
+                    buf = bytearray()  # nothing to give back if the re-read fails
+                    buf, data_len = read_into(source, chunk.offset, length + overflow, spare)
+            ctx.facts.update(start=chunk.offset + start, end=chunk.offset + end)
+            if start >= end:
+                return  # the range starts at the end of the file: no record of its own
+            # The bytes after `end` belong to the next chunk: overwrite them with the sentinel
+            # instead of copying the whole chunk to append it.
+            # The last chunk ends at the end of the file: nothing to verify there (a file ending
+            # inside an open quote keeps it as one last value, as a whole-file parse does).
+            sentinel = self.quote is not None and not last
+            if sentinel:
+                buf[end:end + spare] = self._sentinel(description)
+            view = memoryview(buf)[start:end + (spare if sentinel else 0)]
+            verified = yield from self._parse_block(view, chunk.offset + start, description,
+                                                    options, ctx, sentinel=sentinel)
+            ctx.facts["verified"] = verified
+            if last and self.quote is not None and (h ^ (q & 1)):
+                ctx.facts["unterminated_quote_at_eof"] = True
         finally:
-            READ_BUFFERS.give(held[0][0])
-
-    def _parse_range(self, source: Source, chunk: ChunkSpec, description: Description,
-                     options: Mapping[str, Any], ctx: ChunkContext, hypothesis: int | None,
-                     held: list[tuple[mmap.mmap | bytearray, int]]
-                     ) -> Iterator[pa.Table | None]:
-        """`_read_range` on the chunk's bytes read so far, ``held[0]``: (buffer, bytes read).
-        A re-read with more overflow replaces ``held[0]``, so the caller frees the last one."""
-        max_record = int(opt(options, "max_record_bytes"))
-        length = chunk.length
-        first = chunk.index == 0
-        last = chunk.offset + length >= source.size
-        overflow = _OVERFLOW
-        spare = len(SENTINEL)
-        buf, got = held[0]
-        quote = self.quote
-        q = count_byte(buf, quote, 0, min(length, got)) if quote else 0
-        if first:
-            h = 0
-        elif hypothesis is not None:
-            h = hypothesis
-        else:
-            h = guess_parity(buf[: min(got, 1 << 16)]) if quote else 0
-        ctx.facts.update(q=q, h=h, start=None, last=last)
-        data_len = got
-        if first:
-            start = 0
-        else:
-            p = self._record_end(buf, 0, h, data_len)
-            if p < 0 or p >= length:  # no record starts inside this range
-                return
-            start = p + 1
-        if last:
-            end = data_len
-        else:
-            end_parity = h ^ (q & 1)
-            while True:
-                p = self._record_end(buf, length, end_parity, data_len)
-                if p >= 0:
-                    end = p + 1
-                    break
-                if chunk.offset + data_len >= source.size:
-                    end = data_len  # the file's last record has no newline after it
-                    break
-                if data_len - length > max_record:
-                    raise RecordTooLong(
-                        f"{source.path}: no record boundary within {max_record} bytes after "
-                        f"offset {chunk.offset + length} (raise max_record_bytes?)")
-                overflow *= 4
-                READ_BUFFERS.give(buf)
-                held[0] = (bytearray(), 0)  # nothing to give back if the re-read fails
-                held[0] = read_into(source, chunk.offset, length + overflow, spare)
-                buf, data_len = held[0]
-        ctx.facts.update(start=chunk.offset + start, end=chunk.offset + end)
-        if start >= end:
-            return  # the range starts at the end of the file: no record of its own
-        # The bytes after `end` belong to the next chunk: overwrite them with the sentinel
-        # instead of copying the whole chunk to append it.
-        # The last chunk ends at the end of the file: nothing to verify there (a file ending
-        # inside an open quote keeps it as one last value, as a whole-file parse does).
-        sentinel = self.quote is not None and not last
-        if sentinel:
-            buf[end:end + spare] = self._sentinel(description)
-        view = memoryview(buf)[start:end + (spare if sentinel else 0)]
-        verified = yield from self._parse_block(view, chunk.offset + start, description,
-                                                options, ctx, sentinel=sentinel)
-        ctx.facts["verified"] = verified
-        if last and self.quote is not None and (h ^ (q & 1)):
-            ctx.facts["unterminated_quote_at_eof"] = True
+            READ_BUFFERS.give(buf)  # the last buffer read, also after an error or close()
 
     def _record_end(self, buf: mmap.mmap | bytearray, start: int, parity: int, data_len: int
                     ) -> int:
