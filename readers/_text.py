@@ -585,11 +585,13 @@ class TextReader(Reader):
                         continue
                     if eof and broken is None:
                         if carry:
+                            # Parsed in place, so carry is never resized after this: pyarrow's
+                            # background reader may let go of its view only after the parse
+                            # returns, and a bytearray with a live view cannot change size.
                             tables, _ = self._collect(memoryview(carry), position,
                                                       description, options, ctx, False)
                             yield from tables
                             position += len(carry)
-                            carry.clear()
                         break
                     # Parse every complete record; a broken stream keeps its tail for _errors.
                     cut = self._verified_cut(carry, position, description, options, ctx)
@@ -600,7 +602,7 @@ class TextReader(Reader):
                         continue
                     cut_len, tables = cut
                     yield from tables
-                    del carry[:cut_len]
+                    del carry[:cut_len]  # parsed from a copy: no view of carry can be alive
                     position += cut_len
             if broken is not None:
                 raise broken

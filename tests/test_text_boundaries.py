@@ -240,3 +240,32 @@ def test_bad_row_with_invalid_utf8_is_rejected_not_fatal(tmp_path) -> None:
     finally:
         sys.unraisablehook = previous
     assert set(unraisable) <= {UnicodeDecodeError}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_stream_outlives_parser_views(tmp_path, monkeypatch, fmt: str) -> None:
+    """pyarrow's background reader can let go of its view of a parsed buffer only after the
+    parse returns (seen under load: ``BufferError`` on resizing the stream's carry buffer,
+    reported as a failed chunk). Views kept past the parse must not break the stream."""
+    import gzip
+
+    from readers._text import TextReader
+
+    kept: list[memoryview] = []
+    collect = TextReader._collect
+
+    def keeps_view(self, block, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        kept.append(block)  # as a late release by the parser's IO thread would
+        return collect(self, block, *args, **kwargs)
+
+    monkeypatch.setattr(TextReader, "_collect", keeps_view)
+    if fmt == "csv":
+        text = "a,b\n" + "".join(f'{i},"x\n{i}"\n' for i in range(3000))
+    else:
+        text = "".join(json.dumps({"a": i, "b": f"x{i}"}) + "\n" for i in range(3000))
+    path = tmp_path / f"f.{fmt}.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    got, rejected, _ = run_reader(str(path), fmt, stream_block_bytes=4096)
+    assert not rejected, rejected[0].message
+    assert got.num_rows == 3000 and kept
+    assert got.column("a").to_pylist() == list(range(3000))
