@@ -38,10 +38,18 @@ def _coerce_line(line: bytes, schema: pa.Schema) -> pa.Table:
         if pa.types.is_string(field.type) and value is not None and not isinstance(value, str):
             value = json.dumps(value, separators=(",", ":"))
         row[field.name] = value
+    # Back through pyarrow's JSON reader, not Table.from_pylist: the values then convert as
+    # in every other line, and converting Python objects imports pandas into the worker.
+    text = json.dumps(row, separators=(",", ":")).encode()
     try:
-        return pa.Table.from_pylist([row], schema=schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
-        raise ValueError(str(exc)) from exc
+        return pajson.read_json(
+            pa.BufferReader(text),
+            parse_options=pajson.ParseOptions(explicit_schema=schema,
+                                              unexpected_field_behavior="error"),
+            read_options=pajson.ReadOptions(use_threads=False,
+                                            block_size=max(1 << 20, len(text) + 1)))
+    except pa.ArrowInvalid as exc:
+        raise ValueError(str(exc).splitlines()[0]) from exc
 
 
 class JSONLReader(TextReader):

@@ -12,6 +12,7 @@ import time
 import duckdb
 import pandas as pd
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 
 import pipeline
@@ -141,8 +142,9 @@ def test_embedded_cluster_worker_settings(tmp_path) -> None:
 
 @pytest.mark.timeout(120)
 def test_text_workers_import_only_what_text_needs(sample, tmp_path) -> None:
-    """A CSV job's workers never import pandas, h5py, zarr or Pillow: each costs start-up time
-    in every worker process (pandas alone half a second). Rejected records too (``_errors``)."""
+    """A text job's workers never import pandas, h5py, zarr or Pillow: each costs start-up time
+    in every worker process (pandas alone half a second). Rejected records (``_errors``) and
+    JSON values kept as text in a widened column (the per-line rescue) neither."""
     import sys as _sys
 
     from pipeline.cluster import connect
@@ -172,10 +174,18 @@ def test_text_workers_import_only_what_text_needs(sample, tmp_path) -> None:
         client.run(trace)
         bad = tmp_path / "bad.csv"
         bad.write_text("a,b\n1,2\n3,4,5\n6,7\n")
-        report = pipeline.ingest([str(sample / "logs"), str(bad)], out=str(tmp_path / "out"),
-                                 partition_by=["event"], chunk_size="64KB",
-                                 scheduler=client.scheduler.address, progress=False)
-        assert report.ok and report.chunks > 1 and report.errors == 1
+        mixed = tmp_path / "mixed.jsonl"  # "a" widens to string; 1 is kept as "1"; [1] rejected
+        mixed.write_text('{"a": 1, "event": "x"}\n{"a": "y", "event": "x"}\n[1]\n')
+        report = pipeline.ingest([str(sample / "logs"), str(bad), str(mixed)],
+                                 out=str(tmp_path / "out"), partition_by=["event"],
+                                 chunk_size="64KB", scheduler=client.scheduler.address,
+                                 progress=False)
+        errors = pq.read_table(tmp_path / "out" / "_errors").to_pylist()
+        assert sorted((os.path.basename(e["path"]), e["byte_offset"]) for e in errors) == [
+            ("bad.csv", 8), ("mixed.jsonl", mixed.read_bytes().index(b"[1]"))], errors
+        assert report.ok and report.chunks > 1 and report.errors == 2
+        rows = pq.read_table(tmp_path / "out" / "mixed", columns=["a"]).column("a")
+        assert sorted(rows.to_pylist()) == ["1", "y"]
         stacks = list(client.run(lambda: _sys.chunkmill_import_trace).values())[0]
         assert list(client.run(heavy).values()) == [[]], stacks[0]
 
