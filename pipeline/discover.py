@@ -166,10 +166,10 @@ def describe_file(fs: fsspec.AbstractFileSystem, path: str, table: str, forced: 
         size = int(info.get("size") or 0)
         mtime = _mtime(info)
         fp = fingerprint(info)
+        stored = Source(url, size, mtime, file_id, fp, table, None, options)
         if skip is not None and skip(file_id, fp):
-            return Discovered(Source(url, size, mtime, file_id, fp, table, None, options),
-                              None, skipped=True)
-        head = fs.cat_file(path, start=0, end=SNIFF_BYTES) if size else b""
+            return Discovered(stored, None, skipped=True)
+        head = stored.read_range(0, SNIFF_BYTES)
         compression = detect_compression(head, path)
         inner_head, inner_path = head, path
         if compression:

@@ -143,8 +143,7 @@ def read_into(source: Source, start: int, size: int, spare: int = 0
         return bytearray(spare), 0
     buf = READ_BUFFERS.take(size + spare)
     try:
-        fs, path = source.filesystem()
-        with fs.open(path, "rb") as f:
+        with source.open_stored() as f:
             f.seek(start)
             view = memoryview(buf)[:size]
             got = 0

@@ -73,16 +73,12 @@ class HDF5FileError(OSError):
 # --- HDF5 -------------------------------------------------------------------------------------
 
 
-def _is_local(source: Source) -> bool:
-    return source.url.startswith("file://")
-
-
 @contextlib.contextmanager
 def open_hdf5(source: Source) -> Iterator[h5py.File]:
     """The file opened read-only; local files by path (VDS sources resolve against its dir)."""
     handle = None
     try:
-        if _is_local(source):
+        if source.local_path is not None:
             f = h5py.File(source.path, "r", locking=False)
         else:
             handle = source.open()
@@ -155,7 +151,7 @@ def _virtual_problem(f: h5py.File, ds: h5py.Dataset, source: Source,
             if not isinstance(f.get(m.dset_name), h5py.Dataset):
                 return f"virtual source {m.dset_name!r} is missing from this file", 0
             continue
-        if not _is_local(source):
+        if source.local_path is None:
             return f"virtual source file {m.file_name!r} cannot be resolved for a remote file", 0
         if "%" in m.file_name:
             return f"virtual source pattern {m.file_name!r} is not supported", 0
@@ -267,7 +263,7 @@ class HDF5Reader(Reader):
     def _external(source: Source, path: str, link: h5py.ExternalLink, roots: Sequence[str],
                   meta: dict[str, Any], infos: dict[str, ArrayInfo]) -> None:
         target = link.filename
-        inside = _is_local(source) and within(
+        inside = source.local_path is not None and within(
             os.path.join(os.path.dirname(source.path), target), roots)
         meta["links"][path] = {"external": target, "path": link.path, "followed": False,
                                "inside_input_roots": inside}

@@ -51,8 +51,8 @@ class ZarrStoreError(ValueError):
 
 def open_store(source: Source) -> zarr.abc.store.Store:
     """A read-only store over the source directory (local path or fsspec URL)."""
-    if source.url.startswith("file://"):
-        return zarr.storage.LocalStore(source.path, read_only=True)
+    if source.local_path is not None:
+        return zarr.storage.LocalStore(source.local_path, read_only=True)
     options = dict(source.storage_options) or None
     return zarr.storage.FsspecStore.from_url(source.url, storage_options=options,
                                              read_only=True)

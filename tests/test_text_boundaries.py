@@ -242,6 +242,31 @@ def test_bad_row_with_invalid_utf8_is_rejected_not_fatal(tmp_path) -> None:
     assert set(unraisable) <= {UnicodeDecodeError}
 
 
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300), start=st.integers(0, 400), length=st.integers(0, 400))
+def test_local_reads_match_fsspec_reads(tmp_path, data: bytes, start: int, length: int) -> None:
+    """Local files skip fsspec (builtin ``open``): the bytes are those fsspec reads."""
+    import fsspec
+
+    from readers._text import read_into
+    from readers.base import Source
+
+    (tmp_path / "f.bin").write_bytes(data)
+    fsspec.filesystem("memory").pipe("/readcheck/f.bin", data)
+    local = Source(f"file://{tmp_path / 'f.bin'}", len(data), None, "l", "", "t")
+    remote = Source("memory:///readcheck/f.bin", len(data), None, "r", "", "t")
+    assert local.local_path == str(tmp_path / "f.bin") and remote.local_path is None
+    assert local.read_range(start, start + length) == remote.read_range(start, start + length)
+    assert local.read_range(start, start + length) == data[start:start + length]
+    got = []
+    for source in (local, remote):
+        buf, n = read_into(source, start, length)
+        got.append(bytes(buf[:n]))
+        READ_BUFFERS.give(buf)
+    assert got[0] == got[1] == data[start:start + length]
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_stream_outlives_parser_views(tmp_path, monkeypatch, fmt: str) -> None:
     """pyarrow's background reader can let go of its view of a parsed buffer only after the
