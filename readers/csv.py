@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from collections.abc import Generator, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -60,6 +61,30 @@ def _looks_like_text(head: bytes) -> bool:
     return True
 
 
+def _quiet_undecodable_rows() -> None:
+    """Keep pyarrow's complaint about a non-UTF-8 bad row off the user's terminal.
+
+    pyarrow decodes a bad row's text before it calls ``invalid_row_handler``; when the row is
+    not UTF-8, the decode fails inside pyarrow's callback, which prints "Exception ignored
+    in ..." and a traceback, then fails the parse as if the handler had said "error". The
+    rescue path re-parses that block record by record and rejects the row into ``_errors``
+    with its offset and raw bytes, so the print says nothing the user needs. Other
+    unraisable exceptions go to the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "chunkmill_csv", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if (isinstance(unraisable.exc_value, UnicodeDecodeError)
+                and getattr(unraisable.object, "__module__", None) == __name__):
+            return
+        previous(unraisable)
+
+    hook.chunkmill_csv = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 class CSVReader(TextReader):
     """Comma-separated values. Subclasses change `delimiter` (see `readers.tsv`)."""
 
@@ -87,6 +112,8 @@ class CSVReader(TextReader):
 
     # --- inference ------------------------------------------------------------------------------
     def _parse_options(self, handler: Any = None) -> pacsv.ParseOptions:
+        if handler is not None:
+            _quiet_undecodable_rows()
         return pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
                                   invalid_row_handler=handler)
 

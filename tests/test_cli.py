@@ -41,6 +41,23 @@ def test_json_report_for_schedulers(tmp_path, shared_scheduler) -> None:
     assert report["chunk_records"][0]["worker"].startswith("tcp://")
 
 
+@pytest.mark.parametrize("layout", ["--workers=1", "--layout=threads"])
+def test_bad_row_that_is_not_utf8_prints_no_traceback(tmp_path, layout) -> None:
+    """pyarrow cannot hand a non-UTF-8 bad row to the row handler and prints the failed
+    decode as "Exception ignored ..." with a traceback; the row is rejected all the same."""
+    src = tmp_path / "bad.csv"
+    head = b"a,b\n" + b"".join(b"%d,x\n" % i for i in range(3000))
+    src.write_bytes(head + b"9,y,\xf2\xff\n10,z\n")
+    out = tmp_path / "o"
+    res = chunkmill("ingest", str(src), "--out", str(out), "--format", "csv", layout,
+                    "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "3,001 rows, 1 rejected" in res.stdout, res.stdout
+    assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr
+    errors = duckdb.sql(f"select byte_offset, raw from '{out}/_errors/*.parquet'").fetchall()
+    assert errors == [(len(head), b"9,y,\xf2\xff\n")]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["ingest", "nope/missing.csv", "--out", "o"], "nope/missing.csv: no such file"),
     (["ingest", "x.csv", "--out", "o", "--chunk-size", "lots"], "not a size"),
