@@ -20,11 +20,13 @@ def _no_nulls(schema: pa.Schema) -> pa.Schema:
                       for f in schema])
 
 
-def _coerce_line(line: bytes, schema: pa.Schema) -> pa.Table:
-    """One record whose values pyarrow.json will not put into a widened string column.
+def _coerced_line(line: bytes, schema: pa.Schema) -> bytes:
+    """One record whose values pyarrow.json will not put into a widened string column,
+    written again with each such value as its JSON text (``1`` -> ``"1"``).
 
-    A number or object in a column that unification widened to string is kept as its JSON
-    text (``1`` -> ``"1"``); anything else that does not fit still raises (and is rejected).
+    The result is parsed like every other line (not by ``Table.from_pylist``, which imports
+    pandas into the worker); anything else that does not fit still fails there and is
+    rejected.
     """
     obj = json.loads(line)
     if not isinstance(obj, dict):
@@ -38,18 +40,7 @@ def _coerce_line(line: bytes, schema: pa.Schema) -> pa.Table:
         if pa.types.is_string(field.type) and value is not None and not isinstance(value, str):
             value = json.dumps(value, separators=(",", ":"))
         row[field.name] = value
-    # Back through pyarrow's JSON reader, not Table.from_pylist: the values then convert as
-    # in every other line, and converting Python objects imports pandas into the worker.
-    text = json.dumps(row, separators=(",", ":")).encode()
-    try:
-        return pajson.read_json(
-            pa.BufferReader(text),
-            parse_options=pajson.ParseOptions(explicit_schema=schema,
-                                              unexpected_field_behavior="error"),
-            read_options=pajson.ReadOptions(use_threads=False,
-                                            block_size=max(1 << 20, len(text) + 1)))
-    except pa.ArrowInvalid as exc:
-        raise ValueError(str(exc).splitlines()[0]) from exc
+    return json.dumps(row, separators=(",", ":")).encode()
 
 
 class JSONLReader(TextReader):
@@ -129,7 +120,7 @@ class JSONLReader(TextReader):
             except pa.ArrowInvalid:
                 if piece.rstrip(b"\r\n").count(b"\n"):
                     raise  # several lines: let the bisection narrow it down
-                return _coerce_line(piece, schema)
+                return self._read_json(_coerced_line(piece, schema), schema, options)
 
         pieces = list(bisect_records(data, record_starts_lines(data), parse, on_bad))
         return pa.concat_tables(pieces) if pieces else schema.empty_table()
