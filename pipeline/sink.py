@@ -317,7 +317,7 @@ def errors_table(rows: Iterable[tuple[str, str, int | None, Rejected]], run_id: 
         text_array([r[3].kind for r in rows]), text_array([r[3].error_type for r in rows]),
         text_array([r[3].message for r in rows]),
         text_array([r[3].raw for r in rows], pa.binary()),
-        text_array([run_id] * len(rows)),
+        repeated_text(run_id, len(rows)),
     ], schema=ERRORS_SCHEMA)
 
 
