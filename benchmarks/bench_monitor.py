@@ -18,7 +18,7 @@ from pathlib import Path
 # Runnable as a plain script from a checkout, without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.pressure import MemoryPressureMonitor, default_interval  # noqa: E402
+from pipeline.pressure.monitor import MemoryPressureMonitor, default_interval  # noqa: E402
 
 
 def cpu_over(seconds: float) -> tuple[float, float]:

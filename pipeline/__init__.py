@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import ChunkmillError, OutputLocked, SourceNotFound, UsageError
 
 if TYPE_CHECKING:
-    from pipeline.lazy import read
+    from pipeline.execution.lazy import read
     from pipeline.options import IngestOptions
-    from pipeline.planning import Plan, plan
-    from pipeline.report import RunReport
+    from pipeline.planning.plan import Plan, plan
+    from pipeline.report.run_report import RunReport
     from pipeline.runner import ingest
 
 __all__ = ["plan", "read", "ingest", "Plan", "RunReport", "IngestOptions", "ChunkmillError",
            "UsageError", "SourceNotFound", "OutputLocked"]
 
-_LAZY = {"plan": "pipeline.planning", "read": "pipeline.lazy", "ingest": "pipeline.runner",
-         "Plan": "pipeline.planning", "RunReport": "pipeline.report",
-         "IngestOptions": "pipeline.options"}
+_LAZY = {"plan": "pipeline.planning.plan", "read": "pipeline.execution.lazy",
+         "ingest": "pipeline.runner", "Plan": "pipeline.planning.plan",
+         "RunReport": "pipeline.report.run_report", "IngestOptions": "pipeline.options"}
 
 
 def __getattr__(name: str) -> Any:

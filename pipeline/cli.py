@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _report(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.plots import load_report, save_html
-    from pipeline.report import RunReport
+    from pipeline.report.plots import load_report, save_html
+    from pipeline.report.run_report import RunReport
 
     data = load_report(args.out, args.run_id)
     if args.html:
@@ -136,8 +136,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import make_sample
     from pipeline.runner import Runner
-    from pipeline.sample import make_sample
 
     files = make_sample(args.dir, rows=args.rows)
     print(f"chunkmill: wrote {len(files)} sample files under {args.dir}/")
@@ -180,14 +180,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             import json
 
-            from pipeline.status import format_status, status
+            from pipeline.report.status import format_status, status
 
             info = status(args.out)
             print(json.dumps(info, indent=2, default=str) if args.json else format_status(info))
             return 0 if info["last_run_finished"] and not info["totals"].get("failed") else 1
         options = _options(args)
         if args.command == "plan":
-            from pipeline.planning import build_plan
+            from pipeline.planning.plan import build_plan
 
             plan = build_plan(args.paths, options)
             print(plan.to_json() if args.json else repr(plan))

@@ -20,28 +20,37 @@ from typing import Any
 
 from distributed import Client, Future, wait
 
-from pipeline.bundle import BundleManifest, BundleTask, Carry, Member, bundle_id, pack, run_bundle
-from pipeline.cluster import BackgroundCluster, choose_layout, dashboard_link, worker_shape
-from pipeline.faults import crash_point
-from pipeline.graph import ChunkManifest, ChunkTask, run_chunk
-from pipeline.options import IngestOptions
-from pipeline.planning import Plan, PlannedFile, build_plan
-from pipeline.progress import Progress
-from pipeline.report import ChunkRecord, RunReport
-from pipeline.schema import schema_change
-from pipeline.sink import (
-    CATALOG_DIR,
-    ERRORS_DIR,
-    FILE_ID,
-    STATE_DIR,
-    SinkSpec,
-    Store,
-    catalog_table,
-    errors_table,
-    stage_errors,
+from pipeline.execution.bundle import (
+    BundleManifest,
+    BundleTask,
+    Carry,
+    Member,
+    bundle_id,
+    pack,
+    run_bundle,
 )
-from pipeline.state import FileRecord, Journal, OutputLock, SchemaStore
-from pipeline.watch import ClusterWatch
+from pipeline.execution.cluster import (
+    BackgroundCluster,
+    choose_layout,
+    dashboard_link,
+    worker_shape,
+)
+from pipeline.execution.task import ChunkManifest, ChunkTask, run_chunk
+from pipeline.execution.watch import ClusterWatch
+from pipeline.faults import crash_point
+from pipeline.options import IngestOptions
+from pipeline.output.catalog import catalog_table
+from pipeline.output.journal import FileRecord, Journal
+from pipeline.output.layout import CATALOG_DIR, ERRORS_DIR, FILE_ID, STATE_DIR
+from pipeline.output.lock import OutputLock
+from pipeline.output.rejects import errors_table, stage_errors
+from pipeline.output.schemas import SchemaStore
+from pipeline.output.store import Store
+from pipeline.output.writer import SinkSpec
+from pipeline.planning.plan import Plan, PlannedFile, build_plan
+from pipeline.planning.schema import schema_change
+from pipeline.report.progress import Progress
+from pipeline.report.run_report import ChunkRecord, RunReport
 from readers import get_reader
 from readers.base import ChunkSpec, Rejected
 

@@ -81,7 +81,7 @@ class JSONLReader(TextReader):
                ) -> tuple[pa.Schema, int, tuple[str, ...]]:
         if not at_eof:
             head = head[: head.rfind(b"\n") + 1]
-        from pipeline.schema import unify
+        from pipeline.planning.schema import unify
 
         # Types that change within the sample (1, then "x") split the sample until each piece
         # parses; the pieces' schemas are then widened together. Unparseable lines are skipped.

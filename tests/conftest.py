@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pytest
 
-from pipeline.discover import describe_file
+from pipeline.planning.discover import describe_file
 from readers import get_reader
 from readers.base import ChunkContext, Rejected
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline
-from pipeline.sample import make_sample
+from pipeline.demo import make_sample
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_embedded_cluster_worker_settings(tmp_path) -> None:
     """Workers get the settings chunkmill relies on, not only the process that made them."""
     import dask
 
-    from pipeline.cluster import connect
+    from pipeline.execution.cluster import connect
     from pipeline.options import IngestOptions
 
     def settings() -> tuple:
@@ -147,7 +147,7 @@ def test_text_workers_import_only_what_text_needs(sample, tmp_path) -> None:
     JSON values kept as text in a widened column (the per-line rescue) neither."""
     import sys as _sys
 
-    from pipeline.cluster import connect
+    from pipeline.execution.cluster import connect
     from pipeline.options import IngestOptions
 
     names = ("pandas", "h5py", "zarr", "PIL")

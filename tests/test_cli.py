@@ -105,8 +105,8 @@ def test_plan_is_a_dry_run(tmp_path) -> None:
 
 
 def test_output_lock_refuses_second_run(tmp_path) -> None:
-    from pipeline.sink import Store
-    from pipeline.state import OutputLock
+    from pipeline.output.lock import OutputLock
+    from pipeline.output.store import Store
 
     (tmp_path / "a.csv").write_text("a\n1\n")
     with OutputLock(Store(str(tmp_path / "o"))):

@@ -6,7 +6,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.columns import int64_array, int64_from_numpy, repeated_text, text_array
+from pipeline.output.columns import int64_array, int64_from_numpy, repeated_text, text_array
 
 
 @settings(deadline=None)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pipeline
-from pipeline.discover import discover
+from pipeline.planning.discover import discover
 
 VALID_CSV = b'id,name,note\n1,a,"x\ny"\n2,b,plain\n3,"c ""q""",z\n' * 20
 VALID_JSONL = b"".join(json.dumps({"id": i, "v": [i, "s"], "o": {"k": i}}).encode() + b"\n"

@@ -305,7 +305,7 @@ def test_catalog_rows_of_any_size_and_type() -> None:
     than its default 1 MiB parse block, non-ASCII text, missing values and numpy scalars."""
     import numpy as np
 
-    from pipeline.sink import CATALOG_SCHEMA, catalog_table
+    from pipeline.output.catalog import CATALOG_SCHEMA, catalog_table
 
     row = {"file_id": "a", "path": "/data/é.csv", "format": "csv", "size_bytes": np.int64(5),
            "mtime": 1_700_000_000.25, "fingerprint": "f", "status": "ok", "tables": ["t", "u"],

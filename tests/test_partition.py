@@ -6,7 +6,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.partition import escape_value, split
+from pipeline.output.partition import escape_value, split
 
 values = st.one_of(st.none(), st.sampled_from(["a", "b", "", "x/y", ".."]))
 

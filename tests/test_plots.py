@@ -1,4 +1,4 @@
-"""`pipeline.plots`: figures and the standalone page from a real run's saved JSON, and from
+"""`pipeline.report.plots`: figures and the standalone page from a real run's saved JSON, and from
 reports with parts missing (no chunks yet, no memory samples, an unfinished run)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from bokeh.models import BoxAnnotation, FactorRange, GlyphRenderer, Label
 
 import pipeline
-from pipeline import plots
 from pipeline.errors import SourceNotFound
+from pipeline.report import plots
 
 
 def _write_csv(path, rows: int) -> None:

@@ -13,7 +13,7 @@ import pytest
 from balloon import Balloon
 
 import pipeline
-from pipeline.pressure import read_memory_usage
+from pipeline.pressure.monitor import read_memory_usage
 
 
 def make_csv(path, rows: int) -> None:

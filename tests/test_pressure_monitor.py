@@ -1,4 +1,4 @@
-"""Tests for pipeline.pressure: levels, hysteresis, history, cgroup parsing, real memory."""
+"""Tests for pipeline.pressure.monitor: levels, hysteresis, history, cgroup parsing, real memory."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import psutil
 import pytest
 from balloon import Balloon
 
-from pipeline import pressure
-from pipeline.pressure import (
+from pipeline.pressure import monitor as pressure
+from pipeline.pressure.monitor import (
     MemoryPressureMonitor,
     PressureLevel,
     PressureThresholds,

@@ -1,4 +1,4 @@
-"""Tests for pipeline.pressure_plugin and pipeline.backpressure on real clusters."""
+"""Tests for pipeline.pressure.plugin and pipeline.pressure.window on real clusters."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import pytest
 from balloon import Balloon
 from distributed import Client, LocalCluster, wait
 
-from pipeline.backpressure import InflightWindow, cluster_pressure, worker_pressure
-from pipeline.pressure import PressureLevel, read_memory_usage
-from pipeline.pressure_plugin import (
+from pipeline.pressure.monitor import PressureLevel, read_memory_usage
+from pipeline.pressure.plugin import (
     EVENT_TOPIC,
     PLUGIN_NAME,
     PressurePlugin,
     pressure_events,
 )
+from pipeline.pressure.window import InflightWindow, cluster_pressure, worker_pressure
 from readers._text import READ_BUFFERS
 
 GiB = 1 << 30

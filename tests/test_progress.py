@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from pipeline.progress import Progress
+from pipeline.report.progress import Progress
 
 
 class Tty(io.StringIO):

@@ -19,8 +19,8 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 import pipeline
-from pipeline.sink import Store
-from pipeline.state import OutputLock
+from pipeline.output.lock import OutputLock
+from pipeline.output.store import Store
 
 COLUMNS = "id BIGINT, user VARCHAR, event VARCHAR, value DOUBLE, note VARCHAR"
 FRAGMENT = re.compile(r"^[0-9a-f]{16}-\d{6}\.parquet$")
@@ -211,7 +211,7 @@ def test_transient_classification() -> None:
     import pyarrow as pa
 
     from pipeline.errors import TransientError
-    from pipeline.retry import is_transient, retrying
+    from pipeline.execution.retry import is_transient, retrying
 
     assert is_transient(OSError("reset")) and is_transient(TimeoutError())
     assert is_transient(TransientError("lost worker"))

@@ -1,7 +1,7 @@
 """The client's view of the cluster during a run: memory, pressure level, submission window.
 
 Polls the scheduler (at most every ``interval`` seconds) for each worker's memory and the
-pressure level the `pipeline.pressure_plugin` reports as a worker metric, records a memory
+pressure level the `pipeline.pressure.plugin` reports as a worker metric, records a memory
 timeline and level changes into the run report, and shrinks the window of chunks in flight
 as pressure rises (CRITICAL stops submission until it eases).
 """
@@ -13,11 +13,11 @@ from typing import Any
 
 from distributed import Client
 
-from pipeline.backpressure import InflightWindow
-from pipeline.pressure import PressureLevel
-from pipeline.pressure_plugin import METRIC_LEVEL
-from pipeline.progress import Progress
-from pipeline.report import RunReport
+from pipeline.pressure.monitor import PressureLevel
+from pipeline.pressure.plugin import METRIC_LEVEL
+from pipeline.pressure.window import InflightWindow
+from pipeline.report.progress import Progress
+from pipeline.report.run_report import RunReport
 
 LEVELS = tuple(level.name for level in PressureLevel)
 
@@ -39,7 +39,7 @@ class ClusterWatch:
 
     def collect(self, client: Client) -> None:
         """At the end of a run: the plugin's own counters (pauses, evictions) per worker."""
-        from pipeline.pressure_plugin import pressure_events
+        from pipeline.pressure.plugin import pressure_events
 
         try:
             per_worker = client.run(pressure_events)

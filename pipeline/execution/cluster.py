@@ -59,7 +59,7 @@ def install_pressure_plugin(client: Client) -> None:
     plugin treats as the machine's limit, e.g. the share of a notebook server the job may use.
     """
     from pipeline.options import parse_size
-    from pipeline.pressure_plugin import PressurePlugin
+    from pipeline.pressure.plugin import PressurePlugin
 
     limit = dask.config.get("chunkmill.pressure.limit", None)
     client.register_plugin(PressurePlugin(

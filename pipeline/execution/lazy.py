@@ -16,9 +16,9 @@ import pyarrow as pa
 
 from pipeline.errors import UsageError
 from pipeline.options import IngestOptions, as_paths
-from pipeline.planning import build_plan
-from pipeline.schema import conform
-from pipeline.sink import FILE_ID
+from pipeline.output.layout import FILE_ID
+from pipeline.planning.plan import build_plan
+from pipeline.planning.schema import conform
 from readers import get_reader
 from readers.base import ChunkContext, ChunkSpec, Description, RestartChunk, Source
 

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.columns import int64_from_numpy
+from pipeline.output.columns import int64_from_numpy
 
 NULL_VALUE = "__HIVE_DEFAULT_PARTITION__"
 MAX_SEGMENT = 128

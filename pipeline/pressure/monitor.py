@@ -6,7 +6,7 @@ react to level *changes* instead of flapping on every sample.
 
 Everything here works in a plain Python session::
 
-    >>> from pipeline.pressure import MemoryPressureMonitor
+    >>> from pipeline.pressure.monitor import MemoryPressureMonitor
     >>> MemoryPressureMonitor().snapshot()  # doctest: +SKIP
     MemorySample(time=..., used_bytes=..., limit_bytes=..., fraction=0.12, level=NORMAL)
 

@@ -2,7 +2,7 @@
 
 The task returns a small `ChunkManifest` (paths, counts, timings, reader facts), never data, so
 the client and scheduler hold kilobytes per chunk whatever the input size. Also builds the lazy
-graph behind `pipeline.read` (see `pipeline.lazy`).
+graph behind `pipeline.read` (see `pipeline.execution.lazy`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.retry import backoff, is_transient
-from pipeline.sink import Fragment, FragmentWriter, SinkSpec, errors_table, stage_errors
+from pipeline.execution.retry import backoff, is_transient
+from pipeline.output.rejects import errors_table, stage_errors
+from pipeline.output.writer import Fragment, FragmentWriter, SinkSpec
 from readers import get_reader
 from readers.base import ChunkContext, ChunkSpec, Description, RestartChunk, Source
 

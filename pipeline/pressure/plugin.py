@@ -17,7 +17,7 @@ ELEVATED   spill earlier: halve the spill target and the memory manager's target
 HIGH       evict down to 10 % of the original target, ``gc.collect()`` once, pause the
            worker (running tasks finish, no new ones start).
 CRITICAL   as HIGH, evict everything evictable; the ``chunkmill-pressure`` event it
-           logs tells clients to stop submitting (see :mod:`pipeline.backpressure`).
+           logs tells clients to stop submitting (see :mod:`pipeline.pressure.window`).
 lower      after ``cooldown`` seconds below the current level: restore the lower
            level's settings (NORMAL: the originals); resume once below HIGH.
 ========== ============================================================================
@@ -26,7 +26,7 @@ Every level change is logged as a ``chunkmill-pressure`` event. Dask's spill and
 terminate stay active; only Dask's pause is disabled, because its monitor would
 otherwise un-pause a worker this plugin paused about 100 ms later.
 
-The reactions themselves are in :mod:`pipeline.pressure_actions`; this module decides
+The reactions themselves are in :mod:`pipeline.pressure.actions`; this module decides
 when to apply them. Install with ``client.register_plugin(PressurePlugin())``; inspect with
 ``client.run(pressure_events)``.
 """
@@ -44,17 +44,7 @@ from distributed import WorkerPlugin
 from distributed.core import Status
 from tornado.ioloop import PeriodicCallback
 
-from pipeline.arrow_pool import default_pool_name, restore_default_pool, switch_default_pool
-from pipeline.pressure import (
-    MemoryPressureMonitor,
-    MemoryReader,
-    MemorySample,
-    PressureLevel,
-    PressureThresholds,
-    default_interval,
-    read_memory_usage,
-)
-from pipeline.pressure_actions import (
+from pipeline.pressure.actions import (
     ARROW_RELEASE_S,
     DEFAULT_SPILL_FACTORS,
     EVENT_TOPIC,
@@ -68,7 +58,21 @@ from pipeline.pressure_actions import (
     set_spill_target,
     set_target_fraction,
 )
-from pipeline.pressure_gauges import expose_worker_gauges, remove_worker_gauges
+from pipeline.pressure.arrow_pool import (
+    default_pool_name,
+    restore_default_pool,
+    switch_default_pool,
+)
+from pipeline.pressure.gauges import expose_worker_gauges, remove_worker_gauges
+from pipeline.pressure.monitor import (
+    MemoryPressureMonitor,
+    MemoryReader,
+    MemorySample,
+    PressureLevel,
+    PressureThresholds,
+    default_interval,
+    read_memory_usage,
+)
 
 if TYPE_CHECKING:
     from distributed import Worker

@@ -5,7 +5,7 @@ Every function takes the report as the plain dict saved under ``OUT/_chunkmill/r
 or written by a version without ``memory_timeline``, still renders, with a note in the plot.
 Times are seconds since the run started, shared by all plots so they pan and zoom together.
 
-    from pipeline import plots
+    from pipeline.report import plots
     report = plots.load_report("lake/")          # latest run
     plots.save_html(report, "run.html")          # standalone page, works offline
 """

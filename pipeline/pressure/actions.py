@@ -2,7 +2,7 @@
 
 :class:`~pipeline.pressure_plugin.PressurePlugin` decides *when* the level changes; the
 functions here are *what* it then does to the worker (see the level table in
-:mod:`pipeline.pressure_plugin`):
+:mod:`pipeline.pressure.plugin`):
 
 =================================  ===========================================================
 :func:`set_spill_target`           always: the SpillBuffer target for the level, capped by the
@@ -15,7 +15,7 @@ functions here are *what* it then does to the worker (see the level table in
 :func:`pause_worker`               HIGH and above: running tasks finish, no new ones start
 :func:`resume_worker`              back below HIGH
 :func:`log_pressure_event`         every change: the ``chunkmill-pressure`` event clients
-                                   watch (see :mod:`pipeline.backpressure`)
+                                   watch (see :mod:`pipeline.pressure.window`)
 =================================  ===========================================================
 
 Counters (``counters``) are the plugin's per-worker dict reported by
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed.core import Status
 
-from pipeline.pressure import MemorySample, PressureLevel
+from pipeline.pressure.monitor import MemorySample, PressureLevel
 
 if TYPE_CHECKING:
     from distributed import Worker

@@ -9,8 +9,9 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
-from pipeline.sink import CATALOG_DIR, STATE_DIR, Store
-from pipeline.state import Journal
+from pipeline.output.journal import Journal
+from pipeline.output.layout import CATALOG_DIR, STATE_DIR
+from pipeline.output.store import Store
 
 
 def status(out: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from pipeline.errors import SourceNotFound, UsageError
-from pipeline.retry import backoff, is_transient
+from pipeline.execution.retry import backoff, is_transient
 from readers import (
     COMPRESSION_SUFFIXES,
     detect,

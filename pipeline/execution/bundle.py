@@ -24,19 +24,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.columns import int64_from_numpy, text_array
-from pipeline.graph import ChunkManifest, _worker_name, read_with_retries
-from pipeline.schema import conform
-from pipeline.sink import (
-    ERRORS_DIR,
-    ERRORS_SCHEMA,
-    FILE_ID,
-    Fragment,
-    FragmentWriter,
-    SinkSpec,
-    errors_table,
-    stage_errors,
-)
+from pipeline.execution.task import ChunkManifest, _worker_name, read_with_retries
+from pipeline.output.columns import int64_from_numpy, text_array
+from pipeline.output.layout import ERRORS_DIR, FILE_ID
+from pipeline.output.rejects import ERRORS_SCHEMA, errors_table, stage_errors
+from pipeline.output.writer import Fragment, FragmentWriter, SinkSpec
+from pipeline.planning.schema import conform
 from readers import get_reader
 from readers.base import ChunkSpec, Description, Source, TogetherRead, stable_id
 

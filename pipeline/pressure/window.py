@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pipeline.pressure import PressureLevel
-from pipeline.pressure_plugin import METRIC_LEVEL
+from pipeline.pressure.monitor import PressureLevel
+from pipeline.pressure.plugin import METRIC_LEVEL
 
 if TYPE_CHECKING:
     from distributed import Client

@@ -18,11 +18,11 @@ from typing import Any
 import pyarrow as pa
 from fsspec.core import url_to_fs
 
-from pipeline.discover import Discovered, SkipCheck, discover, rediscover
 from pipeline.errors import UsageError
+from pipeline.execution.retry import retrying
 from pipeline.options import IngestOptions, as_paths
-from pipeline.retry import retrying
-from pipeline.schema import unify
+from pipeline.planning.discover import Discovered, SkipCheck, discover, rediscover
+from pipeline.planning.schema import unify
 from readers import get_reader
 from readers.base import ChunkSpec, Description, Source
 
