@@ -31,11 +31,13 @@ __all__ = ["plan", "read", "ingest", "Plan", "RunReport", "IngestOptions", "Chun
 _LAZY = {"plan": "pipeline.planning.plan", "read": "pipeline.execution.lazy",
          "ingest": "pipeline.runner", "Plan": "pipeline.planning.plan",
          "RunReport": "pipeline.report.run_report", "IngestOptions": "pipeline.options"}
+_MODULES = {"plots": "pipeline.report.plots"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY or name in _MODULES:
+        module = importlib.import_module(_LAZY.get(name) or _MODULES[name])
+        value = getattr(module, name) if name in _LAZY else module
         globals()[name] = value
         return value
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

@@ -12,17 +12,23 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pipeline import config
 from pipeline.errors import ChunkmillError
-from pipeline.options import COMPRESSIONS, LAYOUTS, IngestOptions, parse_size
+from pipeline.options import COMPRESSIONS, LAYOUTS, IngestOptions
 
 log = logging.getLogger("chunkmill")
 
 
 def _size(text: str) -> int:
     try:
-        return parse_size(text)
+        return config.parse_size(text)
     except ChunkmillError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _default(key: str) -> str:
+    """A default from ``chunkmill.ingest.*`` (the shipped chunkmill.yaml, or the user's)."""
+    return str(config.get(f"ingest.{key}"))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -32,14 +38,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="force a reader (csv, tsv, jsonl, ...) instead of sniffing")
     p.add_argument("--no-header", dest="header", action="store_false",
                    help="CSV/TSV files have no header row (columns are f0, f1, ...)")
-    p.add_argument("--chunk-size", type=_size, default=None,
-                   help="bytes per chunk task, e.g. 64MB, 256MiB (default 32MiB; 64MiB with "
+    p.add_argument("--chunk-size", type=_size,
+                   help="bytes per chunk task, e.g. 64MB, 256MiB (default "
+                        f"{_default('chunk-size')}; {_default('partitioned-chunk-size')} with "
                         "--partition-by)")
-    p.add_argument("--small-file-size", type=_size, default="4MiB",
+    p.add_argument("--small-file-size", type=_size,
                    help="files up to this size are read many to a task and share output "
-                        "fragments (default 4MiB; 0 turns bundling off)")
-    p.add_argument("--max-record-bytes", type=_size, default="16MiB",
-                   help="longest record accepted when seeking boundaries (default 16MiB)")
+                        f"fragments (default {_default('small-file-size')}; 0 turns bundling "
+                        "off)")
+    p.add_argument("--max-record-bytes", type=_size,
+                   help="longest record accepted when seeking boundaries (default "
+                        f"{_default('max-record-bytes')})")
     p.add_argument("--partition-by", default="", metavar="COL[,COL]",
                    help="hive-partition the output by these columns")
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -54,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="ingest inputs into OUT")
     _common(ingest)
     ingest.add_argument("--out", required=True, help="output directory or fsspec URL")
-    ingest.add_argument("--compression", default="zstd", choices=COMPRESSIONS)
+    ingest.add_argument("--compression", choices=COMPRESSIONS,
+                        help=f"Parquet codec (default {_default('compression')})")
     ingest.add_argument("--scheduler", metavar="ADDR",
                         help="use a running Dask scheduler (tcp://host:8786) instead of an "
                              "embedded cluster")
@@ -63,16 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--threads-per-worker", type=int,
                         help="embedded cluster: threads per worker (default: 1 per process; "
                              "one per core with --layout threads)")
-    ingest.add_argument("--layout", choices=LAYOUTS, default="auto",
+    ingest.add_argument("--layout", choices=LAYOUTS,
                         help="embedded cluster: worker processes, or threads of this process; "
                              "auto (default) picks threads when every input is text and "
                              "--workers/--threads-per-worker are not given")
-    ingest.add_argument("--memory-limit", default="auto",
-                        help="embedded cluster: memory per worker, e.g. 2GB (default auto)")
+    ingest.add_argument("--memory-limit",
+                        help="embedded cluster: memory per worker, e.g. 2GB (default "
+                             f"{_default('memory-limit')})")
     ingest.add_argument("--dashboard", action="store_true",
                         help="start the Dask dashboard and print its address")
-    ingest.add_argument("--retries", type=int, default=2,
-                        help="retries of a chunk whose worker died (default 2)")
+    ingest.add_argument("--retries", type=int,
+                        help="retries of a chunk after a transient failure or a lost worker "
+                             f"(default {_default('retries')})")
     ingest.add_argument("--force", action="store_true",
                         help="re-ingest files even when unchanged since the last run")
     ingest.add_argument("--prune", action="store_true",
@@ -144,7 +156,8 @@ def _demo(args: argparse.Namespace) -> int:
     code = 0
     for inputs, extra in (([f"{args.dir}/logs"], {"partition_by": ("event",)}),
                           ([f"{args.dir}/events.jsonl", f"{args.dir}/users.tsv"], {})):
-        report = Runner(inputs, IngestOptions(out=args.out, chunk_size=4 << 20, **extra)).run()
+        options = IngestOptions.from_kwargs(args.out, chunk_size=4 << 20, **extra)
+        report = Runner(inputs, options).run()
         print(report)
         code = max(code, report.exit_code)
     print(f"\nquery it: duckdb -c \"select event, count(*) from read_parquet("
@@ -152,11 +165,12 @@ def _demo(args: argparse.Namespace) -> int:
     return code
 
 
+_NOT_OPTIONS = {"command", "paths", "json", "verbose", "quiet", "out"}
+
+
 def _options(args: argparse.Namespace) -> IngestOptions:
-    fields = {k: v for k, v in vars(args).items()
-              if k in IngestOptions.__dataclass_fields__ and v is not None}
-    fields.setdefault("out", "out")
-    return IngestOptions(**fields)
+    given = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS and v is not None}
+    return IngestOptions.from_kwargs(getattr(args, "out", None) or "out", **given)
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -189,7 +203,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         if args.command == "plan":
             from pipeline.planning.plan import build_plan
 
-            plan = build_plan(args.paths, options)
+            plan = build_plan(args.paths, options.plan,
+                              partition_by=options.output.partition_by)
             print(plan.to_json() if args.json else repr(plan))
             return 1 if any(f.error for f in plan.files) else 0
         from pipeline.runner import Runner

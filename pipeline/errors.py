@@ -1,7 +1,7 @@
 """chunkmill's error hierarchy: one root, mixed with the matching built-in, one exit code each.
 
 Errors cross process boundaries (workers -> client), so every class pickles with its message.
-`TransientError` marks failures worth retrying; everything else is deterministic.
+Errors about input files are the readers' (`readers.errors`); these are the run's own.
 """
 
 from __future__ import annotations
@@ -30,7 +30,3 @@ class OutputLocked(ChunkmillError, RuntimeError):
     """Another live run holds the lock on this output directory."""
 
     exit_code = 4
-
-
-class TransientError(ChunkmillError, OSError):
-    """A failure that may go away on retry (network, lost worker)."""

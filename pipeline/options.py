@@ -1,115 +1,157 @@
-"""Options shared by the CLI and the Python API: one name per idea, the CLI flag's name."""
+"""Options of an ingest, one typed, frozen record per layer, with one source of defaults.
+
+The CLI flags, the Python keyword arguments and these fields share their names
+(``--chunk-size`` / ``chunk_size=``). Defaults that users tune come from Dask's configuration
+(``chunkmill.ingest.*``, shipped in ``chunkmill.yaml``; see `pipeline.config`), read when an
+options object is built. Each layer gets only its own record: planning a `PlanOptions`, the
+cluster a `ClusterOptions`, the writers an `OutputOptions`; readers get their own typed
+options built from `PlanOptions.reader_settings`. Nothing here is mutated after construction.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pipeline import config
 from pipeline.errors import UsageError
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
-_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-
-
-def parse_size(value: str | int | float) -> int:
-    """Bytes from ``64MB``, ``64MiB``, ``1.5G``, ``4096`` (MB = 10**6, MiB = 2**20)."""
-    if isinstance(value, int | float):
-        return int(value)
-    m = _SIZE.match(value)
-    if not m:
-        raise UsageError(f"not a size: {value!r} (try 64MB, 1GiB or a number of bytes)")
-    number, prefix, suffix = m.groups()
-    base = 1024 if "i" in suffix.lower() else 1000
-    return int(float(number) * base ** _POWERS[prefix.lower()])
-
-
-DEFAULT_CHUNK_SIZE = 32 * 2**20
-#: Partitioning splits each chunk's rows over one fragment per value, and every fragment pays
-#: its own dictionaries, footer and files: twice the chunk halves that (2 GB CSV by 6 values:
-#: 9.2 -> 8.6 s, at 505 instead of 374 MiB peak).
-PARTITIONED_CHUNK_SIZE = 64 * 2**20
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 LAYOUTS = ("auto", "processes", "threads")
 
 
-@dataclass
-class IngestOptions:
-    """Everything `pipeline.ingest` and ``chunkmill ingest`` accept (same names)."""
+def _size(key: str) -> Any:
+    return field(default_factory=lambda: config.parse_size(config.get(f"ingest.{key}")))
 
-    out: str
+
+def _setting(key: str) -> Any:
+    return field(default_factory=lambda: config.get(f"ingest.{key}"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanOptions:
+    """What the inputs are and how they are split into chunks (planning)."""
+
     table: str | None = None
-    partition_by: tuple[str, ...] = ()
-    chunk_size: int | str | None = None
-    """Default `DEFAULT_CHUNK_SIZE`, or `PARTITIONED_CHUNK_SIZE` with ``partition_by``."""
-    small_file_size: int = 4 * 2**20
-    """Files up to this size share tasks and fragments with others (0: never)."""
-    compression: str = "zstd"
+    """Table name for single-table inputs (default: the input's name)."""
     format: str | None = None
+    """Force a reader instead of sniffing."""
     header: bool = True
+    """CSV/TSV files start with a header row."""
+    chunk_size: int = _size("chunk-size")
+    small_file_size: int = _size("small-file-size")
+    """Files up to this size share tasks and fragments with others (0: never)."""
+    max_record_bytes: int = _size("max-record-bytes")
+    retries: int = _setting("retries")
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_size", "small_file_size", "max_record_bytes"):
+            object.__setattr__(self, name, config.parse_size(getattr(self, name)))
+        if self.chunk_size < 1:
+            raise UsageError("--chunk-size must be at least 1 byte")
+
+    def reader_settings(self, input_roots: Sequence[str]) -> dict[str, Any]:
+        """The flat settings every reader picks its own options from (`Reader.configure`)."""
+        return {"chunk_size": self.chunk_size, "max_record_bytes": self.max_record_bytes,
+                "header": self.header, "input_roots": tuple(input_roots)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterOptions:
+    """Where chunk tasks run: an existing scheduler, or the embedded cluster's shape."""
+
     scheduler: str | None = None
     workers: int | None = None
     threads_per_worker: int | None = None
     """Default: 1 per worker process; one per core for the threads layout."""
-    layout: str = "auto"
+    layout: str = _setting("layout")
     """Embedded cluster: "processes", "threads" (one worker in this process) or "auto"."""
-    memory_limit: str | int | None = "auto"
+    memory_limit: str | int | None = _setting("memory-limit")
     dashboard: bool = False
-    max_record_bytes: int = 16 * 2**20
-    window: int | None = None
-    retries: int = 2
-    chunk_timeout: float | None = None
-    prune: bool = False
-    force: bool = False
-    progress: bool | None = None
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    input_roots: tuple[str, ...] = ()
-    """Set by planning: the directories the inputs live in (readers refuse links leaving them)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.partition_by, str):
-            self.partition_by = tuple(c.strip() for c in self.partition_by.split(",") if c.strip())
-        else:
-            self.partition_by = tuple(self.partition_by or ())
-        if self.chunk_size is None:
-            self.chunk_size = PARTITIONED_CHUNK_SIZE if self.partition_by else DEFAULT_CHUNK_SIZE
-        self.chunk_size = parse_size(self.chunk_size)
-        self.max_record_bytes = parse_size(self.max_record_bytes)
-        self.small_file_size = parse_size(self.small_file_size)
-        if self.chunk_size < 1:
-            raise UsageError("--chunk-size must be at least 1 byte")
-        if self.compression not in COMPRESSIONS:
-            raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}")
         if self.workers is not None and self.workers < 1:
             raise UsageError("--workers must be at least 1")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:
             raise UsageError("--threads-per-worker must be at least 1")
         if self.layout not in LAYOUTS:
             raise UsageError(f"--layout must be one of {', '.join(LAYOUTS)}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputOptions:
+    """Where and how rows are written."""
+
+    out: str
+    compression: str = _setting("compression")
+    partition_by: tuple[str, ...] = ()
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
         if not self.out:
             raise UsageError("--out is required")
+        if self.compression not in COMPRESSIONS:
+            raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngestOptions:
+    """Everything `pipeline.ingest` and ``chunkmill ingest`` accept, by layer.
+
+    Build it with `from_kwargs` (the flat names of the CLI and the Python API).
+    """
+
+    plan: PlanOptions
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    output: OutputOptions
+    retries: int = _setting("retries")
+    """Retries of a chunk after a transient I/O error or a lost worker."""
+    chunk_timeout: float | None = None
+    window: int | None = None
+    """Chunk tasks in flight (default: ``window-per-thread`` x worker threads)."""
+    progress: bool | None = None
+    """A progress line (None: only on a terminal, or a widget in Jupyter)."""
+    force: bool = False
+    prune: bool = False
 
     @classmethod
-    def from_kwargs(cls, out: str, **kwargs: Any) -> IngestOptions:
-        known = {f.name for f in fields(cls)}
+    def from_kwargs(cls, out: str | os.PathLike[str], **kwargs: Any) -> IngestOptions:
+        """Options from the flat keyword names (``partition_by=``, ``workers=``, ...)."""
+        layers = {"plan": PlanOptions, "cluster": ClusterOptions, "output": OutputOptions}
+        own = {f.name for f in fields(cls)} - set(layers)
+        known = own | {f.name for layer in layers.values() for f in fields(layer)}
         unknown = set(kwargs) - known
         if unknown:
             raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
-        return cls(out=os.fspath(out), **kwargs)
-
-    def reader_options(self) -> dict[str, Any]:
-        """The subset readers see (plain values only: it travels to every task)."""
-        return {"chunk_size": self.chunk_size, "header": self.header,
-                "max_record_bytes": self.max_record_bytes, "input_roots": self.input_roots}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        partition_by = kwargs.get("partition_by") or ()
+        if isinstance(partition_by, str):
+            partition_by = [c for c in partition_by.split(",")]
+        kwargs["partition_by"] = tuple(c.strip() for c in partition_by if c.strip())
+        if kwargs["partition_by"] and "chunk_size" not in kwargs:
+            # Partitioning writes one fragment per value and chunk: bigger chunks, fewer files.
+            kwargs["chunk_size"] = config.get("ingest.partitioned-chunk-size")
+        kwargs["out"] = os.fspath(out)
+        if "storage_options" in kwargs:
+            kwargs["storage_options"] = dict(kwargs["storage_options"])
+        built = {name: layer(**{f.name: kwargs[f.name] for f in fields(layer)
+                                if f.name in kwargs})
+                 for name, layer in layers.items()}
+        return cls(**built, **{k: v for k, v in kwargs.items() if k in own})
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dataclasses.asdict(self)
 
 
 def as_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     if isinstance(paths, str | os.PathLike):
         return [os.fspath(paths)]
     return [os.fspath(p) for p in paths]
+
+
+__all__ = ["IngestOptions", "PlanOptions", "ClusterOptions", "OutputOptions", "COMPRESSIONS",
+           "LAYOUTS", "as_paths"]

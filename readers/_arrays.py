@@ -19,36 +19,30 @@ import pyarrow as pa
 
 from readers._deferred import deferred
 from readers.base import RAW_CAP, ChunkContext
+from readers.errors import ErrorCode, Unsupported, error_code, one_line
+from readers.options import ReaderOptions
 
 h5py = deferred("h5py")
 
-DEFAULTS: dict[str, Any] = {
-    "chunk_size": 64 << 20,
-    "max_expansion": 1000,          # declared bytes per file byte before an array is absurd
-    "dense_limit": 1 << 30,         # ... and never absurd below this many declared bytes
-    "max_listed_chunks": 1_000_000,  # written chunks listed to plan an absurd array sparsely
-    "max_objects": 10_000,          # links walked per file
-    "max_chunks_per_file": 200_000,
-}
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArrayOptions(ReaderOptions):
+    """Options of the array readers (HDF5, Zarr): limits against absurd or hostile files."""
+
+    max_expansion: int = 1000
+    """Declared bytes per stored byte before an array counts as absurd..."""
+    dense_limit: int = 1 << 30
+    """... and never absurd below this many declared bytes."""
+    max_listed_chunks: int = 1_000_000
+    """Written chunks listed to plan an absurd array sparsely."""
+    max_objects: int = 10_000
+    """Links (datasets, groups) walked per file."""
+    max_chunks_per_file: int = 200_000
+
+
 _VLEN_ROW_GUESS = 32  # bytes per variable-length element, for block sizing only
-
-def opt(options: Mapping[str, Any], name: str) -> Any:
-    value = options.get(name)
-    return DEFAULTS[name] if value is None else value
-
-
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message``: one line for an ``_errors`` row."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
 
 #: Errors that may pass on retry: raised to the runner (which retries the chunk), never rejected.
 TRANSIENT = (MemoryError, ConnectionError, TimeoutError)
-
-
-class Unsupported(ValueError):
-    """A dtype or storage layout chunkmill cannot turn into Arrow columns."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +65,17 @@ class ArrayInfo:
     """Plan only row blocks that hold a written chunk (absurd declared size)."""
     refused: str | None = None
     """Why the array is not read (an ``_errors`` row instead of rows)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArraySelector:
+    """Which rows of which array a chunk reads (`ChunkSpec.selector` of the array readers)."""
+
+    path: str
+    start: int = 0
+    stop: int = 0
+    refused: str | None = None
+    """Why the array is not read: the chunk only writes this reason to ``_errors``."""
 
 
 def table_name(path: str) -> str:
@@ -146,10 +151,9 @@ def row_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
     return max(1, item * math.prod(shape[1:]))
 
 
-def is_absurd(declared: int, stored: int, options: Mapping[str, Any]) -> bool:
+def is_absurd(declared: int, stored: int, options: ArrayOptions) -> bool:
     """True when an array declares far more bytes than its storage could ever hold."""
-    return declared > max(int(opt(options, "dense_limit")),
-                          int(opt(options, "max_expansion")) * max(stored, 1))
+    return declared > max(options.dense_limit, options.max_expansion * max(stored, 1))
 
 
 def row_blocks(nrows: int, grid_rows: int, bytes_per_row: int, chunk_size: int,
@@ -315,7 +319,7 @@ def reject_rows(ctx: ChunkContext, values: np.ndarray, bad: np.ndarray, start: i
         item = values[i]
         raw = item if isinstance(item, bytes) else (
             repr(item).encode() if values.dtype.hasobject else np.asarray(item).tobytes())
-        ctx.reject(error_type="InvalidUTF8", raw=raw[:RAW_CAP],
+        ctx.reject(error_type=ErrorCode.INVALID_UTF8, raw=raw[:RAW_CAP],
                    byte_offset=None if byte_offset is None else byte_offset + int(i) * row_bytes_,
                    message=f"{where} row {start + int(i)}: string value is not valid UTF-8")
 
@@ -340,8 +344,8 @@ def read_rows(fetch: Callable[[int, int], np.ndarray], info: ArrayInfo, schema: 
                 yield from read_rows(fetch, info, schema, start, min(start + info.grid_rows, b),
                                      ctx, where, offset_of, record_offsets)
             return
-        ctx.reject(kind="chunk", error_type=type(exc).__name__, byte_offset=offset_of(a),
-                   message=f"{where} rows {a}:{b}: {first_line(exc)}")
+        ctx.reject(kind="chunk", error_type=error_code(exc), byte_offset=offset_of(a),
+                   message=f"{where} rows {a}:{b}: {one_line(exc)}")
         return
     if bad is not None:
         reject_rows(ctx, values, bad, a, where, offset_of(a) if record_offsets else None,

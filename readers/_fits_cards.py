@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from readers.errors import BadFile, ErrorCode
+
 BLOCK = 2880
 CARD = 80
 #: Largest header we parse (about 100,000 cards); real headers are a few hundred cards.
@@ -26,15 +28,10 @@ _COMMENTARY = {"COMMENT", "HISTORY", ""}
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([EeDd][+-]?\d+)?$")
 
 
-class FITSError(ValueError):
+class FITSError(BadFile):
     """The file breaks the FITS rules at a known place (``offset`` is a byte offset)."""
 
-    def __init__(self, message: str, offset: int | None = None) -> None:
-        super().__init__(message)
-        self.offset = offset
-
-    def __reduce__(self):  # noqa: ANN204 - keep the offset when crossing processes
-        return (type(self), (str(self), self.offset))
+    code = ErrorCode.BAD_HEADER
 
 
 def _parse_value(text: str) -> Any:

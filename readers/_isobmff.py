@@ -16,20 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from readers.errors import BadFile
+
 MAX_DEPTH = 16
 MAX_BOXES = 1_000_000
 _CONTAINERS = {"moov", "trak", "mdia", "minf", "stbl", "edts", "mvex", "moof", "traf", "dinf"}
 
 
-class BoxError(ValueError):
+class BoxError(BadFile):
     """The file breaks the box rules at ``offset`` (a byte offset into the file)."""
-
-    def __init__(self, message: str, offset: int | None = None) -> None:
-        super().__init__(message)
-        self.offset = offset
-
-    def __reduce__(self):  # noqa: ANN204 - keep the offset when crossing processes
-        return (type(self), (str(self), self.offset))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import mmap
 import os
 import threading
 from abc import abstractmethod
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,6 +22,7 @@ import pyarrow as pa
 from readers._boundaries import count_byte, first_record_end, guess_parity, last_record_end
 from readers.base import (
     ChunkContext,
+    ChunkOutcome,
     ChunkSpec,
     Description,
     Reader,
@@ -31,6 +32,8 @@ from readers.base import (
     TogetherRead,
     read_head,
 )
+from readers.errors import DecompressionLimit, RecordTooLong
+from readers.options import ReaderOptions
 
 BOM = b"\xef\xbb\xbf"
 #: A record no real file contains; parsed after a chunk to prove the chunk ended outside quotes.
@@ -46,28 +49,58 @@ def sentinel_text(delimiter: str, ncols: int) -> str:
     """
     return SENTINEL_TEXT if ncols != 1 else "\x1fchunkmill" + delimiter + "end\x1f"
 
-DEFAULTS: dict[str, Any] = {
-    "chunk_size": 32 << 20,
-    "infer_bytes": 1 << 20,
-    "max_record_bytes": 16 << 20,
-    "stream_block_bytes": 8 << 20,
-    "parse_block_bytes": 4 << 20,
-    "decompression_ratio_limit": 200,
-    "header": True,
-}
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextOptions(ReaderOptions):
+    """Options of the line-oriented text readers."""
+
+    header: bool = True
+    """CSV/TSV: the first record names the columns."""
+    infer_bytes: int = 1 << 20
+    """Bytes from the head of a file its column types are inferred from."""
+    stream_block_bytes: int = 8 << 20
+    """Decompressed bytes per parse in a whole-file stream."""
+    parse_block_bytes: int = 4 << 20
+    """Bytes pyarrow parses at a time inside a chunk (bounds a chunk's Arrow memory)."""
+    decompression_ratio_limit: float = 200
+    """A stream inflating past this many times its file size (and 1 GiB) is refused."""
+    streaming: bool = True
+    """Parse a chunk block by block into the writer; False holds the chunk's rows until the
+    end (the CSV reader restarts a chunk that way when a value fails to convert half-way)."""
 
 
-def opt(options: Mapping[str, Any], name: str) -> Any:
-    value = options.get(name)
-    return DEFAULTS[name] if value is None else value
+@dataclass(frozen=True, slots=True)
+class TextSelector:
+    """How a text chunk is read (`ChunkSpec.selector` of the text readers)."""
+
+    stream: bool = False
+    """Read the whole file as one stream from the first record (compressed files, and files
+    whose quoting cannot be split exactly)."""
+    parity: int | None = None
+    """Whether the chunk's nominal start lies inside quotes (1), outside (0), or unknown
+    (None: the chunk guesses, and `TextReader.reconcile` checks the guess)."""
 
 
-class RecordTooLong(ValueError):
-    """No record boundary within ``max_record_bytes``: the file is not in the format we think."""
+STREAM = TextSelector(stream=True)
 
 
-class DecompressionLimit(ValueError):
-    """The stream inflates beyond the configured ratio: a likely decompression bomb."""
+@dataclass(slots=True)
+class TextFacts:
+    """What a text chunk reports for reconciliation (`ChunkContext.facts`)."""
+
+    quotes: int = 0
+    """Quote characters in the chunk's nominal range."""
+    parity: int = 0
+    """The start parity the chunk assumed."""
+    last: bool = False
+    """The chunk reaches the end of the file."""
+    start: int | None = None
+    """Byte offset of the chunk's first record (None: no record starts in its range)."""
+    end: int | None = None
+    """Byte offset just past its last record."""
+    verified: bool = True
+    """The parser ended the chunk outside quotes (its sentinel record came back)."""
+    open_quote_at_eof: bool = False
+    """The file ends inside an open quoted field."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,16 +230,17 @@ class TextReader(Reader):
     quote: ClassVar[bytes | None] = b'"'
     """Quote character whose parity decides record ends; None when a newline always ends one."""
     threads_ok = True  # pyarrow's CSV/JSON parsers and the Parquet writer release the GIL
+    options_type = TextOptions
 
     # --- subclass hooks -------------------------------------------------------------------------
     @abstractmethod
-    def _infer(self, head: bytes, at_eof: bool, options: Mapping[str, Any]
+    def _infer(self, head: bytes, at_eof: bool, options: TextOptions
                ) -> tuple[pa.Schema, int, tuple[str, ...]]:
         """(schema, header length in bytes, column names) from the first bytes of the file."""
 
     @abstractmethod
     def _parse_block(self, block: memoryview, abs_offset: int, description: Description,
-                     options: Mapping[str, Any], ctx: ChunkContext, sentinel: bool
+                     options: TextOptions, ctx: ChunkContext, sentinel: bool
                      ) -> Generator[pa.Table, None, bool]:
         """Yield the rows of whole records; with ``sentinel`` the block ends in `SENTINEL`.
 
@@ -216,7 +250,7 @@ class TextReader(Reader):
         """
 
     def _collect(self, block: memoryview, abs_offset: int, description: Description,
-                 options: Mapping[str, Any], ctx: ChunkContext, sentinel: bool
+                 options: TextOptions, ctx: ChunkContext, sentinel: bool
                  ) -> tuple[list[pa.Table], bool]:
         """All rows of one block in memory, for blocks that may still be thrown away."""
         for attempt in range(2):
@@ -230,7 +264,7 @@ class TextReader(Reader):
             except RestartChunk as restart:
                 if attempt:
                     raise
-                options = {**options, **restart.changes}
+                options = options.but(**restart.changes)
         raise AssertionError("unreachable")
 
     def _sentinel(self, description: Description) -> bytes:
@@ -238,8 +272,8 @@ class TextReader(Reader):
         return SENTINEL
 
     # --- Reader API -----------------------------------------------------------------------------
-    def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
-        limit = int(opt(options, "infer_bytes"))
+    def describe(self, source: Source, options: TextOptions) -> Description:
+        limit = options.infer_bytes
         with source.open(source.compression) as f:
             head = read_head(f, limit + 1)  # a damaged stream keeps its readable head
         at_eof = len(head) <= limit
@@ -251,7 +285,7 @@ class TextReader(Reader):
         return Description({source.table: schema}, metadata,
                            TextState(data_start=bom + header_len, column_names=names))
 
-    def describe_many(self, sources: Sequence[Source], options: Mapping[str, Any]
+    def describe_many(self, sources: Sequence[Source], options: TextOptions
                       ) -> list[Description | None]:
         """Small files that share a header are inferred together, from their concatenation.
 
@@ -260,7 +294,7 @@ class TextReader(Reader):
         Files with quotes, without a body, compressed or bigger than ``infer_bytes`` are left
         to `describe`: concatenating them could join records across files.
         """
-        limit = int(opt(options, "infer_bytes"))
+        limit = options.infer_bytes
         out: list[Description | None] = [None] * len(sources)
         groups: dict[bytes, list[tuple[int, int, bool]]] = {}
         bodies: dict[int, bytes] = {}
@@ -289,7 +323,7 @@ class TextReader(Reader):
         return out
 
     def read_together(self, members: Sequence[tuple[Source, ChunkSpec, Description]],
-                      options: Mapping[str, Any]) -> Iterator[TogetherRead]:
+                      options: TextOptions) -> Iterator[TogetherRead]:
         """Whole small files with the same columns and types, parsed as one concatenation.
 
         Only files where a newline always ends a record (no quote character, no empty lines)
@@ -300,7 +334,8 @@ class TextReader(Reader):
         groups: dict[tuple[Any, ...], list[tuple[int, bytes, int]]] = {}
         for i, (source, chunk, description) in enumerate(members):
             state: TextState = description.state
-            if (source.compression or chunk.selector or chunk.offset != state.data_start
+            if (source.compression or (chunk.selector or TextSelector()).stream
+                    or chunk.offset != state.data_start
                     or chunk.offset + chunk.length != source.size):
                 continue
             try:
@@ -315,7 +350,7 @@ class TextReader(Reader):
             table = next(iter(description.tables))
             key = (table, state.column_names, str(description.tables[table]))
             groups.setdefault(key, []).append((i, body, body.count(b"\n")))
-        limit = int(opt(options, "stream_block_bytes"))
+        limit = options.stream_block_bytes
         for (table, _, _), group in groups.items():
             start = 0
             while start < len(group):
@@ -330,7 +365,7 @@ class TextReader(Reader):
 
     def _parse_together(self, members: Sequence[tuple[Source, ChunkSpec, Description]],
                         table: str, batch: list[tuple[int, bytes, int]],
-                        options: Mapping[str, Any]) -> TogetherRead | None:
+                        options: TextOptions) -> TogetherRead | None:
         source, chunk, description = members[batch[0][0]]
         data = b"".join(body for _, body, _ in batch)
         ctx = ChunkContext(source, chunk)
@@ -344,7 +379,7 @@ class TextReader(Reader):
             return None
         return TogetherRead([i for i, _, _ in batch], table, rows, counts)
 
-    def _split_header(self, data: bytes, options: Mapping[str, Any]) -> tuple[bytes, int] | None:
+    def _split_header(self, data: bytes, options: TextOptions) -> tuple[bytes, int] | None:
         """(header record, where the body starts) of a whole small file, or None to skip it."""
         if self.quote is not None and self.quote in data:
             return None
@@ -359,13 +394,13 @@ class TextReader(Reader):
             header, start = data[start:end + 1], end + 1
         return (header, start) if data[start:].strip() else None
 
-    def has_header(self, options: Mapping[str, Any]) -> bool:
+    def has_header(self, options: TextOptions) -> bool:
         """Whether the first record names the columns (CSV and TSV by default; JSON never)."""
         return False
 
     def _describe_batch(self, sources: Sequence[Source], header: bytes,
                         batch: list[tuple[int, int, bool]], bodies: dict[int, bytes],
-                        options: Mapping[str, Any], out: list[Description | None]) -> None:
+                        options: TextOptions, out: list[Description | None]) -> None:
         head = header + b"".join(bodies[i] for i, _, _ in batch)
         try:
             schema, _, names = self._infer(head, True, options)
@@ -380,64 +415,77 @@ class TextReader(Reader):
                                  TextState(data_start=start, column_names=names))
 
     def plan(self, source: Source, description: Description,
-             options: Mapping[str, Any]) -> list[ChunkSpec]:
+             options: TextOptions) -> list[ChunkSpec]:
         state: TextState = description.state
         start = state.data_start
         if source.compression:
-            return [ChunkSpec(source.file_id, 0, start, source.size, selector=("stream",),
+            return [ChunkSpec(source.file_id, 0, start, source.size, selector=STREAM,
                               weight=source.size)]
         if start >= source.size:
             return []
-        step = max(1, int(opt(options, "chunk_size")))
+        step = max(1, options.chunk_size)
         return [ChunkSpec(source.file_id, i, off, min(step, source.size - off),
                           weight=min(step, source.size - off))
                 for i, off in enumerate(range(start, source.size, step))]
 
     def read(self, source: Source, chunk: ChunkSpec, description: Description,
-             options: Mapping[str, Any], ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
+             options: TextOptions, ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
         table = next(iter(description.tables), source.table)
-        selector = chunk.selector or ()
-        if selector and selector[0] == "stream":
+        selector: TextSelector = chunk.selector or TextSelector()
+        if selector.stream:
             blocks = self._read_stream(source, description, options, ctx)
         else:
-            hypothesis = selector[1] if len(selector) > 1 else None
-            blocks = self._read_range(source, chunk, description, options, ctx, hypothesis)
+            blocks = self._read_range(source, chunk, description, options, ctx,
+                                      selector.parity)
         for rows in blocks:
             if rows is not None and rows.num_rows:
                 yield table, rows
 
     def reconcile(self, source: Source, description: Description, chunks: list[ChunkSpec],
-                  facts: list[dict[str, Any]]) -> Reconciliation:
+                  outcomes: Sequence[ChunkOutcome]) -> Reconciliation:
         """Check every chunk's parity guess and boundary against the exact prefix parity."""
-        if not chunks or (chunks[0].selector or ("",))[0] == "stream":
+        if not chunks or _is_stream(chunks[0]):
             return Reconciliation()
-        if any(f.get("failed") and "q" not in f for f in facts):
+        facts: list[TextFacts | None] = [o.facts for o in outcomes]
+        if any(f is None for f in facts):
             # A chunk died before counting its quotes: later parities are unknowable.
             return self._serial(source, description, "a chunk failed before its quotes were "
                                                      "counted")
         rerun: list[ChunkSpec] = []
         parity = 0
         for spec, fact in zip(chunks, facts, strict=True):
-            if fact.get("h", 0) != parity:
+            if fact.parity != parity:
                 rerun.append(ChunkSpec(spec.file_id, spec.index, spec.offset, spec.length,
-                                       spec.table, ("range", parity), spec.weight))
-            parity ^= fact.get("q", 0) & 1
+                                       spec.table, TextSelector(parity=parity), spec.weight))
+            parity ^= fact.quotes & 1
         if rerun:  # ends and starts are only comparable once every parity is right
             return Reconciliation(rerun=rerun)
         expected_start: int | None = None
-        for fact in facts:
-            if fact.get("failed"):
+        for fact, outcome in zip(facts, outcomes, strict=True):
+            if outcome.failed:
                 expected_start = None  # a gap: its rows are in _errors, not checked here
                 continue
-            if fact.get("start") is None:
+            if fact.start is None:
                 continue
-            if expected_start is not None and fact["start"] != expected_start:
+            if expected_start is not None and fact.start != expected_start:
                 return self._serial(source, description, "chunk ends disagree with starts")
-            if not fact.get("verified", True) and not fact.get("last"):
+            if not fact.verified and not fact.last:
                 return self._serial(source, description,
                                     "quoting the parity model cannot follow (stray quotes)")
-            expected_start = fact["end"]
+            expected_start = fact.end
         return Reconciliation()
+
+    def standalone_problem(self, source: Source, chunk: ChunkSpec, facts: Any) -> str | None:
+        if isinstance(facts, TextFacts) and not facts.verified and not facts.last:
+            return (f"{source.path}: chunk {chunk.index} does not end on a record boundary "
+                    "(stray quotes): ingest it instead, which re-plans such a file")
+        return None
+
+    def summarize(self, source: Source, description: Description, chunks: list[ChunkSpec],
+                  outcomes: Sequence[ChunkOutcome]) -> dict[str, Any]:
+        if any(isinstance(o.facts, TextFacts) and o.facts.open_quote_at_eof for o in outcomes):
+            return {"warning": "file ends inside an open quoted field"}
+        return {}
 
     def prepare(self, source: Source, description: Description,
                 chunks: list[ChunkSpec]) -> list[ChunkSpec]:
@@ -446,12 +494,12 @@ class TextReader(Reader):
         Costs one read of the file (``bytes.count`` runs at GB/s), so that lazily read
         partitions need no reconciliation afterwards.
         """
-        if self.quote is None or not chunks or (chunks[0].selector or ("",))[0] == "stream":
+        if self.quote is None or not chunks or _is_stream(chunks[0]):
             return chunks
         out, parity = [], 0
         for spec in chunks:
             out.append(ChunkSpec(spec.file_id, spec.index, spec.offset, spec.length, spec.table,
-                                 ("range", parity), spec.weight))
+                                 TextSelector(parity=parity), spec.weight))
             count = 0
             for at in range(spec.offset, spec.offset + spec.length, 16 << 20):
                 count += count_byte(source.read_range(at, min(at + (16 << 20),
@@ -462,17 +510,17 @@ class TextReader(Reader):
 
     def _serial(self, source: Source, description: Description, why: str) -> Reconciliation:
         state: TextState = description.state
-        spec = ChunkSpec(source.file_id, 0, state.data_start, source.size, selector=("stream",),
+        spec = ChunkSpec(source.file_id, 0, state.data_start, source.size, selector=STREAM,
                          weight=source.size)
         return Reconciliation(replace_plan=[spec], note=f"parsed as one stream: {why}")
 
     # --- byte-range chunks ----------------------------------------------------------------------
     def _read_range(self, source: Source, chunk: ChunkSpec, description: Description,
-                    options: Mapping[str, Any], ctx: ChunkContext, hypothesis: int | None
+                    options: TextOptions, ctx: ChunkContext, hypothesis: int | None
                     ) -> Iterator[pa.Table | None]:
         buf, got = read_into(source, chunk.offset, chunk.length + _OVERFLOW, len(SENTINEL))
         try:
-            max_record = int(opt(options, "max_record_bytes"))
+            max_record = options.max_record_bytes
             length = chunk.length
             first = chunk.index == 0
             last = chunk.offset + length >= source.size
@@ -486,7 +534,7 @@ class TextReader(Reader):
                 h = hypothesis
             else:
                 h = guess_parity(buf[: min(got, 1 << 16)]) if quote else 0
-            ctx.facts.update(q=q, h=h, start=None, last=last)
+            ctx.facts = facts = TextFacts(quotes=q, parity=h, last=last)
             data_len = got
             if first:
                 start = 0
@@ -515,7 +563,7 @@ class TextReader(Reader):
                     READ_BUFFERS.give(buf)
                     buf = bytearray()  # nothing to give back if the re-read fails
                     buf, data_len = read_into(source, chunk.offset, length + overflow, spare)
-            ctx.facts.update(start=chunk.offset + start, end=chunk.offset + end)
+            facts.start, facts.end = chunk.offset + start, chunk.offset + end
             if start >= end:
                 return  # the range starts at the end of the file: no record of its own
             # The bytes after `end` belong to the next chunk: overwrite them with the sentinel
@@ -528,9 +576,8 @@ class TextReader(Reader):
             view = memoryview(buf)[start:end + (spare if sentinel else 0)]
             verified = yield from self._parse_block(view, chunk.offset + start, description,
                                                     options, ctx, sentinel=sentinel)
-            ctx.facts["verified"] = verified
-            if last and self.quote is not None and (h ^ (q & 1)):
-                ctx.facts["unterminated_quote_at_eof"] = True
+            facts.verified = verified
+            facts.open_quote_at_eof = bool(last and self.quote is not None and (h ^ (q & 1)))
         finally:
             READ_BUFFERS.give(buf)  # the last buffer read, also after an error or close()
 
@@ -543,12 +590,12 @@ class TextReader(Reader):
 
     # --- whole-file streams ---------------------------------------------------------------------
     def _read_stream(self, source: Source, description: Description,
-                     options: Mapping[str, Any], ctx: ChunkContext) -> Iterator[pa.Table | None]:
+                     options: TextOptions, ctx: ChunkContext) -> Iterator[pa.Table | None]:
         """Decompress (if needed) and parse block by block, each block verified like a chunk."""
         state: TextState = description.state
-        block = int(opt(options, "stream_block_bytes"))
-        max_record = int(opt(options, "max_record_bytes"))
-        ratio = float(opt(options, "decompression_ratio_limit"))
+        block = options.stream_block_bytes
+        max_record = options.max_record_bytes
+        ratio = options.decompression_ratio_limit
         budget = max(1 << 30, int(ratio * max(source.size, 1))) if source.compression else None
         position = state.data_start  # offsets are in decompressed bytes for compressed files
         carry = bytearray()
@@ -615,7 +662,7 @@ class TextReader(Reader):
                        byte_offset=position, raw=bytes(carry[:4096]))
 
     def _verified_cut(self, carry: bytearray, position: int, description: Description,
-                      options: Mapping[str, Any], ctx: ChunkContext
+                      options: TextOptions, ctx: ChunkContext
                       ) -> tuple[int, list[pa.Table]] | None:
         if self.quote is None:
             candidates = [carry.rfind(b"\n")]
@@ -634,3 +681,7 @@ class TextReader(Reader):
                 ctx.rejected.extend(trial.rejected)
                 return cut, tables
         return None
+
+
+def _is_stream(chunk: ChunkSpec) -> bool:
+    return isinstance(chunk.selector, TextSelector) and chunk.selector.stream

@@ -12,7 +12,10 @@ A reader answers four questions about a file, each cheap to ask on the client ex
 
 Readers that must check their chunks against each other after the fact (the text readers verify
 record boundaries) override ``reconcile``. Everything here pickles: workers get a `Source` and a
-`ChunkSpec`, never an open file handle.
+`ChunkSpec`, never an open file handle. A reader's options are its own typed record (see
+`readers.options`), and what a chunk learns (``ctx.facts``) and how a chunk is addressed
+(``ChunkSpec.selector``) are the reader's own types too: only the reader interprets them, through
+the hooks below. This package depends on nothing in ``pipeline``.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, ClassVar
 
 import fsspec
 import pyarrow as pa
+
+from readers.options import ReaderOptions
 
 #: Cap on the raw bytes kept with one rejected record (the rest is dropped, the length is kept).
 RAW_CAP = 4096
@@ -112,7 +117,8 @@ class ChunkSpec:
     table: str | None = None
     """Table the chunk feeds, for readers with several tables per file (None: the default)."""
     selector: Any = None
-    """Reader-private, picklable detail (a dataset path, a parse hypothesis, ...)."""
+    """Reader-private, picklable detail (a dataset path, a parse hypothesis, ...): only the
+    reader that planned the chunk reads it."""
     weight: int = 0
     """Bytes the chunk is expected to read; orders submission (largest first)."""
 
@@ -159,7 +165,9 @@ class ChunkContext:
         self.source = source
         self.chunk = chunk
         self.rejected: list[Rejected] = []
-        self.facts: dict[str, Any] = {}
+        self.facts: Any = None
+        """The reader's own picklable record of what the chunk learnt, for its `reconcile`
+        and `summarize` (None when it has nothing to say)."""
 
     def reject(self, *, error_type: str, message: str, byte_offset: int | None = None,
                raw: bytes | None = None, kind: str = "record") -> None:
@@ -170,15 +178,25 @@ class ChunkContext:
 class RestartChunk(Exception):  # noqa: N818 - a request, not an error
     """Raised by ``read`` to throw away what it yielded so far and read the chunk again.
 
-    The runner discards the chunk's output and calls ``read`` once more with ``options``
-    updated by ``changes`` (e.g. a streaming parse that met a bad value half-way switches to
-    the whole-chunk parse that can isolate it).
+    The caller discards the chunk's output and calls ``read`` once more with
+    ``options.but(**changes)`` (e.g. a streaming parse that met a bad value half-way switches
+    to the whole-chunk parse that can isolate it). A second restart is an error.
     """
 
     def __init__(self, reason: str, changes: dict[str, Any]) -> None:
         super().__init__(reason, changes)
         self.reason = reason
         self.changes = changes
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkOutcome:
+    """What `Reader.reconcile` and `Reader.summarize` learn of one finished chunk."""
+
+    facts: Any = None
+    """The chunk's ``ctx.facts`` (the reader's own type)."""
+    failed: bool = False
+    """The chunk produced no rows of its own: it died, or timed out (an ``_errors`` row)."""
 
 
 @dataclass(slots=True)
@@ -221,6 +239,8 @@ class Reader(ABC):
     Only for readers whose single-chunk plans never need `reconcile` to run them again."""
     directory_markers: ClassVar[tuple[str, ...]] = ()
     """File names that make a whole directory one input of this format (``zarr.json``)."""
+    options_type: ClassVar[type[ReaderOptions]] = ReaderOptions
+    """The reader's typed options (a `ReaderOptions` subclass declaring its own fields)."""
     threads_ok: ClassVar[bool] = False
     """True when chunk tasks spend their time outside the GIL (pyarrow's C++ parsers) and in
     code that cannot crash the process: the embedded cluster may then run them in threads of
@@ -231,11 +251,16 @@ class Reader(ABC):
     def sniff(cls, head: bytes, path: str) -> int:
         """Confidence 0-100 that a file starting with ``head`` is in this format."""
 
+    @classmethod
+    def configure(cls, settings: Mapping[str, Any]) -> ReaderOptions:
+        """This reader's options from the pipeline's flat settings (see `readers.options`)."""
+        return cls.options_type.from_settings(settings)
+
     @abstractmethod
-    def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
+    def describe(self, source: Source, options: ReaderOptions) -> Description:
         """Tables, schemas and catalog metadata, from headers and indexes only."""
 
-    def describe_many(self, sources: Sequence[Source], options: Mapping[str, Any]
+    def describe_many(self, sources: Sequence[Source], options: ReaderOptions
                       ) -> list[Description | None]:
         """Describe many small files at once where that is cheaper than one by one.
 
@@ -245,7 +270,7 @@ class Reader(ABC):
         return [None] * len(sources)
 
     def read_together(self, members: Sequence[tuple[Source, ChunkSpec, Description]],
-                      options: Mapping[str, Any]) -> Iterator[TogetherRead]:
+                      options: ReaderOptions) -> Iterator[TogetherRead]:
         """Read several small files' single chunks in one pass where that is cheaper.
 
         Yields what it read; members it does not take are read one by one with `read`. The
@@ -255,18 +280,23 @@ class Reader(ABC):
 
     @abstractmethod
     def plan(self, source: Source, description: Description,
-             options: Mapping[str, Any]) -> list[ChunkSpec]:
+             options: ReaderOptions) -> list[ChunkSpec]:
         """Split the file into chunks; every chunk must be readable on its own."""
 
     @abstractmethod
     def read(self, source: Source, chunk: ChunkSpec, description: Description,
-             options: Mapping[str, Any], ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
+             options: ReaderOptions, ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
         """Yield ``(table, rows)`` for one chunk, in the schemas of ``description.tables``."""
 
     def reconcile(self, source: Source, description: Description, chunks: list[ChunkSpec],
-                  facts: list[dict[str, Any]]) -> Reconciliation:
+                  outcomes: Sequence[ChunkOutcome]) -> Reconciliation:
         """Check a file's chunk results against each other before they are committed."""
         return Reconciliation()
+
+    def standalone_problem(self, source: Source, chunk: ChunkSpec, facts: Any) -> str | None:
+        """Why rows read from ``chunk`` alone (after `prepare`, never reconciled) cannot be
+        trusted, or None. Lazy reads call it after each chunk."""
+        return None
 
     def prepare(self, source: Source, description: Description,
                 chunks: list[ChunkSpec]) -> list[ChunkSpec]:
@@ -274,9 +304,24 @@ class Reader(ABC):
         return chunks
 
     def summarize(self, source: Source, description: Description, chunks: list[ChunkSpec],
-                  facts: list[dict[str, Any]]) -> dict[str, Any]:
+                  outcomes: Sequence[ChunkOutcome]) -> dict[str, Any]:
         """Catalog metadata that only the finished chunks know (a whole-file digest, ...)."""
         return {}
+
+
+#: Callables that drop a reader's idle caches (read buffers, ...) when memory runs short.
+_IDLE_CACHES: list[Callable[[], None]] = []
+
+
+def on_memory_pressure(release: Callable[[], None]) -> None:
+    """Register ``release`` to be called by `release_idle_memory`."""
+    _IDLE_CACHES.append(release)
+
+
+def release_idle_memory() -> None:
+    """Let every registered reader cache go (the pressure plugin calls it under pressure)."""
+    for release in list(_IDLE_CACHES):
+        release()
 
 
 def read_head(f: Any, limit: int) -> bytes:

@@ -5,22 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from readers._boundaries import first_record_end, last_record_end, record_starts_csv
-from readers._text import (
-    RecordTooLong,
-    TextReader,
-    TextState,
-    bisect_records,
-    opt,
-    sentinel_text,
-)
+from readers._text import TextOptions, TextReader, TextState, bisect_records, sentinel_text
 from readers.base import ChunkContext, Description, RestartChunk
+from readers.errors import ErrorCode, RecordTooLong
+from readers.widening import no_nulls
 
 _TEXTISH_SUFFIXES = (".csv", ".txt", ".log", ".dat")
 
@@ -107,8 +102,8 @@ class CSVReader(TextReader):
             score += 5  # a one-column text file is still CSV to us
         return score
 
-    def has_header(self, options: Mapping[str, Any]) -> bool:
-        return bool(opt(options, "header"))
+    def has_header(self, options: TextOptions) -> bool:
+        return options.header
 
     # --- inference ------------------------------------------------------------------------------
     def _parse_options(self, handler: Any = None) -> pacsv.ParseOptions:
@@ -117,14 +112,14 @@ class CSVReader(TextReader):
         return pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
                                   invalid_row_handler=handler)
 
-    def _infer(self, head: bytes, at_eof: bool, options: Mapping[str, Any]
+    def _infer(self, head: bytes, at_eof: bool, options: TextOptions
                ) -> tuple[pa.Schema, int, tuple[str, ...]]:
         # Empty lines before the header are skipped, as pyarrow and DuckDB do.
         skipped = len(head) - len(head.lstrip(b"\r\n"))
         schema, header_len, names = self._infer_from(head[skipped:], at_eof, options)
         return schema, skipped + header_len, names
 
-    def _infer_from(self, head: bytes, at_eof: bool, options: Mapping[str, Any]
+    def _infer_from(self, head: bytes, at_eof: bool, options: TextOptions
                     ) -> tuple[pa.Schema, int, tuple[str, ...]]:
         end = first_record_end(head, 0, 0)
         if end < 0:
@@ -171,8 +166,7 @@ class CSVReader(TextReader):
                 convert_options=convert_options())
         except pa.ArrowInvalid:  # e.g. invalid UTF-8 in the sample: keep everything as text
             return pa.schema([(n, pa.string()) for n in names])
-        return pa.schema([(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
-                          for f in table.schema])
+        return no_nulls(table.schema)
 
     # --- parsing --------------------------------------------------------------------------------
     def _sentinel(self, description: Description) -> bytes:
@@ -180,7 +174,7 @@ class CSVReader(TextReader):
         return b"\n" + sentinel_text(self.delimiter, len(state.column_names)).encode() + b"\n"
 
     def _parse_block(self, block: memoryview, abs_offset: int, description: Description,
-                     options: Mapping[str, Any], ctx: ChunkContext, sentinel: bool
+                     options: TextOptions, ctx: ChunkContext, sentinel: bool
                      ) -> Generator[pa.Table, None, bool]:
         state: TextState = description.state
         if not state.column_names:
@@ -193,7 +187,7 @@ class CSVReader(TextReader):
         seen = [False]
         yielded = False
         try:
-            if options.get("csv_streaming", True):
+            if options.streaming:
                 # Parse block by block straight into the writer: memory stays at a few parse
                 # blocks instead of the whole chunk as one table.
                 for table in self._stream(block, names, types, marker, options, bad, seen):
@@ -204,7 +198,7 @@ class CSVReader(TextReader):
                 yield table
         except pa.ArrowInvalid:
             if yielded:  # rows of this chunk already went out: read it again as a whole
-                raise RestartChunk("a value did not convert", {"csv_streaming": False}) from None
+                raise RestartChunk("a value did not convert", {"streaming": False}) from None
             table, verified = self._rescue(block, abs_offset, names, types, marker, options, ctx)
             yield table
             return verified
@@ -212,7 +206,7 @@ class CSVReader(TextReader):
         return seen[0] or not sentinel
 
     def _stream(self, data: Any, names: list[str], types: dict[str, pa.DataType],
-                marker: str | None, options: Mapping[str, Any],
+                marker: str | None, options: TextOptions,
                 bad: list[tuple[str, int, int]], seen: list[bool]) -> Iterator[pa.Table]:
         def handler(row: Any) -> str:
             if marker is not None and row.text == marker:
@@ -224,7 +218,7 @@ class CSVReader(TextReader):
         reader = pacsv.open_csv(
             pa.BufferReader(pa.py_buffer(data)),
             read_options=pacsv.ReadOptions(column_names=names, use_threads=False,
-                                           block_size=int(opt(options, "parse_block_bytes"))),
+                                           block_size=options.parse_block_bytes),
             parse_options=self._parse_options(handler),
             convert_options=convert_options(types))
         for batch in reader:
@@ -232,7 +226,7 @@ class CSVReader(TextReader):
                 yield pa.Table.from_batches([batch])
 
     def _parse(self, data: Any, names: list[str], types: dict[str, pa.DataType],
-               marker: str | None, options: Mapping[str, Any]
+               marker: str | None, options: TextOptions
                ) -> tuple[pa.Table, bool, list[tuple[str, int, int]]]:
         """The whole block as one table: (rows, sentinel seen, field-count rejects)."""
         bad: list[tuple[str, int, int]] = []
@@ -251,11 +245,11 @@ class CSVReader(TextReader):
             if at >= 0:
                 cursor = at + len(raw)
                 offset = abs_offset + at
-            ctx.reject(error_type="FieldCountMismatch", byte_offset=offset, raw=raw,
+            ctx.reject(error_type=ErrorCode.FIELD_COUNT_MISMATCH, byte_offset=offset, raw=raw,
                        message=f"{ctx.source.path}: expected {expected} fields, got {actual}")
 
     def _ends_on_boundary(self, data: bytes, starts: Any, names: list[str],
-                          marker: str | None, options: Mapping[str, Any]) -> bool:
+                          marker: str | None, options: TextOptions) -> bool:
         """Does the block end outside quotes? Parse it once as plain strings to know.
 
         pyarrow cannot hand a row with invalid UTF-8 *and* a wrong field count to the
@@ -273,7 +267,7 @@ class CSVReader(TextReader):
         return False
 
     def _rescue(self, block: memoryview, abs_offset: int, names: list[str],
-                types: dict[str, pa.DataType], marker: str | None, options: Mapping[str, Any],
+                types: dict[str, pa.DataType], marker: str | None, options: TextOptions,
                 ctx: ChunkContext) -> tuple[pa.Table | None, bool]:
         """A value did not convert: isolate the bad records, keep every good one."""
         data = bytes(block)
@@ -292,8 +286,8 @@ class CSVReader(TextReader):
             return table
 
         def on_bad(a: int, b: int, exc: Exception) -> None:
-            ctx.reject(error_type="TypeMismatch", byte_offset=abs_offset + a, raw=data[a:b],
-                       message=f"{ctx.source.path}: {str(exc).splitlines()[0]}")
+            ctx.reject(error_type=ErrorCode.TYPE_MISMATCH, byte_offset=abs_offset + a,
+                       raw=data[a:b], message=f"{ctx.source.path}: {str(exc).splitlines()[0]}")
 
         pieces = list(bisect_records(data, starts, parse, on_bad))
         schema = pa.schema([(n, types.get(n, pa.string())) for n in names])

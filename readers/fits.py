@@ -29,7 +29,7 @@ the heap (or the file) rejects its row into ``_errors`` with the row's raw bytes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,10 +47,22 @@ from readers._fits_cards import (
     walk,
 )
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
+from readers.errors import ErrorCode
+from readers.options import ReaderOptions
 
 #: HDUs whose header cards go into the catalog (later ones keep only their geometry).
 CATALOG_HDUS = 100
-MAX_RECORD_BYTES = 16 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FITSSelector:
+    """Which rows of which table or image part a chunk reads (`ChunkSpec.selector`)."""
+
+    part: int = 0
+    first: int = 0
+    rows: int = 0
+    problems: bool = False
+    """The chunk only reports the header problems found while describing."""
 _UNSIGNED = {"B": (-128.0, "i1", 0x80), "I": (32768.0, "u2", 0x8000),
              "J": (2.0**31, "u4", 0x80000000), "K": (2.0**63, "u8", 1 << 63)}
 
@@ -208,7 +220,7 @@ class FITSReader(Reader):
             return 95
         return 10 if path.lower().endswith(cls.suffixes) else 0
 
-    def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
+    def describe(self, source: Source, options: ReaderOptions) -> Description:
         with source.open() as f:
             def read(a: int, b: int) -> bytes:
                 f.seek(a)
@@ -216,8 +228,7 @@ class FITSReader(Reader):
 
             hdus, problems, notes = walk(read, source.size, source.path)
         state = FITSState(problems=problems)
-        limit = max(int(options.get("max_record_bytes") or MAX_RECORD_BYTES),
-                    int(options.get("chunk_size") or 0))
+        limit = max(options.max_record_bytes, options.chunk_size)
         tables: dict[str, pa.Schema] = {}
         used: set[str] = set()
         catalog = []
@@ -244,9 +255,9 @@ class FITSReader(Reader):
         return Description(tables, metadata, state)
 
     def plan(self, source: Source, description: Description,
-             options: Mapping[str, Any]) -> list[ChunkSpec]:
+             options: ReaderOptions) -> list[ChunkSpec]:
         state: FITSState = description.state
-        chunk_size = int(options.get("chunk_size") or 64 << 20)
+        chunk_size = options.chunk_size
         specs: list[ChunkSpec] = []
         for pos, part in enumerate(state.parts):
             per_row = part.row_bytes + part.heap_per_row
@@ -255,21 +266,22 @@ class FITSReader(Reader):
                 n = min(step, part.rows - first)
                 specs.append(ChunkSpec(source.file_id, len(specs), part.data_offset +
                                        first * part.row_bytes, n * part.row_bytes, part.table,
-                                       (pos, first, n), n * per_row))
+                                       FITSSelector(pos, first, n), n * per_row))
         if state.problems:
             specs.append(ChunkSpec(source.file_id, len(specs), state.problems[0][2] or 0, 0,
-                                   None, ("problems",)))
+                                   None, FITSSelector(problems=True)))
         return specs
 
     def read(self, source: Source, chunk: ChunkSpec, description: Description,
-             options: Mapping[str, Any], ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
+             options: ReaderOptions, ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
         state: FITSState = description.state
-        if chunk.selector == ("problems",):
+        selector: FITSSelector = chunk.selector
+        if selector.problems:
             for error_type, message, offset in state.problems:
                 ctx.reject(kind="chunk", error_type=error_type, byte_offset=offset,
                            message=f"{source.path}: {message}")
             return
-        pos, first, n = chunk.selector
+        pos, first, n = selector.part, selector.first, selector.rows
         part = state.parts[pos]
         data = source.read_range(chunk.offset, chunk.offset + n * part.row_bytes)
         if len(data) != n * part.row_bytes:
@@ -281,12 +293,12 @@ class FITSReader(Reader):
         yield part.table, self._table(source, part, chunk, data, options, ctx)
 
     def _table(self, source: Source, part: Part, chunk: ChunkSpec, data: bytes,
-               options: Mapping[str, Any], ctx: ChunkContext) -> pa.Table:
+               options: ReaderOptions, ctx: ChunkContext) -> pa.Table:
         n = len(data) // part.row_bytes
         block = np.frombuffer(data, np.uint8).reshape(n, part.row_bytes)
         bad = np.zeros(n, bool)
         reasons: dict[int, str] = {}
-        limit = int(options.get("max_record_bytes") or MAX_RECORD_BYTES)
+        limit = options.max_record_bytes
         if part.kind == "bintable":
             block = _check_descriptors(part, block, source.size, limit, bad, reasons)
         arrays = []
@@ -305,9 +317,11 @@ class FITSReader(Reader):
         table = pa.Table.from_arrays(arrays, names=list(part.names))
         for i in np.flatnonzero(bad):
             at = chunk.offset + int(i) * part.row_bytes
-            ctx.reject(error_type="BadRecord", byte_offset=at, raw=data[at - chunk.offset:][
-                :part.row_bytes], message=f"{source.path}: HDU {part.hdu} row "
-                f"{chunk.selector[1] + int(i)}: {reasons.get(int(i), 'bad value')}")
+            raw = data[at - chunk.offset:][:part.row_bytes]
+            ctx.reject(error_type=ErrorCode.BAD_RECORD, byte_offset=at, raw=raw,
+                       message=f"{source.path}: HDU {part.hdu} row "
+                               f"{chunk.selector.first + int(i)}: "
+                               f"{reasons.get(int(i), 'bad value')}")
         return table.filter(pa.array(~bad)) if bad.any() else table
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,12 +41,12 @@ import pyarrow as pa
 from readers._arrays import (
     TRANSIENT,
     ArrayInfo,
+    ArrayOptions,
+    ArraySelector,
     Unsupported,
     array_layout,
-    first_line,
     is_absurd,
     json_safe,
-    opt,
     read_rows,
     row_blocks,
     row_bytes,
@@ -56,6 +56,7 @@ from readers._arrays import (
 )
 from readers._deferred import deferred
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
+from readers.errors import BadFile, ErrorCode, error_code, one_line
 
 h5py = deferred("h5py")
 
@@ -66,7 +67,7 @@ _ATTR_READ_LIMIT = 1 << 20
 _NETCDF_DIM = "This is a netCDF dimension but not a netCDF variable"
 
 
-class HDF5FileError(OSError):
+class HDF5FileError(BadFile):
     """The file cannot be opened as HDF5 (truncated, corrupt, not HDF5); names the file."""
 
 
@@ -109,7 +110,7 @@ def _attrs(obj: Any, limit: int = 256) -> dict[str, Any]:
             out[name] = (f"<{size} bytes, not read>" if size > _ATTR_READ_LIMIT
                          else json_safe(obj.attrs[name]))
         except Exception as exc:
-            out[name] = f"<unreadable: {first_line(exc)}>"
+            out[name] = f"<unreadable: {one_line(exc)}>"
     if len(names) > limit:
         out["..."] = f"{len(names) - limit} more attributes"
     return out
@@ -168,7 +169,7 @@ def _virtual_problem(f: h5py.File, ds: h5py.Dataset, source: Source,
                 if target.is_virtual:
                     return f"virtual source {m.file_name}:{m.dset_name} is itself virtual", 0
         except OSError as exc:
-            return f"virtual source {m.file_name!r} cannot be opened ({first_line(exc)})", 0
+            return f"virtual source {m.file_name!r} cannot be opened ({one_line(exc)})", 0
         nbytes += os.path.getsize(path)
     return None, nbytes
 
@@ -177,6 +178,7 @@ class HDF5Reader(Reader):
     """HDF5 (and netCDF-4) files: one table per dataset, row blocks along axis 0."""
 
     name = "hdf5"
+    options_type = ArrayOptions
     suffixes = (".h5", ".hdf5", ".he5", ".nc")
 
     @classmethod
@@ -192,9 +194,9 @@ class HDF5Reader(Reader):
         return 0
 
     # --- describe -------------------------------------------------------------------------------
-    def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
-        roots = list(options.get("input_roots") or ()) or [os.path.dirname(source.path)]
-        limit = int(opt(options, "max_objects"))
+    def describe(self, source: Source, options: ArrayOptions) -> Description:
+        roots = list(options.input_roots) or [os.path.dirname(source.path)]
+        limit = options.max_objects
         meta: dict[str, Any] = {"datasets": {}, "scalars": {}, "groups": {}, "links": {},
                                 "refused": {}}
         tables: dict[str, pa.Schema] = {}
@@ -212,7 +214,7 @@ class HDF5Reader(Reader):
                 f.visititems_links(visit)
             except Exception as exc:  # a damaged group structure: nothing can be trusted
                 raise HDF5FileError(f"{source.path}: damaged HDF5 structure "
-                                    f"({first_line(exc)})") from exc
+                                    f"({one_line(exc)})") from exc
             if len(links) > limit:
                 raise ValueError(f"{source.path}: more than {limit} objects; not supported")
             seen: set[Any] = set()
@@ -228,14 +230,14 @@ class HDF5Reader(Reader):
                         self._hard_link(f, source, path, roots, options, meta, tables, infos,
                                         seen, taken)
                     except Exception as exc:  # a damaged header refuses this object only
-                        reason = f"cannot read its header: {first_line(exc)}"
+                        reason = f"cannot read its header: {one_line(exc)}"
                         meta["refused"][path] = reason
                         infos[path] = ArrayInfo(path, "", "column", "row", 0, 1, 1,
                                                 refused=reason)
         return Description(tables, meta, {"arrays": infos})
 
     def _hard_link(self, f: h5py.File, source: Source, path: str, roots: Sequence[str],
-                   options: Mapping[str, Any], meta: dict[str, Any],
+                   options: ArrayOptions, meta: dict[str, Any],
                    tables: dict[str, pa.Schema], infos: dict[str, ArrayInfo], seen: set[Any],
                    taken: set[str]) -> None:
         obj = f.get(path)
@@ -274,7 +276,7 @@ class HDF5Reader(Reader):
             infos[path] = ArrayInfo(path, "", "column", "row", 0, 1, 1, refused=reason)
 
     def _dataset(self, f: h5py.File, source: Source, path: str, ds: h5py.Dataset,
-                 roots: Sequence[str], options: Mapping[str, Any], meta: dict[str, Any],
+                 roots: Sequence[str], options: ArrayOptions, meta: dict[str, Any],
                  tables: dict[str, pa.Schema], infos: dict[str, ArrayInfo],
                  taken: set[str]) -> None:
         shape = ds.shape
@@ -347,15 +349,15 @@ class HDF5Reader(Reader):
             try:
                 entry["value"] = json_safe(ds[()])
             except Exception as exc:
-                entry["value_error"] = first_line(exc)
+                entry["value_error"] = one_line(exc)
         return entry
 
     # --- plan -----------------------------------------------------------------------------------
     def plan(self, source: Source, description: Description,
-             options: Mapping[str, Any]) -> list[ChunkSpec]:
+             options: ArrayOptions) -> list[ChunkSpec]:
         infos: dict[str, ArrayInfo] = description.state["arrays"]
-        chunk_size = int(opt(options, "chunk_size"))
-        limit = int(opt(options, "max_chunks_per_file"))
+        chunk_size = options.chunk_size
+        limit = options.max_chunks_per_file
         specs: list[ChunkSpec] = []
         present: dict[str, list[int] | str] = {}
         sparse = [p for p, i in infos.items() if i.sparse and not i.refused]
@@ -365,13 +367,13 @@ class HDF5Reader(Reader):
                     try:
                         present[path] = self._written_rows(f[path], infos[path], options)
                     except Exception as exc:  # a damaged chunk index refuses this dataset
-                        present[path] = f"cannot list its chunks: {first_line(exc)}"
+                        present[path] = f"cannot list its chunks: {one_line(exc)}"
         for path, info in infos.items():
             listed = present.get(path)
             reason = info.refused or (listed if isinstance(listed, str) else None)
             if reason:
                 specs.append(ChunkSpec(source.file_id, len(specs), 0, 0, None,
-                                       ("refuse", path, reason)))
+                                       ArraySelector(path, refused=reason)))
                 continue
             ratio = self._stored_ratio(description, path, info)
             for a, b in row_blocks(info.nrows, info.grid_rows, info.row_bytes, chunk_size,
@@ -379,7 +381,7 @@ class HDF5Reader(Reader):
                 logical = (b - a) * info.row_bytes
                 specs.append(ChunkSpec(source.file_id, len(specs), a,
                                        max(1, int(logical * ratio)), info.table,
-                                       ("rows", path, a, b), logical))
+                                       ArraySelector(path, a, b), logical))
         return specs
 
     @staticmethod
@@ -389,10 +391,10 @@ class HDF5Reader(Reader):
         return min(1.0, stored / declared) if stored else 1.0
 
     @staticmethod
-    def _written_rows(ds: h5py.Dataset, info: ArrayInfo, options: Mapping[str, Any]
+    def _written_rows(ds: h5py.Dataset, info: ArrayInfo, options: ArrayOptions
                       ) -> list[int] | str:
         """Grid rows (along axis 0) holding at least one written chunk, or why not listed."""
-        cap = int(opt(options, "max_listed_chunks"))
+        cap = options.max_listed_chunks
         count = ds.id.get_num_chunks()
         if count > cap:
             return (f"absurd declared size and {count} written chunks (more than {cap} to "
@@ -403,13 +405,13 @@ class HDF5Reader(Reader):
 
     # --- read -----------------------------------------------------------------------------------
     def read(self, source: Source, chunk: ChunkSpec, description: Description,
-             options: Mapping[str, Any], ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
-        if chunk.selector[0] == "refuse":
-            _, path, reason = chunk.selector
-            ctx.reject(kind="chunk", error_type="Refused",
-                       message=f"{source.path}: dataset {path}: {reason}")
+             options: ArrayOptions, ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
+        selector: ArraySelector = chunk.selector
+        path, a, b = selector.path, selector.start, selector.stop
+        if selector.refused:
+            ctx.reject(kind="chunk", error_type=ErrorCode.REFUSED,
+                       message=f"{source.path}: dataset {path}: {selector.refused}")
             return
-        _, path, a, b = chunk.selector
         info: ArrayInfo = description.state["arrays"][path]
         schema = description.tables[info.table]
         where = f"{source.path}: dataset {path}"
@@ -425,8 +427,8 @@ class HDF5Reader(Reader):
         except TRANSIENT:
             raise
         except Exception as exc:  # the file itself broke (truncated since planning, ...)
-            ctx.reject(kind="chunk", error_type=type(exc).__name__,
-                       message=f"{where} rows {a}:{b}: {first_line(exc)}")
+            ctx.reject(kind="chunk", error_type=error_code(exc),
+                       message=f"{where} rows {a}:{b}: {one_line(exc)}")
 
     @staticmethod
     def _rows(ds: h5py.Dataset, a: int, b: int) -> np.ndarray:

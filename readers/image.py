@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from readers._deferred import deferred
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
+from readers.options import ReaderOptions
 
 Image = deferred("PIL.Image")
 ExifTags = deferred("PIL.ExifTags")
@@ -269,7 +270,7 @@ class ImageReader(Reader):
     def sniff(cls, head: bytes, path: str) -> int:
         return 90 if image_format(head) else 0
 
-    def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
+    def describe(self, source: Source, options: ReaderOptions) -> Description:
         head = source.read_range(0, 64)
         fmt = image_format(head)
         if fmt is None:
@@ -297,14 +298,14 @@ class ImageReader(Reader):
         return Description({}, meta, state=tuple(problems))
 
     def plan(self, source: Source, description: Description,
-             options: Mapping[str, Any]) -> list[ChunkSpec]:
+             options: ReaderOptions) -> list[ChunkSpec]:
         if not description.state:
             return []
         # One empty chunk whose only job is to put the problems in _errors (see module doc).
         return [ChunkSpec(source.file_id, 0, 0, 0, selector="integrity")]
 
     def read(self, source: Source, chunk: ChunkSpec, description: Description,
-             options: Mapping[str, Any], ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
+             options: ReaderOptions, ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
         for problem in description.state or ():
             ctx.reject(kind="file", error_type="ImageIntegrity", byte_offset=source.size,
                        message=f"{source.path}: {problem}")

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Mapping
+from collections.abc import Generator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.json as pajson
 
 from readers._boundaries import record_starts_lines
-from readers._text import TextReader, bisect_records, opt
+from readers._text import TextOptions, TextReader, bisect_records
 from readers.base import ChunkContext, Description
-
-
-def _no_nulls(schema: pa.Schema) -> pa.Schema:
-    """Columns that were null in the whole sample become strings (they must get some type)."""
-    return pa.schema([(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
-                      for f in schema])
+from readers.errors import ErrorCode
+from readers.widening import no_nulls, unify
 
 
 def _coerced_line(line: bytes, schema: pa.Schema) -> bytes:
@@ -59,9 +55,9 @@ class JSONLReader(TextReader):
             score += 30
         return score if b"\x00" not in head[:4096] else 0
 
-    def _read_json(self, data: Any, schema: pa.Schema | None, options: Mapping[str, Any]
+    def _read_json(self, data: Any, schema: pa.Schema | None, options: TextOptions
                    ) -> pa.Table:
-        block = int(opt(options, "parse_block_bytes"))
+        block = options.parse_block_bytes
         parse = pajson.ParseOptions(explicit_schema=schema,
                                     unexpected_field_behavior="error" if schema else "infer")
         # Threads off: the threaded reader has aborted the interpreter after parse errors.
@@ -77,22 +73,20 @@ class JSONLReader(TextReader):
                 pa.BufferReader(pa.py_buffer(data)), parse_options=parse,
                 read_options=pajson.ReadOptions(use_threads=False, block_size=len(data) + 1))
 
-    def _infer(self, head: bytes, at_eof: bool, options: Mapping[str, Any]
+    def _infer(self, head: bytes, at_eof: bool, options: TextOptions
                ) -> tuple[pa.Schema, int, tuple[str, ...]]:
         if not at_eof:
             head = head[: head.rfind(b"\n") + 1]
-        from pipeline.planning.schema import unify
-
         # Types that change within the sample (1, then "x") split the sample until each piece
         # parses; the pieces' schemas are then widened together. Unparseable lines are skipped.
         pieces = bisect_records(head, record_starts_lines(head),
                                 lambda piece, _at: self._read_json(piece, None, options),
                                 lambda a, b, exc: None)
-        schema = _no_nulls(unify(t.schema for t in pieces))
+        schema = no_nulls(unify(t.schema for t in pieces))
         return schema, 0, tuple(schema.names)
 
     def _parse_block(self, block: memoryview, abs_offset: int, description: Description,
-                     options: Mapping[str, Any], ctx: ChunkContext, sentinel: bool
+                     options: TextOptions, ctx: ChunkContext, sentinel: bool
                      ) -> Generator[pa.Table, None, bool]:
         schema = next(iter(description.tables.values()))
         try:
@@ -103,7 +97,7 @@ class JSONLReader(TextReader):
         return True
 
     def _rescue(self, block: memoryview, abs_offset: int, schema: pa.Schema,
-                options: Mapping[str, Any], ctx: ChunkContext) -> pa.Table:
+                options: TextOptions, ctx: ChunkContext) -> pa.Table:
         """Some lines did not parse: isolate them, keep every good one."""
         data = bytes(block)
 
@@ -111,7 +105,7 @@ class JSONLReader(TextReader):
             line = data[a:b]
             if not line.strip():
                 return
-            ctx.reject(error_type="JSONRecordError", byte_offset=abs_offset + a, raw=line,
+            ctx.reject(error_type=ErrorCode.JSON_RECORD_ERROR, byte_offset=abs_offset + a, raw=line,
                        message=f"{ctx.source.path}: {str(exc).splitlines()[0]}")
 
         def parse(piece: bytes, _at: int) -> pa.Table:

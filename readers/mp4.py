@@ -36,7 +36,7 @@ layout in ``esds``), ``errors`` (the first 100 problems, each also an ``_errors`
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,8 +58,18 @@ from readers._isobmff import (
     walk_top,
 )
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
+from readers.errors import ErrorCode
+from readers.options import ReaderOptions
 
 MAX_SAMPLES = 1 << 24
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MP4Options(ReaderOptions):
+    """Options of the MP4/MOV reader."""
+
+    max_samples: int = MAX_SAMPLES
+    """Samples a file may declare before it is refused (attacker-chosen counts)."""
 MAX_MOOV_BYTES = 256 << 20
 MAX_MOOF_BYTES = 64 << 20
 TABLE = "samples"
@@ -281,6 +291,7 @@ class MP4Reader(Reader):
     """ISO base media files (MP4, MOV, M4V, M4A, 3GP): the sample index as rows."""
 
     name = "mp4"
+    options_type = MP4Options
     suffixes = (".mp4", ".mov", ".m4v", ".m4a", ".3gp")
 
     @classmethod
@@ -291,8 +302,8 @@ class MP4Reader(Reader):
                 return 30 if head[4:8] == b"ftyp" and head[8:12] in _IMAGE_BRANDS else 90
         return 10 if path.lower().endswith(cls.suffixes) else 0
 
-    def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
-        limit = int(options.get("max_samples") or MAX_SAMPLES)
+    def describe(self, source: Source, options: MP4Options) -> Description:
+        limit = options.max_samples
         with source.open() as f:
             read = _reader(f)
             top = walk_top(read, source.size)
@@ -344,16 +355,16 @@ class MP4Reader(Reader):
         return Description({TABLE: SCHEMA}, meta, state)
 
     def plan(self, source: Source, description: Description,
-             options: Mapping[str, Any]) -> list[ChunkSpec]:
+             options: MP4Options) -> list[ChunkSpec]:
         state: MP4State = description.state
         index_bytes = state.moov.size + sum(m.size for m in state.moofs)
         return [ChunkSpec(source.file_id, 0, state.moov.offset, index_bytes, TABLE,
                           weight=index_bytes)]
 
     def read(self, source: Source, chunk: ChunkSpec, description: Description,
-             options: Mapping[str, Any], ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
+             options: MP4Options, ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
         state: MP4State = description.state
-        limit = int(options.get("max_samples") or MAX_SAMPLES)
+        limit = options.max_samples
         with source.open() as f:
             # Exact reads: the chunk touches moov/moof bytes only, never mdat payloads.
             parsed = _parse(_reader(f, window=0), state, limit)
@@ -371,7 +382,7 @@ class MP4Reader(Reader):
         inside = (s.offset >= 0) & (s.offset + s.size <= source.size)
         if not inside.all():
             lost = np.flatnonzero(~inside)
-            ctx.reject(kind="record", error_type="SampleOutsideFile",
+            ctx.reject(kind="record", error_type=ErrorCode.SAMPLE_OUTSIDE_FILE,
                        byte_offset=int(s.offset[lost[0]]),
                        message=f"{source.path}: track {track.track_id}: {len(lost)} samples "
                                f"(from sample {int(lost[0])}) lie outside the file's "

@@ -15,7 +15,7 @@ stored keys (capped; ``nchunks_initialized`` is never used: it materialises the 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -24,12 +24,12 @@ import pyarrow as pa
 from readers._arrays import (
     TRANSIENT,
     ArrayInfo,
+    ArrayOptions,
+    ArraySelector,
     Unsupported,
     array_layout,
-    first_line,
     is_absurd,
     json_safe,
-    opt,
     read_rows,
     row_blocks,
     row_bytes,
@@ -38,6 +38,7 @@ from readers._arrays import (
 )
 from readers._deferred import deferred
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
+from readers.errors import BadFile, ErrorCode, error_code, one_line
 
 zarr = deferred("zarr")
 zarr_sync = deferred("zarr.core.sync")
@@ -45,7 +46,7 @@ zarr_sync = deferred("zarr.core.sync")
 _SCALAR_READ_LIMIT = 64 << 10
 
 
-class ZarrStoreError(ValueError):
+class ZarrStoreError(BadFile):
     """The store's metadata cannot be read as Zarr (broken JSON, unknown codec, ...)."""
 
 
@@ -113,6 +114,7 @@ class ZarrReader(Reader):
     """Zarr v2 and v3 stores: one table per array, row blocks of whole chunks or shards."""
 
     name = "zarr"
+    options_type = ArrayOptions
     suffixes = (".zarr",)
     directory_markers = ("zarr.json", ".zgroup", ".zarray")
 
@@ -121,14 +123,14 @@ class ZarrReader(Reader):
         return 0  # a store is a directory; discovery hands it over through directory_markers
 
     # --- describe -------------------------------------------------------------------------------
-    def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
+    def describe(self, source: Source, options: ArrayOptions) -> Description:
         try:
             node = zarr.open(store=open_store(source), mode="r")
         except TRANSIENT:
             raise  # network trouble: planning retries
         except Exception as exc:
             raise ZarrStoreError(f"{source.path}: not a readable Zarr store "
-                                 f"({first_line(exc)})") from exc
+                                 f"({one_line(exc)})") from exc
         meta: dict[str, Any] = {"zarr_format": node.metadata.zarr_format,
                                 "attributes": json_safe(dict(node.attrs)), "arrays": {},
                                 "scalars": {}, "groups": {}, "refused": {}}
@@ -138,7 +140,7 @@ class ZarrReader(Reader):
             members: list[tuple[str, Any]] = [("", node)]
         else:
             members = list(node.members(max_depth=None))
-        limit = int(opt(options, "max_objects"))
+        limit = options.max_objects
         if len(members) > limit:
             raise ValueError(f"{source.path}: {len(members)} arrays and groups (more than "
                              f"{limit}); not supported")
@@ -152,7 +154,7 @@ class ZarrReader(Reader):
                 self._array(source, path, obj, options, meta, tables, infos, taken)
         return Description(tables, meta, {"arrays": infos})
 
-    def _array(self, source: Source, path: str, arr: zarr.Array, options: Mapping[str, Any],
+    def _array(self, source: Source, path: str, arr: zarr.Array, options: ArrayOptions,
                meta: dict[str, Any], tables: dict[str, pa.Schema],
                infos: dict[str, ArrayInfo], taken: set[str]) -> None:
         shape = tuple(int(n) for n in arr.shape)
@@ -170,7 +172,7 @@ class ZarrReader(Reader):
                 try:
                     entry["value"] = json_safe(arr[()])
                 except Exception as exc:
-                    entry["value_error"] = first_line(exc)
+                    entry["value_error"] = one_line(exc)
             meta["scalars"][path or "/"] = entry
             return
         meta["arrays"][path or "/"] = entry
@@ -198,11 +200,11 @@ class ZarrReader(Reader):
 
     # --- plan -----------------------------------------------------------------------------------
     def plan(self, source: Source, description: Description,
-             options: Mapping[str, Any]) -> list[ChunkSpec]:
+             options: ArrayOptions) -> list[ChunkSpec]:
         infos: dict[str, ArrayInfo] = description.state["arrays"]
-        chunk_size = int(opt(options, "chunk_size"))
-        limit = int(opt(options, "max_chunks_per_file"))
-        cap = int(opt(options, "max_listed_chunks"))
+        chunk_size = options.chunk_size
+        limit = options.max_chunks_per_file
+        cap = options.max_listed_chunks
         store = open_store(source) if any(i.sparse for i in infos.values()) else None
         specs: list[ChunkSpec] = []
         for path, info in infos.items():
@@ -216,24 +218,24 @@ class ZarrReader(Reader):
                               "objects to list; refused as absurd")
             if reason is not None:
                 specs.append(ChunkSpec(source.file_id, len(specs), 0, 0, None,
-                                       ("refuse", path, reason)))
+                                       ArraySelector(path, refused=reason)))
                 continue
             for a, b in row_blocks(info.nrows, info.grid_rows, info.row_bytes, chunk_size,
                                    present, limit - len(specs)):
                 logical = (b - a) * info.row_bytes
                 specs.append(ChunkSpec(source.file_id, len(specs), a, logical, info.table,
-                                       ("rows", path, a, b), logical))
+                                       ArraySelector(path, a, b), logical))
         return specs
 
     # --- read -----------------------------------------------------------------------------------
     def read(self, source: Source, chunk: ChunkSpec, description: Description,
-             options: Mapping[str, Any], ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
-        if chunk.selector[0] == "refuse":
-            _, path, reason = chunk.selector
-            ctx.reject(kind="chunk", error_type="Refused",
-                       message=f"{source.path}: array {path or '/'}: {reason}")
+             options: ArrayOptions, ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
+        selector: ArraySelector = chunk.selector
+        path, a, b = selector.path, selector.start, selector.stop
+        if selector.refused:
+            ctx.reject(kind="chunk", error_type=ErrorCode.REFUSED,
+                       message=f"{source.path}: array {path or '/'}: {selector.refused}")
             return
-        _, path, a, b = chunk.selector
         info: ArrayInfo = description.state["arrays"][path]
         where = f"{source.path}: array {path or '/'}"
         try:
@@ -241,8 +243,8 @@ class ZarrReader(Reader):
         except TRANSIENT:
             raise
         except Exception as exc:  # the store changed or broke since planning
-            ctx.reject(kind="chunk", error_type=type(exc).__name__,
-                       message=f"{where} rows {a}:{b}: {first_line(exc)}")
+            ctx.reject(kind="chunk", error_type=error_code(exc),
+                       message=f"{where} rows {a}:{b}: {one_line(exc)}")
             return
         for table in read_rows(lambda lo, hi: np.asarray(arr[lo:hi]), info,
                                description.tables[info.table], a, b, ctx, where):

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pytest
 
+from pipeline.execution.settle import FileChunks, read_settled
+from pipeline.execution.task import ChunkManifest, read_chunk
 from pipeline.planning.discover import describe_file
 from readers import get_reader
-from readers.base import ChunkContext, Rejected
+from readers.base import ChunkContext, ChunkSpec, Rejected
 
 
 def run_reader(path: str, reader: str | None = None, *, chunk_size: int = 1 << 20,
@@ -27,33 +29,36 @@ def run_reader(path: str, reader: str | None = None, *, chunk_size: int = 1 << 2
     if found.error is not None:  # the file is refused at discovery, with this message
         raise ValueError(found.error)
     r = get_reader(found.reader)()
-    opts = {"chunk_size": chunk_size, **options}
+    opts = r.configure({"chunk_size": chunk_size, **options})
     desc = r.describe(found.source, opts)
     if string_columns:
         desc.tables = {t: pa.schema([(f.name, pa.string()) for f in s])
                        for t, s in desc.tables.items()}
     specs = r.plan(found.source, desc, opts)
-    info = {"reruns": 0, "serial": None, "chunks": len(specs)}
-    for _ in range(10):
-        outputs = []
-        for spec in specs:
-            ctx = ChunkContext(found.source, spec)
-            outputs.append(([t for _, t in r.read(found.source, spec, desc, opts, ctx)], ctx))
-        rec = r.reconcile(found.source, desc, specs, [ctx.facts for _, ctx in outputs])
-        if rec.replace_plan is not None:
-            specs, info["serial"] = rec.replace_plan, rec.note
-            continue
-        if rec.rerun:
-            info["reruns"] += len(rec.rerun)
-            by_index = {c.index: c for c in rec.rerun}
-            specs = [by_index.get(c.index, c) for c in specs]
-            continue
-        break
-    else:
-        raise AssertionError("reconcile did not settle")
-    tables = [t for ts, _ in outputs for t in ts]
-    rejected = [e for _, ctx in outputs for e in ctx.rejected]
-    return (pa.concat_tables(tables) if tables else None), rejected, info
+    tables: dict[int, list[pa.Table]] = {}
+    rejected: dict[int, list[Rejected]] = {}
+    reruns = [0]
+
+    def run(chunk: ChunkSpec) -> ChunkManifest:
+        held = tables.setdefault(chunk.index, [])
+        manifest, ctx = read_chunk(r, found.source, chunk, desc, opts, 0,
+                                   lambda _t, rows: held.append(rows), held.clear)
+        rejected[chunk.index] = ctx.rejected
+        return manifest
+
+    def discard(manifest: ChunkManifest) -> None:
+        reruns[0] += 1
+        tables.pop(manifest.index, None)
+        rejected.pop(manifest.index, None)
+
+    file = read_settled(FileChunks(found.source, found.reader, desc, specs), run, discard)
+    serial = next((n for n in file.notes if n.startswith("parsed as one stream")), None)
+    info = {"reruns": reruns[0], "serial": serial,
+            "chunks": len(specs)}
+    order = [c.index for c in file.chunks]
+    got = [t for i in order for t in tables.get(i, [])]
+    return ((pa.concat_tables(got) if got else None),
+            [e for i in order for e in rejected.get(i, [])], info)
 
 
 def read_all(reader: object, source: object, options: dict | None = None
@@ -62,13 +67,13 @@ def read_all(reader: object, source: object, options: dict | None = None
 
     Returns (description, rows per table, rejected records).
     """
-    options = options or {}
-    description = reader.describe(source, options)
+    opts = reader.configure(options or {})
+    description = reader.describe(source, opts)
     tables: dict[str, list[pa.Table]] = {}
     rejected: list[Rejected] = []
-    for chunk in reader.plan(source, description, options):
+    for chunk in reader.plan(source, description, opts):
         ctx = ChunkContext(source, chunk)
-        for name, table in reader.read(source, chunk, description, options, ctx):
+        for name, table in reader.read(source, chunk, description, opts, ctx):
             tables.setdefault(name, []).append(table)
         rejected += ctx.rejected
     return description, {k: pa.concat_tables(v) for k, v in tables.items()}, rejected

@@ -128,15 +128,14 @@ def test_embedded_cluster_worker_settings(tmp_path) -> None:
     import dask
 
     from pipeline.execution.cluster import connect
-    from pipeline.options import IngestOptions
+    from pipeline.options import ClusterOptions
 
     def settings() -> tuple:
         return (dask.config.get("distributed.worker.memory.pause"),
                 dask.config.get("distributed.worker.profile.enabled"))
 
     for dashboard, profile in ((False, False), (True, True)):
-        options = IngestOptions(out=str(tmp_path), workers=1, dashboard=dashboard)
-        with connect(options) as client:
+        with connect(ClusterOptions(workers=1, dashboard=dashboard)) as client:
             assert set(client.run(settings).values()) == {(False, profile)}
 
 
@@ -148,7 +147,7 @@ def test_text_workers_import_only_what_text_needs(sample, tmp_path) -> None:
     import sys as _sys
 
     from pipeline.execution.cluster import connect
-    from pipeline.options import IngestOptions
+    from pipeline.options import ClusterOptions
 
     names = ("pandas", "h5py", "zarr", "PIL")
 
@@ -169,7 +168,7 @@ def test_text_workers_import_only_what_text_needs(sample, tmp_path) -> None:
         _sys.meta_path.insert(0, Finder())
         _sys.chunkmill_import_trace = Finder.stacks
 
-    with connect(IngestOptions(out=str(tmp_path), workers=1)) as client:
+    with connect(ClusterOptions(workers=1)) as client:
         assert list(client.run(heavy).values()) == [[]]
         client.run(trace)
         bad = tmp_path / "bad.csv"

@@ -106,10 +106,10 @@ def test_plan_is_a_dry_run(tmp_path) -> None:
 
 def test_output_lock_refuses_second_run(tmp_path) -> None:
     from pipeline.output.lock import OutputLock
-    from pipeline.output.store import Store
+    from pipeline.output.store import open_store
 
     (tmp_path / "a.csv").write_text("a\n1\n")
-    with OutputLock(Store(str(tmp_path / "o"))):
+    with OutputLock(open_store(str(tmp_path / "o"))):
         res = chunkmill("ingest", str(tmp_path / "a.csv"), "--out", str(tmp_path / "o"))
     assert res.returncode == 4 and "in use by another chunkmill run" in res.stderr
 

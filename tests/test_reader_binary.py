@@ -16,7 +16,7 @@ import pytest
 
 import pipeline
 from readers import detect, get_reader
-from readers.base import ChunkContext, Source
+from readers.base import ChunkContext, ChunkOutcome, Source
 from readers.binary import (
     BLOCK_SIZE,
     BinaryReader,
@@ -158,15 +158,16 @@ def read_all(path: str, chunk_size: int, size: int | None = None) -> tuple[dict,
         "file://" + path, size if size is not None else os.path.getsize(path), None, "id", "fp", "t"
     )
     reader = BinaryReader()
-    desc = reader.describe(source, {})
-    specs = reader.plan(source, desc, {"chunk_size": chunk_size})
-    facts, tables, rejected = [], [], []
+    options = reader.configure({"chunk_size": chunk_size})
+    desc = reader.describe(source, options)
+    specs = reader.plan(source, desc, options)
+    outcomes, tables, rejected = [], [], []
     for spec in specs:
         ctx = ChunkContext(source, spec)
-        tables += [t for _, t in reader.read(source, spec, desc, {}, ctx)]
-        facts.append(ctx.facts)
+        tables += [t for _, t in reader.read(source, spec, desc, options, ctx)]
+        outcomes.append(ChunkOutcome(ctx.facts))
         rejected += ctx.rejected
-    return reader.summarize(source, desc, specs, facts), tables, rejected
+    return reader.summarize(source, desc, specs, outcomes), tables, rejected
 
 
 def test_file_shorter_than_discovered(tmp_path) -> None:

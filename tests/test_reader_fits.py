@@ -114,11 +114,12 @@ def read_all(path: Path, **options: Any) -> tuple[dict[str, pa.Table], ChunkCont
     """describe -> plan -> read every chunk in this process; rejections gathered in one ctx."""
     src = Source("file://" + str(path), path.stat().st_size, None, "f", "fp", "t")
     reader = FITSReader()
-    desc = reader.describe(src, options)
+    opts = reader.configure(options)
+    desc = reader.describe(src, opts)
     ctx = ChunkContext(src, None)
     out: dict[str, list[pa.Table]] = {}
-    for chunk in reader.plan(src, desc, options):
-        for name, t in reader.read(src, chunk, desc, options, ctx):
+    for chunk in reader.plan(src, desc, opts):
+        for name, t in reader.read(src, chunk, desc, opts, ctx):
             out.setdefault(name, []).append(t)
     return {k: pa.concat_tables(v) for k, v in out.items()}, ctx
 
@@ -248,7 +249,7 @@ def test_chunks_read_only_their_bytes(lake: tuple[Path, Path],
     src_path, _ = lake
     src = Source("file://" + str(src_path), src_path.stat().st_size, None, "f", "fp", "t")
     reader = FITSReader()
-    opts = {"chunk_size": 7000}
+    opts = reader.configure({"chunk_size": 7000})
     desc = reader.describe(src, opts)
     chunks = reader.plan(src, desc, opts)
     assert len([c for c in chunks if c.table == "events"]) > 5
@@ -461,10 +462,11 @@ def test_flipped_header_bytes_never_escape(lake: tuple[Path, Path], tmp_path: Pa
         path.write_bytes(bytes(data))
         src = Source("file://" + str(path), len(data), None, "f", "fp", "t")
         try:
-            desc = reader.describe(src, {"chunk_size": 1 << 20})
+            desc = reader.describe(src, reader.configure({"chunk_size": 1 << 20}))
         except FITSError:
             continue
-        for chunk in reader.plan(src, desc, {"chunk_size": 1 << 20}):
-            for _, t in reader.read(src, chunk, desc, {}, ChunkContext(src, chunk)):
+        for chunk in reader.plan(src, desc, reader.configure({"chunk_size": 1 << 20})):
+            for _, t in reader.read(src, chunk, desc, reader.configure({}),
+                                    ChunkContext(src, chunk)):
                 assert t.schema == desc.tables[chunk.table]
     assert time.perf_counter() - started < 30

@@ -305,14 +305,14 @@ def test_blocks_follow_dataset_chunks(tmp_path):
     _write_good(str(tmp_path / "g.h5"))
     reader = HDF5Reader()
     src = _source(str(tmp_path / "g.h5"))
-    desc = reader.describe(src, {})
+    desc = reader.describe(src, reader.configure({}))
     specs = [
         c
-        for c in reader.plan(src, desc, {"chunk_size": 20_000})
-        if c.selector[1] == "/sensors/temp"
+        for c in reader.plan(src, desc, reader.configure({"chunk_size": 20_000}))
+        if c.selector.path == "/sensors/temp"
     ]
     # 1000-row chunks of 8 bytes: two chunks (16 kB) fit in 20 kB
-    assert [c.selector[2:] for c in specs][:2] == [(0, 2000), (2000, 4000)]
+    assert [(c.selector.start, c.selector.stop) for c in specs][:2] == [(0, 2000), (2000, 4000)]
     assert all(c.selector[2] % 1000 == 0 for c in specs)
 
 

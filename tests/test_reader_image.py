@@ -80,7 +80,7 @@ def source_of(path: str) -> Source:
 
 
 def describe(path: str) -> dict:
-    return ImageReader().describe(source_of(path), {}).metadata
+    return ImageReader().describe(source_of(path), ImageReader.configure({})).metadata
 
 
 @pytest.fixture(scope="module")

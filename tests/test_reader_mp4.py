@@ -64,10 +64,11 @@ def direct(path: Path, **options: Any) -> tuple[Any, pa.Table, ChunkContext]:
     """describe -> plan -> read in this process (unit level, no cluster)."""
     src = Source("file://" + str(path), path.stat().st_size, None, "f", "fp", "t")
     reader = MP4Reader()
-    desc = reader.describe(src, options)
-    [chunk] = reader.plan(src, desc, options)
+    opts = reader.configure(options)
+    desc = reader.describe(src, opts)
+    [chunk] = reader.plan(src, desc, opts)
     ctx = ChunkContext(src, chunk)
-    pieces = [t for _, t in reader.read(src, chunk, desc, options, ctx)]
+    pieces = [t for _, t in reader.read(src, chunk, desc, opts, ctx)]
     table = pa.concat_tables(pieces) if pieces else pa.table({})
     return desc, table, ctx
 
@@ -196,10 +197,11 @@ def test_chunk_reads_only_index_boxes(clips: Path, monkeypatch: pytest.MonkeyPat
         reads.clear()
         src = Source("file://" + str(path), len(data), None, "f", "fp", "t")
         reader = MP4Reader()
-        desc = reader.describe(src, {})
-        [chunk] = reader.plan(src, desc, {})
+        opts = reader.configure({})
+        desc = reader.describe(src, opts)
+        [chunk] = reader.plan(src, desc, opts)
         monkeypatch.setattr(Source, "open", recording_open)
-        rows = sum(t.num_rows for _, t in reader.read(src, chunk, desc, {},
+        rows = sum(t.num_rows for _, t in reader.read(src, chunk, desc, opts,
                                                        ChunkContext(src, chunk)))
         monkeypatch.undo()
         assert rows > 0 and reads

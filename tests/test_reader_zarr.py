@@ -190,9 +190,10 @@ def test_blocks_are_whole_shards(tmp_path):
     _v3(tmp_path / "s.zarr")
     src = Source("file://" + str(tmp_path / "s.zarr"), 10_000, None, "fid", "fp", "s")
     reader = ZarrReader()
-    desc = reader.describe(src, {})
-    blocks = [c.selector[2:] for c in reader.plan(src, desc, {"chunk_size": 1})
-              if c.selector[1] == "img"]
+    desc = reader.describe(src, reader.configure({}))
+    blocks = [(c.selector.start, c.selector.stop)
+              for c in reader.plan(src, desc, reader.configure({"chunk_size": 1}))
+              if c.selector.path == "img"]
     assert blocks == [(0, 20), (20, 40)]  # one shard (20 rows) per block, never a chunk of 10
 
 

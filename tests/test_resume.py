@@ -20,7 +20,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import pipeline
 from pipeline.output.lock import OutputLock
-from pipeline.output.store import Store
+from pipeline.output.store import open_store
 
 COLUMNS = "id BIGINT, user VARCHAR, event VARCHAR, value DOUBLE, note VARCHAR"
 FRAGMENT = re.compile(r"^[0-9a-f]{16}-\d{6}\.parquet$")
@@ -210,11 +210,10 @@ def test_transient_errors_are_retried_parse_errors_are_not(tmp_path, flaky,
 def test_transient_classification() -> None:
     import pyarrow as pa
 
-    from pipeline.errors import TransientError
-    from pipeline.execution.retry import is_transient, retrying
+    from pipeline.retry import is_transient, retrying
 
     assert is_transient(OSError("reset")) and is_transient(TimeoutError())
-    assert is_transient(TransientError("lost worker"))
+    assert is_transient(ConnectionResetError("lost worker"))
     assert not is_transient(FileNotFoundError("gone")) and not is_transient(
         pa.ArrowInvalid("CSV parse error"))
     calls = []
@@ -247,7 +246,7 @@ def test_hung_chunk_times_out_and_the_run_goes_on(tmp_path, flaky, threads_clust
 
 def test_stale_lock_is_taken_over(tmp_path, shared_scheduler) -> None:
     (tmp_path / "a.csv").write_text("x\n1\n")
-    lock = Store(str(tmp_path / "o")).path("_chunkmill", "lock.json")
+    lock = open_store(str(tmp_path / "o")).path("_chunkmill", "lock.json")
     os.makedirs(os.path.dirname(lock))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -256,7 +255,7 @@ def test_stale_lock_is_taken_over(tmp_path, shared_scheduler) -> None:
     report = pipeline.ingest([str(tmp_path / "a.csv")], out=str(tmp_path / "o"),
                              scheduler=shared_scheduler)
     assert report.ok and not os.path.exists(lock)
-    with OutputLock(Store(str(tmp_path / "o"))), pytest.raises(pipeline.OutputLocked):
+    with OutputLock(open_store(str(tmp_path / "o"))), pytest.raises(pipeline.OutputLocked):
         pipeline.ingest([str(tmp_path / "a.csv")], out=str(tmp_path / "o"),
                         scheduler=shared_scheduler)
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from readers._boundaries import count_byte, first_record_end, guess_parity, last_record_end
-from readers._text import READ_BUFFERS
+from readers._text import READ_BUFFERS, TextSelector
 from readers.csv import convert_options
 
 CHUNK_SIZES = [1, 2, 3, 5, 8, 13, 31, 64, 200, 4096]
@@ -196,26 +196,27 @@ def test_last_record_end_and_guess() -> None:
 
 def test_reconcile_checks_chunks_after_a_failed_one() -> None:
     """A failed chunk must not stop the parity check of the chunks after it."""
-    from readers._text import TextState
-    from readers.base import ChunkSpec, Description, Source
+    from readers._text import TextFacts, TextState
+    from readers.base import ChunkOutcome, ChunkSpec, Description, Source
     from readers.csv import CSVReader
 
     source = Source("file:///x.csv", 400, None, "f", "fp", "t")
     desc = Description({"t": None}, {}, TextState(data_start=0, column_names=("a",)))
     chunks = [ChunkSpec("f", i, i * 100, 100) for i in range(4)]
-    facts = [
-        {"q": 1, "h": 0, "start": 0, "end": 120, "verified": True},
-        {"q": 0, "h": 1, "failed": True},  # died (record too long) after counting its quotes
-        {"q": 0, "h": 0, "start": 230, "end": 330, "verified": True},  # guessed 0, truth is 1
-        {"q": 1, "h": 1, "start": 330, "end": 400, "last": True},
+    outcomes = [
+        ChunkOutcome(TextFacts(quotes=1, parity=0, start=0, end=120)),
+        # died (record too long) after counting its quotes
+        ChunkOutcome(TextFacts(quotes=0, parity=1), failed=True),
+        ChunkOutcome(TextFacts(quotes=0, parity=0, start=230, end=330)),  # guessed 0, truth 1
+        ChunkOutcome(TextFacts(quotes=1, parity=1, start=330, end=400, last=True)),
     ]
-    rec = CSVReader().reconcile(source, desc, chunks, facts)
-    assert [c.index for c in rec.rerun] == [2] and rec.rerun[0].selector == ("range", 1)
-    facts[2]["h"] = 1  # after the re-run: parities right, the failed chunk is a gap
-    assert CSVReader().reconcile(source, desc, chunks, facts).rerun == []
-    assert CSVReader().reconcile(source, desc, chunks, facts).replace_plan is None
-    del facts[1]["q"]  # a chunk lost before counting: later parities are unknowable
-    assert CSVReader().reconcile(source, desc, chunks, facts).replace_plan is not None
+    rec = CSVReader().reconcile(source, desc, chunks, outcomes)
+    assert [c.index for c in rec.rerun] == [2] and rec.rerun[0].selector == TextSelector(parity=1)
+    outcomes[2].facts.parity = 1  # after the re-run: parities right, the failed chunk is a gap
+    assert CSVReader().reconcile(source, desc, chunks, outcomes).rerun == []
+    assert CSVReader().reconcile(source, desc, chunks, outcomes).replace_plan is None
+    outcomes[1] = ChunkOutcome(None, failed=True)  # lost before counting: parities unknowable
+    assert CSVReader().reconcile(source, desc, chunks, outcomes).replace_plan is not None
 
 
 def test_bad_row_with_invalid_utf8_is_rejected_not_fatal(tmp_path) -> None:

@@ -20,8 +20,9 @@ from collections.abc import Iterable, Iterator
 import dask
 from distributed import Client, LocalCluster
 
+from pipeline import config
 from pipeline.errors import UsageError
-from pipeline.options import IngestOptions
+from pipeline.options import ClusterOptions
 from readers.base import Reader
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def choose_layout(options: IngestOptions, readers: Iterable[type[Reader]]) -> str:
+def choose_layout(options: ClusterOptions, readers: Iterable[type[Reader]]) -> str:
     """"threads" or "processes" for an embedded cluster that will run ``readers``' chunks.
 
     "auto" picks threads only when every reader allows it and the user asked for nothing
@@ -45,7 +46,7 @@ def choose_layout(options: IngestOptions, readers: Iterable[type[Reader]]) -> st
     return "threads" if readers and all(r.threads_ok for r in readers) else "processes"
 
 
-def worker_shape(options: IngestOptions, layout: str) -> tuple[int, int]:
+def worker_shape(options: ClusterOptions, layout: str) -> tuple[int, int]:
     """(workers, threads per worker) of the embedded cluster in ``layout``."""
     if layout == "threads":
         return options.workers or 1, options.threads_per_worker or default_workers()
@@ -58,16 +59,15 @@ def install_pressure_plugin(client: Client) -> None:
     ``chunkmill.pressure.limit`` in dask's config (bytes or ``"12GB"``) sets the memory the
     plugin treats as the machine's limit, e.g. the share of a notebook server the job may use.
     """
-    from pipeline.options import parse_size
     from pipeline.pressure.plugin import PressurePlugin
 
-    limit = dask.config.get("chunkmill.pressure.limit", None)
+    limit = config.get("pressure.limit")
     client.register_plugin(PressurePlugin(
-        limit_bytes=parse_size(limit) if limit else None, replace=True))
+        limit_bytes=config.parse_size(limit) if limit else None, replace=True))
 
 
 @contextlib.contextmanager
-def connect(options: IngestOptions, layout: str = "processes") -> Iterator[Client]:
+def connect(options: ClusterOptions, layout: str = "processes") -> Iterator[Client]:
     """A client on the cluster the options ask for; an embedded cluster (in ``layout``, see
     `choose_layout`) is shut down after.
 
@@ -118,7 +118,7 @@ class BackgroundCluster:
     takes about as long. `client()` waits for the start and re-raises its error, if any.
     """
 
-    def __init__(self, options: IngestOptions, layout: str = "processes") -> None:
+    def __init__(self, options: ClusterOptions, layout: str = "processes") -> None:
         self._stack = contextlib.ExitStack()
         self._client: Client | None = None
         self._error: BaseException | None = None
@@ -126,7 +126,7 @@ class BackgroundCluster:
                                         name="chunkmill-cluster-start", daemon=True)
         self._thread.start()
 
-    def _start(self, options: IngestOptions, layout: str) -> None:
+    def _start(self, options: ClusterOptions, layout: str) -> None:
         try:
             self._client = self._stack.enter_context(connect(options, layout))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller in client()

@@ -8,6 +8,7 @@ ingested tables. Rejected records are left out of the frame (``ingest`` keeps th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask.dataframe as dd
@@ -15,38 +16,55 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.errors import UsageError
+from pipeline.execution.task import read_chunk
 from pipeline.options import IngestOptions, as_paths
+from pipeline.output.columns import repeated_text
 from pipeline.output.layout import FILE_ID
 from pipeline.planning.plan import build_plan
-from pipeline.planning.schema import conform
 from readers import get_reader
-from readers.base import ChunkContext, ChunkSpec, Description, RestartChunk, Source
+from readers.base import ChunkSpec, Description, Source
+from readers.options import ReaderOptions
+from readers.widening import conform
 
 
-def _load(source: Source, reader_name: str, chunk: ChunkSpec, description: Description,
-          options: dict[str, Any], table: str, schema: pa.Schema) -> pd.DataFrame:
-    reader = get_reader(reader_name)()
-    ctx = ChunkContext(source, chunk)
-    try:
-        pieces = [conform(rows, schema) for name, rows in
-                  reader.read(source, chunk, description, options, ctx) if name == table]
-    except RestartChunk as restart:
-        ctx = ChunkContext(source, chunk)
-        pieces = [conform(rows, schema) for name, rows in
-                  reader.read(source, chunk, description, {**options, **restart.changes}, ctx)
-                  if name == table]
-    if reader.reconciles and not ctx.facts.get("verified", True) and not ctx.facts.get("last"):
-        raise ValueError(f"{source.path}: chunk {chunk.index} does not end on a record "
-                         "boundary (stray quotes): use pipeline.ingest, which re-plans it")
-    data = pa.concat_tables(pieces) if pieces else schema.empty_table()
-    data = data.append_column(FILE_ID, pa.array([source.file_id] * data.num_rows, pa.string()))
+@dataclass(frozen=True, slots=True)
+class ChunkPartition:
+    """One partition of the frame: a chunk of one file, read on a worker when computed."""
+
+    source: Source
+    reader: str
+    chunk: ChunkSpec
+    description: Description
+    options: ReaderOptions
+    table: str
+    schema: pa.Schema
+    retries: int
+
+
+def load_chunk(part: ChunkPartition) -> pd.DataFrame:
+    """The rows of one chunk as a pandas frame with Arrow dtypes (the task of each partition)."""
+    reader = get_reader(part.reader)()
+    pieces: list[pa.Table] = []
+
+    def keep(table: str, rows: pa.Table) -> None:
+        if table == part.table:
+            pieces.append(conform(rows, part.schema))
+
+    manifest, _ = read_chunk(reader, part.source, part.chunk, part.description, part.options,
+                             part.retries, keep, pieces.clear)
+    problem = manifest.failed or reader.standalone_problem(part.source, part.chunk,
+                                                           manifest.facts)
+    if problem:
+        raise ValueError(problem)
+    data = pa.concat_tables(pieces) if pieces else part.schema.empty_table()
+    data = data.append_column(FILE_ID, repeated_text(part.source.file_id, data.num_rows))
     return data.to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def read(paths: str | Sequence[str], table: str | None = None, **options: Any) -> dd.DataFrame:
     """A lazy dask DataFrame of one table of ``paths`` (options as in ``ingest``)."""
-    opts = IngestOptions.from_kwargs(options.pop("out", "unused"), table=None, **options)
-    plan = build_plan(as_paths(paths), opts)
+    opts = IngestOptions.from_kwargs(options.pop("out", "unused"), **options)
+    plan = build_plan(as_paths(paths), opts.plan)
     if not plan.schemas:
         raise UsageError("no table found in the inputs")
     if table is None:
@@ -57,16 +75,17 @@ def read(paths: str | Sequence[str], table: str | None = None, **options: Any) -
     if table not in plan.schemas:
         raise UsageError(f"no table {table!r}; tables: {', '.join(plan.schemas)}")
     schema = plan.schemas[table]
-    reader_options = opts.reader_options()
-    args = []
+    parts = []
     for f in plan.files:
         if f.description is None or table not in f.description.tables:
             continue
         chunks = get_reader(f.reader)().prepare(f.source, f.description, f.chunks)
-        args += [(f.source, f.reader, c, f.description, reader_options, table, schema)
-                 for c in chunks if c.table in (None, table)]
+        parts += [ChunkPartition(f.source, f.reader, c, f.description,
+                                 plan.reader_options[f.reader], table, schema, opts.retries)
+                  for c in chunks if c.table in (None, table)]
     meta = (schema.append(pa.field(FILE_ID, pa.string())).empty_table()
             .to_pandas(types_mapper=pd.ArrowDtype))
-    if not args:
+    if not parts:
         return dd.from_pandas(meta, npartitions=1)
-    return dd.from_map(lambda a: _load(*a), args, meta=meta, enforce_metadata=False)
+    return dd.from_map(load_chunk, parts, meta=meta, enforce_metadata=False,
+                       label="chunkmill-read")

@@ -1,8 +1,9 @@
 """The work of one chunk, as one Dask task: read bytes -> parse -> Arrow -> staged fragments.
 
-The task returns a small `ChunkManifest` (paths, counts, timings, reader facts), never data, so
-the client and scheduler hold kilobytes per chunk whatever the input size. Also builds the lazy
-graph behind `pipeline.read` (see `pipeline.execution.lazy`).
+The task returns a small `ChunkManifest` (paths, counts, timings, the reader's facts), never
+data, so the client and scheduler hold kilobytes per chunk whatever the input size.
+`read_chunk` is the one place a reader's ``read`` is driven (restarts, retries, a broken chunk
+turned into an ``_errors`` row): chunk tasks, bundle tasks and `pipeline.read` all use it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,21 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.execution.retry import backoff, is_transient
 from pipeline.output.rejects import errors_table, stage_errors
 from pipeline.output.writer import Fragment, FragmentWriter, SinkSpec
+from pipeline.retry import policy
 from readers import get_reader
-from readers.base import ChunkContext, ChunkSpec, Description, RestartChunk, Source
+from readers.base import (
+    ChunkContext,
+    ChunkOutcome,
+    ChunkSpec,
+    Description,
+    Reader,
+    RestartChunk,
+    Source,
+)
+from readers.errors import error_code
+from readers.options import ReaderOptions
 
 
 @dataclass(slots=True)
@@ -31,8 +42,8 @@ class ChunkTask:
     reader: str
     chunk: ChunkSpec
     description: Description
-    reader_options: dict[str, Any]
-    sink: SinkSpec | None
+    options: ReaderOptions
+    sink: SinkSpec
     retries: int = 2
     """Attempts after a transient I/O failure (backoff with jitter); parse errors never retry."""
 
@@ -48,18 +59,25 @@ class ChunkManifest:
     bytes_read: int = 0
     fragments: list[Fragment] = field(default_factory=list)
     error_count: int = 0
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: Any = None
+    """The reader's own record of what the chunk learnt (`ChunkContext.facts`)."""
+    attempts: int = 1
     worker: str = ""
     started: float = 0.0
     finished: float = 0.0
     failed: str | None = None
+    """Why the chunk produced nothing of its own (it is then one ``_errors`` row)."""
 
     @property
     def duration(self) -> float:
         return self.finished - self.started
 
+    @property
+    def outcome(self) -> ChunkOutcome:
+        return ChunkOutcome(self.facts, self.failed is not None)
 
-def _worker_name() -> str:
+
+def worker_name() -> str:
     try:
         from distributed import get_worker
 
@@ -68,54 +86,56 @@ def _worker_name() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def read_with_retries(reader: Any, source: Source, chunk: ChunkSpec, description: Description,
-                      options: dict[str, Any], retries: int,
-                      write: Callable[[str, pa.Table], None], reset: Callable[[], None]
-                      ) -> tuple[ChunkManifest, ChunkContext]:
+def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: Description,
+               options: ReaderOptions, retries: int,
+               write: Callable[[str, pa.Table], None], reset: Callable[[], None]
+               ) -> tuple[ChunkManifest, ChunkContext]:
     """Read one chunk into ``write``; bad data never raises, it is reported in the context.
 
-    Transient I/O failures restart the chunk from scratch (``reset`` drops what was written)
-    after a backoff, up to ``retries`` times; anything else becomes a ``chunk`` rejection.
+    A `RestartChunk` from the reader drops what was written (``reset``) and reads once more
+    with the changed options. Transient I/O failures restart the chunk the same way after a
+    backoff, up to ``retries`` times; anything else becomes a ``chunk`` rejection.
     """
-    attempt = 0
-    restarted = False
-    while True:
-        manifest = ChunkManifest(chunk.id, chunk.file_id, chunk.index, worker=_worker_name(),
-                                 started=time.time())
+    manifest = ChunkManifest(chunk.id, chunk.file_id, chunk.index, worker=worker_name(),
+                             started=time.time())
+    ctx = ChunkContext(source, chunk)
+    restarted: list[RestartChunk] = []
+
+    def attempt() -> None:
+        nonlocal ctx, options
+        manifest.rows = 0
         ctx = ChunkContext(source, chunk)
         try:
             for table, rows in reader.read(source, chunk, description, options, ctx):
                 write(table, rows)
                 manifest.rows += rows.num_rows
-            break
         except RestartChunk as restart:
             reset()
             if restarted:
                 raise RuntimeError(f"{source.path}: chunk {chunk.index} asked for a second "
                                    f"restart ({restart.reason})") from restart
-            restarted = True
-            options = {**options, **restart.changes}
-            continue
-        except MemoryError:
-            reset()
-            raise
-        except Exception as exc:  # a broken chunk is an _errors row, the run goes on
-            if is_transient(exc) and attempt < retries:
-                reset()
-                time.sleep(backoff(attempt))
-                attempt += 1
-                continue
-            text = str(exc).strip().splitlines()
-            ctx.reject(kind="chunk", error_type=type(exc).__name__, byte_offset=chunk.offset,
-                       message=f"{source.path}: chunk {chunk.index} at offset {chunk.offset}: "
-                               f"{text[0] if text else type(exc).__name__}"
-                               + (f" (after {attempt} retries)" if attempt else ""))
-            manifest.failed = ctx.rejected[-1].message
-            break
-    manifest.facts["attempts"] = attempt + 1
+            restarted.append(restart)
+            options = options.but(**restart.changes)
+            attempt()
+
+    retry = policy(retries, before_retry=reset)
+    try:
+        retry(attempt)
+    except MemoryError:
+        reset()
+        raise
+    except Exception as exc:  # a broken chunk is an _errors row, the run goes on
+        tries = retry.statistics.get("attempt_number", 1) - 1
+        text = str(exc).strip().splitlines()
+        ctx.reject(kind="chunk", error_type=error_code(exc), byte_offset=chunk.offset,
+                   message=f"{source.path}: chunk {chunk.index} at offset {chunk.offset}: "
+                           f"{text[0] if text else type(exc).__name__}"
+                           + (f" (after {tries} retries)" if tries else ""))
+        manifest.failed = ctx.rejected[-1].message
+    manifest.attempts = retry.statistics.get("attempt_number", 1)
     manifest.error_count = len(ctx.rejected)
-    manifest.facts.update(ctx.facts)
-    manifest.bytes_read = chunk.length if chunk.selector != ("stream",) else source.size
+    manifest.facts = ctx.facts
+    manifest.bytes_read = chunk.length
     return manifest, ctx
 
 
@@ -124,9 +144,8 @@ def run_chunk(task: ChunkTask) -> ChunkManifest:
     chunk, source = task.chunk, task.source
     writer = FragmentWriter(task.sink, chunk.id, source.file_id)
     try:
-        manifest, ctx = read_with_retries(
-            get_reader(task.reader)(), source, chunk, task.description, task.reader_options,
-            task.retries, writer.write, writer.abort)
+        manifest, ctx = read_chunk(get_reader(task.reader)(), source, chunk, task.description,
+                                   task.options, task.retries, writer.write, writer.abort)
         manifest.fragments = writer.close()
     except BaseException:
         writer.abort()
@@ -138,3 +157,6 @@ def run_chunk(task: ChunkTask) -> ChunkManifest:
     manifest.finished = time.time()
     pa.default_memory_pool().release_unused()
     return manifest
+
+
+__all__ = ["ChunkTask", "ChunkManifest", "read_chunk", "run_chunk", "worker_name"]

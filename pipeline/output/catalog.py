@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,35 @@ CATALOG_SCHEMA = pa.schema([
     ("duration_s", pa.float64()), ("metadata", pa.string()), ("run_id", pa.string()),
     ("ingested_at", pa.timestamp("us", tz="UTC")),
 ])
+
+
+@dataclass(slots=True)
+class CatalogRow:
+    """One file's row of the catalog (and of its journal record)."""
+
+    file_id: str
+    path: str
+    format: str | None
+    size_bytes: int
+    mtime: float | None
+    fingerprint: str
+    status: str
+    """``ok``, ``partial`` (some records or chunks rejected), ``failed`` or ``unchanged``."""
+    tables: list[str]
+    rows: int = 0
+    chunks: int = 0
+    error_count: int = 0
+    duration_s: float = 0.0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    ingested_at: float = field(default_factory=time.time)
+
+    def asdict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CatalogRow:
+        return cls(**{k: data[k] for k in CATALOG_SCHEMA.names if k in data})
 
 
 def catalog_table(rows: list[dict[str, Any]]) -> pa.Table:

@@ -14,9 +14,8 @@ and its listed fragments count as previous fragments, so the re-run replaces the
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.output.layout import STATE_DIR
@@ -36,6 +35,55 @@ class FileRecord:
     catalog: dict[str, Any]
 
 
+@dataclass(slots=True)
+class JournalState:
+    """What the journal says about OUT when a run starts."""
+
+    done: dict[str, FileRecord]
+    """The last committed (or failed) state of each file, by id."""
+    interrupted: dict[str, list[str]]
+    """Fragments (new and previous) of each file whose commit did not finish."""
+    sharing: dict[str, set[str]] = field(init=False)
+    """Fragments that hold rows of several files (bundles), with those files' ids."""
+
+    def __post_init__(self) -> None:
+        users: dict[str, set[str]] = {}
+        for record in self.done.values():
+            for rel in record.fragments:
+                users.setdefault(rel, set()).add(record.file_id)
+        for fid, rels in self.interrupted.items():
+            for rel in rels:
+                users.setdefault(rel, set()).add(fid)
+        self.sharing = {rel: ids for rel, ids in users.items() if len(ids) > 1}
+
+    def fragments_of(self, file_id: str) -> list[str]:
+        """Every fragment that may hold the file's rows: committed, and of an interrupted
+        commit."""
+        record = self.done.get(file_id)
+        return (record.fragments if record else []) + self.interrupted.get(file_id, [])
+
+    def linked(self, seeds: Iterable[str]) -> set[str]:
+        """``seeds`` that share a fragment with another file, and every file linked to them
+        through shared fragments (they must be committed together)."""
+        group: set[str] = set()
+        frontier = [fid for fid in seeds
+                    if any(r in self.sharing for r in self.fragments_of(fid))]
+        while frontier:
+            fid = frontier.pop()
+            if fid in group:
+                continue
+            group.add(fid)
+            for rel in self.fragments_of(fid):
+                frontier.extend(self.sharing.get(rel, ()))
+        return group
+
+    def previous(self, file_id: str) -> list[str]:
+        """Fragments a new commit of the file replaces: its record's, then an interrupted
+        commit's."""
+        prev = list(self.done[file_id].fragments) if file_id in self.done else []
+        return prev + [p for p in self.interrupted.get(file_id, []) if p not in prev]
+
+
 class Journal:
     """Append-only JSON lines; the last complete entry per file wins."""
 
@@ -46,16 +94,15 @@ class Journal:
     def entries(self) -> Iterator[dict[str, Any]]:
         if not self.store.exists(self.path):
             return
-        with (open(self.path, "rb") if self.store.local else
-              self.store.fs.open(self.path, "rb")) as f:
+        with self.store.open_read(self.path) as f:
             for line in f:
                 try:
                     yield json.loads(line)
                 except ValueError:  # a torn last line from a killed run
                     continue
 
-    def load(self) -> tuple[dict[str, FileRecord], dict[str, list[str]]]:
-        """(committed files by id, fragments of interrupted commits by id).
+    def load(self) -> JournalState:
+        """Committed files by id, and the fragments of interrupted commits by id.
 
         A file whose last word is ``failed`` keeps its fragments (nothing written is lost) but
         is not done: its record has an empty fingerprint, so the next run tries it again.
@@ -77,19 +124,9 @@ class Journal:
                                        e.get("catalog", {}))
             elif event == "forget":
                 done.pop(fid, None)
-        return done, pending
+        return JournalState(done, pending)
 
     def append(self, *entries: dict[str, Any]) -> None:
-        data = b"".join(json.dumps(e, default=str, separators=(",", ":")).encode() + b"\n"
-                        for e in entries)
-        self.store.makedirs(os.path.dirname(self.path))
-        if self.store.local:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        else:  # object stores have no append: rewrite (small: one line per file)
-            old = self.store.fs.cat_file(self.path) if self.store.exists(self.path) else b""
-            self.store.write_bytes_atomic(self.path, old + data)
+        """Add ``entries`` durably, in one write."""
+        self.store.append(self.path, b"".join(
+            json.dumps(e, default=str, separators=(",", ":")).encode() + b"\n" for e in entries))

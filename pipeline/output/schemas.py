@@ -25,9 +25,7 @@ class SchemaStore:
     def load(self) -> dict[str, pa.Schema]:
         if not self.store.exists(self.path):
             return {}
-        with (open(self.path, "rb") if self.store.local else
-              self.store.fs.open(self.path, "rb")) as f:
-            raw = json.load(f)
+        raw = json.loads(self.store.read_bytes(self.path))
         return {table: pa.ipc.read_schema(pa.py_buffer(base64.b64decode(blob)))
                 for table, blob in raw.items()}
 

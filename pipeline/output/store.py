@@ -1,15 +1,20 @@
-"""The output root: one interface over a local disk and any fsspec filesystem.
+"""The output root: one interface over a local disk (`LocalStore`) and any fsspec filesystem
+(`FsspecStore`), so nothing else in chunkmill asks which one it has.
 
-Local paths take the fast, durable route (Arrow's own files, fsync, ``os.replace``); anything
-else goes through fsspec, where a file is committed when it closes.
+Local paths take the fast, durable route: Arrow's own files (written without the GIL), fsync,
+``os.replace``, ``O_APPEND``. Other filesystems go through fsspec, where a file is committed
+when it closes and an append is a rewrite.
 """
 
 from __future__ import annotations
 
+import glob as globmod
 import os
 import posixpath
+import shutil
 import uuid
-from typing import Any
+from abc import ABC, abstractmethod
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,82 +23,70 @@ from fsspec.core import url_to_fs
 from pipeline.faults import crash_point
 
 
-class Store:
-    """The output root on any fsspec filesystem, with fast, durable paths for local disks."""
+def codec(compression: str) -> str | None:
+    """pyarrow's name for a ``--compression`` value."""
+    return None if compression == "none" else compression
 
-    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.url = root
-        self.storage_options = dict(storage_options or {})
-        self.fs, self.root = url_to_fs(root, **self.storage_options)
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.local = protocol in ("file", "local")
-        if self.local:
-            self.root = os.path.abspath(self.root)
 
-    def __reduce__(self):  # noqa: ANN204 - rebuild from the URL on workers
-        return (Store, (self.url, self.storage_options))
+class Store(ABC):
+    """OUT on some filesystem: paths under its root, atomic writes, durable renames."""
+
+    local: bool
+    """True for a local disk (exclusive create, fsync, O_APPEND work)."""
+
+    def __init__(self, url: str, root: str, storage_options: dict[str, Any]) -> None:
+        self.url = url
+        self.root = root
+        self.storage_options = storage_options
+
+    def __reduce__(self):  # noqa: ANN204 - rebuilt from its URL on workers
+        return (open_store, (self.url, self.storage_options))
 
     def path(self, *parts: str) -> str:
+        """The path of ``parts`` under the root."""
         return posixpath.join(self.root, *[p for p in parts if p])
 
-    def makedirs(self, path: str) -> None:
-        if self.local:
-            os.makedirs(path, exist_ok=True)
-        else:
-            self.fs.makedirs(path, exist_ok=True)
+    def rel(self, path: str) -> str:
+        """``path`` relative to the root (the form the journal keeps)."""
+        return path[len(self.root):].lstrip("/")
 
-    def open_write(self, path: str):  # noqa: ANN201 - binary output stream
-        """A new file to write; `sync` it after closing to make it durable.
+    @abstractmethod
+    def makedirs(self, path: str) -> None: ...
 
-        On local disks this is Arrow's own buffered file, not a Python one: pyarrow's Parquet
-        writer then writes without the GIL, where a Python file object made every page write
-        wait for it (7 % of a worker thread's time on plain CSV).
-        """
-        self.makedirs(posixpath.dirname(path))
-        if self.local:
-            return pa.output_stream(path, compression=None, buffer_size=1 << 20)
-        return self.fs.open(path, "wb")
+    @abstractmethod
+    def open_write(self, path: str) -> Any:
+        """A new binary file to write; `sync` it after closing to make it durable."""
 
-    def sync(self, path: str) -> None:
-        """Flush a closed local file to disk (fsync works on any descriptor of the file);
-        remote stores commit when the file closes."""
-        if not self.local:
-            return
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    @abstractmethod
+    def open_read(self, path: str) -> BinaryIO: ...
 
+    def sync(self, path: str) -> None:  # noqa: B027 - remote stores commit on close
+        """Make a closed file durable (remote stores commit when the file closes)."""
+
+    @abstractmethod
     def replace(self, src: str, dst: str) -> None:
-        """Move ``src`` over ``dst`` atomically where the filesystem allows it."""
-        self.makedirs(posixpath.dirname(dst))
-        if self.local:
-            os.replace(src, dst)
-        else:
-            self.fs.mv(src, dst)
+        """Move ``src`` over ``dst``, atomically where the filesystem allows it."""
 
-    def exists(self, path: str) -> bool:
-        return os.path.exists(path) if self.local else self.fs.exists(path)
+    @abstractmethod
+    def exists(self, path: str) -> bool: ...
 
+    @abstractmethod
     def remove(self, path: str) -> None:
-        try:
-            if self.local:
-                os.remove(path)
-            else:
-                self.fs.rm(path)
-        except FileNotFoundError:
-            pass
+        """Delete a file; no error if it is not there."""
 
-    def rmtree(self, path: str) -> None:
-        if not self.exists(path):
-            return
-        if self.local:
-            import shutil
+    @abstractmethod
+    def rmtree(self, path: str) -> None: ...
 
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            self.fs.rm(path, recursive=True)
+    @abstractmethod
+    def glob(self, pattern: str) -> list[str]: ...
+
+    @abstractmethod
+    def append(self, path: str, data: bytes) -> None:
+        """Add ``data`` at the end of ``path`` durably (created if missing)."""
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.open_read(path) as f:
+            return f.read()
 
     @staticmethod
     def temp_name(path: str) -> str:
@@ -116,15 +109,108 @@ class Store:
         crash_point("before_rename")
         self.replace(tmp, path)
 
-    def glob(self, pattern: str) -> list[str]:
-        if self.local:
-            import glob
 
-            return sorted(glob.glob(pattern, recursive=True))
+class LocalStore(Store):
+    local = True
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def open_write(self, path: str) -> Any:
+        # Arrow's own buffered file, not a Python one: pyarrow's Parquet writer then writes
+        # without the GIL, where a Python file object made every page write wait for it.
+        self.makedirs(posixpath.dirname(path))
+        return pa.output_stream(path, compression=None, buffer_size=1 << 20)
+
+    def open_read(self, path: str) -> BinaryIO:
+        return open(path, "rb")
+
+    def sync(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)  # fsync works on any descriptor of the file
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def replace(self, src: str, dst: str) -> None:
+        self.makedirs(posixpath.dirname(dst))
+        os.replace(src, dst)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def remove(self, path: str) -> None:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+    def rmtree(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(globmod.glob(pattern, recursive=True))
+
+    def append(self, path: str, data: bytes) -> None:
+        self.makedirs(posixpath.dirname(path))
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class FsspecStore(Store):
+    local = False
+
+    def __init__(self, url: str, root: str, storage_options: dict[str, Any], fs: Any) -> None:
+        super().__init__(url, root, storage_options)
+        self.fs = fs
+
+    def makedirs(self, path: str) -> None:
+        self.fs.makedirs(path, exist_ok=True)
+
+    def open_write(self, path: str) -> Any:
+        self.makedirs(posixpath.dirname(path))
+        return self.fs.open(path, "wb")
+
+    def open_read(self, path: str) -> BinaryIO:
+        return self.fs.open(path, "rb")
+
+    def replace(self, src: str, dst: str) -> None:
+        self.makedirs(posixpath.dirname(dst))
+        self.fs.mv(src, dst)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    def remove(self, path: str) -> None:
+        try:
+            self.fs.rm(path)
+        except FileNotFoundError:
+            pass
+
+    def rmtree(self, path: str) -> None:
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def glob(self, pattern: str) -> list[str]:
         return sorted(self.fs.glob(pattern))
 
+    def append(self, path: str, data: bytes) -> None:
+        old = self.fs.cat_file(path) if self.fs.exists(path) else b""
+        self.write_bytes_atomic(path, old + data)
 
-def codec(compression: str) -> str | None:
-    return None if compression == "none" else compression
+
+def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Store:
+    """The store for ``url`` (a directory or an fsspec URL)."""
+    options = dict(storage_options or {})
+    fs, root = url_to_fs(url, **options)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return LocalStore(url, os.path.abspath(root), options)
+    return FsspecStore(url, root, options, fs)
 
 
+__all__ = ["Store", "LocalStore", "FsspecStore", "open_store", "codec"]

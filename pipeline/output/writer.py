@@ -20,7 +20,7 @@ from pipeline.output import partition
 from pipeline.output.columns import repeated_text
 from pipeline.output.layout import FILE_ID, STATE_DIR
 from pipeline.output.store import Store, codec
-from pipeline.planning.schema import conform
+from readers.widening import conform
 
 
 @dataclass(slots=True)

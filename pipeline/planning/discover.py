@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from pipeline.errors import SourceNotFound, UsageError
-from pipeline.execution.retry import backoff, is_transient
+from pipeline.retry import is_transient, retrying
 from readers import (
     COMPRESSION_SUFFIXES,
     detect,
@@ -261,13 +260,25 @@ def _with_retries(job: tuple[fsspec.AbstractFileSystem, str, str], fmt: str | No
                   storage_options: dict[str, Any], skip: SkipCheck | None,
                   retries: int) -> Discovered:
     """describe_file, again after a transient failure (it reports errors, never raises)."""
-    found = describe_file(*job, fmt, storage_options, skip)
-    for attempt in range(retries):
-        if found.error is None or not found.transient:
-            break
-        time.sleep(backoff(attempt))
+
+    def attempt() -> Discovered:
         found = describe_file(*job, fmt, storage_options, skip)
-    return found
+        if found.error is not None and found.transient:
+            raise _TransientDiscovery(found)
+        return found
+
+    try:
+        return retrying(attempt, retries)
+    except _TransientDiscovery as failed:
+        return failed.found
+
+
+class _TransientDiscovery(Exception):  # noqa: N818 - carries a result, not a program error
+    transient = True
+
+    def __init__(self, found: Discovered) -> None:
+        super().__init__(found.error)
+        self.found = found
 
 
 __all__ = ["Discovered", "discover", "rediscover", "expand", "fingerprint", "COMPRESSION_SUFFIXES"]

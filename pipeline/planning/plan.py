@@ -11,7 +11,6 @@ import json
 import os
 import posixpath
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,29 +18,14 @@ import pyarrow as pa
 from fsspec.core import url_to_fs
 
 from pipeline.errors import UsageError
-from pipeline.execution.retry import retrying
-from pipeline.options import IngestOptions, as_paths
+from pipeline.options import IngestOptions, PlanOptions, as_paths
+from pipeline.planning.describe import PlannedFile, describe_all
 from pipeline.planning.discover import Discovered, SkipCheck, discover, rediscover
-from pipeline.planning.schema import unify
 from readers import get_reader
-from readers.base import ChunkSpec, Description, Source
-
-
-@dataclass(slots=True)
-class PlannedFile:
-    """One input file: its reader, what it holds, and its chunks (or why it cannot be read)."""
-
-    source: Source
-    reader: str | None
-    description: Description | None = None
-    chunks: list[ChunkSpec] = field(default_factory=list)
-    error: str | None = None
-    skipped: bool = False
-    """Unchanged since the last run into the same OUT: nothing of it is read."""
-
-    @property
-    def tables(self) -> list[str]:
-        return sorted(self.description.tables) if self.description else []
+from readers.base import ChunkSpec
+from readers.errors import one_line
+from readers.options import ReaderOptions
+from readers.widening import no_nulls, unify
 
 
 @dataclass(slots=True)
@@ -50,7 +34,8 @@ class Plan:
 
     files: list[PlannedFile]
     schemas: dict[str, pa.Schema]
-    options: IngestOptions
+    reader_options: dict[str, ReaderOptions] = field(default_factory=dict)
+    """Each reader's options for this plan's files, by reader name."""
 
     @property
     def chunks(self) -> list[ChunkSpec]:
@@ -74,7 +59,7 @@ class Plan:
 
     def __repr__(self) -> str:
         lines = [f"Plan: {len(self.files)} file(s), {len(self.chunks)} chunk(s), "
-                 f"{_human(self.total_bytes)} -> {self.options.out}"]
+                 f"{_human(self.total_bytes)}"]
         for row in self.summary():
             if row["skipped"]:
                 status = "unchanged since the last run"
@@ -109,60 +94,8 @@ def _human(n: float) -> str:
     return f"{n} B"
 
 
-def _describe_all(found: list[Discovered], options: IngestOptions) -> list[PlannedFile]:
-    """Describe every file: small ones in batches where the reader can, the rest one by one."""
-    planned = [PlannedFile(f.source, f.reader, error=f.error, skipped=f.skipped) for f in found]
-    opts = options.reader_options()
-    by_reader: dict[str, list[int]] = {}
-    for i, f in enumerate(found):
-        if f.reader and not f.error and not f.skipped:
-            by_reader.setdefault(f.reader, []).append(i)
-    batches = [(name, idx[n:n + DESCRIBE_BATCH]) for name, idx in by_reader.items()
-               for n in range(0, len(idx), DESCRIBE_BATCH) if len(idx) > 1]
-
-    def batch(job: tuple[str, list[int]]) -> None:
-        name, idx = job
-        try:
-            described = get_reader(name)().describe_many([found[i].source for i in idx], opts)
-        except Exception:  # noqa: BLE001 - each file is then described on its own
-            return
-        for i, description in zip(idx, described, strict=True):
-            planned[i].description = description
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(batch, batches))
-        rest = [i for i, p in enumerate(planned)
-                if p.description is None and not p.skipped and not p.error and p.reader]
-        for i, one in zip(rest, pool.map(lambda i: _describe(found[i], options), rest),
-                          strict=True):
-            planned[i] = one
-    return planned
-
-
-#: Files per `Reader.describe_many` call (a thread each).
-DESCRIBE_BATCH = 512
-
-
-def _describe(found: Discovered, options: IngestOptions) -> PlannedFile:
-    planned = PlannedFile(found.source, found.reader, error=found.error, skipped=found.skipped)
-    if found.error or found.reader is None:
-        return planned
-    reader = get_reader(found.reader)()
-    opts = options.reader_options()
-    try:
-        planned.description = retrying(lambda: reader.describe(found.source, opts),
-                                       options.retries)
-    except Exception as exc:  # a bad file fails alone; the run goes on
-        planned.error = f"{found.source.path}: cannot read its header: {_one_line(exc)}"
-    return planned
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def build_plan(paths: Sequence[str], options: IngestOptions,
+def build_plan(paths: Sequence[str], options: PlanOptions, *,
+               partition_by: Sequence[str] = (),
                skip: SkipCheck | None = None,
                known: dict[str, pa.Schema] | None = None,
                unskip: Callable[[list[Discovered]], set[str]] | None = None) -> Plan:
@@ -173,17 +106,19 @@ def build_plan(paths: Sequence[str], options: IngestOptions,
     column order and types win where the new data fits them).
     """
     paths = as_paths(paths)
-    options.input_roots = tuple(input_root(p) for p in paths)
+    settings = options.reader_settings(tuple(input_root(p) for p in paths))
     found = discover(paths, table=options.table, fmt=options.format,
-                     storage_options=options.storage_options, skip=skip,
+                     storage_options=dict(options.storage_options), skip=skip,
                      retries=options.retries)
     if unskip is not None:
         # Unchanged files that must be read all the same (they share a fragment with a
         # changed file): sniff them now.
         again = unskip(found)
-        found = [rediscover(f, options.format, options.storage_options)
+        found = [rediscover(f, options.format, dict(options.storage_options))
                  if f.skipped and f.source.file_id in again else f for f in found]
-    files = _describe_all(found, options)
+    reader_options = {name: get_reader(name).configure(settings)
+                      for name in {f.reader for f in found if f.reader}}
+    files = describe_all(found, reader_options, options.retries)
     by_table: dict[str, list[pa.Schema]] = {}
     for f in files:
         if f.description:
@@ -191,13 +126,11 @@ def build_plan(paths: Sequence[str], options: IngestOptions,
                 by_table.setdefault(table, []).append(schema)
     known = known or {}
     # A column no file had a value for (header-only files) is text.
-    schemas = {table: _no_nulls(unify([known[table], *group] if table in known else group))
+    schemas = {table: no_nulls(unify([known[table], *group] if table in known else group))
                for table, group in by_table.items()}
-    _check_partitioning(schemas, options.partition_by)
-    opts = options.reader_options()
+    _check_partitioning(schemas, tuple(partition_by))
     # One schema object per (table, columns): bundle tasks carry each member's description,
-    # and pickle writes a shared object once (10,000 small files: 0.08 s and 1 MB of tasks
-    # instead of 0.45 s and 3.1 MB).
+    # and pickle writes a shared object once.
     ordered: dict[tuple[str, tuple[str, ...]], pa.Schema] = {}
 
     def unified(table: str, own: pa.Schema) -> pa.Schema:
@@ -212,10 +145,11 @@ def build_plan(paths: Sequence[str], options: IngestOptions,
         # Every chunk parses straight into the table's unified types.
         f.description.tables = {t: unified(t, s) for t, s in f.description.tables.items()}
         try:
-            f.chunks = get_reader(f.reader)().plan(f.source, f.description, opts)
+            f.chunks = get_reader(f.reader)().plan(f.source, f.description,
+                                                   reader_options[f.reader])
         except Exception as exc:
-            f.error = f"{f.source.path}: cannot plan chunks: {_one_line(exc)}"
-    return Plan(files, schemas, options)
+            f.error = f"{f.source.path}: cannot plan chunks: {one_line(exc)}"
+    return Plan(files, schemas, reader_options)
 
 
 def input_root(arg: str) -> str:
@@ -227,11 +161,6 @@ def input_root(arg: str) -> str:
         path = posixpath.dirname(path)
     local = fs.protocol in ("file", "local") or "file" in fs.protocol
     return os.path.abspath(path) if local else fs.unstrip_protocol(path)
-
-
-def _no_nulls(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
-                      for f in schema])
 
 
 def _ordered(unified: pa.Schema, own: pa.Schema) -> pa.Schema:
@@ -251,5 +180,5 @@ def _check_partitioning(schemas: dict[str, pa.Schema], partition_by: tuple[str, 
 
 def plan(paths: str | Sequence[str], **options: Any) -> Plan:
     """What ``ingest`` would do, without writing anything: files, formats, chunks, schemas."""
-    return build_plan(as_paths(paths), IngestOptions.from_kwargs(options.pop("out", "out"),
-                                                                 **options))
+    opts = IngestOptions.from_kwargs(options.pop("out", "out"), **options)
+    return build_plan(as_paths(paths), opts.plan, partition_by=opts.output.partition_by)

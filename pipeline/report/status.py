@@ -11,24 +11,25 @@ import pyarrow.parquet as pq
 from pipeline.errors import UsageError
 from pipeline.output.journal import Journal
 from pipeline.output.layout import CATALOG_DIR, STATE_DIR
-from pipeline.output.store import Store
+from pipeline.output.store import open_store
 
 
 def status(out: str) -> dict[str, Any]:
     """Per-table and per-file state of OUT, and the last run's report."""
-    store = Store(out)
+    store = open_store(out)
     if not store.exists(store.path(STATE_DIR)):
         raise UsageError(f"{out}: not a chunkmill output directory (no {STATE_DIR}/)")
-    done, interrupted = Journal(store).load()
+    journal = Journal(store).load()
+    done, interrupted = journal.done, journal.interrupted
     runs = store.glob(store.path(STATE_DIR, "runs", "*.json"))
     last: dict[str, Any] = {}
     if runs:
-        with open(runs[-1]) if store.local else store.fs.open(runs[-1]) as f:
-            last = json.load(f)
+        last = json.loads(store.read_bytes(runs[-1]))
     catalog: list[dict[str, Any]] = []
     path = store.path(CATALOG_DIR, "catalog.parquet")
     if store.exists(path):
-        catalog = pq.read_table(path if store.local else store.fs.open(path)).to_pylist()
+        with store.open_read(path) as f:
+            catalog = pq.read_table(f).to_pylist()
     files: dict[str, dict[str, Any]] = {}
     for row in catalog:
         state = "failed" if row["status"] == "failed" else "done"

@@ -11,12 +11,13 @@ ranges can be read independently and in parallel. Lines without ``=`` go to ``_e
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator
 
 import pyarrow as pa
 
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
+from readers.errors import BadFile
+from readers.options import ReaderOptions
 
 MAGIC = b"KV1\n"
 SCHEMA = pa.schema([("key", pa.string()), ("value", pa.string())])
@@ -32,15 +33,15 @@ class KVReader(Reader):
     def sniff(cls, head: bytes, path: str) -> int:
         return 95 if head.startswith(MAGIC) else 0  # magic bytes: near certain
 
-    def describe(self, source: Source, options: Mapping[str, Any]) -> Description:
+    def describe(self, source: Source, options: ReaderOptions) -> Description:
         if source.read_range(0, len(MAGIC)) != MAGIC:
-            raise ValueError("byte 0: missing the KV1 magic line")
+            raise BadFile("byte 0: missing the KV1 magic line", offset=0)
         return Description({source.table: SCHEMA}, {"version": 1})
 
     def plan(
-        self, source: Source, description: Description, options: Mapping[str, Any]
+        self, source: Source, description: Description, options: ReaderOptions
     ) -> list[ChunkSpec]:
-        step = int(options.get("chunk_size") or 64 << 20)
+        step = options.chunk_size
         return [
             ChunkSpec(
                 source.file_id,
@@ -57,7 +58,7 @@ class KVReader(Reader):
         source: Source,
         chunk: ChunkSpec,
         description: Description,
-        options: Mapping[str, Any],
+        options: ReaderOptions,
         ctx: ChunkContext,
     ) -> Iterator[tuple[str, pa.Table]]:
         keys: list[str] = []

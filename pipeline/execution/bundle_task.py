@@ -1,4 +1,4 @@
-"""Small files, many to a task: one Dask task and one fragment per bundle of files.
+"""Small files, many to a task (the worker side): one Dask task and one fragment per bundle.
 
 Ten thousand 10 KB files as ten thousand tasks and fragments would cost more in scheduling,
 fsync and file count than in parsing. A file whose reader plans it into one chunk and allows
@@ -18,20 +18,21 @@ import posixpath
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.execution.task import ChunkManifest, _worker_name, read_with_retries
+from pipeline.execution.settle import FileChunks, read_settled
+from pipeline.execution.task import ChunkManifest, read_chunk, worker_name
 from pipeline.output.columns import int64_from_numpy, text_array
 from pipeline.output.layout import ERRORS_DIR, FILE_ID
 from pipeline.output.rejects import ERRORS_SCHEMA, errors_table, stage_errors
 from pipeline.output.writer import Fragment, FragmentWriter, SinkSpec
-from pipeline.planning.schema import conform
 from readers import get_reader
-from readers.base import ChunkSpec, Description, Source, TogetherRead, stable_id
+from readers.base import ChunkSpec, Description, Rejected, Source, TogetherRead, stable_id
+from readers.options import ReaderOptions
+from readers.widening import conform
 
 
 @dataclass(slots=True)
@@ -63,7 +64,8 @@ class BundleTask:
     bundle_id: str
     members: list[Member]
     carries: list[Carry]
-    reader_options: dict[str, Any]
+    options: dict[str, ReaderOptions]
+    """Each member reader's options, by reader name."""
     sink: SinkSpec
     retries: int = 2
 
@@ -109,8 +111,7 @@ def run_bundle(task: BundleTask) -> BundleManifest:
                 member = task.members[i]
                 manifests[i] = ChunkManifest(member.chunk.id, member.source.file_id,
                                              member.chunk.index, rows=rows,
-                                             bytes_read=member.source.size,
-                                             facts={"read_together": len(read.members)})
+                                             bytes_read=member.source.size)
         for i, member in enumerate(task.members):
             if member.chunk is None:
                 manifests[i] = ChunkManifest(f"{member.source.file_id}-empty",
@@ -131,7 +132,7 @@ def run_bundle(task: BundleTask) -> BundleManifest:
     if errors:
         fragments.append(stage_errors(task.sink, task.name, pa.concat_tables(errors)))
     pa.default_memory_pool().release_unused()
-    return BundleManifest(task.bundle_id, manifests, fragments, carried, _worker_name(),
+    return BundleManifest(task.bundle_id, manifests, fragments, carried, worker_name(),
                           started, time.time())
 
 
@@ -145,7 +146,7 @@ def _read_together(task: BundleTask) -> Iterator[TogetherRead]:
             continue
         group = [(task.members[i].source, task.members[i].chunk, task.members[i].description)
                  for i in idx]
-        for read in get_reader(name)().read_together(group, task.reader_options):
+        for read in get_reader(name)().read_together(group, task.options[name]):
             yield TogetherRead([idx[i] for i in read.members], read.table, read.rows,
                                read.counts)
 
@@ -155,30 +156,24 @@ def _read_member(member: Member, task: BundleTask
     """One member's rows, held until its reader has checked them (members are small)."""
     reader = get_reader(member.reader)()
     source, description = member.source, member.description
-    chunks = [member.chunk]
-    tables: list[tuple[str, pa.Table]] = []
-    for _ in range(3):
-        tables, contexts, manifests = [], [], []
-        for chunk in chunks:
-            held: list[tuple[str, pa.Table]] = []
-            manifest, ctx = read_with_retries(reader, source, chunk, description,
-                                              task.reader_options, task.retries,
-                                              lambda t, rows, held=held: held.append((t, rows)),
-                                              held.clear)
-            tables += held
-            manifests.append(manifest)
-            contexts.append(ctx)
-        if not reader.reconciles:
-            break
-        rec = reader.reconcile(source, description, chunks,
-                               [dict(m.facts, failed=bool(m.failed)) for m in manifests])
-        if rec.replace_plan is not None:
-            chunks = rec.replace_plan
-        elif rec.rerun:
-            by_index = {c.index: c for c in rec.rerun}
-            chunks = [by_index.get(c.index, c) for c in chunks]
-        else:
-            break
+    held: dict[int, list[tuple[str, pa.Table]]] = {}
+    rejected: dict[int, list[Rejected]] = {}
+
+    def run(chunk: ChunkSpec) -> ChunkManifest:
+        tables = held.setdefault(chunk.index, [])
+        manifest, ctx = read_chunk(reader, source, chunk, description,
+                                   task.options[member.reader], task.retries,
+                                   lambda t, rows: tables.append((t, rows)), tables.clear)
+        rejected[chunk.index] = ctx.rejected
+        return manifest
+
+    def discard(manifest: ChunkManifest) -> None:
+        held.pop(manifest.index, None)
+        rejected.pop(manifest.index, None)
+
+    file = read_settled(FileChunks(source, member.reader, description, [member.chunk]), run,
+                        discard)
+    manifests = file.manifests
     manifest = manifests[0]
     for extra in manifests[1:]:
         manifest.rows += extra.rows
@@ -186,9 +181,11 @@ def _read_member(member: Member, task: BundleTask
         manifest.failed = manifest.failed or extra.failed
     manifest.bytes_read = source.size
     manifest.finished = time.time()
-    rejected = [(source.file_id, source.path, member.chunk.index, r)
-                for ctx in contexts for r in ctx.rejected]
-    return manifest, tables, (errors_table(rejected, task.sink.run_id) if rejected else None)
+    order = [c.index for c in file.chunks]
+    tables = [piece for i in order for piece in held.get(i, [])]
+    errors = [(source.file_id, source.path, member.chunk.index, r)
+              for i in order for r in rejected.get(i, [])]
+    return manifest, tables, (errors_table(errors, task.sink.run_id) if errors else None)
 
 
 def _carry(carry: Carry, sink: SinkSpec, writer: FragmentWriter, errors: list[pa.Table]
@@ -216,28 +213,4 @@ def _carry(carry: Carry, sink: SinkSpec, writer: FragmentWriter, errors: list[pa
     return rows
 
 
-def pack(items: list[tuple[list[Any], int]], max_bytes: int, min_bundles: int
-         ) -> list[list[Any]]:
-    """Group ``(members, bytes)`` items into bundles; an item's members stay together.
-
-    Bundles hold up to ``max_bytes``, and are made smaller when that leaves fewer than
-    ``min_bundles`` of them, so every worker thread gets some.
-    """
-    total = sum(size for _, size in items)
-    limit = max(1, min(max_bytes, -(-total // max(1, min_bundles))))
-    bundles: list[list[Any]] = []
-    current: list[Any] = []
-    size = 0
-    for members, nbytes in items:
-        if current and size + nbytes > limit:
-            bundles.append(current)
-            current, size = [], 0
-        current.extend(members)
-        size += nbytes
-    if current:
-        bundles.append(current)
-    return bundles
-
-
-__all__ = ["BundleTask", "BundleManifest", "Member", "Carry", "run_bundle", "pack",
-           "bundle_id"]
+__all__ = ["BundleTask", "BundleManifest", "Member", "Carry", "run_bundle", "bundle_id"]

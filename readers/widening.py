@@ -1,0 +1,80 @@
+"""Type widening: one schema from many, by column name (shared by readers and the pipeline).
+
+Widening (applied pairwise, order-independent):
+
+- null + T -> T
+- any two integer types -> int64; integer + floating -> float64; two floating -> float64
+- date32 + timestamp -> timestamp; timestamps of different units -> the finer unit (same zone)
+- list<A> + list<B> -> list<widen(A, B)> (also fixed-size lists of different sizes); struct
+  fields are unified by name the same way
+- anything else that differs (bool + int, number + string, timestamp zones, ...) -> string
+
+Values that do not fit the widened type are rejected into ``_errors`` when parsed, never nulled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pyarrow as pa
+import pyarrow.types as pt
+
+_UNITS = ["s", "ms", "us", "ns"]
+
+
+def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+    """The narrowest type both ``a`` and ``b`` values fit into, by the rules above."""
+    if a == b:
+        return a
+    if pt.is_null(a):
+        return b
+    if pt.is_null(b):
+        return a
+    if pt.is_integer(a) and pt.is_integer(b):
+        return pa.int64()
+    if (pt.is_integer(a) or pt.is_floating(a)) and (pt.is_integer(b) or pt.is_floating(b)):
+        return pa.float64()
+    if pt.is_timestamp(a) and pt.is_timestamp(b):
+        if a.tz != b.tz:
+            return pa.string()
+        return pa.timestamp(max(a.unit, b.unit, key=_UNITS.index), tz=a.tz)
+    if pt.is_timestamp(a) and pt.is_date(b):
+        return a
+    if pt.is_date(a) and pt.is_timestamp(b):
+        return b
+    if _listlike(a) and _listlike(b):  # fixed-size lists of other sizes become plain lists
+        return pa.list_(widen(a.value_type, b.value_type))
+    if pt.is_struct(a) and pt.is_struct(b):
+        return pa.struct(list(unify([pa.schema(list(a)), pa.schema(list(b))])))
+    return pa.string()
+
+
+def _listlike(t: pa.DataType) -> bool:
+    return pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t)
+
+
+def unify(schemas: Iterable[pa.Schema]) -> pa.Schema:
+    """Union by name in first-seen column order, widening types that differ."""
+    fields: dict[str, pa.DataType] = {}
+    for schema in schemas:
+        for field in schema:
+            prev = fields.get(field.name)
+            fields[field.name] = field.type if prev is None else widen(prev, field.type)
+    return pa.schema([(name, typ) for name, typ in fields.items()])
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: missing ones as nulls, types cast."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            col = table.column(field.name)
+            columns.append(col if col.type == field.type else col.cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def no_nulls(schema: pa.Schema) -> pa.Schema:
+    """Columns no value gave a type to (all-null samples, header-only files) become text."""
+    return pa.schema([(f.name, pa.string() if pt.is_null(f.type) else f.type) for f in schema])
