@@ -18,8 +18,9 @@ and nothing doubles (fragment names are deterministic per file and chunk).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pipeline.faults import crash_point
@@ -97,17 +98,27 @@ def plan_commit(items: Sequence[CommitItem], forgets: Sequence[str], state: Jour
                       tuple(forgets))
 
 
+def commit_steps(plan: CommitPlan, store: Store, journal: Journal) -> list[Callable[[], None]]:
+    """The commit's writes to OUT, one callable each, in the order that keeps a crash
+    resumable: journal, renames, removals, journal."""
+    return ([partial(journal.append, *plan.committing)]
+            + [partial(store.replace, staged, final) for staged, final in plan.renames]
+            + [partial(store.remove, path) for path in plan.removals]
+            + [partial(journal.append, *plan.committed)])
+
+
 def apply_commit(plan: CommitPlan, store: Store, journal: Journal, state: JournalState) -> None:
-    """Carry out ``plan`` on OUT (in the order that keeps a crash resumable), then record it
-    in ``state``."""
-    journal.append(*plan.committing)
-    for i, (staged, final) in enumerate(plan.renames):
-        if i == len(plan.renames) // 2:
+    """Carry out ``plan`` on OUT, then record it in ``state``."""
+    halfway = 1 + len(plan.renames) // 2
+    for i, step in enumerate(commit_steps(plan, store, journal)):
+        if i == halfway:
             crash_point("mid_commit")
-        store.replace(staged, final)
-    for path in plan.removals:
-        store.remove(path)
-    journal.append(*plan.committed)
+        step()
+    record_commit(plan, state)
+
+
+def record_commit(plan: CommitPlan, state: JournalState) -> None:
+    """What the journal now says, applied to the run's in-memory copy of it."""
     for record in plan.records:
         state.done[record.file_id] = record
         state.interrupted.pop(record.file_id, None)
@@ -116,4 +127,5 @@ def apply_commit(plan: CommitPlan, store: Store, journal: Journal, state: Journa
         state.interrupted.pop(fid, None)
 
 
-__all__ = ["CommitItem", "CommitPlan", "plan_commit", "apply_commit"]
+__all__ = ["CommitItem", "CommitPlan", "plan_commit", "commit_steps", "apply_commit",
+           "record_commit"]
