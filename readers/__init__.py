@@ -26,7 +26,7 @@ __all__ = [
     "COMPRESSION_SUFFIXES",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("chunkmill.readers")
 
 ENTRY_POINT_GROUP = "chunkmill.readers"
 

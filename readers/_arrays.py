@@ -183,7 +183,7 @@ def row_blocks(nrows: int, grid_rows: int, bytes_per_row: int, chunk_size: int,
         blocks = [(a, b) for a, b in blocks if a < b]
         count = len(blocks)
     if limit is not None and count > limit:
-        raise ValueError(f"{nrows} rows would need {count} chunks (limit {limit}); "
+        raise Unsupported(f"{nrows} rows would need {count} chunks (limit {limit}); "
                          "raise --chunk-size")
     return blocks
 

@@ -47,7 +47,7 @@ from readers._fits_cards import (
     walk,
 )
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
-from readers.errors import ErrorCode
+from readers.errors import ErrorCode, Unsupported
 from readers.options import ReaderOptions
 
 #: HDUs whose header cards go into the catalog (later ones keep only their geometry).
@@ -187,7 +187,7 @@ def image_rows(part: Part, first: int, data: bytes, max_elements: int = 1 << 31)
     width = part.row_bytes // BIN_CODES[pix.code][1]
     n = len(data) // part.row_bytes
     if n * width >= max_elements:
-        raise ValueError(f"{n} image lines of {width} pixels overflow one list array")
+        raise Unsupported(f"{n} image lines of {width} pixels overflow one list array")
     raw = np.frombuffer(data, BIN_CODES[pix.code][0], n * width)
     vals, mask = _numbers(raw, pix, pix.code)
     if pix.code in "BIJK" and (pix.scale != 1.0 or pix.zero != 0.0) and vals.dtype.kind == "f":
@@ -372,7 +372,7 @@ class _HeapReader:
     def __call__(self, offsets: np.ndarray, nbytes: np.ndarray) -> bytes:
         total = int(nbytes.sum())
         if total >= 1 << 31:
-            raise ValueError(f"{total} heap bytes in one chunk overflow a list array")
+            raise Unsupported(f"{total} heap bytes in one chunk overflow a list array")
         nonempty = np.flatnonzero(nbytes > 0)
         if not len(nonempty):
             return b""

@@ -43,7 +43,6 @@ from readers._arrays import (
     ArrayInfo,
     ArrayOptions,
     ArraySelector,
-    Unsupported,
     array_layout,
     is_absurd,
     json_safe,
@@ -56,7 +55,7 @@ from readers._arrays import (
 )
 from readers._deferred import deferred
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
-from readers.errors import BadFile, ErrorCode, error_code, one_line
+from readers.errors import BadFile, ErrorCode, Unsupported, error_code, one_line
 
 h5py = deferred("h5py")
 
@@ -216,7 +215,7 @@ class HDF5Reader(Reader):
                 raise HDF5FileError(f"{source.path}: damaged HDF5 structure "
                                     f"({one_line(exc)})") from exc
             if len(links) > limit:
-                raise ValueError(f"{source.path}: more than {limit} objects; not supported")
+                raise Unsupported(f"{source.path}: more than {limit} objects; not supported")
             seen: set[Any] = set()
             taken: set[str] = set()
             for name, link in links:

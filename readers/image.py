@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from readers._deferred import deferred
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
+from readers.errors import BadFile
 from readers.options import ReaderOptions
 
 Image = deferred("PIL.Image")
@@ -223,7 +224,7 @@ def webp_info(f: IO[bytes], size: int) -> tuple[dict[str, Any], bytes | None, li
         pos += 8 + length + (length & 1)
         chunks += 1
     if facts["width"] is None:
-        raise ValueError("no VP8/VP8L/VP8X chunk with the image size"
+        raise BadFile("no VP8/VP8L/VP8X chunk with the image size"
                          + "".join(f"; {p}" for p in problems))
     facts["frames"] = frames if animated and frames else 1
     facts["animated"] = facts["frames"] > 1
@@ -274,7 +275,7 @@ class ImageReader(Reader):
         head = source.read_range(0, 64)
         fmt = image_format(head)
         if fmt is None:
-            raise ValueError("byte 0: not a JPEG, PNG, TIFF, WebP, GIF or BMP file")
+            raise BadFile("byte 0: not a JPEG, PNG, TIFF, WebP, GIF or BMP file", 0)
         tail = source.read_range(max(0, source.size - TAIL_BYTES), source.size)
         with source.open() as f:
             if fmt == "WEBP":
@@ -319,7 +320,7 @@ def _open_headers(f: IO[bytes], fmt: str) -> Image.Image:
     f.seek(0)
     prefix = f.read(16)
     if accept and not accept(prefix):
-        raise ValueError(f"byte 0: Pillow does not accept this as {fmt}")
+        raise BadFile(f"byte 0: Pillow does not accept this as {fmt}", 0)
     f.seek(0)
     try:
         return factory(f, "")
@@ -328,7 +329,7 @@ def _open_headers(f: IO[bytes], fmt: str) -> Image.Image:
         # Pillow signals a bad header with SyntaxError ("Truncated File Read" is an OSError);
         # say where we were when it gave up.
         at = f.tell() if not f.closed else "?"
-        raise ValueError(f"unreadable {fmt} header (stopped near byte {at}): "
+        raise BadFile(f"unreadable {fmt} header (stopped near byte {at}): "
                          f"{type(exc).__name__}: {exc}") from exc
 
 

@@ -26,7 +26,6 @@ from readers._arrays import (
     ArrayInfo,
     ArrayOptions,
     ArraySelector,
-    Unsupported,
     array_layout,
     is_absurd,
     json_safe,
@@ -38,7 +37,7 @@ from readers._arrays import (
 )
 from readers._deferred import deferred
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
-from readers.errors import BadFile, ErrorCode, error_code, one_line
+from readers.errors import BadFile, ErrorCode, Unsupported, error_code, one_line
 
 zarr = deferred("zarr")
 zarr_sync = deferred("zarr.core.sync")
@@ -142,7 +141,7 @@ class ZarrReader(Reader):
             members = list(node.members(max_depth=None))
         limit = options.max_objects
         if len(members) > limit:
-            raise ValueError(f"{source.path}: {len(members)} arrays and groups (more than "
+            raise Unsupported(f"{source.path}: {len(members)} arrays and groups (more than "
                              f"{limit}); not supported")
         taken: set[str] = set()
         for path, obj in sorted(members, key=lambda m: m[0]):

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pytest
 
-from pipeline.execution.settle import FileChunks, read_settled
 from pipeline.execution.task import ChunkManifest, read_chunk
 from pipeline.planning.discover import describe_file
 from readers import get_reader
 from readers.base import ChunkContext, ChunkSpec, Rejected
+from readers.settle import FileChunks, read_settled
 
 
 def run_reader(path: str, reader: str | None = None, *, chunk_size: int = 1 << 20,
@@ -51,7 +51,7 @@ def run_reader(path: str, reader: str | None = None, *, chunk_size: int = 1 << 2
         tables.pop(manifest.index, None)
         rejected.pop(manifest.index, None)
 
-    file = read_settled(FileChunks(found.source, found.reader, desc, specs), run, discard)
+    file = read_settled(FileChunks(found.source, type(r), desc, specs), run, discard)
     serial = next((n for n in file.notes if n.startswith("parsed as one stream")), None)
     info = {"reruns": reruns[0], "serial": serial,
             "chunks": len(specs)}

@@ -69,7 +69,8 @@ def _items(store, run: str, groups: list[Group], fingerprint: str, carried: set[
 def _visible(store) -> dict[str, frozenset[str]]:
     out = {}
     for path in store.glob(store.path("t", "*.parquet")):
-        out[path.rsplit("/", 1)[1].removesuffix(".parquet")] = frozenset(store.read_bytes(path).decode().split(",")) - {""}
+        owners = frozenset(store.read_bytes(path).decode().split(",")) - {""}
+        out[path.rsplit("/", 1)[1].removesuffix(".parquet")] = owners
     return out
 
 

@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.execution.settle import FileChunks, read_settled
 from pipeline.execution.task import ChunkManifest, read_chunk, worker_name
 from pipeline.output.columns import int64_from_numpy, text_array
 from pipeline.output.layout import ERRORS_DIR, FILE_ID
@@ -32,6 +31,7 @@ from pipeline.output.writer import Fragment, FragmentWriter, SinkSpec
 from readers import get_reader
 from readers.base import ChunkSpec, Description, Rejected, Source, TogetherRead, stable_id
 from readers.options import ReaderOptions
+from readers.settle import FileChunks, read_settled
 from readers.widening import conform
 
 
@@ -171,7 +171,7 @@ def _read_member(member: Member, task: BundleTask
         held.pop(manifest.index, None)
         rejected.pop(manifest.index, None)
 
-    file = read_settled(FileChunks(source, member.reader, description, [member.chunk]), run,
+    file = read_settled(FileChunks(source, type(reader), description, [member.chunk]), run,
                         discard)
     manifests = file.manifests
     manifest = manifests[0]

@@ -25,7 +25,7 @@ from pipeline.errors import UsageError
 from pipeline.options import ClusterOptions
 from readers.base import Reader
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("chunkmill.cluster")
 
 
 def default_workers() -> int:

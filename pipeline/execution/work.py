@@ -6,8 +6,10 @@ import time
 from dataclasses import dataclass, field
 
 from pipeline.execution.bundle_task import BundleManifest, Carry, bundle_id
-from pipeline.execution.settle import FileChunks
+from pipeline.execution.task import ChunkManifest
 from pipeline.planning.describe import PlannedFile
+from readers import get_reader
+from readers.settle import FileChunks
 
 
 @dataclass(slots=True)
@@ -15,14 +17,14 @@ class FileRun:
     """One file of a run: what was planned, and its chunks until they are reconciled."""
 
     planned: PlannedFile
-    chunks: FileChunks
+    chunks: FileChunks[ChunkManifest]
     started: float = field(default_factory=time.time)
 
     @classmethod
     def of(cls, planned: PlannedFile) -> FileRun:
         assert planned.reader is not None and planned.description is not None
-        return cls(planned, FileChunks(planned.source, planned.reader, planned.description,
-                                       list(planned.chunks)))
+        return cls(planned, FileChunks(planned.source, get_reader(planned.reader),
+                                       planned.description, list(planned.chunks)))
 
     @property
     def file_id(self) -> str:

@@ -2,33 +2,45 @@
 
 Readers that check chunks against each other (`Reader.reconciles`: the text readers verify
 record boundaries) may, once every chunk of a file has finished, ask for some chunks to run
-again or for a whole new plan. `FileChunks` keeps that state for one file; the runner drives it
-with chunks running on the cluster, and `read_settled` drives it in the calling process (bundle
-members inside a worker, tests).
+again or for a whole new plan. `FileChunks` keeps that state for one file; the pipeline's runner
+drives it with chunks running on a cluster, and `read_settled` drives it in the calling process
+(bundle members inside a worker, `pipeline.read`-style tests, the reader contract tests).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
-from pipeline.execution.task import ChunkManifest
-from readers import get_reader
-from readers.base import ChunkSpec, Description, Source
+from readers.base import ChunkOutcome, ChunkSpec, Description, Reader, Source
+
+
+class ChunkResult(Protocol):
+    """What the loop needs of a finished chunk (the pipeline's manifests have more)."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def outcome(self) -> ChunkOutcome: ...
+
+
+R = TypeVar("R", bound=ChunkResult)
 
 #: Reconcile rounds before giving up: guess, fix wrong parity guesses, fall back to a stream.
 MAX_ROUNDS = 5
 
 
 @dataclass(slots=True)
-class FileChunks:
+class FileChunks(Generic[R]):
     """One file's chunk plan and finished chunks, while they are being reconciled."""
 
     source: Source
-    reader: str
+    reader: type[Reader]
     description: Description
     chunks: list[ChunkSpec]
-    results: dict[int, ChunkManifest] = field(default_factory=dict)
+    results: dict[int, R] = field(default_factory=dict)
     rounds: int = 0
     """Times the reader asked for chunks again."""
     notes: list[str] = field(default_factory=list)
@@ -39,19 +51,19 @@ class FileChunks:
         return len(self.results) == len(self.chunks)
 
     @property
-    def manifests(self) -> list[ChunkManifest]:
+    def manifests(self) -> list[R]:
         """Finished chunks in plan order."""
         return [self.results[c.index] for c in self.chunks]
 
-    def record(self, manifest: ChunkManifest) -> None:
+    def record(self, manifest: R) -> None:
         self.results[manifest.index] = manifest
 
-    def settle(self) -> tuple[list[ChunkSpec], list[ChunkManifest]]:
+    def settle(self) -> tuple[list[ChunkSpec], list[R]]:
         """Reconcile a complete file: (chunks to run again, results thrown away).
 
         Both empty when the reader is satisfied and the file can be committed.
         """
-        cls = get_reader(self.reader)
+        cls = self.reader
         if not cls.reconciles:
             return [], []
         if self.rounds >= MAX_ROUNDS:
@@ -75,8 +87,8 @@ class FileChunks:
         return [], []
 
 
-def read_settled(file: FileChunks, run: Callable[[ChunkSpec], ChunkManifest],
-                 discard: Callable[[ChunkManifest], None] = lambda m: None) -> FileChunks:
+def read_settled(file: FileChunks, run: Callable[[ChunkSpec], R],
+                 discard: Callable[[R], None] = lambda m: None) -> FileChunks:
     """Run ``file``'s chunks in this process until its reader is satisfied.
 
     ``run`` reads one chunk; ``discard`` drops what a result that reconciliation threw away
