@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from pipeline import config
@@ -182,10 +185,30 @@ def _configure_logging(args: argparse.Namespace) -> None:
         logging.getLogger(noisy).setLevel(max(logging.ERROR, level))
 
 
+def _stop_on_ctrl_c() -> None:
+    """First Ctrl-C: say so at once, then stop cleanly (KeyboardInterrupt unwinds the run,
+    which keeps what is staged); a second one quits on the spot, without a traceback."""
+
+    def second(signum: int, frame: object) -> None:
+        os.write(2, b"\nchunkmill: stopped; run the same command again to resume\n")
+        os._exit(130)
+
+    def first(signum: int, frame: object) -> None:
+        os.write(2, b"\nchunkmill: stopping after the running chunks' current block "
+                    b"(Ctrl-C again to quit now)\n")
+        signal.signal(signal.SIGINT, second)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, first)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
+    if args.command in ("ingest", "demo"):
+        _stop_on_ctrl_c()
     try:
         if args.command == "demo":
             return _demo(args)
@@ -227,6 +250,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"chunkmill: internal error: {type(exc).__name__}: {exc} (run with -v for the "
               "traceback)", file=sys.stderr)
         return 70
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main() -> None:

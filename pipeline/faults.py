@@ -10,8 +10,18 @@ from __future__ import annotations
 import os
 import signal
 
+_PASSED: dict[str, int] = {}
+
 
 def crash_point(name: str) -> None:
-    """Kill this process group with SIGKILL if the test asked for a crash here."""
-    if os.environ.get("CHUNKMILL_CRASH_AT") == name:
+    """Kill this process group with SIGKILL if the test asked for a crash here.
+
+    ``CHUNKMILL_CRASH_AT=name`` kills the first time the run passes ``name``;
+    ``CHUNKMILL_CRASH_AT=name:N`` the N-th time.
+    """
+    wanted = os.environ.get("CHUNKMILL_CRASH_AT")
+    if not wanted or wanted.split(":")[0] != name:
+        return
+    _PASSED[name] = _PASSED.get(name, 0) + 1
+    if ":" not in wanted or _PASSED[name] >= int(wanted.split(":")[1]):
         os.killpg(os.getpgrp(), signal.SIGKILL)

@@ -27,7 +27,7 @@ from pipeline.execution.cluster import (
     worker_shape,
 )
 from pipeline.execution.scheduler import Job, TaskScheduler
-from pipeline.execution.task import ChunkManifest, ChunkTask, run_chunk
+from pipeline.execution.task import CANCEL, ChunkManifest, ChunkTask, run_chunk
 from pipeline.execution.watch import ClusterWatch
 from pipeline.execution.work import BundleRun, FileRun
 from pipeline.faults import crash_point
@@ -39,6 +39,7 @@ from pipeline.output.layout import CATALOG_DIR, ERRORS_DIR, STATE_DIR
 from pipeline.output.lock import OutputLock
 from pipeline.output.rejects import errors_table, stage_errors
 from pipeline.output.schemas import SchemaStore
+from pipeline.output.staging import chunk_token, clean_staging, kept_files, reuse, staged_entry
 from pipeline.output.store import open_store
 from pipeline.output.writer import SinkSpec
 from pipeline.planning.describe import PlannedFile
@@ -89,19 +90,27 @@ class Runner:
         self.ready: list[FileRun] = []
         self.ready_bundles: list[BundleRun] = []
         self.progress: Progress | None = None
+        self.staged: list[dict[str, Any]] = []
+        """``staged`` journal entries of chunks finished since the last tick."""
         self.scheduler: TaskScheduler | None = None
 
     # --- top level ------------------------------------------------------------------------------
     def run(self) -> RunReport:
+        CANCEL.clear()
         with OutputLock(self.store):
             self.state = self.journal.load()
             schemas = SchemaStore(self.store)
             known = schemas.load()
             try:
                 self._run(known, schemas)
+            except KeyboardInterrupt:
+                # Chunks running in this process stop at their next parse block; what was
+                # staged is journaled (see _execute), so the next run resumes from there.
+                CANCEL.set()
+                raise
             finally:
                 if self.cluster is not None:
-                    self.cluster.close()
+                    self.cluster.close(fast=CANCEL.is_set())
         return self.report
 
     def _run(self, known: dict[str, Any], schemas: SchemaStore) -> None:
@@ -113,7 +122,7 @@ class Runner:
         schemas.save({**known, **plan.schemas})
         self.sink = SinkSpec(self.store, self.run_id, plan.schemas, out.partition_by,
                              out.compression)
-        self.store.rmtree(self.store.path(STATE_DIR, "staging"))
+        clean_staging(self.store, kept_files(self.state.staged))
         todo = self._triage(plan)
         present = {f.source.file_id for f in plan.files}
         if self.options.prune:
@@ -203,31 +212,58 @@ class Runner:
         self.scheduler = TaskScheduler(client, window, self.watch, self.options.chunk_timeout,
                                        self.options.retries)
         for run in alone:
-            if run.chunks.chunks:
-                self.scheduler.add(*(self._chunk_job(run, c) for c in run.chunks.chunks))
-            else:  # an empty file (or header only): nothing to run
+            if not run.chunks.chunks:  # an empty file (or header only): nothing to run
                 self.ready.append(run)
                 self.progress.update(files=1)
+                continue
+            jobs = []
+            for chunk in run.chunks.chunks:
+                job = self._chunk_job(run, chunk)
+                staged = self.state.staged.get(run.file_id, {}).get(chunk.index)
+                reused = reuse(staged, job.payload[2], self.store)
+                if reused is None:
+                    jobs.append(job)
+                else:  # staged and verified by an interrupted run: not read again
+                    self.report.chunks_reused += 1
+                    run.chunks.record(reused)
+                    self.progress.update(chunks=1, nbytes=chunk.length)
+            self.scheduler.add(*jobs)
+            if run.chunks.complete:
+                self._settle(run)
         self.scheduler.add(*(self._bundle_job(b) for b in bundles))
         try:
             self.scheduler.run(self._done, self._tick)
-            self._commit_ready()
+            self._tick()
         finally:
+            self._journal_staged()  # interrupted: what is staged stays usable
             self.progress.close()
         self.watch.collect(client)
 
     def _tick(self) -> None:
+        self._journal_staged()
         self._commit_ready()
         self.watch.poll(self.scheduler.client, self.progress)
+
+    def _journal_staged(self) -> None:
+        """Journal the chunks staged since the last tick, so a re-run can reuse them."""
+        if not self.staged:
+            return
+        entries, self.staged = self.staged, []
+        self.journal.append(*entries)
+        for entry in entries:
+            self.state.staged.setdefault(entry["file_id"], {})[entry["index"]] = entry
+            crash_point("staged")
 
     def _chunk_job(self, run: FileRun, spec: ChunkSpec) -> Job:
         assert self.plan is not None and self.sink is not None
         planned = run.planned
-        task = ChunkTask(planned.source, planned.reader, spec, planned.description,
-                         self.plan.reader_options[planned.reader], self.sink,
-                         self.options.retries)
+        options = self.plan.reader_options[planned.reader]
+        task = ChunkTask(planned.source, planned.reader, spec, planned.description, options,
+                         self.sink, self.options.retries)
+        token = chunk_token(planned.source, planned.reader, spec, planned.description, options,
+                            self.sink, self.config)
         return Job(run.size, f"chunkmill-chunk-{self.run_id}-{spec.id}-{run.chunks.rounds}",
-                   run_chunk, task, (run, spec))
+                   run_chunk, task, (run, spec, token))
 
     def _bundle_job(self, run: BundleRun) -> Job:
         assert self.plan is not None and self.sink is not None
@@ -248,16 +284,22 @@ class Runner:
             self.progress.update(chunks=len(payload.members), nbytes=payload.size,
                                  files=len(payload.members))
             return
-        run, spec = payload
+        run, spec, token = payload
         if not isinstance(result, ChunkManifest):
             result = self._chunk_failure(run, spec, result)
+        elif result.failed is None:
+            self.staged.append(staged_entry(result, token, self.store, self.run_id))
         run.chunks.record(result)
         self.report.chunk_records.append(ChunkRecord(
             spec.id, run.planned.source.path, result.worker, result.started, result.finished,
             result.rows, result.bytes_read, result.error_count, run.chunks.rounds))
         self.progress.update(chunks=1, nbytes=spec.length)
-        if not run.chunks.complete:
-            return
+        if run.chunks.complete:
+            self._settle(run)
+
+    def _settle(self, run: FileRun) -> None:
+        """Every chunk of ``run`` is in: reconcile, then run chunks again or queue the commit."""
+        assert self.progress is not None and self.scheduler is not None
         crash_point("before_commit")
         notes = len(run.chunks.notes)
         try:
@@ -389,6 +431,7 @@ class Runner:
                          run_id=self.run_id).asdict()
         self.journal.append({"event": "failed", "file_id": source.file_id, "run": self.run_id,
                              "catalog": row})
+        self.state.staged.pop(source.file_id, None)
         self.catalog.append(row)
 
     def _prune(self, present: set[str]) -> None:
@@ -415,7 +458,7 @@ class Runner:
                                       catalog_table(sorted(rows.values(),
                                                            key=lambda r: r["path"])),
                                       self.options.output.compression)
-        self.store.rmtree(self.store.path(STATE_DIR, "staging", self.run_id))
+        clean_staging(self.store, kept_files(self.state.staged))
         self.report.finished = time.time()
         self._save_report()
 

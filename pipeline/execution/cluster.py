@@ -101,6 +101,9 @@ def connect(options: ClusterOptions, layout: str = "processes") -> Iterator[Clie
             memory_limit=options.memory_limit,
             dashboard_address=":0" if options.dashboard else None,
             silence_logs=logging.ERROR,
+            # A Ctrl-C on the terminal reaches every process of the group: only the client
+            # acts on it (stopping the run in order); worker processes ignore it.
+            **({} if layout == "threads" else {"preload": ["pipeline.execution.worker_init"]}),
         )
         client = Client(cluster)
         try:
@@ -139,8 +142,13 @@ class BackgroundCluster:
         assert self._client is not None
         return self._client
 
-    def close(self) -> None:
+    def close(self, fast: bool = False) -> None:
+        """Shut the cluster down; ``fast`` (the run is being interrupted) does not wait for
+        running tasks (their chunks are read again by the next run)."""
         self._thread.join()
+        if fast and self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.cancel(list(self._client.futures.values()), force=True)
         self._stack.close()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,14 @@ from readers.base import (
 )
 from readers.errors import error_code
 from readers.options import ReaderOptions
+
+#: Set when the run is stopping (Ctrl-C): chunks running in this process give up at their
+#: next parse block instead of finishing.
+CANCEL = threading.Event()
+
+
+class ChunkCancelled(BaseException):  # noqa: N818 - a stop, not an error: never an _errors row
+    """The run is stopping: this chunk's output is dropped, to be read by the next run."""
 
 
 @dataclass(slots=True)
@@ -107,6 +116,8 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
         ctx = ChunkContext(source, chunk)
         try:
             for table, rows in reader.read(source, chunk, description, options, ctx):
+                if CANCEL.is_set():
+                    raise ChunkCancelled(chunk.id)
                 write(table, rows)
                 manifest.rows += rows.num_rows
         except RestartChunk as restart:
@@ -159,4 +170,5 @@ def run_chunk(task: ChunkTask) -> ChunkManifest:
     return manifest
 
 
-__all__ = ["ChunkTask", "ChunkManifest", "read_chunk", "run_chunk", "worker_name"]
+__all__ = ["ChunkTask", "ChunkManifest", "read_chunk", "run_chunk", "worker_name", "CANCEL",
+           "ChunkCancelled"]

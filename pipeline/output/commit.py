@@ -122,9 +122,11 @@ def record_commit(plan: CommitPlan, state: JournalState) -> None:
     for record in plan.records:
         state.done[record.file_id] = record
         state.interrupted.pop(record.file_id, None)
+        state.staged.pop(record.file_id, None)
     for fid in plan.forgotten:
         state.done.pop(fid, None)
         state.interrupted.pop(fid, None)
+        state.staged.pop(fid, None)
 
 
 __all__ = ["CommitItem", "CommitPlan", "plan_commit", "commit_steps", "apply_commit",

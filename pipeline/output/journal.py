@@ -43,6 +43,9 @@ class JournalState:
     """The last committed (or failed) state of each file, by id."""
     interrupted: dict[str, list[str]]
     """Fragments (new and previous) of each file whose commit did not finish."""
+    staged: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    """Chunks of not yet committed files whose fragments were staged and verified, by file id
+    and chunk index (their ``staged`` journal entries): a re-run reuses them."""
     sharing: dict[str, set[str]] = field(init=False)
     """Fragments that hold rows of several files (bundles), with those files' ids."""
 
@@ -102,16 +105,22 @@ class Journal:
                     continue
 
     def load(self) -> JournalState:
-        """Committed files by id, and the fragments of interrupted commits by id.
+        """Committed files by id, the fragments of interrupted commits by id, and the staged
+        chunks of files not committed yet.
 
         A file whose last word is ``failed`` keeps its fragments (nothing written is lost) but
         is not done: its record has an empty fingerprint, so the next run tries it again.
         """
         done: dict[str, FileRecord] = {}
         pending: dict[str, list[str]] = {}
+        staged: dict[str, dict[int, dict[str, Any]]] = {}
         for e in self.entries():
             fid = e.get("file_id")
             event = e.get("event")
+            if event == "staged":
+                staged.setdefault(fid, {})[int(e["index"])] = e
+            elif event in ("committed", "failed", "forget"):
+                staged.pop(fid, None)
             if event == "committing":
                 pending[fid] = list(e.get("fragments", [])) + list(e.get("previous", []))
             elif event == "committed" and fid in pending:
@@ -124,7 +133,7 @@ class Journal:
                                        e.get("catalog", {}))
             elif event == "forget":
                 done.pop(fid, None)
-        return JournalState(done, pending)
+        return JournalState(done, pending, staged)
 
     def append(self, *entries: dict[str, Any]) -> None:
         """Add ``entries`` durably, in one write."""

@@ -36,6 +36,8 @@ class RunReport:
     bytes_read: int = 0
     chunks: int = 0
     chunk_reruns: int = 0
+    chunks_reused: int = 0
+    """Chunks an interrupted run had staged and verified, taken as they were."""
     errors: int = 0
     failures: list[str] = field(default_factory=list)
     """One line per failed file (path and reason)."""
