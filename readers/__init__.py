@@ -40,6 +40,9 @@ BUILTIN: dict[str, str] = {
     "fits": "readers.fits:FITSReader",
     "mp4": "readers.mp4:MP4Reader",
     "image": "readers.image:ImageReader",
+    "parquet": "readers.parquet:ParquetReader",
+    "arrow": "readers.arrow_ipc:ArrowIPCReader",
+    "orc": "readers.orc:ORCReader",
     "binary": "readers.binary:BinaryReader",
 }
 
