@@ -29,6 +29,8 @@ TESTS = Path(__file__).parent
 PLUGIN_DIST = "chunkmill-kv-plugin"
 #: Readers whose tests live in the shared text-format modules rather than test_reader_<name>.py.
 TEXT_READERS = ("csv", "tsv", "jsonl")
+#: Readers tested together in one module (name -> module) rather than test_reader_<name>.py.
+SHARED_TEST_MODULES = dict.fromkeys(("parquet", "arrow", "orc"), "test_reader_columnar.py")
 
 
 def _pip(*args: str) -> subprocess.CompletedProcess:
@@ -148,6 +150,9 @@ def test_every_reader_has_tests() -> None:
         if name in TEXT_READERS:
             if not any(name in text for text in text_tests):
                 untested.append(f"{name} (no tests/test_text_*.py mentions it)")
+        elif name in SHARED_TEST_MODULES:
+            if name not in (TESTS / SHARED_TEST_MODULES[name]).read_text():
+                untested.append(f"{name} (not mentioned in {SHARED_TEST_MODULES[name]})")
         elif not (TESTS / f"test_reader_{name}.py").is_file():
             untested.append(f"{name} (no tests/test_reader_{name}.py)")
     assert not untested, f"readers without tests: {untested}"

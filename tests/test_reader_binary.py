@@ -39,7 +39,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> str:
     (src / "blob.bin").write_bytes(blob)
     (src / "copy.img").write_bytes(blob[:MiB] + bytes(MiB))  # shares its first block with blob
     (src / "empty.bin").write_bytes(b"")
-    (src / "cut.parquet").write_bytes(b"PAR1" + noise(5000, 2))  # no PAR1 footer
     with zipfile.ZipFile(src / "docs.zip", "w") as z:
         z.writestr("a.txt", "hello " * 100)
     (src / "noise.gz").write_bytes(gzip.compress(noise(70_000, 3)))
@@ -102,14 +101,24 @@ def test_catalog_records_containers(lake: str) -> None:
     meta = {n: r["metadata"] for n, r in cat.items()}
     assert meta["docs.zip"]["container"] == "zip"
     assert meta["paper.pdf"]["container"] == "pdf"
-    assert meta["cut.parquet"]["container"] == "parquet"
-    assert "truncated" in meta["cut.parquet"]["container_warning"]
     assert meta["noise.gz"]["compression"] == "gzip" and meta["noise.gz"]["container"] == "gzip"
     assert meta["blob.bin"]["container"] is None
     assert meta["blob.bin"]["hash"] == "sha256" and meta["blob.bin"]["block_size"] == BLOCK_SIZE
     assert all(r["status"] == "ok" for r in cat.values())
     assert (cat["empty.bin"]["rows"], cat["empty.bin"]["chunks"]) == (0, 0)
     assert (cat["blob.bin"]["rows"], cat["blob.bin"]["chunks"]) == (3, 3)
+
+
+def test_forced_binary_notes_a_missing_trailer(tmp_path) -> None:
+    """A Parquet file without its footer magic goes to the parquet reader (and fails there);
+    ``--format binary`` hashes it and the catalog notes the missing trailer."""
+    path = tmp_path / "cut.parquet"
+    path.write_bytes(b"PAR1" + noise(5000, 2))
+    url = "file://" + str(path)
+    source = Source(url, path.stat().st_size, None, "id", "fp", "chunks")
+    meta = BinaryReader().describe(source, BinaryReader.configure({})).metadata
+    assert meta["container"] == "parquet"
+    assert "truncated" in meta["container_warning"]
 
 
 def test_compressed_input_is_hashed_as_stored(lake: str, inputs: str) -> None:
