@@ -49,8 +49,9 @@ _INT = re.compile(r"[+-]?[0-9]+")
 class ColumnarOptions(ReaderOptions):
     """Options of the columnar readers."""
 
-    batch_bytes: int = 8 << 20
-    """Decoded bytes per batch a Parquet row group is read in (one batch in memory at a time)."""
+    batch_bytes: int = 4 << 20
+    """Decoded bytes per batch a Parquet row group is read in (the decoder's buffers hold
+    about twice that again), like the text readers' parse blocks."""
     metadata_chars: int = 1024
     """Key-value metadata values longer than this are cut in the catalog."""
     metadata_keys: int = 64
@@ -390,6 +391,8 @@ class ColumnarReader(Reader):
                     else:
                         yield table, rows
                     done += batch.num_rows
+                    # let this batch go before the next one is decoded
+                    batch = rows = None  # noqa: F841
 
 
 __all__ = ["ColumnarOptions", "ColumnarReader", "ColumnarSelector", "ColumnarState", "Span",
