@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.types as pt
 
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
-from readers.errors import ErrorCode, FileChanged, ReaderError, one_line
+from readers.errors import ErrorCode, FileChanged, ReaderError, Unsupported, one_line
 from readers.options import ReaderOptions
 from readers.widening import conform
 
@@ -215,8 +215,6 @@ def table_schema(file_schema: pa.Schema, partitions: Sequence[tuple[str, str | N
 
     Raises `Unsupported` for duplicate column names (rows are matched to columns by name).
     """
-    from readers.errors import Unsupported
-
     names = file_schema.names
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})

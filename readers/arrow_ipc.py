@@ -114,26 +114,37 @@ class ArrowIPCReader(ColumnarReader):
                 raise ArrowFileError(f"{source.path}: no Arrow IPC magic at byte 0")
             f.seek(0)
             opened = _open(f, source, kind)
-            schema = opened.schema
-            meta: dict[str, Any] = {"ipc_format": kind,
-                                    "key_value_metadata": key_values(schema.metadata, options)}
-            unit_rows = 0
-            if kind == "file":
-                meta["record_batches"] = opened.num_record_batches
-                if opened.metadata:
-                    meta["footer_metadata"] = key_values(opened.metadata, options)
-                spans = even_spans(opened.num_record_batches, 8, source.size, options.chunk_size)
-            elif kind == "stream":
-                spans = (Span(0, 1, 0, source.size, source.size),)
-            else:
-                meta["rows"] = opened.num_rows
-                meta["note"] = "Feather v1 is deprecated by pyarrow"
-                per_row = max(1, source.size // max(1, opened.num_rows))
-                unit_rows = max(1, options.batch_bytes // per_row)
-                units = -(-opened.num_rows // unit_rows)
-                spans = even_spans(units, 8, source.size, options.chunk_size)
-        state = ColumnarState(spans, kind=kind, unit_rows=unit_rows)
+            try:
+                schema, meta, state = self._footer(opened, kind, source, options)
+            except Exception as exc:
+                if not data_error(exc):
+                    raise
+                raise ArrowFileError(f"{source.path}: unreadable Arrow IPC {kind} "
+                                     f"({one_line(exc)})") from exc
         return describe_table(source, schema, options, meta, state)
+
+    @staticmethod
+    def _footer(opened: Any, kind: str, source: Source, options: ColumnarOptions
+                ) -> tuple[pa.Schema, dict[str, Any], ColumnarState]:
+        schema = opened.schema
+        meta: dict[str, Any] = {"ipc_format": kind,
+                                "key_value_metadata": key_values(schema.metadata, options)}
+        unit_rows = 0
+        if kind == "file":
+            meta["record_batches"] = opened.num_record_batches
+            if opened.metadata:
+                meta["footer_metadata"] = key_values(opened.metadata, options)
+            spans = even_spans(opened.num_record_batches, 8, source.size, options.chunk_size)
+        elif kind == "stream":
+            spans = (Span(0, 1, 0, source.size, source.size),)
+        else:
+            meta["rows"] = opened.num_rows
+            meta["note"] = "Feather v1 is deprecated by pyarrow"
+            per_row = max(1, source.size // max(1, opened.num_rows))
+            unit_rows = max(1, options.batch_bytes // per_row)
+            units = -(-opened.num_rows // unit_rows)
+            spans = even_spans(units, 8, source.size, options.chunk_size)
+        return schema, meta, ColumnarState(spans, kind=kind, unit_rows=unit_rows)
 
     def open_units(self, f: pa.NativeFile, source: Source, state: ColumnarState,
                    options: ColumnarOptions) -> Any:

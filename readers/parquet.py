@@ -85,31 +85,35 @@ class ParquetReader(ColumnarReader):
     def describe(self, source: Source, options: ColumnarOptions) -> Description:
         with open_native(source) as f:
             pf = open_parquet(f, source)
-            md = pf.metadata
             try:
-                schema = pf.schema_arrow
+                schema, meta, state = self._footer(pf, source, options)
             except Exception as exc:
                 if not data_error(exc):
                     raise
-                raise ParquetFileError(f"{source.path}: its schema has no Arrow form "
+                raise ParquetFileError(f"{source.path}: unreadable Parquet footer "
                                        f"({one_line(exc)})") from exc
-            groups = [md.row_group(i) for i in range(md.num_row_groups)]
-            decoded = [rg.total_byte_size for rg in groups]
-            offsets = [_first_byte(rg) or 0 for rg in groups]
-            # Row groups lie one after another before the footer: each one's stored size is
-            # the distance to the next (the footer only sums them per column chunk).
-            ends = offsets[1:] + [source.size - 8 - md.serialized_size]
-            stored = [max(1, e - o) for o, e in zip(offsets, ends, strict=True)]
-            codecs = sorted({rg.column(c).compression for rg in groups[:_CODEC_ROW_GROUPS]
-                             for c in range(rg.num_columns)})
-            meta: dict[str, Any] = {
-                "rows": md.num_rows, "row_groups": md.num_row_groups,
-                "columns": md.num_columns, "compression": codecs,
-                "created_by": md.created_by, "format_version": md.format_version,
-                "footer_bytes": md.serialized_size,
-                "key_value_metadata": key_values(md.metadata, options)}
-        state = ColumnarState(spans_of(offsets, stored, decoded, options.chunk_size))
         return describe_table(source, schema, options, meta, state)
+
+    @staticmethod
+    def _footer(pf: Any, source: Source, options: ColumnarOptions
+                ) -> tuple[pa.Schema, dict[str, Any], ColumnarState]:
+        md = pf.metadata
+        groups = [md.row_group(i) for i in range(md.num_row_groups)]
+        decoded = [rg.total_byte_size for rg in groups]
+        offsets = [_first_byte(rg) or 0 for rg in groups]
+        # Row groups lie one after another before the footer: each one's stored size is the
+        # distance to the next (the footer only has it per column chunk).
+        ends = offsets[1:] + [source.size - 8 - md.serialized_size]
+        stored = [max(1, e - o) for o, e in zip(offsets, ends, strict=True)]
+        codecs = sorted({rg.column(c).compression for rg in groups[:_CODEC_ROW_GROUPS]
+                         for c in range(rg.num_columns)})
+        meta: dict[str, Any] = {
+            "rows": md.num_rows, "row_groups": md.num_row_groups, "columns": md.num_columns,
+            "compression": codecs, "created_by": md.created_by,
+            "format_version": md.format_version, "footer_bytes": md.serialized_size,
+            "key_value_metadata": key_values(md.metadata, options)}
+        state = ColumnarState(spans_of(offsets, stored, decoded, options.chunk_size))
+        return pf.schema_arrow, meta, state
 
     def open_units(self, f: pa.NativeFile, source: Source, state: ColumnarState,
                    options: ColumnarOptions) -> Any:
