@@ -465,44 +465,6 @@ def test_a_big_row_group_is_read_in_bounded_batches(tmp_path: Path) -> None:
     assert peak < 16 << 20, peak  # the row group decodes to 48 MB
 
 
-# --- the reader contract (readers.testing, where the kit is installed) -------------------------
-try:
-    from readers.testing import ReaderContract
-except ImportError:  # the kit is not there yet: the checks above stand alone
-    ReaderContract = None
-
-if ReaderContract is not None:
-
-    class TestParquetContract(ReaderContract):
-        reader = ParquetReader
-        small_chunk_size = 1024
-
-        def make_files(self, tmp_path: Path) -> list[Path]:
-            path = tmp_path / "a.parquet"
-            pq.write_table(sample(300), path, row_group_size=60)
-            return [path]
-
-    class TestArrowContract(ReaderContract):
-        reader = ArrowIPCReader
-        small_chunk_size = 1024
-
-        def make_files(self, tmp_path: Path) -> list[Path]:
-            write_ipc_file(sample(300), tmp_path / "a.arrow", 60, compression="zstd")
-            write_ipc_stream(sample(300), tmp_path / "b.arrows", 60)
-            return [tmp_path / "a.arrow", tmp_path / "b.arrows"]
-
-    class TestORCContract(ReaderContract):
-        reader = ORCReader
-        small_chunk_size = 1024
-
-        def make_files(self, tmp_path: Path) -> list[Path]:
-            t = sample(3000)
-            t = t.set_column(1, "name", t["name"].cast(pa.string()))
-            orc.write_table(t, str(tmp_path / "a.orc"), stripe_size=1024, batch_size=500,
-                            compression="uncompressed")
-            return [tmp_path / "a.orc"]
-
-
 def test_selectors_pickle() -> None:
     import pickle
 

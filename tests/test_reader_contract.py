@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from readers import BUILTIN
+from readers.arrow_ipc import ArrowIPCReader
 from readers.binary import BinaryReader
 from readers.csv import CSVReader
 from readers.fits import FITSReader
@@ -21,6 +23,8 @@ from readers.hdf5 import HDF5Reader
 from readers.image import ImageReader
 from readers.jsonl import JSONLReader
 from readers.mp4 import MP4Reader
+from readers.orc import ORCReader
+from readers.parquet import ParquetReader
 from readers.testing import ReaderContract
 from readers.tsv import TSVReader
 from readers.zarr import ZarrReader
@@ -157,6 +161,54 @@ class TestBinary(ReaderContract):
         path = tmp_path / "a.bin"
         path.write_bytes(random.Random(1).randbytes(3 << 20))
         return [path]
+
+
+def _columnar_sample(rows: int) -> pa.Table:
+    """Nested, decimal and zoned-time columns (their own tests: tests/test_reader_columnar.py)."""
+    from test_reader_columnar import sample
+
+    return sample(rows)
+
+
+@covers
+class TestParquet(ReaderContract):
+    reader = ParquetReader
+    small_chunk_size = 1024  # one row group per chunk
+
+    def make_files(self, tmp_path: Path) -> list[Path]:
+        import pyarrow.parquet as pq
+
+        path = tmp_path / "a.parquet"
+        pq.write_table(_columnar_sample(300), path, row_group_size=60)
+        return [path]
+
+
+@covers
+class TestArrowIPC(ReaderContract):
+    reader = ArrowIPCReader
+    small_chunk_size = 1024  # one record batch per chunk
+
+    def make_files(self, tmp_path: Path) -> list[Path]:
+        from test_reader_columnar import write_ipc_file, write_ipc_stream
+
+        write_ipc_file(_columnar_sample(300), tmp_path / "a.arrow", 60, compression="zstd")
+        write_ipc_stream(_columnar_sample(300), tmp_path / "b.arrows", 60)
+        return [tmp_path / "a.arrow", tmp_path / "b.arrows"]
+
+
+@covers
+class TestORC(ReaderContract):
+    reader = ORCReader
+    small_chunk_size = 1024  # one stripe per chunk
+
+    def make_files(self, tmp_path: Path) -> list[Path]:
+        import pyarrow.orc as orc
+
+        t = _columnar_sample(3000)
+        t = t.set_column(1, "name", t["name"].cast(pa.string()))  # ORC has no dictionaries
+        orc.write_table(t, str(tmp_path / "a.orc"), stripe_size=1024, batch_size=500,
+                        compression="uncompressed")
+        return [tmp_path / "a.orc"]
 
 
 class TestKVPlugin(ReaderContract):
