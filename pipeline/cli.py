@@ -54,6 +54,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         f"{_default('max-record-bytes')})")
     p.add_argument("--partition-by", default="", metavar="COL[,COL]",
                    help="hive-partition the output by these columns")
+    p.add_argument("--follow-symlinks", action="store_true", default=None,
+                   help="also read files whose symbolic links lead outside the input "
+                        "directories (default: such links are refused and reported)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("-q", "--quiet", action="count", default=0)
 

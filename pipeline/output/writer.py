@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline.output import partition
 from pipeline.output.columns import repeated_text
-from pipeline.output.layout import FILE_ID, STATE_DIR
+from pipeline.output.layout import FILE_ID, STATE_DIR, table_name
 from pipeline.output.store import Store, codec
 from readers.widening import conform
 
@@ -64,7 +64,9 @@ class FragmentWriter:
 
     def write(self, table: str, rows: pa.Table, file_id: str | pa.Array | None = None) -> None:
         """Rows of ``table`` from one file (``file_id``: the writer's own by default), or
-        from several (``file_id``: one id per row)."""
+        from several (``file_id``: one id per row). ``table`` is the reader's name for it;
+        rows go to the table `table_name` makes of it, inside OUT."""
+        table = table_name(table)
         schema = self.spec.schemas[table]
         rows = conform(rows, schema)
         if isinstance(file_id, pa.Array):
