@@ -179,7 +179,11 @@ class Runner:
         for f in plan.files:
             if f.skipped:
                 prev = self.state.done[f.source.file_id]
-                self.catalog.append(dict(prev.catalog, status="unchanged", run_id=self.run_id))
+                # "unchanged" is what this run did; the last ingest's outcome (a partial
+                # file's rejects) stays in last_status.
+                last = prev.catalog.get("last_status") or prev.catalog.get("status")
+                self.catalog.append(dict(prev.catalog, status="unchanged", run_id=self.run_id,
+                                         last_status=None if last == "unchanged" else last))
             elif f.error:
                 self._fail_file(f, f.error)
             else:
