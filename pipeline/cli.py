@@ -87,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="embedded cluster: memory per worker, e.g. 2GB (default "
                              f"{_default('memory-limit')})")
     ingest.add_argument("--dashboard", action="store_true",
-                        help="start the Dask dashboard and print its address")
+                        help="start the Dask dashboard (on 127.0.0.1:8787) and print its "
+                             "address; without it no HTTP server is started")
+    ingest.add_argument("--dashboard-address", metavar="HOST:PORT",
+                        help="start the dashboard on this address (e.g. 0.0.0.0:8787 to "
+                             "serve it to other machines)")
     ingest.add_argument("--retries", type=int,
                         help="retries of a chunk after a transient failure or a lost worker "
                              f"(default {_default('retries')})")

@@ -80,6 +80,8 @@ class ClusterOptions:
     """Embedded cluster: "processes", "threads" (one worker in this process) or "auto"."""
     memory_limit: str | int | None = _setting("memory-limit")
     dashboard: bool = False
+    dashboard_address: str | None = None
+    """Where the dashboard listens (default 127.0.0.1:8787); giving it starts the dashboard."""
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:

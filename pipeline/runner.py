@@ -203,7 +203,7 @@ class Runner:
         if self.cluster is None:  # only unchanged files to read again (bundle mates)
             self.cluster = BackgroundCluster(self.options.cluster, self.layout)
         client = self.cluster.client()
-        if self.options.cluster.dashboard:
+        if self.options.cluster.dashboard or self.options.cluster.dashboard_address:
             self.report.dashboard = dashboard_link(client)
             log.warning("chunkmill: dashboard at %s", self.report.dashboard)
         threads = sum(client.nthreads().values()) or 1
