@@ -8,6 +8,7 @@ look. Fragment names are deterministic per (file, chunk): a re-run overwrites, n
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,11 +138,12 @@ class FragmentWriter:
     def abort(self) -> None:
         self.pending.clear()
         for writer, handle, fragment in self.writers.values():
-            try:
+            # Closing flushes: on a full disk that fails again, and the staged file goes anyway.
+            with contextlib.suppress(OSError):
                 writer.close()
+            with contextlib.suppress(OSError):
                 handle.close()
-            finally:
-                self.spec.store.remove(fragment.staged)
+            self.spec.store.remove(fragment.staged)
         self.writers.clear()
 
 
