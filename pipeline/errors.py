@@ -29,6 +29,12 @@ class SourceNotFound(UsageError, FileNotFoundError):
     """An input path, directory or glob matched nothing."""
 
 
+class MissingDependency(ChunkmillError, ImportError):
+    """An optional dependency is not installed; the message says what to ``pip install``."""
+
+    exit_code = 2
+
+
 class OutputLocked(ChunkmillError, RuntimeError):
     """Another live run holds the lock on this output directory."""
 

@@ -11,11 +11,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask.dataframe as dd
-import pandas as pd
 import pyarrow as pa
 
-from pipeline.errors import UsageError
+from pipeline.errors import MissingDependency, UsageError
+
+try:
+    import dask.dataframe as dd
+    import pandas as pd
+except ImportError as exc:  # not needed by ingest, so not a core dependency
+    raise MissingDependency(
+        f"pipeline.read needs pandas and dask.dataframe ({exc}): "
+        "pip install 'chunkmill[dataframe]'") from exc
 from pipeline.execution.task import read_chunk
 from pipeline.options import IngestOptions, as_paths
 from pipeline.output.columns import repeated_text
