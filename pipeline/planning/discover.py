@@ -134,8 +134,11 @@ def _walk(fs: fsspec.AbstractFileSystem, root: str, links: _LinkRule,
                 full = posixpath.join(dirpath, name)
                 if not _is_local(fs):
                     yield full
-                elif os.path.isfile(full) and links.allows(full, refused):
-                    yield full  # (not isfile: a dangling link, a fifo)
+                elif os.path.isfile(full) and (not os.path.islink(full)
+                                               or links.allows(full, refused)):
+                    # (not isfile: a dangling link, a fifo.) Walks do not enter linked
+                    # directories, so only a file's own name can be a link.
+                    yield full
 
 
 def expand(arg: str, storage_options: dict[str, Any] | None = None, *,
