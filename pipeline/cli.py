@@ -226,6 +226,9 @@ def _stop_on_ctrl_c() -> None:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    if getattr(sys.stdout, "errors", None) == "strict":
+        # File names are bytes: one that is not UTF-8 is printed as its bytes, as ls does.
+        sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)

@@ -43,6 +43,17 @@ def test_a_file_name_that_is_not_utf8_is_stored_losslessly(tmp_path) -> None:
 
     files = status(out)["files"]
     assert sorted(files) == [r[0] for r in rows]
+    # The command line prints such a name as its bytes (as ls does), whatever the locale;
+    # status shows the catalog's text form.
+    import subprocess
+    import sys
+
+    for command, shown in ((["plan", str(tmp_path / "in")], b"bad\xff.csv"),
+                           (["status", out], b"bad\\xff.csv")):
+        res = subprocess.run([sys.executable, "-m", "pipeline.cli", *command],
+                             capture_output=True, timeout=120,
+                             env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+        assert shown in res.stdout and b"internal error" not in res.stderr, res.stderr
 
 
 def test_a_skipped_partial_file_keeps_its_outcome(tmp_path) -> None:
