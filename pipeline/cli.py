@@ -2,7 +2,8 @@
 
 Exit codes: 0 every file ok (rejected records alone do not fail a run; see ``_errors``),
 1 at least one file failed, 2 usage error (bad option, missing input), 4 output locked by
-another run, 70 internal error, 130 interrupted.
+another run, 70 internal error, 74 the output cannot be written (disk full, read-only, no
+permission), 130 interrupted. Output cut short by a closed pipe (``| head``) is not an error.
 """
 
 from __future__ import annotations
@@ -14,12 +15,26 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TextIO
 
 from pipeline import config
 from pipeline.errors import ChunkmillError
 from pipeline.options import COMPRESSIONS, LAYOUTS, IngestOptions
 
 log = logging.getLogger("chunkmill")
+
+
+def _print(*values: object, file: TextIO | None = None) -> None:
+    """``print``, except that a reader that went away (``chunkmill status OUT | head``) is
+    not an error: the rest of the output is dropped and the exit code is the command's own."""
+    stream = file or sys.stdout
+    try:
+        print(*values, file=stream, flush=True)
+    except BrokenPipeError:
+        # Point the descriptor at /dev/null so the flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def _size(text: str) -> int:
@@ -54,6 +69,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         f"{_default('max-record-bytes')})")
     p.add_argument("--partition-by", default="", metavar="COL[,COL]",
                    help="hive-partition the output by these columns")
+    p.add_argument("--follow-symlinks", action="store_true", default=None,
+                   help="also read files whose symbolic links lead outside the input "
+                        "directories (default: such links are refused and reported)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("-q", "--quiet", action="count", default=0)
 
@@ -84,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="embedded cluster: memory per worker, e.g. 2GB (default "
                              f"{_default('memory-limit')})")
     ingest.add_argument("--dashboard", action="store_true",
-                        help="start the Dask dashboard and print its address")
+                        help="start the Dask dashboard (on 127.0.0.1:8787) and print its "
+                             "address; without it no HTTP server is started")
+    ingest.add_argument("--dashboard-address", metavar="HOST:PORT",
+                        help="start the dashboard on this address (e.g. 0.0.0.0:8787 to "
+                             "serve it to other machines)")
     ingest.add_argument("--retries", type=int,
                         help="retries of a chunk after a transient failure or a lost worker "
                              f"(default {_default('retries')})")
@@ -133,19 +155,19 @@ def _report(args: argparse.Namespace) -> int:
 
     data = load_report(args.out, args.run_id)
     if args.html:
-        print(f"chunkmill: wrote {save_html(data, args.html)}", file=sys.stderr)
+        _print(f"chunkmill: wrote {save_html(data, args.html)}", file=sys.stderr)
     if args.json:
-        print(json.dumps(data, indent=2, default=str))
+        _print(json.dumps(data, indent=2, default=str))
     else:
         report = RunReport.from_dict(data)
-        print(report)
+        _print(report)
         workers = sorted({r.worker for r in report.chunk_records})
         if report.chunk_records:
             slowest = max(report.chunk_records, key=lambda r: r.finished - r.started)
-            print(f"  {len(report.chunk_records)} chunk task(s) on {len(workers)} worker(s); "
+            _print(f"  {len(report.chunk_records)} chunk task(s) on {len(workers)} worker(s); "
                   f"slowest {slowest.finished - slowest.started:.2f}s ({slowest.chunk_id})")
         if report.pressure_events:
-            print(f"  {len(report.pressure_events)} memory pressure change(s); "
+            _print(f"  {len(report.pressure_events)} memory pressure change(s); "
                   f"{report.spilled_bytes / 1e6:,.1f} MB spilled")
     return int(data.get("exit_code", 0) or 0)
 
@@ -155,15 +177,15 @@ def _demo(args: argparse.Namespace) -> int:
     from pipeline.runner import Runner
 
     files = make_sample(args.dir, rows=args.rows)
-    print(f"chunkmill: wrote {len(files)} sample files under {args.dir}/")
+    _print(f"chunkmill: wrote {len(files)} sample files under {args.dir}/")
     code = 0
     for inputs, extra in (([f"{args.dir}/logs"], {"partition_by": ("event",)}),
                           ([f"{args.dir}/events.jsonl", f"{args.dir}/users.tsv"], {})):
         options = IngestOptions.from_kwargs(args.out, chunk_size=4 << 20, **extra)
         report = Runner(inputs, options).run()
-        print(report)
+        _print(report)
         code = max(code, report.exit_code)
-    print(f"\nquery it: duckdb -c \"select event, count(*) from read_parquet("
+    _print(f"\nquery it: duckdb -c \"select event, count(*) from read_parquet("
           f"'{args.out}/logs/**/*.parquet', hive_partitioning=true) group by event\"")
     return code
 
@@ -204,6 +226,9 @@ def _stop_on_ctrl_c() -> None:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    if getattr(sys.stdout, "errors", None) == "strict":
+        # File names are bytes: one that is not UTF-8 is printed as its bytes, as ls does.
+        sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
@@ -220,7 +245,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             from pipeline.report.status import format_status, status
 
             info = status(args.out)
-            print(json.dumps(info, indent=2, default=str) if args.json else format_status(info))
+            _print(json.dumps(info, indent=2, default=str) if args.json else format_status(info))
             return 0 if info["last_run_finished"] and not info["totals"].get("failed") else 1
         options = _options(args)
         if args.command == "plan":
@@ -228,26 +253,26 @@ def run(argv: Sequence[str] | None = None) -> int:
 
             plan = build_plan(args.paths, options.plan,
                               partition_by=options.output.partition_by)
-            print(plan.to_json() if args.json else repr(plan))
+            _print(plan.to_json() if args.json else repr(plan))
             return 1 if any(f.error for f in plan.files) else 0
         from pipeline.runner import Runner
 
         report = Runner(args.paths, options).run()
         if args.json:
-            print(report.to_json())
+            _print(report.to_json())
         elif args.quiet < 1 or not report.ok:
-            print(report, file=sys.stderr if not report.ok else sys.stdout)
+            _print(report, file=sys.stderr if not report.ok else sys.stdout)
         return report.exit_code
     except ChunkmillError as exc:
-        print(f"chunkmill: error: {exc}", file=sys.stderr)
+        _print(f"chunkmill: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("chunkmill: interrupted; run the same command again to resume", file=sys.stderr)
+        _print("chunkmill: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as exc:
         if args.verbose:
             raise
-        print(f"chunkmill: internal error: {type(exc).__name__}: {exc} (run with -v for the "
+        _print(f"chunkmill: internal error: {type(exc).__name__}: {exc} (run with -v for the "
               "traceback)", file=sys.stderr)
         return 70
     finally:

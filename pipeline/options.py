@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline import config
 from pipeline.errors import UsageError
+from pipeline.output.layout import MAX_TABLE_BYTES, table_name
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 LAYOUTS = ("auto", "processes", "threads")
@@ -47,8 +48,15 @@ class PlanOptions:
     max_record_bytes: int = _size("max-record-bytes")
     retries: int = _setting("retries")
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    follow_symlinks: bool = False
+    """Read files reached through symbolic links that lead outside the input roots."""
 
     def __post_init__(self) -> None:
+        if self.table is not None and table_name(self.table) != self.table:
+            raise UsageError(
+                f"--table {self.table!r}: not a table name (letters, digits, '-', '_' and "
+                "'.', not starting with '_' or '.', at most "
+                f"{MAX_TABLE_BYTES} bytes); e.g. --table {table_name(self.table)}")
         for name in ("chunk_size", "small_file_size", "max_record_bytes"):
             object.__setattr__(self, name, config.parse_size(getattr(self, name)))
         if self.chunk_size < 1:
@@ -72,6 +80,8 @@ class ClusterOptions:
     """Embedded cluster: "processes", "threads" (one worker in this process) or "auto"."""
     memory_limit: str | int | None = _setting("memory-limit")
     dashboard: bool = False
+    dashboard_address: str | None = None
+    """Where the dashboard listens (default 127.0.0.1:8787); giving it starts the dashboard."""
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline import config
+from pipeline.errors import OutputUnwritable
 from pipeline.execution.bundle_task import BundleManifest, BundleTask, Member, run_bundle
 from pipeline.execution.bundles import carry_source, group_bundles, riders
 from pipeline.execution.cluster import (
@@ -97,20 +98,27 @@ class Runner:
     # --- top level ------------------------------------------------------------------------------
     def run(self) -> RunReport:
         CANCEL.clear()
-        with OutputLock(self.store):
-            self.state = self.journal.load()
-            schemas = SchemaStore(self.store)
-            known = schemas.load()
-            try:
-                self._run(known, schemas)
-            except KeyboardInterrupt:
-                # Chunks running in this process stop at their next parse block; what was
-                # staged is journaled (see _execute), so the next run resumes from there.
-                CANCEL.set()
+        try:
+            with OutputLock(self.store):
+                self.state = self.journal.load()
+                schemas = SchemaStore(self.store)
+                known = schemas.load()
+                try:
+                    self._run(known, schemas)
+                except KeyboardInterrupt:
+                    # Chunks running in this process stop at their next parse block; what
+                    # was staged is journaled (see _execute), so the next run resumes from
+                    # there.
+                    CANCEL.set()
+                    raise
+                finally:
+                    if self.cluster is not None:
+                        self.cluster.close(fast=CANCEL.is_set())
+        except OSError as exc:  # disk full, read-only, no permission: the run cannot go on
+            stop = OutputUnwritable.about(exc, self.store.root)
+            if stop is None:
                 raise
-            finally:
-                if self.cluster is not None:
-                    self.cluster.close(fast=CANCEL.is_set())
+            raise stop from None
         return self.report
 
     def _run(self, known: dict[str, Any], schemas: SchemaStore) -> None:
@@ -179,7 +187,11 @@ class Runner:
         for f in plan.files:
             if f.skipped:
                 prev = self.state.done[f.source.file_id]
-                self.catalog.append(dict(prev.catalog, status="unchanged", run_id=self.run_id))
+                # "unchanged" is what this run did; the last ingest's outcome (a partial
+                # file's rejects) stays in last_status.
+                last = prev.catalog.get("last_status") or prev.catalog.get("status")
+                self.catalog.append(dict(prev.catalog, status="unchanged", run_id=self.run_id,
+                                         last_status=None if last == "unchanged" else last))
             elif f.error:
                 self._fail_file(f, f.error)
             else:
@@ -199,7 +211,7 @@ class Runner:
         if self.cluster is None:  # only unchanged files to read again (bundle mates)
             self.cluster = BackgroundCluster(self.options.cluster, self.layout)
         client = self.cluster.client()
-        if self.options.cluster.dashboard:
+        if self.options.cluster.dashboard or self.options.cluster.dashboard_address:
             self.report.dashboard = dashboard_link(client)
             log.warning("chunkmill: dashboard at %s", self.report.dashboard)
         threads = sum(client.nthreads().values()) or 1
@@ -278,6 +290,8 @@ class Runner:
     def _done(self, payload: Any, result: Any) -> None:
         """A task finished (``result`` is its manifest, or the exception it died of)."""
         assert self.progress is not None and self.scheduler is not None
+        if isinstance(result, OutputUnwritable):
+            raise result  # OUT cannot be written: stop; the same command resumes later
         if isinstance(payload, BundleRun):
             crash_point("before_commit")
             self._bundle_done(payload, result)
@@ -332,7 +346,7 @@ class Runner:
         table = errors_table([(spec.file_id, run.planned.source.path, spec.index, rejected)],
                              self.run_id)
         manifest.fragments = [stage_errors(self.sink, spec.id, table)]
-        manifest.error_count = 1
+        manifest.error_count = manifest.chunk_errors = 1
         return manifest
 
     def _bundle_done(self, run: BundleRun, result: BundleManifest | BaseException) -> None:
@@ -367,9 +381,14 @@ class Runner:
         rows = sum(m.rows for m in manifests)
         errors = sum(m.error_count for m in manifests)
         failed = [m.failed for m in manifests if m.failed]
-        if failed and rows == 0 and len(failed) == len(manifests):
+        broken = sum(m.chunk_errors for m in manifests)
+        if rows == 0 and (failed and len(failed) == len(manifests) or broken):
+            # Nothing of the file was read and a chunk broke (it vanished, it is unreadable):
+            # failed, not partial, whatever the reader made of the break.
             status = "failed"
-            self.report.failures.append(failed[0])
+            self.report.failures.append(failed[0] if failed else
+                                        f"{source.path}: no row read; {broken} chunk(s) broken "
+                                        "(see _errors)")
         else:
             status = "partial" if errors else "ok"
         metadata = dict(planned.description.metadata)

@@ -238,3 +238,29 @@ def test_layout_auto_runs_text_in_threads_and_other_formats_in_processes(sample,
     assert transports(forced) == {"tcp"}
     with pytest.raises(pipeline.UsageError, match="--layout must be one of"):
         pipeline.ingest([logs], out=str(tmp_path / "bad"), layout="fibers")
+
+
+def test_read_without_pandas_says_what_to_install(tmp_path) -> None:
+    """pandas and dask.dataframe are an extra (``chunkmill[dataframe]``), needed by
+    ``pipeline.read`` only: without them it says what to install; ingest still works."""
+    import subprocess
+    import sys
+
+    (tmp_path / "a.csv").write_text("a\n1\n")
+    script = f"""
+import sys
+sys.modules["pandas"] = None  # as on an install without the extra
+import pipeline
+try:
+    pipeline.read([{str(tmp_path / 'a.csv')!r}])
+except ImportError as exc:
+    print(type(exc).__name__, exc)
+report = pipeline.ingest([{str(tmp_path / 'a.csv')!r}], out={str(tmp_path / 'o')!r},
+                         progress=False)
+print("rows", report.rows)
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert "MissingDependency" in res.stdout, res.stderr
+    assert "pip install 'chunkmill[dataframe]'" in res.stdout
+    assert "rows 1" in res.stdout

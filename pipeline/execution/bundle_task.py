@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import OutputUnwritable
 from pipeline.execution.task import ChunkManifest, read_chunk, worker_name
 from pipeline.output.columns import int64_from_numpy, text_array
 from pipeline.output.layout import ERRORS_DIR, FILE_ID
@@ -94,8 +95,20 @@ def bundle_id(file_ids: Iterable[str]) -> str:
     return stable_id(*sorted(file_ids))
 
 
-def run_bundle(task: BundleTask) -> BundleManifest:
-    """Read every member (then carry gone files' rows) into one writer; inside a worker."""
+def run_bundle(task: BundleTask) -> BundleManifest | OutputUnwritable:
+    """Read every member (then carry gone files' rows) into one writer; inside a worker.
+
+    Returns the `OutputUnwritable` that stops the run when OUT cannot be written."""
+    try:
+        return _run_bundle(task)
+    except OSError as exc:
+        stop = OutputUnwritable.about(exc, task.sink.store.root)
+        if stop is None:
+            raise
+        return stop
+
+
+def _run_bundle(task: BundleTask) -> BundleManifest:
     started = time.time()
     writer = FragmentWriter(task.sink, task.name, "")
     errors: list[pa.Table] = []
@@ -178,6 +191,7 @@ def _read_member(member: Member, task: BundleTask
     for extra in manifests[1:]:
         manifest.rows += extra.rows
         manifest.error_count += extra.error_count
+        manifest.chunk_errors += extra.chunk_errors
         manifest.failed = manifest.failed or extra.failed
     manifest.bytes_read = source.size
     manifest.finished = time.time()

@@ -6,7 +6,13 @@ readers and Parquet writer). It starts in a tenth of a second instead of spawnin
 importing an interpreter per core, and holds one interpreter's memory instead of three.
 "processes": one single-threaded worker process per core, for everything else (h5py holds a
 global lock, Pillow and the container parsers run Python code; a reader that crashes takes
-its worker down, not the run). No dashboard unless asked (it costs start-up time).
+its worker down, not the run).
+
+No HTTP server unless asked: Dask's scheduler and workers always serve HTTP pages (task
+pages, call stacks, ``/metrics``), on all interfaces, even with the dashboard off. The
+embedded cluster's scheduler and workers here do not start one at all; with ``--dashboard``
+the dashboard and the workers' pages listen on 127.0.0.1 only (``--dashboard-address``
+chooses otherwise). Their comms are ``inproc`` (threads) or TCP on 127.0.0.1 (processes).
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 
 import dask
-from distributed import Client, LocalCluster
+from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
+from distributed.security import Security
 
 from pipeline import config
 from pipeline.errors import UsageError
@@ -87,24 +96,15 @@ def connect(options: ClusterOptions, layout: str = "processes") -> Iterator[Clie
     # The pressure plugin pauses workers itself; Dask's own pause would un-pause them.
     # The statistical profiler samples every thread's stack every 10 ms (about 3% of a
     # worker's CPU here); only the dashboard shows what it collects.
+    dashboard = dashboard_address(options)
     with dask.config.set({"distributed.worker.memory.pause": False,
                           "distributed.scheduler.work-stealing": True,
                           "distributed.admin.system-monitor.gil.enabled": False,
-                          "distributed.worker.profile.enabled": options.dashboard}):
+                          "distributed.worker.profile.enabled": dashboard is not None}):
         workers, threads = worker_shape(options, layout)
         log.info("chunkmill: embedded cluster of %d worker(s) x %d thread(s) in %s",
                  workers, threads, "this process" if layout == "threads" else "processes")
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=threads,
-            processes=layout != "threads",
-            memory_limit=options.memory_limit,
-            dashboard_address=":0" if options.dashboard else None,
-            silence_logs=logging.ERROR,
-            # A Ctrl-C on the terminal reaches every process of the group: only the client
-            # acts on it (stopping the run in order); worker processes ignore it.
-            **({} if layout == "threads" else {"preload": ["pipeline.execution.worker_init"]}),
-        )
+        cluster = embedded_cluster(workers, threads, layout, options.memory_limit, dashboard)
         client = Client(cluster)
         try:
             install_pressure_plugin(client)
@@ -112,6 +112,67 @@ def connect(options: ClusterOptions, layout: str = "processes") -> Iterator[Clie
         finally:
             client.close()
             cluster.close()
+
+
+DEFAULT_DASHBOARD = "127.0.0.1:8787"
+
+
+def dashboard_address(options: ClusterOptions) -> str | None:
+    """Where the dashboard listens (None: no dashboard, and no HTTP server at all)."""
+    if options.dashboard_address:
+        return options.dashboard_address
+    return DEFAULT_DASHBOARD if options.dashboard else None
+
+
+class QuietScheduler(Scheduler):
+    """A scheduler without Dask's HTTP server (which it starts even with no dashboard)."""
+
+    def start_http_server(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+class QuietWorker(Worker):
+    """A worker without Dask's HTTP server (its pages and ``/metrics``)."""
+
+    def start_http_server(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def embedded_cluster(workers: int, threads: int, layout: str, memory_limit: str | int | None,
+                     dashboard: str | None) -> SpecCluster:
+    """The embedded cluster: Dask's LocalCluster, except that nothing listens beyond this
+    machine and, without a dashboard, nothing serves HTTP.
+
+    ``dashboard``: the dashboard's address (``127.0.0.1:8787``), or None for no HTTP server.
+    """
+    processes = layout != "threads"
+    protocol = "tcp://" if processes else "inproc://"
+    host = "127.0.0.1" if processes else None
+    security = Security()
+    scheduler = {"cls": Scheduler if dashboard else QuietScheduler, "options": {
+        "host": host, "port": 0, "protocol": protocol, "security": security,
+        "dashboard": dashboard is not None, "dashboard_address": dashboard}}
+    worker_options = {
+        "host": host, "nthreads": threads, "protocol": protocol, "security": security,
+        "silence_logs": logging.ERROR, "dashboard": False,
+        # With a dashboard the workers' own pages (``/metrics``) stay on this machine.
+        "dashboard_address": "127.0.0.1:0" if dashboard else None,
+        "memory_limit": memory_limit,  # "auto": each worker parses it, as in LocalCluster
+    }
+    worker_class = Worker if dashboard else QuietWorker
+    if processes:
+        # A Ctrl-C on the terminal reaches every process of the group: only the client acts
+        # on it (stopping the run in order); worker processes ignore it.
+        worker = {"cls": Nanny, "options": {**worker_options, "worker_class": worker_class,
+                                            "preload": ["pipeline.execution.worker_init"]}}
+    else:
+        worker = {"cls": worker_class, "options": worker_options}
+    with warnings.catch_warnings():
+        # A dashboard port in use: Dask takes another one and says so; the run prints the
+        # address it got.
+        warnings.filterwarnings("ignore", "Port .* is already in use", UserWarning)
+        return SpecCluster(workers=dict.fromkeys(range(workers), worker), scheduler=scheduler,
+                           worker=worker, silence_logs=logging.ERROR, security=security)
 
 
 class BackgroundCluster:
@@ -153,6 +214,16 @@ class BackgroundCluster:
 
 
 def dashboard_link(client: Client) -> str | None:
+    """The dashboard's URL. For the embedded cluster, the address it is bound to (Dask's
+    own link names the machine's public address, where nothing listens)."""
+    scheduler = getattr(getattr(client, "cluster", None), "scheduler", None)
+    server = getattr(scheduler, "http_server", None)
+    if server is not None and getattr(server, "port", None):
+        host = server.address
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{server.port}/status"
     try:
         return client.dashboard_link
     except Exception:  # no dashboard running

@@ -11,15 +11,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask.dataframe as dd
-import pandas as pd
 import pyarrow as pa
 
-from pipeline.errors import UsageError
+from pipeline.errors import MissingDependency, UsageError
+
+try:
+    import dask.dataframe as dd
+    import pandas as pd
+except ImportError as exc:  # not needed by ingest, so not a core dependency
+    raise MissingDependency(
+        f"pipeline.read needs pandas and dask.dataframe ({exc}): "
+        "pip install 'chunkmill[dataframe]'") from exc
 from pipeline.execution.task import read_chunk
 from pipeline.options import IngestOptions, as_paths
 from pipeline.output.columns import repeated_text
-from pipeline.output.layout import FILE_ID
+from pipeline.output.layout import FILE_ID, table_name
 from pipeline.planning.plan import build_plan
 from readers import get_reader
 from readers.base import ChunkSpec, Description, Source
@@ -47,7 +53,7 @@ def load_chunk(part: ChunkPartition) -> pd.DataFrame:
     pieces: list[pa.Table] = []
 
     def keep(table: str, rows: pa.Table) -> None:
-        if table == part.table:
+        if table_name(table) == part.table:
             pieces.append(conform(rows, part.schema))
 
     manifest, _ = read_chunk(reader, part.source, part.chunk, part.description, part.options,
@@ -77,12 +83,12 @@ def read(paths: str | Sequence[str], table: str | None = None, **options: Any) -
     schema = plan.schemas[table]
     parts = []
     for f in plan.files:
-        if f.description is None or table not in f.description.tables:
+        if f.description is None or table not in f.tables:
             continue
         chunks = get_reader(f.reader)().prepare(f.source, f.description, f.chunks)
         parts += [ChunkPartition(f.source, f.reader, c, f.description,
                                  plan.reader_options[f.reader], table, schema, opts.retries)
-                  for c in chunks if c.table in (None, table)]
+                  for c in chunks if c.table is None or table_name(c.table) == table]
     meta = (schema.append(pa.field(FILE_ID, pa.string())).empty_table()
             .to_pandas(types_mapper=pd.ArrowDtype))
     if not parts:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.errors import OUTPUT_ERRNOS, OutputUnwritable
 from pipeline.output.rejects import errors_table, stage_errors
 from pipeline.output.writer import Fragment, FragmentWriter, SinkSpec
 from pipeline.retry import policy
@@ -68,6 +69,8 @@ class ChunkManifest:
     bytes_read: int = 0
     fragments: list[Fragment] = field(default_factory=list)
     error_count: int = 0
+    chunk_errors: int = 0
+    """Of ``error_count``: rejections of a whole chunk or the rest of one (kind ``chunk``)."""
     facts: Any = None
     """The reader's own record of what the chunk learnt (`ChunkContext.facts`)."""
     attempts: int = 1
@@ -118,7 +121,12 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
             for table, rows in reader.read(source, chunk, description, options, ctx):
                 if CANCEL.is_set():
                     raise ChunkCancelled(chunk.id)
-                write(table, rows)
+                try:
+                    write(table, rows)
+                except OSError as exc:
+                    if exc.errno in OUTPUT_ERRNOS:  # OUT is full or closed: stop, no retry
+                        raise _WriteFailed(exc) from exc
+                    raise
                 manifest.rows += rows.num_rows
         except RestartChunk as restart:
             reset()
@@ -135,6 +143,9 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
     except MemoryError:
         reset()
         raise
+    except _WriteFailed as failed:
+        reset()
+        raise failed.error from None
     except Exception as exc:  # a broken chunk is an _errors row, the run goes on
         tries = retry.statistics.get("attempt_number", 1) - 1
         text = str(exc).strip().splitlines()
@@ -145,26 +156,44 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
         manifest.failed = ctx.rejected[-1].message
     manifest.attempts = retry.statistics.get("attempt_number", 1)
     manifest.error_count = len(ctx.rejected)
+    manifest.chunk_errors = sum(r.kind == "chunk" for r in ctx.rejected)
     manifest.facts = ctx.facts
     manifest.bytes_read = chunk.length
     return manifest, ctx
 
 
-def run_chunk(task: ChunkTask) -> ChunkManifest:
-    """Run one chunk end to end (inside a worker): staged fragments and a manifest."""
+class _WriteFailed(Exception):  # noqa: N818 - carries the output's OSError past the retries
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def run_chunk(task: ChunkTask) -> ChunkManifest | OutputUnwritable:
+    """Run one chunk end to end (inside a worker): staged fragments and a manifest.
+
+    When OUT cannot be written (disk full, read-only, no permission) the task returns, not
+    raises, the `OutputUnwritable` that stops the run: no retry would help.
+    """
     chunk, source = task.chunk, task.source
     writer = FragmentWriter(task.sink, chunk.id, source.file_id)
     try:
-        manifest, ctx = read_chunk(get_reader(task.reader)(), source, chunk, task.description,
-                                   task.options, task.retries, writer.write, writer.abort)
-        manifest.fragments = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    if ctx.rejected:
-        table = errors_table(((source.file_id, source.path, chunk.index, r)
-                              for r in ctx.rejected), task.sink.run_id)
-        manifest.fragments.append(stage_errors(task.sink, chunk.id, table))
+        try:
+            manifest, ctx = read_chunk(get_reader(task.reader)(), source, chunk,
+                                       task.description, task.options, task.retries,
+                                       writer.write, writer.abort)
+            manifest.fragments = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        if ctx.rejected:
+            table = errors_table(((source.file_id, source.path, chunk.index, r)
+                                  for r in ctx.rejected), task.sink.run_id)
+            manifest.fragments.append(stage_errors(task.sink, chunk.id, table))
+    except OSError as exc:
+        stop = OutputUnwritable.about(exc, task.sink.store.root)
+        if stop is None:
+            raise
+        return stop
     manifest.finished = time.time()
     pa.default_memory_pool().release_unused()
     return manifest

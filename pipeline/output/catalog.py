@@ -5,21 +5,32 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.json as pa_json
 
+from pipeline.output.columns import text_array
+from pipeline.output.layout import path_bytes, path_text
+
 CATALOG_SCHEMA = pa.schema([
-    ("file_id", pa.string()), ("path", pa.string()), ("format", pa.string()),
+    ("file_id", pa.string()), ("path", pa.string()), ("path_bytes", pa.binary()),
+    ("format", pa.string()),
     ("size_bytes", pa.int64()), ("mtime", pa.timestamp("us", tz="UTC")),
-    ("fingerprint", pa.string()), ("status", pa.string()), ("tables", pa.list_(pa.string())),
+    ("fingerprint", pa.string()), ("status", pa.string()), ("last_status", pa.string()),
+    ("tables", pa.list_(pa.string())),
     ("rows", pa.int64()), ("chunks", pa.int64()), ("error_count", pa.int64()),
     ("duration_s", pa.float64()), ("metadata", pa.string()), ("run_id", pa.string()),
     ("ingested_at", pa.timestamp("us", tz="UTC")),
 ])
+"""``path`` is valid UTF-8 text (bytes of the name that are not UTF-8 shown as ``\\xNN``);
+``path_bytes`` is the exact path. ``status`` says what the latest run did with the file
+(``unchanged``: skipped), ``last_status`` the outcome of the file's latest ingest (``ok``,
+``partial`` or ``failed``), so a skipped file that had rejected records still says so."""
+
+_JSON_SCHEMA = pa.schema([f for f in CATALOG_SCHEMA if f.name != "path_bytes"])
 
 
 @dataclass(slots=True)
@@ -42,13 +53,15 @@ class CatalogRow:
     metadata: dict[str, Any] = field(default_factory=dict)
     run_id: str = ""
     ingested_at: float = field(default_factory=time.time)
+    last_status: str | None = None
+    """The outcome of the latest ingest (default: ``status``, unless that is ``unchanged``)."""
 
     def asdict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CatalogRow:
-        return cls(**{k: data[k] for k in CATALOG_SCHEMA.names if k in data})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def catalog_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -67,17 +80,27 @@ def catalog_table(rows: list[dict[str, Any]]) -> pa.Table:
         return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC).isoformat()
 
     lines = []
+    paths = []
     for row in rows:
-        record = {name: row.get(name) for name in CATALOG_SCHEMA.names}
+        record = {name: row.get(name) for name in _JSON_SCHEMA.names}
         record["mtime"], record["ingested_at"] = ts(record["mtime"]), ts(record["ingested_at"])
         record["metadata"] = json.dumps(record["metadata"] or {}, default=str, sort_keys=True)
+        if record["last_status"] is None and record["status"] != "unchanged":
+            record["last_status"] = record["status"]
+        # POSIX paths are bytes: a name that is not UTF-8 (Python holds its bytes as lone
+        # surrogates) is shown escaped in ``path``, and kept exactly in ``path_bytes``.
+        path = record["path"]
+        paths.append(None if path is None else path_bytes(path))
+        record["path"] = None if path is None else path_text(path)
         lines.append(json.dumps(record, default=_json_scalar))
     # A record must fit one parse block (1 MiB by default); json.dumps output is ASCII.
     block = max(1 << 20, max(map(len, lines)) + 64)
-    return pa_json.read_json(
+    table = pa_json.read_json(
         io.BytesIO("\n".join(lines).encode()), read_options=pa_json.ReadOptions(block_size=block),
-        parse_options=pa_json.ParseOptions(explicit_schema=CATALOG_SCHEMA,
+        parse_options=pa_json.ParseOptions(explicit_schema=_JSON_SCHEMA,
                                            unexpected_field_behavior="error"))
+    return table.add_column(CATALOG_SCHEMA.get_field_index("path_bytes"),
+                            CATALOG_SCHEMA.field("path_bytes"), text_array(paths, pa.binary()))
 
 
 def _json_scalar(value: Any) -> Any:

@@ -1,14 +1,24 @@
-"""One live run per OUT: the lock file under ``OUT/_chunkmill/``."""
+"""One live run per OUT: an OS lock on ``OUT/_chunkmill/lock.json``, held for the whole run.
+
+The lock is ``flock`` on the open lock file, not the file's existence: taking it is one atomic
+system call, two runs can never both hold it, and the kernel lets go when the holder dies
+(``kill -9`` included), so a lock left by a dead run is free without anyone deciding that it
+is stale. The file's JSON (pid, host, start time) only names the holder in messages and
+``chunkmill status``. The holder removes the file when it is done; a run that locked a file
+which was removed meanwhile (its inode is no longer the path's) lets go and tries again.
+
+Object stores have no exclusive create and no locks: there the lock is not taken
+(documented: do not start two runs into one bucket prefix).
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import time
 from typing import Any
-
-import psutil
 
 from pipeline.errors import OutputLocked
 from pipeline.output.layout import STATE_DIR
@@ -18,62 +28,75 @@ LOCK = "lock.json"
 
 
 class OutputLock:
-    """One live run per OUT. A lock left by a dead process (same host) is taken over."""
+    """One live run per OUT: `acquire` raises `OutputLocked` while another run holds it."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.path = store.path(STATE_DIR, LOCK)
         self.held = False
+        self._fd: int | None = None
 
-    def _owner(self) -> dict[str, Any] | None:
+    def owner(self) -> dict[str, Any] | None:
+        """What the lock file says about its holder (None when empty or unreadable)."""
         try:
             with open(self.path) as f:
-                return json.load(f)
+                owner = json.load(f)
         except (OSError, ValueError):
             return None
+        return owner if isinstance(owner, dict) else None
 
     def acquire(self) -> None:
         if not self.store.local:
             self.held = True  # object stores have no exclusive create; documented limitation
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        for _ in range(2):
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner and not self._stale(owner):
-                    raise OutputLocked(
-                        f"{self.store.url} is in use by another chunkmill run (pid "
-                        f"{owner.get('pid')} on {owner.get('host')}, started "
-                        f"{time.ctime(owner.get('started', 0))}); wait for it or stop it"
-                    ) from None
-                os.remove(self.path)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return
-        raise OutputLocked(f"{self.store.url}: could not take the lock")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise OutputLocked(self._busy_message()) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if self._still_the_file(fd):
+                break
+            os.close(fd)  # the holder removed it between our open and lock: lock the new one
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self._fd = fd
+        self.held = True
 
-    @staticmethod
-    def _stale(owner: dict[str, Any]) -> bool:
-        if owner.get("host") != socket.gethostname():
-            return False  # cannot see another host's processes: trust the lock
-        pid = int(owner.get("pid", -1))
+    def _still_the_file(self, fd: int) -> bool:
         try:
-            proc = psutil.Process(pid)
-            return proc.status() == psutil.STATUS_ZOMBIE or proc.create_time() > owner.get(
-                "started", 0) + 1
-        except psutil.NoSuchProcess:
-            return True
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
+    def _busy_message(self) -> str:
+        owner = None
+        for _ in range(20):  # the holder writes its name right after locking
+            owner = self.owner()
+            if owner:
+                break
+            time.sleep(0.01)
+        who = "another chunkmill run"
+        if owner:
+            who += (f" (pid {owner.get('pid')} on {owner.get('host')}, started "
+                    f"{time.ctime(owner.get('started') or 0)})")
+        return f"{self.store.url} is in use by {who}; wait for it or stop it"
 
     def release(self) -> None:
-        if self.held and self.store.local:
-            owner = self._owner()
-            if owner and owner.get("pid") == os.getpid():
-                os.remove(self.path)
+        if self._fd is not None:
+            try:
+                os.remove(self.path)  # while still locked: a waiting run then locks a new file
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(self._fd)  # closing the last descriptor releases the flock
+                self._fd = None
         self.held = False
 
     def __enter__(self) -> OutputLock:

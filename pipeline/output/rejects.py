@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.output.columns import int64_array, repeated_text, text_array
-from pipeline.output.layout import ERRORS_DIR, STATE_DIR
+from pipeline.output.layout import ERRORS_DIR, STATE_DIR, path_text
 from pipeline.output.store import codec
 from pipeline.output.writer import Fragment, SinkSpec
 from readers.base import Rejected
@@ -25,11 +25,12 @@ ERRORS_SCHEMA = pa.schema([
 def errors_table(rows: Iterable[tuple[str, str, int | None, Rejected]], run_id: str) -> pa.Table:
     """The ``_errors`` rows for (file_id, path, chunk index, rejection) tuples."""
     rows = list(rows)
+    # Paths (also inside messages) that are not UTF-8 are shown with \xNN escapes.
     return pa.Table.from_arrays([
-        text_array([r[0] for r in rows]), text_array([r[1] for r in rows]),
+        text_array([r[0] for r in rows]), text_array([path_text(r[1]) for r in rows]),
         int64_array([r[2] for r in rows]), int64_array([r[3].byte_offset for r in rows]),
         text_array([r[3].kind for r in rows]), text_array([r[3].error_type for r in rows]),
-        text_array([r[3].message for r in rows]),
+        text_array([path_text(r[3].message) for r in rows]),
         text_array([r[3].raw for r in rows], pa.binary()),
         repeated_text(run_id, len(rows)),
     ], schema=ERRORS_SCHEMA)

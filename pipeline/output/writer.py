@@ -8,6 +8,7 @@ look. Fragment names are deterministic per (file, chunk): a re-run overwrites, n
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.output import partition
 from pipeline.output.columns import repeated_text
-from pipeline.output.layout import FILE_ID, STATE_DIR
+from pipeline.output.layout import FILE_ID, STATE_DIR, table_name
 from pipeline.output.store import Store, codec
 from readers.widening import conform
 
@@ -64,7 +65,9 @@ class FragmentWriter:
 
     def write(self, table: str, rows: pa.Table, file_id: str | pa.Array | None = None) -> None:
         """Rows of ``table`` from one file (``file_id``: the writer's own by default), or
-        from several (``file_id``: one id per row)."""
+        from several (``file_id``: one id per row). ``table`` is the reader's name for it;
+        rows go to the table `table_name` makes of it, inside OUT."""
+        table = table_name(table)
         schema = self.spec.schemas[table]
         rows = conform(rows, schema)
         if isinstance(file_id, pa.Array):
@@ -135,11 +138,12 @@ class FragmentWriter:
     def abort(self) -> None:
         self.pending.clear()
         for writer, handle, fragment in self.writers.values():
-            try:
+            # Closing flushes: on a full disk that fails again, and the staged file goes anyway.
+            with contextlib.suppress(OSError):
                 writer.close()
+            with contextlib.suppress(OSError):
                 handle.close()
-            finally:
-                self.spec.store.remove(fragment.staged)
+            self.spec.store.remove(fragment.staged)
         self.writers.clear()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pipeline.output.layout import table_name
 from pipeline.planning.discover import Discovered
 from pipeline.retry import retrying
 from readers import get_reader
@@ -35,7 +36,9 @@ class PlannedFile:
 
     @property
     def tables(self) -> list[str]:
-        return sorted(self.description.tables) if self.description else []
+        """The tables the file feeds, by their names in OUT (`table_name`)."""
+        return sorted({table_name(t) for t in self.description.tables}) if self.description \
+            else []
 
 
 def describe_all(found: list[Discovered], options: dict[str, ReaderOptions],

@@ -3,6 +3,10 @@
 Directories are walked recursively; names starting with ``.`` or ``_`` are skipped (the Hive and
 Spark convention for hidden and metadata files, which also keeps a previous OUT out of the
 inputs). Local walks never follow symlinked directories, so symlink loops cannot trap a run.
+A file reached through a symbolic link is read only when the link leads inside the input
+roots (the directories of the input arguments), unless ``follow_symlinks``; an input argument
+that is itself a link is taken as given. A refused link and a directory that cannot be listed
+are not skipped silently: each becomes a failed input (an ``_errors`` row, exit 1).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 import posixpath
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -20,6 +24,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from pipeline.errors import SourceNotFound, UsageError
+from pipeline.output.layout import table_name
 from pipeline.retry import is_transient, retrying
 from readers import (
     COMPRESSION_SUFFIXES,
@@ -64,24 +69,60 @@ def _table_name(arg: str, path: str, is_dir: bool, is_glob: bool) -> str:
         name = p.name
     else:
         name = PurePosixPath(strip_compression_suffix(p.name)).name.split(".")[0]
-    return _clean_table(name or "data")
-
-
-def _clean_table(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
-    return cleaned or "data"
+    return table_name(name.strip("._") or "data")
 
 
 def _hidden(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
-def _walk(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[str]:
+@dataclass(slots=True)
+class Expansion:
+    """What one input argument stands for."""
+
+    fs: fsspec.AbstractFileSystem
+    files: list[str]
+    table: str
+    """Default table name of its files."""
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    """(path, why) of what was found but cannot be read: unlistable directories, links
+    leading out of the input roots."""
+
+
+class _LinkRule:
+    """Which local files reached through symbolic links may be read."""
+
+    def __init__(self, roots: Iterable[str], follow: bool) -> None:
+        self.follow = follow
+        self.roots = sorted({os.path.realpath(r) for r in roots})
+
+    def allows(self, path: str, refused: list[tuple[str, str]]) -> bool:
+        if self.follow:
+            return True
+        target = os.path.realpath(path)
+        if target == os.path.abspath(path) or any(
+                target == r or target.startswith(r.rstrip(os.sep) + os.sep)
+                for r in self.roots):
+            return True
+        refused.append((path, f"{path}: a symbolic link to {target}, outside the input "
+                              "directories: not read (--follow-symlinks reads it)"))
+        return False
+
+
+def _walk(fs: fsspec.AbstractFileSystem, root: str, links: _LinkRule,
+          refused: list[tuple[str, str]]) -> Iterator[str]:
     """Files below ``root``, and whole directories that a reader claims (a Zarr store)."""
+
+    def unlistable(exc: OSError) -> None:
+        where = exc.filename if isinstance(exc.filename, str) else root
+        refused.append((where, f"{where}: cannot list this directory: "
+                               f"{exc.strerror or type(exc).__name__}"))
+
     if _is_local(fs):
-        walker = os.walk(root, followlinks=False)  # never follow links: no symlink loops
+        # never follow links to directories: no symlink loops
+        walker = os.walk(root, followlinks=False, onerror=unlistable)
     else:
-        walker = fs.walk(root)
+        walker = fs.walk(root, on_error=unlistable)
     for dirpath, dirnames, filenames in walker:
         if detect_directory(set(filenames)) is not None:
             dirnames[:] = []
@@ -91,28 +132,58 @@ def _walk(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[str]:
         for name in sorted(filenames):
             if not _hidden(name):
                 full = posixpath.join(dirpath, name)
-                if not _is_local(fs) or os.path.isfile(full):  # skips dangling links, fifos
+                if not _is_local(fs):
+                    yield full
+                elif os.path.isfile(full) and (not os.path.islink(full)
+                                               or links.allows(full, refused)):
+                    # (not isfile: a dangling link, a fifo.) Walks do not enter linked
+                    # directories, so only a file's own name can be a link.
                     yield full
 
 
-def expand(arg: str, storage_options: dict[str, Any] | None = None
-           ) -> tuple[fsspec.AbstractFileSystem, list[str], str]:
-    """(filesystem, file paths, default table name) for one input argument."""
+def expand(arg: str, storage_options: dict[str, Any] | None = None, *,
+           roots: Iterable[str] | None = None, follow_symlinks: bool = False) -> Expansion:
+    """The files of one input argument, their default table, and what was refused.
+
+    ``roots``: the directories links may lead into (default: the argument's own root).
+    """
     try:
         fs, path = url_to_fs(arg, **(storage_options or {}))
     except (ValueError, ImportError) as exc:
         raise UsageError(f"{arg}: cannot open this location ({exc})") from exc
-    is_glob = any(c in path for c in _GLOB_CHARS)
+    links = _LinkRule(roots if roots is not None else [input_root(arg, storage_options)],
+                      follow_symlinks)
+    # A path that exists is taken literally, even when its name holds [ ] * or ?.
+    is_glob = any(c in path for c in _GLOB_CHARS) and not fs.exists(path)
+    refused: list[tuple[str, str]] = []
     if is_glob:
         files = sorted(p for p in fs.glob(path) if fs.isfile(p))
         if not files:
             raise SourceNotFound(f"{arg}: the pattern matched no files")
-        return fs, files, _table_name(arg, path, False, True)
+        if _is_local(fs):
+            files = [p for p in files if links.allows(p, refused)]
+        return Expansion(fs, files, _table_name(arg, path, False, True), refused)
     if not fs.exists(path):
         raise SourceNotFound(f"{arg}: no such file or directory")
     if fs.isdir(path):
-        return fs, list(_walk(fs, path)), _table_name(arg, path, True, False)
-    return fs, [path], _table_name(arg, path, False, False)
+        files = list(_walk(fs, path, links, refused))
+        return Expansion(fs, files, _table_name(arg, path, True, False), refused)
+    return Expansion(fs, [path], _table_name(arg, path, False, False))
+
+
+def input_root(arg: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The directory an input argument lives in: itself for a directory, else its parent
+    (for a glob, the directory above its first pattern character)."""
+    try:
+        fs, path = url_to_fs(arg, **(storage_options or {}))
+    except (ValueError, ImportError):
+        return arg  # `expand` says what is wrong with it
+    if not fs.exists(path):
+        while any(c in path for c in _GLOB_CHARS):
+            path = posixpath.dirname(path)
+    if not fs.isdir(path):
+        path = posixpath.dirname(path)
+    return os.path.abspath(path) if _is_local(fs) else fs.unstrip_protocol(path)
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -225,35 +296,59 @@ def _describe_directory(fs: fsspec.AbstractFileSystem, path: str, url: str, file
 
 def discover(inputs: Iterable[str], *, table: str | None = None, fmt: str | None = None,
              storage_options: dict[str, Any] | None = None, threads: int = 8,
-             skip: SkipCheck | None = None, retries: int = 2) -> list[Discovered]:
-    """All input files, deduplicated, in input order; raises SourceNotFound for a bad input."""
+             skip: SkipCheck | None = None, retries: int = 2,
+             follow_symlinks: bool = False) -> list[Discovered]:
+    """All input files, deduplicated, in input order; raises SourceNotFound for a bad input.
+
+    What was found but cannot be read (a directory that cannot be listed, a link out of the
+    input roots) comes back as a `Discovered` with its error, after the readable files.
+    """
     storage_options = storage_options or {}
+    inputs = list(inputs)
     if fmt is not None:
         try:
             get_reader(fmt)
         except KeyError as exc:
             raise UsageError(str(exc.args[0])) from exc
+    roots = [input_root(arg, storage_options) for arg in inputs]
     jobs: list[tuple[fsspec.AbstractFileSystem, str, str]] = []
+    refused: list[Discovered] = []
     seen: set[str] = set()
     for arg in inputs:
-        fs, files, default_table = expand(arg, storage_options)
-        for path in files:
-            key = _url(fs, path)
+        found = expand(arg, storage_options, roots=roots, follow_symlinks=follow_symlinks)
+        for path in found.files:
+            key = _url(found.fs, path)
             if key not in seen:
                 seen.add(key)
-                jobs.append((fs, path, table or default_table))
+                jobs.append((found.fs, path, table or found.table))
+        for path, why in found.refused:
+            key = _url(found.fs, path)
+            if key not in seen:
+                seen.add(key)
+                refused.append(_refused(found.fs, path, table or found.table, why,
+                                        storage_options))
+
     def batch(part: list[tuple[fsspec.AbstractFileSystem, str, str]]) -> list[Discovered]:
         return [_with_retries(job, fmt, storage_options, skip, retries) for job in part]
 
     if all(_is_local(fs) for fs, _, _ in jobs):
         # A local stat and 64 KiB read is ~0.1 ms of mostly Python: threads only fight for
         # the GIL (10,000 small files took twice as long with 8 threads).
-        return batch(jobs)
+        return batch(jobs) + refused
     # Threads hide remote latency; batches keep the hand-over cost down.
     size = max(1, min(64, len(jobs) // max(1, threads * 4)))
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         parts = pool.map(batch, [jobs[i:i + size] for i in range(0, len(jobs), size)])
-        return [found for part in parts for found in part]
+        return [found for part in parts for found in part] + refused
+
+
+def _refused(fs: fsspec.AbstractFileSystem, path: str, table: str, why: str,
+             storage_options: dict[str, Any]) -> Discovered:
+    """A failed input for something found but not read (it gets an ``_errors`` row)."""
+    url = _url(fs, path)
+    source = Source(url, 0, None, stable_id(url), "", table, None,
+                    tuple(sorted(storage_options.items())))
+    return Discovered(source, None, why)
 
 
 def _with_retries(job: tuple[fsspec.AbstractFileSystem, str, str], fmt: str | None,
@@ -281,4 +376,5 @@ class _TransientDiscovery(Exception):  # noqa: N818 - carries a result, not a pr
         self.found = found
 
 
-__all__ = ["Discovered", "discover", "rediscover", "expand", "fingerprint", "COMPRESSION_SUFFIXES"]
+__all__ = ["Discovered", "Expansion", "discover", "rediscover", "expand", "input_root",
+           "fingerprint", "COMPRESSION_SUFFIXES"]

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-from fsspec.core import url_to_fs
 
 from pipeline.errors import UsageError
 from pipeline.options import IngestOptions, PlanOptions, as_paths
+from pipeline.output.layout import table_name
 from pipeline.planning.describe import PlannedFile, describe_all
-from pipeline.planning.discover import Discovered, SkipCheck, discover, rediscover
+from pipeline.planning.discover import (
+    Discovered,
+    SkipCheck,
+    discover,
+    input_root,
+    rediscover,
+)
 from readers import get_reader
 from readers.base import ChunkSpec
 from readers.errors import one_line
@@ -106,10 +110,11 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
     column order and types win where the new data fits them).
     """
     paths = as_paths(paths)
-    settings = options.reader_settings(tuple(input_root(p) for p in paths))
+    storage_options = dict(options.storage_options)
+    settings = options.reader_settings(tuple(input_root(p, storage_options) for p in paths))
     found = discover(paths, table=options.table, fmt=options.format,
-                     storage_options=dict(options.storage_options), skip=skip,
-                     retries=options.retries)
+                     storage_options=storage_options, skip=skip, retries=options.retries,
+                     follow_symlinks=options.follow_symlinks)
     if unskip is not None:
         # Unchanged files that must be read all the same (they share a fragment with a
         # changed file): sniff them now.
@@ -119,11 +124,14 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
     reader_options = {name: get_reader(name).configure(settings)
                       for name in {f.reader for f in found if f.reader}}
     files = describe_all(found, reader_options, options.retries)
+    # Tables are named by `table_name`, whatever name the reader gave: no reader (plugins
+    # included) is trusted to keep names inside OUT and off the reserved directories. The
+    # descriptions keep the readers' own names (readers look their tables up by them).
     by_table: dict[str, list[pa.Schema]] = {}
     for f in files:
         if f.description:
             for table, schema in f.description.tables.items():
-                by_table.setdefault(table, []).append(schema)
+                by_table.setdefault(table_name(table), []).append(schema)
     known = known or {}
     # A column no file had a value for (header-only files) is text.
     schemas = {table: no_nulls(unify([known[table], *group] if table in known else group))
@@ -136,7 +144,7 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
     def unified(table: str, own: pa.Schema) -> pa.Schema:
         key = (table, tuple(own.names))
         if key not in ordered:
-            ordered[key] = _ordered(schemas[table], own)
+            ordered[key] = _ordered(schemas[table_name(table)], own)
         return ordered[key]
 
     for f in files:
@@ -150,17 +158,6 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
         except Exception as exc:
             f.error = f"{f.source.path}: cannot plan chunks: {one_line(exc)}"
     return Plan(files, schemas, reader_options)
-
-
-def input_root(arg: str) -> str:
-    """The directory an input argument lives in: itself for a directory, else its parent."""
-    fs, path = url_to_fs(arg)
-    while any(c in path for c in "*?["):
-        path = posixpath.dirname(path)
-    if not fs.isdir(path):
-        path = posixpath.dirname(path)
-    local = fs.protocol in ("file", "local") or "file" in fs.protocol
-    return os.path.abspath(path) if local else fs.unstrip_protocol(path)
 
 
 def _ordered(unified: pa.Schema, own: pa.Schema) -> pa.Schema:

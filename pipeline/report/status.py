@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
 from pipeline.output.journal import Journal
-from pipeline.output.layout import CATALOG_DIR, STATE_DIR
+from pipeline.output.layout import CATALOG_DIR, STATE_DIR, path_text
 from pipeline.output.store import open_store
 
 
@@ -39,13 +39,14 @@ def status(out: str) -> dict[str, Any]:
                               "tables": row["tables"], "errors": row["error_count"]}
     for record in done.values():  # committed, but the catalog was not written (killed run)
         path_ = record.catalog.get("path")
+        path_ = path_text(path_) if path_ else path_  # as the catalog shows it
         if path_ and path_ not in files:
             files[path_] = {"state": "done", "status": record.catalog.get("status"),
                             "rows": record.catalog.get("rows"),
                             "tables": record.catalog.get("tables"),
                             "errors": record.catalog.get("error_count")}
     unfinished = not last.get("finished")
-    for path_ in last.get("planned", []) if unfinished else []:
+    for path_ in [path_text(p) for p in last.get("planned", [])] if unfinished else []:
         if path_ not in files or files[path_]["state"] != "done":
             files.setdefault(path_, {"status": None, "rows": 0, "tables": [], "errors": 0})
             files[path_]["state"] = "pending"
