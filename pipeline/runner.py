@@ -199,6 +199,7 @@ class Runner:
         if self.cluster is None:  # only unchanged files to read again (bundle mates)
             self.cluster = BackgroundCluster(self.options.cluster, self.layout)
         client = self.cluster.client()
+        self.watch.attach(client)
         if self.options.cluster.dashboard:
             self.report.dashboard = dashboard_link(client)
             log.warning("chunkmill: dashboard at %s", self.report.dashboard)
@@ -242,7 +243,7 @@ class Runner:
     def _tick(self) -> None:
         self._journal_staged()
         self._commit_ready()
-        self.watch.poll(self.scheduler.client, self.progress)
+        self.watch.tick(self.progress)
 
     def _journal_staged(self) -> None:
         """Journal the chunks staged since the last tick, so a re-run can reuse them."""
