@@ -19,6 +19,7 @@ import pytest
 from balloon import Balloon
 
 import pipeline
+from pipeline.execution import cluster
 from pipeline.pressure import plugin as pressure_plugin
 from pipeline.pressure.events import PressureLevel
 from pipeline.pressure.monitor import read_memory_usage
@@ -38,14 +39,23 @@ def total(out, table: str) -> int:
 
 
 @pytest.mark.timeout(240)
-def test_outside_pressure_pauses_then_resumes(tmp_path, caplog) -> None:
+def test_outside_pressure_pauses_then_resumes(tmp_path, caplog, monkeypatch) -> None:
     make_csv(tmp_path / "in.csv", 60_000)
     balloon = Balloon(int(3.6 * 2**30))
     # Measured with the balloon up: 95 % of the limit (CRITICAL, pause), with ~5 % to spare
     # for memory that earlier tests' processes free meanwhile; 3.6 GB less is far below HIGH.
     used, _ = read_memory_usage()
     limit = int(used / 0.95)
-    threading.Timer(6.0, balloon.close).start()  # the outside pressure goes away after 6 s
+    install = cluster.install_pressure_plugin
+
+    def install_then_relieve(client, *args, **kwargs):
+        # The outside pressure goes away 6 s after the plugin is on the workers (counted from
+        # then: worker processes can take longer than that to start on a busy machine).
+        plugin = install(client, *args, **kwargs)
+        threading.Timer(6.0, balloon.close).start()
+        return plugin
+
+    monkeypatch.setattr(cluster, "install_pressure_plugin", install_then_relieve)
     try:
         started = time.monotonic()
         caplog.set_level(logging.WARNING, logger="chunkmill")
