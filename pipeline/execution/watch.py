@@ -21,15 +21,8 @@ from typing import Any
 
 from distributed import Client
 
-from pipeline.pressure.events import (
-    EVENT_TOPIC,
-    MEMORY_TOPIC,
-    STALL_TOPIC,
-    MemoryPoint,
-    PressureEvent,
-    PressureLevel,
-    StallWarning,
-)
+from pipeline.pressure import events
+from pipeline.pressure.events import PressureEvent, PressureLevel
 from pipeline.pressure.window import window_size
 from pipeline.report.progress import Progress
 from pipeline.report.run_report import RunReport
@@ -65,7 +58,7 @@ class ClusterWatch:
         self._threads = sum(client.nthreads().values()) or 1
         for topic, handler in self._handlers().items():
             client.subscribe_topic(topic, handler)
-        self._backfill(client, (EVENT_TOPIC, MEMORY_TOPIC, STALL_TOPIC))
+        self._backfill(client, (events.EVENT_TOPIC, events.MEMORY_TOPIC, events.STALL_TOPIC))
 
     def window(self, base: int) -> int:
         """Chunks allowed in flight now: the smallest window any worker's pressure allows."""
@@ -104,8 +97,8 @@ class ClusterWatch:
         deadline = time.monotonic() + _FLUSH_S
         while not self._has(expected) and time.monotonic() < deadline:
             time.sleep(0.05)
-            self._backfill(client, (EVENT_TOPIC,))
-        self._backfill(client, (MEMORY_TOPIC, STALL_TOPIC))
+            self._backfill(client, (events.EVENT_TOPIC,))
+        self._backfill(client, (events.MEMORY_TOPIC, events.STALL_TOPIC))
         for topic in self._handlers():
             try:
                 client.unsubscribe_topic(topic)
@@ -124,8 +117,8 @@ class ClusterWatch:
 
     # --- records ---------------------------------------------------------------------------------
     def _handlers(self) -> dict[str, Callable[[tuple[float, Any]], None]]:
-        return {EVENT_TOPIC: self._on_event, MEMORY_TOPIC: self._on_memory,
-                STALL_TOPIC: self._on_stall, _WORKERS_TOPIC: self._on_cluster}
+        return {events.EVENT_TOPIC: self._on_event, events.MEMORY_TOPIC: self._on_memory,
+                events.STALL_TOPIC: self._on_stall, _WORKERS_TOPIC: self._on_cluster}
 
     def _backfill(self, client: Client, topics: tuple[str, ...]) -> None:
         handlers = self._handlers()
@@ -155,13 +148,13 @@ class ClusterWatch:
                 self._workers[e.worker] = e
 
     def _on_memory(self, event: tuple[float, Any]) -> None:
-        point = MemoryPoint.from_dict(event[1])
+        point = events.MemoryPoint.from_dict(event[1])
         with self._lock:
             if self._new(("memory", point.worker, point.time), point.time):
                 self.report.memory_timeline.append(point)
 
     def _on_stall(self, event: tuple[float, Any]) -> None:
-        warning = StallWarning.from_dict(event[1])
+        warning = events.StallWarning.from_dict(event[1])
         with self._lock:
             if not self._new(("stall", warning.worker, warning.time), warning.time):
                 return

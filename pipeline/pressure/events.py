@@ -18,10 +18,14 @@ plots hold the same records. It imports nothing from Dask, so reports load witho
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, Self
 
 from dask.utils import format_bytes
 
@@ -52,14 +56,54 @@ def level_of(value: Any) -> PressureLevel:
         return PressureLevel.NORMAL
 
 
-def _as_json(record: Any) -> dict[str, Any]:
-    """Fields of a record with levels as names (what travels and what reports save)."""
-    return {name: (value.name if isinstance(value, PressureLevel) else value)
-            for name, value in ((f, getattr(record, f)) for f in record.__dataclass_fields__)}
+class _Record:
+    """``asdict``/``from_dict`` for the records here: plain JSON, levels as names."""
+
+    __slots__ = ()
+
+    def asdict(self) -> dict[str, Any]:
+        return {f.name: _to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """The record back from ``asdict``; fields missing from records saved by older
+        versions take their defaults."""
+        return cls(**{name: _from_json(hint, data.get(name))
+                      for name, (hint, required) in _fields(cls).items()
+                      if required or name in data})
+
+
+@functools.cache
+def _fields(cls: type) -> dict[str, tuple[Any, bool]]:
+    """Each field's type and whether it has no default."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f.default is f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)}
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, PressureLevel):
+        return value.name
+    if isinstance(value, tuple):
+        return [dataclasses.asdict(v) for v in value]
+    return value
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    if hint is PressureLevel:
+        return level_of(value)
+    if value is None:
+        return None
+    if isinstance(hint, types.UnionType):  # X | None
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is tuple:  # tuple[ProcessMemory, ...]
+        kind = typing.get_args(hint)[0]
+        return tuple(kind(**item) for item in value)
+    return hint(value)
 
 
 @dataclass(frozen=True, slots=True)
-class PressureEvent:
+class PressureEvent(_Record):
     """A worker's pressure plugin changed level, or paused or resumed the worker."""
 
     time: float
@@ -78,21 +122,9 @@ class PressureEvent:
     """Whether the plugin paused the worker: at HIGH and above only when the job's own
     footprint is the threat (see the README's Memory section); else it runs throttled."""
 
-    def asdict(self) -> dict[str, Any]:
-        return _as_json(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PressureEvent:
-        return cls(time=float(data["time"]), worker=str(data.get("worker") or ""),
-                   old=level_of(data.get("old")), new=level_of(data.get("new")),
-                   fraction=_opt(float, data.get("fraction")),
-                   used_bytes=_opt(int, data.get("used_bytes")),
-                   limit_bytes=_opt(int, data.get("limit_bytes")),
-                   paused=_opt(bool, data.get("paused")))
-
 
 @dataclass(frozen=True, slots=True)
-class MemoryPoint:
+class MemoryPoint(_Record):
     """One worker's memory at one time: a point of the run report's memory timeline."""
 
     time: float
@@ -106,17 +138,6 @@ class MemoryPoint:
     pressure_fraction: float | None = None
     """Memory used / limit as the plugin reads it (machine, container or worker)."""
 
-    def asdict(self) -> dict[str, Any]:
-        return _as_json(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MemoryPoint:
-        return cls(time=float(data["time"]), worker=str(data.get("worker") or ""),
-                   memory_bytes=int(data.get("memory_bytes") or 0),
-                   memory_fraction=_opt(float, data.get("memory_fraction")),
-                   level=level_of(data.get("level")),
-                   pressure_fraction=_opt(float, data.get("pressure_fraction")))
-
 
 @dataclass(frozen=True, slots=True)
 class ProcessMemory:
@@ -128,7 +149,7 @@ class ProcessMemory:
 
 
 @dataclass(frozen=True, slots=True)
-class StallWarning:
+class StallWarning(_Record):
     """A worker has been paused by memory pressure for ``paused_s`` seconds."""
 
     time: float
@@ -143,21 +164,6 @@ class StallWarning:
     top: tuple[ProcessMemory, ...] = field(default_factory=tuple)
     """The processes holding the most memory on the worker's machine, largest first."""
 
-    def asdict(self) -> dict[str, Any]:
-        data = _as_json(self)
-        data["top"] = [{"pid": p.pid, "name": p.name, "rss_bytes": p.rss_bytes} for p in self.top]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StallWarning:
-        return cls(time=float(data["time"]), worker=str(data.get("worker") or ""),
-                   level=level_of(data.get("level")), paused_s=float(data["paused_s"]),
-                   fraction=float(data["fraction"]), used_bytes=int(data["used_bytes"]),
-                   limit_bytes=int(data["limit_bytes"]),
-                   process_bytes=_opt(int, data.get("process_bytes")),
-                   top=tuple(ProcessMemory(int(p["pid"]), str(p["name"]), int(p["rss_bytes"]))
-                             for p in data.get("top") or ()))
-
     def __str__(self) -> str:
         own = (f"; this worker holds {format_bytes(self.process_bytes)}"
                if self.process_bytes is not None else "")
@@ -166,7 +172,3 @@ class StallWarning:
                 f"({self.level.name}: {format_bytes(self.used_bytes)} of "
                 f"{format_bytes(self.limit_bytes)} used, {self.fraction:.0%}{own}); "
                 f"largest processes: {top or 'unknown'}. It resumes when memory is freed.")
-
-
-def _opt(kind: type, value: Any) -> Any:
-    return None if value is None else kind(value)
