@@ -235,10 +235,11 @@ class Runner:
         try:
             self.scheduler.run(self._done, self._tick)
             self._tick()
+            self.watch.collect(client)
         finally:
+            self.watch.detach(client)
             self._journal_staged()  # interrupted: what is staged stays usable
             self.progress.close()
-        self.watch.collect(client)
 
     def _tick(self) -> None:
         self._journal_staged()

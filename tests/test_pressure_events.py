@@ -100,3 +100,31 @@ def test_policy_levels_fall_after_cooldown_and_pauses_end_after_calm() -> None:
     assert policy.next_level(s.level, 2.9) is PressureLevel.CRITICAL
     assert policy.next_level(s.level, 3.0) is PressureLevel.NORMAL
     assert policy.pause(s, True, 3.0) is False  # below HIGH: resume
+
+
+def test_the_client_window_follows_pushed_events_and_forgets_silent_workers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.execution import watch as watch_module
+
+    watch = watch_module.ClusterWatch(RunReport("r", "out", 0.0))
+    watch._threads = 2
+
+    def push(worker: str, new: PressureLevel, paused: bool, t: float) -> None:
+        watch._on_event((t, PressureEvent(t, worker, PressureLevel.NORMAL, new, 0.9, 9, 10,
+                                          paused).asdict()))
+
+    push("a", PressureLevel.HIGH, False, 1.0)
+    assert watch.window(8) == 2  # throttled: one chunk per worker thread
+    push("b", PressureLevel.CRITICAL, True, 2.0)
+    assert watch.window(8) == 0  # a paused CRITICAL worker stops submission
+    push("b", PressureLevel.ELEVATED, False, 1.5)  # older, from history after a push
+    assert watch.window(8) == 0 and len(watch.report.pressure_events) == 3
+    push("b", PressureLevel.CRITICAL, True, 2.0)  # the same record twice: kept once
+    assert len(watch.report.pressure_events) == 3
+    watch.tick()
+    assert watch.level is PressureLevel.CRITICAL
+    # b falls silent (it died): after STALE_S it no longer holds the window at 0
+    later = watch_module.time.monotonic() + watch_module.STALE_S + 1
+    monkeypatch.setattr(watch_module.time, "monotonic", lambda: later)
+    watch._heard["a"] = later
+    assert watch.window(8) == 2

@@ -490,7 +490,9 @@ def test_outside_memory_pressure_pauses_and_resumes_worker() -> None:
         # 4 GiB rather than 2 of headroom: other jobs on a shared box move host memory by
         # a GB or more, which must neither start us above ELEVATED nor block the resume.
         limit = used0 + 4 * GiB
-        c.register_plugin(PressurePlugin(interval=0.1, limit_bytes=limit))
+        # Any free memory counts as too little: pause at HIGH, whatever other processes free
+        # meanwhile (test_small_footprint_runs_throttled_instead_of_pausing covers the rule).
+        c.register_plugin(PressurePlugin(interval=0.1, limit_bytes=limit, pause_headroom=1000))
         watch = watching(c)
 
         # Metrics travel with heartbeats and are served on the worker's /metrics.

@@ -9,6 +9,10 @@ points in the run report, and logs stall warnings at WARNING. Records logged bef
 subscribed, or still on their way when the run ends, come from the scheduler's recent history
 (``client.get_events``). At the end it asks each worker once for the counters only the
 plugin keeps (pauses, bytes spilled) and for its memory then (the timeline's last point).
+
+A worker heard from neither by a level change nor by a memory point for ``STALE_S`` seconds (it
+sends a point every ``chunkmill.pressure.interval``) no longer counts: one that died paused
+must not stop submission for good.
 """
 
 from __future__ import annotations
@@ -29,15 +33,15 @@ from pipeline.report.run_report import RunReport
 
 log = logging.getLogger("chunkmill.pressure")
 
-_WORKERS_TOPIC = "all"  # the scheduler's own events: "remove-worker" tells a worker is gone
 _FLUSH_S = 2.0  # at most this long at the end for records still on their way
+STALE_S = 30.0
 
 
 class ClusterWatch:
     """Follows the cluster's pressure for one run; `window` is cheap enough for every loop turn.
 
     Use: `attach` once the client is up, `window` and `tick` while the run goes, `collect`
-    at the end (it also unsubscribes).
+    at the end, and `detach` however the run ends, before the client closes.
     """
 
     def __init__(self, report: RunReport) -> None:
@@ -47,14 +51,15 @@ class ClusterWatch:
         self._threads = 1
         self._lock = threading.Lock()
         self._workers: dict[str, PressureEvent] = {}
-        """Each live worker's latest level change."""
+        """Each worker's latest level change."""
+        self._heard: dict[str, float] = {}
+        """When each worker's latest record arrived (``time.monotonic()``)."""
         self._seen: set[tuple[Any, ...]] = set()
-        self._client: Client | None = None
+        self._detached = False
 
     # --- live ------------------------------------------------------------------------------------
     def attach(self, client: Client) -> None:
         """Subscribe to the plugins' records, then take those logged since the run started."""
-        self._client = client
         self._threads = sum(client.nthreads().values()) or 1
         for topic, handler in self._handlers().items():
             client.subscribe_topic(topic, handler)
@@ -62,18 +67,30 @@ class ClusterWatch:
 
     def window(self, base: int) -> int:
         """Chunks allowed in flight now: the smallest window any worker's pressure allows."""
-        with self._lock:
-            states = list(self._workers.values())
         return min((window_size(base, e.new, paused=bool(e.paused), threads=self._threads)
-                    for e in states), default=base)
+                    for e in self._live()), default=base)
 
     def tick(self, progress: Progress | None = None) -> None:
         """Show the worst level in the progress line."""
-        with self._lock:
-            self.level = max((e.new for e in self._workers.values()),
-                             default=PressureLevel.NORMAL)
+        self.level = max((e.new for e in self._live()), default=PressureLevel.NORMAL)
         if progress is not None:
             progress.update(pressure=self.level.name)
+
+    def _live(self) -> list[PressureEvent]:
+        cutoff = time.monotonic() - STALE_S
+        with self._lock:
+            return [e for w, e in self._workers.items() if self._heard.get(w, 0.0) >= cutoff]
+
+    def detach(self, client: Client) -> None:
+        """Stop the pushes (before the client closes, also when a run is interrupted: the
+        scheduler would otherwise send to a closing client)."""
+        # Distributed keeps calling a handler for what was already on its way.
+        self._detached = True
+        for topic in self._handlers():
+            try:
+                client.unsubscribe_topic(topic)
+            except Exception:  # not subscribed, or the client is closing already
+                pass
 
     # --- end of run ------------------------------------------------------------------------------
     def collect(self, client: Client) -> None:
@@ -99,11 +116,7 @@ class ClusterWatch:
             time.sleep(0.05)
             self._backfill(client, (events.EVENT_TOPIC,))
         self._backfill(client, (events.MEMORY_TOPIC, events.STALL_TOPIC))
-        for topic in self._handlers():
-            try:
-                client.unsubscribe_topic(topic)
-            except Exception:  # client closing: nothing more will arrive anyway
-                pass
+        self.detach(client)
         with self._lock:
             self.report.pressure_events.sort(key=lambda e: e.time)
             self.report.memory_timeline.sort(key=lambda p: p.time)
@@ -118,7 +131,7 @@ class ClusterWatch:
     # --- records ---------------------------------------------------------------------------------
     def _handlers(self) -> dict[str, Callable[[tuple[float, Any]], None]]:
         return {events.EVENT_TOPIC: self._on_event, events.MEMORY_TOPIC: self._on_memory,
-                events.STALL_TOPIC: self._on_stall, _WORKERS_TOPIC: self._on_cluster}
+                events.STALL_TOPIC: self._on_stall}
 
     def _backfill(self, client: Client, topics: tuple[str, ...]) -> None:
         handlers = self._handlers()
@@ -132,7 +145,7 @@ class ClusterWatch:
 
     def _new(self, key: tuple[Any, ...], when: float) -> bool:
         """True the first time a record is seen, and only for records of this run."""
-        if when < self.report.started or key in self._seen:
+        if self._detached or when < self.report.started or key in self._seen:
             return False
         self._seen.add(key)
         return True
@@ -143,6 +156,7 @@ class ClusterWatch:
             if not self._new(("event", e.worker, e.time, e.new, e.paused), e.time):
                 return
             self.report.pressure_events.append(e)
+            self._heard[e.worker] = time.monotonic()
             current = self._workers.get(e.worker)
             if current is None or e.time >= current.time:  # history may arrive after pushes
                 self._workers[e.worker] = e
@@ -152,6 +166,7 @@ class ClusterWatch:
         with self._lock:
             if self._new(("memory", point.worker, point.time), point.time):
                 self.report.memory_timeline.append(point)
+                self._heard[point.worker] = time.monotonic()
 
     def _on_stall(self, event: tuple[float, Any]) -> None:
         warning = events.StallWarning.from_dict(event[1])
@@ -160,12 +175,6 @@ class ClusterWatch:
                 return
             self.report.notes.append(str(warning))
         log.warning("chunkmill: %s", warning)
-
-    def _on_cluster(self, event: tuple[float, Any]) -> None:
-        msg = event[1]
-        if isinstance(msg, dict) and msg.get("action") == "remove-worker":
-            with self._lock:  # a worker that died paused must not stop submission for good
-                self._workers.pop(str(msg.get("worker")), None)
 
 
 def _small(info: dict[str, Any]) -> dict[str, Any]:
