@@ -403,6 +403,22 @@ def test_plugin_without_worker_memory_limit() -> None:
         assert one(c.run(pressure_state))["resumes"] == 1
 
 
+def test_install_survives_a_worker_dying_meanwhile(caplog: pytest.LogCaptureFixture) -> None:
+    """The scheduler keeps the plugin for every worker that (re)joins: a worker killed while it
+    is being installed is no reason to fail the run."""
+    from distributed.comm.core import CommClosedError
+
+    import pipeline
+
+    class DyingCluster:
+        def register_plugin(self, plugin: PressurePlugin) -> None:
+            raise CommClosedError("in <TCP (closed) Scheduler Broadcast>: Stream is closed")
+
+    plugin = pipeline.install_pressure_plugin(DyingCluster(), limit="2GB")
+    assert plugin.limit_bytes == 2 * 10**9 and not plugin.idempotent  # replace by default
+    assert "a worker left while the pressure plugin was being installed" in caplog.text
+
+
 def test_plugin_pickles_configuration_only() -> None:
     import pickle
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,6 @@ import psutil
 from distributed.core import Status
 
 from pipeline.pressure.events import EVENT_TOPIC, PressureEvent, PressureLevel, ProcessMemory
-from readers.base import release_idle_memory
 
 if TYPE_CHECKING:
     from distributed import Worker
@@ -171,7 +171,11 @@ async def evict_to_target(
 def release_arrow_memory(counters: dict[str, Any]) -> None:
     """Return the free pages cached by Arrow's default memory pool, and the readers' idle
     caches (the text readers' chunk buffers), to the OS."""
-    release_idle_memory()
+    # Looked up, not imported: a worker that has not read anything yet holds no reader caches,
+    # and importing the readers (pyarrow, fsspec) would slow down installing the plugin.
+    readers_base = sys.modules.get("readers.base")
+    if readers_base is not None:
+        readers_base.release_idle_memory()
     try:
         import pyarrow as pa
     except ImportError:

@@ -132,7 +132,13 @@ def install_pressure_plugin(client: Client, limit: str | int | None = None, *,
         limit = config.get("pressure.limit")
     plugin = PressurePlugin(limit_bytes=config.parse_size(limit) if limit else None,
                             replace=replace, **settings)
-    client.register_plugin(plugin)
+    try:
+        client.register_plugin(plugin)
+    except OSError as exc:  # CommClosedError: a worker died while it was being installed
+        # The scheduler keeps the plugin and gives it to every worker that (re)joins; the
+        # others have it. A lost worker is Dask's to handle, not a reason to fail the run.
+        logger.warning("chunkmill: a worker left while the pressure plugin was being "
+                       "installed (%s); the others and any replacement have it", exc)
     return plugin
 
 
