@@ -1,8 +1,9 @@
-"""CPU cost of MemoryPressureMonitor's background sampling.
+"""CPU cost of sampling memory with MemoryPressureMonitor at the pressure plugin's interval.
 
-Runs the process idle for ``--seconds``, then with a monitor sampling in its background
-thread for the same time, and reports the extra process CPU time as a percentage of one
-core. Also times ``snapshot()`` in a tight loop for a per-sample figure.
+Runs the process idle for ``--seconds``, then with a thread taking a ``snapshot()`` every
+interval (as the plugin's periodic callback does on a worker) for the same time, and reports
+the extra process CPU time as a percentage of one core. Also times ``snapshot()`` in a tight
+loop for a per-sample figure.
 
     python benchmarks/bench_monitor.py              # default interval, 20 s per phase
     python benchmarks/bench_monitor.py --interval 0.1 --seconds 10
@@ -12,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 
 # Runnable as a plain script from a checkout, without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.pressure.monitor import MemoryPressureMonitor, default_interval  # noqa: E402
+from pipeline import config  # noqa: E402
+from pipeline.pressure.monitor import MemoryPressureMonitor  # noqa: E402
 
 
 def cpu_over(seconds: float) -> tuple[float, float]:
@@ -44,17 +47,28 @@ def main(argv: list[str] | None = None) -> int:
         "--interval", type=float, default=None, help="sampling interval (default: config/0.5)"
     )
     args = parser.parse_args(argv)
-    interval = args.interval if args.interval is not None else default_interval()
+    interval = args.interval if args.interval is not None else config.get("pressure.interval")
 
     snap_us = per_snapshot_us()
 
     idle_cpu, idle_wall = cpu_over(args.seconds)
 
-    monitor = MemoryPressureMonitor(interval=interval)
+    monitor = MemoryPressureMonitor()
     monitor.snapshot()
-    with monitor:
-        busy_cpu, busy_wall = cpu_over(args.seconds)
-    samples = len(monitor.history)
+    stop = threading.Event()
+    samples = 0
+
+    def sample() -> None:
+        nonlocal samples
+        while not stop.wait(interval):
+            monitor.snapshot()
+            samples += 1
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    busy_cpu, busy_wall = cpu_over(args.seconds)
+    stop.set()
+    sampler.join()
 
     idle_pct = 100 * idle_cpu / idle_wall
     busy_pct = 100 * busy_cpu / busy_wall

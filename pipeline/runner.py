@@ -211,6 +211,7 @@ class Runner:
         if self.cluster is None:  # only unchanged files to read again (bundle mates)
             self.cluster = BackgroundCluster(self.options.cluster, self.layout)
         client = self.cluster.client()
+        self.watch.attach(client)
         if self.options.cluster.dashboard or self.options.cluster.dashboard_address:
             self.report.dashboard = dashboard_link(client)
             log.warning("chunkmill: dashboard at %s", self.report.dashboard)
@@ -246,15 +247,16 @@ class Runner:
         try:
             self.scheduler.run(self._done, self._tick)
             self._tick()
+            self.watch.collect(client)
         finally:
+            self.watch.detach(client)
             self._journal_staged()  # interrupted: what is staged stays usable
             self.progress.close()
-        self.watch.collect(client)
 
     def _tick(self) -> None:
         self._journal_staged()
         self._commit_ready()
-        self.watch.poll(self.scheduler.client, self.progress)
+        self.watch.tick(self.progress)
 
     def _journal_staged(self) -> None:
         """Journal the chunks staged since the last tick, so a re-run can reuse them."""

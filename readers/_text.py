@@ -30,6 +30,7 @@ from readers.base import (
     RestartChunk,
     Source,
     TogetherRead,
+    on_memory_pressure,
     read_head,
 )
 from readers.errors import DecompressionLimit, RecordTooLong
@@ -160,6 +161,7 @@ _OVERFLOW = 1 << 16
 """Bytes read past a range's end, where its last record usually ends."""
 #: One buffer per worker thread stays mapped between chunks (threads run one chunk each).
 READ_BUFFERS = ReadBuffers(keep=min(os.cpu_count() or 1, 8))
+on_memory_pressure(READ_BUFFERS.clear)
 
 
 def read_into(source: Source, start: int, size: int, spare: int = 0

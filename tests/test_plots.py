@@ -12,6 +12,7 @@ from bokeh.models import BoxAnnotation, FactorRange, GlyphRenderer, Label
 
 import pipeline
 from pipeline.errors import SourceNotFound
+from pipeline.pressure.events import PressureEvent, PressureLevel
 from pipeline.report import plots
 
 
@@ -101,9 +102,10 @@ def test_memory_timeline_from_the_run(run) -> None:
     fig = plots.memory_timeline(saved)
     samples = saved.get("memory_timeline") or []
     lines = [r for r in fig.renderers if type(r.glyph).__name__ == "Line"]
+    workers = {r["worker"] for r in saved["chunk_records"]}
+    assert workers <= {s["worker"] for s in samples}  # every worker that ran a chunk has a line
     assert len(lines) == len({s["worker"] for s in samples})
-    if not samples:  # the runner of this checkout records none yet: the plot says so
-        assert any("no memory samples" in text for text in _notes(fig))
+    assert not any("no memory samples" in text for text in _notes(fig))
 
 
 def test_memory_timeline_bands_and_markers() -> None:
@@ -113,18 +115,21 @@ def test_memory_timeline_bands_and_markers() -> None:
                 "memory_fraction": None if w == "tcp://b:2" else 0.1 * i,
                 "level": level if w == "tcp://a:1" else "NORMAL"}
                for i, level in enumerate(levels) for w in ("tcp://a:1", "tcp://b:2")]
+    # as saved by older versions (no memory figures), and as the plugin logs them now
     events = [{"time": t0 + 2.0, "worker": "tcp://a:1", "old": "NORMAL", "new": "ELEVATED"},
-              {"time": t0 + 4.0, "worker": "tcp://a:1", "old": "ELEVATED", "new": "HIGH"},
+              PressureEvent(t0 + 4.0, "tcp://a:1", PressureLevel.ELEVATED, PressureLevel.HIGH,
+                            0.85, 850 * 10**9, 1000 * 10**9, True).asdict(),
               {"time": t0 + 5.0, "worker": "tcp://a:1", "old": "HIGH", "new": "NORMAL"}]
     report = {"run_id": "r", "started": t0, "finished": t0 + 6, "memory_timeline": samples,
               "pressure_events": events}
     fig = plots.memory_timeline(report)
     bands = sorted((b.left, b.right, b.fill_color) for b in _bands(fig))
-    assert bands == [(2.0, 4.0, plots.LEVEL_COLORS["ELEVATED"]),
-                     (4.0, 5.0, plots.LEVEL_COLORS["HIGH"])]
+    assert bands == [(2.0, 4.0, plots.LEVEL_COLORS[PressureLevel.ELEVATED]),
+                     (4.0, 5.0, plots.LEVEL_COLORS[PressureLevel.HIGH])]
     markers = _source(fig, "Scatter")
     assert markers["new"] == ["ELEVATED", "HIGH", "NORMAL"]
     assert markers["memory"] == [5 * 10**8, 9 * 10**8, 11 * 10**8]  # that worker's memory then
+    assert markers["paused"] == ["?", "yes", "?"]
     # without samples, the bands are replayed from the level changes alone
     fig = plots.memory_timeline(dict(report, memory_timeline=[]))
     assert len(_bands(fig)) == 2

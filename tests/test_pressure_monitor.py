@@ -1,18 +1,15 @@
-"""Tests for pipeline.pressure.monitor: levels, hysteresis, history, cgroup parsing, real memory."""
+"""Tests for pipeline.pressure.monitor: levels, hysteresis, cgroup parsing, real memory."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import dask
 import psutil
 import pytest
 from balloon import Balloon
 
-from pipeline.pressure import monitor as pressure
 from pipeline.pressure.monitor import (
     MemoryPressureMonitor,
     PressureLevel,
@@ -47,6 +44,8 @@ def levels_for(monitor: MemoryPressureMonitor, feed: Feed, fractions: list[float
 def test_threshold_defaults_and_classify() -> None:
     t = PressureThresholds()
     assert (t.elevated, t.high, t.critical, t.hysteresis) == (0.60, 0.80, 0.90, 0.05)
+    # the defaults are chunkmill.yaml's, not literals of their own
+    assert t.high == dask.config.get("chunkmill.pressure.high")
     assert t.classify(0.0) is PressureLevel.NORMAL
     assert t.classify(0.599) is PressureLevel.NORMAL
     assert t.classify(0.60) is PressureLevel.ELEVATED
@@ -65,9 +64,6 @@ def test_thresholds_read_config_at_construction_time() -> None:
     assert (inside.high, inside.hysteresis, inside.elevated) == (0.7, 0.1, 0.6)
     assert explicit.high == 0.85
     assert monitor.thresholds.high == 0.7
-    with dask.config.set({"chunkmill.pressure.interval": 0.25}):
-        assert MemoryPressureMonitor(read_memory=Feed()).interval == 0.25
-    assert MemoryPressureMonitor(read_memory=Feed()).interval == 0.5
 
 
 @pytest.mark.parametrize(
@@ -118,7 +114,12 @@ def test_sample_fields_and_limits() -> None:
     m = MemoryPressureMonitor(read_memory=feed)
     s = m.snapshot()
     assert (s.used_bytes, s.limit_bytes, s.fraction, s.level) == (300, 1000, 0.3, 0)
+    assert s.process_bytes is None
     assert abs(s.time - time.time()) < 5
+    assert m.last is s and m.level is PressureLevel.NORMAL
+    # A reader may also give the consumer's own memory (tests of the plugin's pause rule).
+    s3 = MemoryPressureMonitor(read_memory=lambda: (850, 1000, 40)).snapshot()
+    assert (s3.fraction, s3.level, s3.process_bytes) == (0.85, PressureLevel.HIGH, 40)
 
     # An explicit limit wins over the reader's; a bare int reading uses it too.
     assert MemoryPressureMonitor(read_memory=feed, limit_bytes=400).snapshot().fraction == 0.75
@@ -132,99 +133,12 @@ def test_sample_fields_and_limits() -> None:
     )
 
 
-def test_callbacks_fire_on_change_only() -> None:
-    feed = Feed()
-    m = MemoryPressureMonitor(read_memory=feed)
-    calls: list[tuple[str, str, float]] = []
-
-    def record(old: PressureLevel, new: PressureLevel, sample: pressure.MemorySample) -> None:
-        calls.append((old.name, new.name, sample.fraction))
-
-    def broken(*_: object) -> None:
-        raise RuntimeError("consumer bug")
-
-    m.add_callback(broken)  # must not stop sampling nor the other callbacks
-    m.add_callback(record)
-    levels_for(m, feed, [0.1, 0.2, 0.65, 0.7, 0.95, 0.3])
-    assert calls == [
-        ("NORMAL", "ELEVATED", 0.65),
-        ("ELEVATED", "CRITICAL", 0.95),
-        ("CRITICAL", "NORMAL", 0.3),
-    ]
-    m.remove_callback(record)
-    m.remove_callback(record)  # absent: no error
-    levels_for(m, feed, [0.95])
-    assert len(calls) == 3
-
-
-def test_callback_may_reenter_monitor() -> None:
-    feed = Feed()
-    m = MemoryPressureMonitor(read_memory=feed)
-    seen = []
-    m.add_callback(lambda old, new, s: seen.append((m.level, len(m.history))))
-    levels_for(m, feed, [0.1, 0.9])
-    assert seen == [(PressureLevel.CRITICAL, 2)]
-
-
-def test_history_is_bounded_and_average_windowed(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = SimpleNamespace(now=1000.0)
-    monkeypatch.setattr(pressure, "time", SimpleNamespace(time=lambda: clock.now))
-    feed = Feed()
-    m = MemoryPressureMonitor(read_memory=feed, history=5)
-    assert m.average() == 0.0 and m.trend() == 0.0 and m.last is None
-    for i in range(8):
-        clock.now = 1000.0 + i
-        feed.used = 100 * (i + 1)
-        m.snapshot()
-    hist = m.history
-    assert len(hist) == 5
-    assert [s.used_bytes for s in hist] == [400, 500, 600, 700, 800]
-    assert m.average() == pytest.approx(0.6)
-    assert m.average(window_s=1) == pytest.approx(0.75)  # samples at t=1006, 1007
-    assert m.last is hist[-1]
-    hist.clear()  # a copy: the monitor's own history is untouched
-    assert len(m.history) == 5
-
-
-def test_trend_least_squares(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = SimpleNamespace(now=0.0)
-    monkeypatch.setattr(pressure, "time", SimpleNamespace(time=lambda: clock.now))
-    feed = Feed(limit=10**9)
-    m = MemoryPressureMonitor(read_memory=feed)
-    # 5 MB/s growth with +-1 MB alternating noise: slope stays close to 5 MB/s.
-    for i in range(20):
-        clock.now = i * 0.5
-        feed.used = 100_000_000 + int(5_000_000 * clock.now) + (1 if i % 2 else -1) * 1_000_000
-        m.snapshot()
-    assert m.trend() == pytest.approx(5_000_000, rel=0.05)
-    # Window: only the last 2 s, still the same slope.
-    assert m.trend(window_s=2) == pytest.approx(5_000_000, rel=0.5)
-
-    flat = MemoryPressureMonitor(read_memory=Feed(used=5))
-    for i in range(3):
-        clock.now = 100.0 + i
-        flat.snapshot()
-    assert flat.trend() == 0.0
-    same_time = MemoryPressureMonitor(read_memory=Feed(used=5))
-    same_time.snapshot()
-    same_time.snapshot()
-    assert same_time.trend() == 0.0  # zero time variance: no slope, no ZeroDivisionError
-
-
 def test_repr_is_readable() -> None:
     m = MemoryPressureMonitor(read_memory=Feed(used=700 * 2**20, limit=GiB))
     assert "no samples" in repr(m)
     m.snapshot()
     text = repr(m)
-    assert "ELEVATED" in text and "700.0 MiB/1.0 GiB" in text and "68%" in text
-    assert "stopped" in text
-
-
-def test_invalid_arguments() -> None:
-    with pytest.raises(ValueError):
-        MemoryPressureMonitor(interval=0)
-    with pytest.raises(ValueError):
-        MemoryPressureMonitor(history=0)
+    assert "ELEVATED" in text and "700.00 MiB/1.00 GiB" in text and "68%" in text
 
 
 def test_default_reader_real_machine() -> None:
@@ -233,49 +147,6 @@ def test_default_reader_real_machine() -> None:
     assert 0 < sample.used_bytes <= vm.total
     assert 0 < sample.limit_bytes <= vm.total
     assert 0 < sample.fraction < 1
-
-
-def test_background_thread_starts_and_stops() -> None:
-    feed = Feed(used=100)
-    m = MemoryPressureMonitor(read_memory=feed, interval=0.02)
-    assert not m.running
-    with m:
-        assert m.running
-        assert "running" in repr(m)
-        m.start()  # idempotent: still a single thread
-        names = [t.name for t in threading.enumerate()]
-        assert names.count("chunkmill-memory-pressure") == 1
-        deadline = time.monotonic() + 5
-        while len(m.history) < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(m.history) >= 5
-    assert not m.running
-    n = len(m.history)
-    time.sleep(0.1)
-    assert len(m.history) == n
-    assert "chunkmill-memory-pressure" not in [t.name for t in threading.enumerate()]
-    # Restartable after stop.
-    m.start()
-    assert m.running
-    m.stop()
-    assert not m.running
-
-
-def test_background_thread_survives_reader_errors() -> None:
-    calls = {"n": 0}
-
-    def flaky() -> tuple[int, int]:
-        calls["n"] += 1
-        if calls["n"] % 2:
-            raise OSError("transient /proc read error")
-        return 10, 100
-
-    m = MemoryPressureMonitor(read_memory=flaky, interval=0.01)
-    with m:
-        deadline = time.monotonic() + 5
-        while len(m.history) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    assert len(m.history) >= 3
 
 
 # -------------------------------------------------------------------- cgroup
@@ -357,7 +228,7 @@ def test_inactive_file_larger_than_usage_clamps_to_zero(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------- real memory
 @pytest.mark.timeout(60)
-def test_real_balloon_drives_level_high_then_normal() -> None:
+def test_real_balloon_drives_level_high_and_back_down() -> None:
     used0, _ = read_memory_usage()
     # 4 GiB rather than 2 of headroom: other jobs on a shared box move host memory by
     # a GB or more, which must not keep the level up after the balloon is gone.
@@ -367,30 +238,36 @@ def test_real_balloon_drives_level_high_then_normal() -> None:
     balloon_bytes = int(0.95 * limit) - used0
     assert balloon_bytes > 3 * GiB
 
+    monitor = MemoryPressureMonitor(limit_bytes=limit)
     transitions: list[tuple[str, str]] = []
-    monitor = MemoryPressureMonitor(limit_bytes=limit, interval=0.05)
-    monitor.add_callback(lambda old, new, s: transitions.append((old.name, new.name)))
-    assert monitor.snapshot().level is PressureLevel.NORMAL
 
-    with monitor:  # the background thread does the sampling here
-        balloon = Balloon(balloon_bytes)
-        try:
-            deadline = time.monotonic() + 15
-            while monitor.level < PressureLevel.HIGH and time.monotonic() < deadline:
-                time.sleep(0.05)
-            peak = monitor.last
-            assert peak is not None
-            assert monitor.level >= PressureLevel.HIGH, peak
-            assert peak.fraction > 0.78, peak
-            assert monitor.trend(window_s=5) > 0
-        finally:
-            balloon.close()
+    def sample() -> PressureLevel:
+        old = monitor.level
+        new = monitor.snapshot().level
+        if new != old:
+            transitions.append((old.name, new.name))
+        return new
+
+    assert sample() is PressureLevel.NORMAL
+    balloon = Balloon(balloon_bytes)
+    try:
         deadline = time.monotonic() + 15
-        while monitor.level != PressureLevel.NORMAL and time.monotonic() < deadline:
+        while sample() < PressureLevel.HIGH and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert monitor.level is PressureLevel.NORMAL, monitor.last
+        peak = monitor.last
+        assert peak is not None
+        assert monitor.level >= PressureLevel.HIGH, peak
+        assert peak.fraction > 0.78, peak
+    finally:
+        balloon.close()
+    # Back below HIGH once the balloon is gone. NORMAL needs usage under 55 % of the budget
+    # again, which other jobs on a shared box growing by half a GB meanwhile can deny.
+    deadline = time.monotonic() + 15
+    while sample() >= PressureLevel.HIGH and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert monitor.level < PressureLevel.HIGH, monitor.last
 
     # The balloon inflates over ~0.5 s, so ELEVATED may be seen on the way up.
     assert transitions[0][0] == "NORMAL"
     assert any(new in ("HIGH", "CRITICAL") for _, new in transitions), transitions
-    assert transitions[-1][1] == "NORMAL"
+    assert transitions[-1][1] in ("NORMAL", "ELEVATED")

@@ -29,9 +29,9 @@ import dask
 from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
 from distributed.security import Security
 
-from pipeline import config
 from pipeline.errors import UsageError
 from pipeline.options import ClusterOptions
+from pipeline.pressure.plugin import install_pressure_plugin
 from readers.base import Reader
 
 log = logging.getLogger("chunkmill.cluster")
@@ -60,19 +60,6 @@ def worker_shape(options: ClusterOptions, layout: str) -> tuple[int, int]:
     if layout == "threads":
         return options.workers or 1, options.threads_per_worker or default_workers()
     return options.workers or default_workers(), options.threads_per_worker or 1
-
-
-def install_pressure_plugin(client: Client) -> None:
-    """The memory-pressure plugin on every worker (replaced, so this run's settings apply).
-
-    ``chunkmill.pressure.limit`` in dask's config (bytes or ``"12GB"``) sets the memory the
-    plugin treats as the machine's limit, e.g. the share of a notebook server the job may use.
-    """
-    from pipeline.pressure.plugin import PressurePlugin
-
-    limit = config.get("pressure.limit")
-    client.register_plugin(PressurePlugin(
-        limit_bytes=config.parse_size(limit) if limit else None, replace=True))
 
 
 @contextlib.contextmanager

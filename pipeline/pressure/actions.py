@@ -1,6 +1,6 @@
 """What the pressure plugin does to a Dask worker at each memory pressure level.
 
-:class:`~pipeline.pressure_plugin.PressurePlugin` decides *when* the level changes; the
+:class:`~pipeline.pressure.plugin.PressurePlugin` decides *when* the level changes; the
 functions here are *what* it then does to the worker (see the level table in
 :mod:`pipeline.pressure.plugin`):
 
@@ -12,14 +12,16 @@ functions here are *what* it then does to the worker (see the level table in
 :func:`release_arrow_memory`       ELEVATED and above: hand Arrow's cached free pages and
                                    idle chunk read buffers back
 :func:`sampling_interval`          ELEVATED and above: sample every 100 ms
-:func:`pause_worker`               HIGH and above: running tasks finish, no new ones start
-:func:`resume_worker`              back below HIGH
+:func:`pause_worker`               HIGH and above, when the job is the threat: running tasks
+                                   finish, no new ones start
+:func:`resume_worker`              back below HIGH, or the job is no longer the threat
 :func:`log_pressure_event`         every change: the ``chunkmill-pressure`` event clients
                                    watch (see :mod:`pipeline.pressure.window`)
+:func:`top_processes`              a long pause: what holds the memory
 =================================  ===========================================================
 
 Counters (``counters``) are the plugin's per-worker dict reported by
-:func:`~pipeline.pressure_plugin.pressure_events`; the functions update it in place.
+:func:`~pipeline.pressure.plugin.pressure_state`; the functions update it in place.
 """
 
 from __future__ import annotations
@@ -31,19 +33,19 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import psutil
 from distributed.core import Status
 
-from pipeline.pressure.monitor import MemorySample, PressureLevel
+from pipeline.pressure.events import EVENT_TOPIC, PressureEvent, PressureLevel, ProcessMemory
 
 if TYPE_CHECKING:
     from distributed import Worker
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("chunkmill.pressure")
 
 __all__ = [
     "ARROW_RELEASE_S",
     "DEFAULT_SPILL_FACTORS",
-    "EVENT_TOPIC",
     "evict_to_target",
     "is_spillable",
     "log_pressure_event",
@@ -53,9 +55,8 @@ __all__ = [
     "sampling_interval",
     "set_spill_target",
     "set_target_fraction",
+    "top_processes",
 ]
-
-EVENT_TOPIC = "chunkmill-pressure"
 
 #: Multiplier applied to the original SpillBuffer target and target fraction per level.
 DEFAULT_SPILL_FACTORS: Mapping[PressureLevel, float] = {
@@ -168,11 +169,13 @@ async def evict_to_target(
 
 
 def release_arrow_memory(counters: dict[str, Any]) -> None:
-    """Return the free pages cached by Arrow's default memory pool, and the text readers'
-    idle chunk buffers, to the OS."""
-    text = sys.modules.get("readers._text")  # only a process that read text keeps buffers
-    if text is not None:
-        text.READ_BUFFERS.clear()
+    """Return the free pages cached by Arrow's default memory pool, and the readers' idle
+    caches (the text readers' chunk buffers), to the OS."""
+    # Looked up, not imported: a worker that has not read anything yet holds no reader caches,
+    # and importing the readers (pyarrow, fsspec) would slow down installing the plugin.
+    readers_base = sys.modules.get("readers.base")
+    if readers_base is not None:
+        readers_base.release_idle_memory()
     try:
         import pyarrow as pa
     except ImportError:
@@ -199,29 +202,28 @@ def resume_worker(worker: Worker, counters: dict[str, Any]) -> None:
         counters["resumes"] += 1
 
 
-def log_pressure_event(
-    worker: Worker,
-    old: PressureLevel,
-    new: PressureLevel,
-    sample: MemorySample,
-    counters: dict[str, Any],
-) -> None:
-    """Log the level change as a ``chunkmill-pressure`` event on the scheduler."""
-    if new == PressureLevel.CRITICAL:
+def log_pressure_event(worker: Worker, event: PressureEvent, counters: dict[str, Any]) -> None:
+    """Log a level change (or pause/resume) as a ``chunkmill-pressure`` event on the scheduler."""
+    if event.new == PressureLevel.CRITICAL and event.old != PressureLevel.CRITICAL:
         counters["critical_events"] += 1
-    event = {
-        "worker": worker.address,
-        "level": new.name,
-        "level_value": int(new),
-        "previous": old.name,
-        "fraction": float(sample.fraction),
-        "used_bytes": int(sample.used_bytes),
-        "limit_bytes": int(sample.limit_bytes),
-        "paused": worker.status == Status.paused,
-        "time": float(sample.time),
-    }
+    log_event(worker, EVENT_TOPIC, event.asdict())
+
+
+def log_event(worker: Worker, topic: str, message: dict[str, Any]) -> None:
+    """``worker.log_event``, quietly doing nothing when not connected to a scheduler."""
     try:
-        worker.log_event(EVENT_TOPIC, event)
+        worker.log_event(topic, message)
     except Exception:
         # Not connected to a scheduler (yet/anymore): the reaction still matters.
-        logger.debug("could not log chunkmill-pressure event", exc_info=True)
+        logger.debug("could not log a %s event", topic, exc_info=True)
+
+
+def top_processes(n: int = 5) -> tuple[ProcessMemory, ...]:
+    """The ``n`` processes of this machine (or container) with the most resident memory."""
+    found = []
+    for proc in psutil.process_iter(["pid", "name", "memory_info"]):
+        info = proc.info
+        if info.get("memory_info") is not None:  # None: not ours to look at
+            found.append(ProcessMemory(int(info["pid"]), str(info.get("name") or "?"),
+                                       int(info["memory_info"].rss)))
+    return tuple(sorted(found, key=lambda p: -p.rss_bytes)[:n])

@@ -1,6 +1,6 @@
 """Switch Arrow's process-wide default memory pool, and put it back.
 
-Used by :class:`~pipeline.pressure_plugin.PressurePlugin` on each worker; see its
+Used by :class:`~pipeline.pressure.plugin.PressurePlugin` on each worker; see its
 ``arrow_pool`` parameter for why jemalloc is the default choice.
 """
 
@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Any
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("chunkmill.pressure")
 
 __all__ = ["default_pool_name", "restore_default_pool", "switch_default_pool"]
 

@@ -1,44 +1,34 @@
 """Memory pressure measurement, independent of any Dask cluster.
 
 The monitor turns "how much memory is in use" into a discrete :class:`PressureLevel`
-with hysteresis, so that consumers (the worker plugin, the client submission window)
-react to level *changes* instead of flapping on every sample.
+with hysteresis, so that its consumer (the worker plugin) reacts to level *changes*
+instead of flapping on every sample. It samples when asked (`MemoryPressureMonitor.snapshot`);
+the plugin asks on the worker's event loop at ``chunkmill.pressure.interval``.
 
 Everything here works in a plain Python session::
 
-    >>> from pipeline.pressure.monitor import MemoryPressureMonitor
+    >>> from pipeline.pressure import MemoryPressureMonitor
     >>> MemoryPressureMonitor().snapshot()  # doctest: +SKIP
-    MemorySample(time=..., used_bytes=..., limit_bytes=..., fraction=0.12, level=NORMAL)
+    MemorySample(time=..., used_bytes=..., limit_bytes=..., fraction=0.12, level=NORMAL, ...)
 
-Configuration (read when objects are constructed, never at import time)::
-
-    chunkmill:
-      pressure:
-        elevated: 0.60
-        high: 0.80
-        critical: 0.90
-        hysteresis: 0.05
-        interval: 0.5   # seconds between background samples
+Thresholds come from ``chunkmill.pressure.*`` in Dask's config (defaults in
+``pipeline/chunkmill.yaml``), read when objects are constructed, never at import time.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
-from functools import partial
 from pathlib import Path
-from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple
 
 import psutil
+from dask.utils import format_bytes
 
-logger = logging.getLogger(__name__)
+from pipeline import config
+from pipeline.pressure.events import PressureLevel
 
 __all__ = [
     "CgroupMemory",
@@ -46,41 +36,20 @@ __all__ = [
     "MemorySample",
     "PressureLevel",
     "PressureThresholds",
-    "default_interval",
     "read_cgroup_memory",
     "read_memory_usage",
 ]
 
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
-DEFAULT_INTERVAL = 0.5
 
-#: Signature of a level-change callback: ``fn(old_level, new_level, sample)``.
-LevelCallback = Callable[["PressureLevel", "PressureLevel", "MemorySample"], Any]
-#: A memory reader returns used bytes, or ``(used_bytes, limit_bytes)``.
-MemoryReader = Callable[[], "int | tuple[int, int]"]
-
-
-class PressureLevel(IntEnum):
-    """Discrete memory pressure levels, ordered so that ``max()`` gives the worst."""
-
-    NORMAL = 0
-    ELEVATED = 1
-    HIGH = 2
-    CRITICAL = 3
+#: A memory reader returns used bytes, ``(used_bytes, limit_bytes)``, or
+#: ``(used_bytes, limit_bytes, process_bytes)`` where the last is the consumer's own resident
+#: memory (the worker process), for readings injected by tests.
+MemoryReader = Callable[[], "int | tuple[int, int] | tuple[int, int, int]"]
 
 
-def _config(name: str, default: float) -> float:
-    # Imported lazily so that importing this module never touches dask's config
-    # machinery; the value is therefore whatever is configured *now*.
-    import dask.config
-
-    value = dask.config.get(f"chunkmill.pressure.{name}", default=default)
-    return float(value)
-
-
-def default_interval() -> float:
-    """Sampling interval in seconds from ``chunkmill.pressure.interval`` (default 0.5)."""
-    return _config("interval", DEFAULT_INTERVAL)
+def _threshold(name: str) -> Any:
+    return field(default_factory=lambda: float(config.get(f"pressure.{name}")))
 
 
 @dataclass(frozen=True)
@@ -92,10 +61,10 @@ class PressureThresholds:
     Unspecified fields come from ``chunkmill.pressure.*`` in dask's config.
     """
 
-    elevated: float = field(default_factory=partial(_config, "elevated", 0.60))
-    high: float = field(default_factory=partial(_config, "high", 0.80))
-    critical: float = field(default_factory=partial(_config, "critical", 0.90))
-    hysteresis: float = field(default_factory=partial(_config, "hysteresis", 0.05))
+    elevated: float = _threshold("elevated")
+    high: float = _threshold("high")
+    critical: float = _threshold("critical")
+    hysteresis: float = _threshold("hysteresis")
 
     def __post_init__(self) -> None:
         if not 0 < self.elevated < self.high < self.critical:
@@ -149,6 +118,8 @@ class MemorySample:
     limit_bytes: int
     fraction: float
     level: PressureLevel
+    process_bytes: int | None = None
+    """The consumer's own resident memory, when the reader gave it (tests); else None."""
 
 
 class CgroupMemory(NamedTuple):
@@ -248,14 +219,6 @@ def read_memory_usage(
     return int(used), limit
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 class MemoryPressureMonitor:
     """Samples memory usage and tracks a :class:`PressureLevel` with hysteresis.
 
@@ -266,14 +229,9 @@ class MemoryPressureMonitor:
         ``read_memory`` if it returns a tuple, else :data:`distributed.system.MEMORY_LIMIT`.
     thresholds
         Level thresholds; default from ``chunkmill.pressure.*`` config.
-    interval
-        Seconds between samples of the background thread (:meth:`start`); default
-        ``chunkmill.pressure.interval`` or 0.5.
-    history
-        Number of samples kept (bounded, oldest dropped).
     read_memory
-        Callable returning used bytes or ``(used, limit)``; default
-        :func:`read_memory_usage`. Replaceable so tests can inject values.
+        Callable returning used bytes, ``(used, limit)`` or ``(used, limit, process)``;
+        default :func:`read_memory_usage`. Replaceable so tests can inject values.
     """
 
     def __init__(
@@ -281,190 +239,50 @@ class MemoryPressureMonitor:
         *,
         limit_bytes: int | None = None,
         thresholds: PressureThresholds | None = None,
-        interval: float | None = None,
-        history: int = 600,
         read_memory: MemoryReader | None = None,
     ) -> None:
-        if interval is None:
-            interval = default_interval()
-        if interval <= 0:
-            raise ValueError(f"interval must be positive; got {interval}")
-        if history < 1:
-            raise ValueError(f"history must be >= 1; got {history}")
         self.limit_bytes = limit_bytes
         self.thresholds = thresholds if thresholds is not None else PressureThresholds()
-        self.interval = float(interval)
         self.read_memory: MemoryReader = read_memory or read_memory_usage
-        self._history: deque[MemorySample] = deque(maxlen=history)
         self._level = PressureLevel.NORMAL
-        self._callbacks: list[LevelCallback] = []
-        # Sampling may happen from the background thread and a caller concurrently.
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._last: MemorySample | None = None
 
-    # ------------------------------------------------------------------ sampling
-    def _measure(self) -> tuple[int, int]:
+    def _measure(self) -> tuple[int, int, int | None]:
         value = self.read_memory()
         if isinstance(value, tuple):
-            used, limit = value
+            used, limit, *rest = value
+            process = rest[0] if rest else None
         else:
-            used, limit = value, None
+            used, limit, process = value, None, None
         if self.limit_bytes is not None:
             limit = self.limit_bytes
         elif limit is None:
             from distributed.system import MEMORY_LIMIT
 
             limit = MEMORY_LIMIT
-        return int(used), int(limit)
+        return int(used), int(limit), None if process is None else int(process)
 
     def snapshot(self) -> MemorySample:
-        """Sample memory now, update the level, record the sample and fire callbacks.
-
-        Callbacks run in the calling thread, after the internal lock is released, so
-        they may call back into the monitor.
-        """
-        used, limit = self._measure()
+        """Sample memory now, update the level and return the sample."""
+        used, limit, process = self._measure()
         fraction = used / limit if limit > 0 else 1.0
-        with self._lock:
-            old = self._level
-            new = self.thresholds.next_level(fraction, old)
-            sample = MemorySample(time.time(), used, limit, fraction, new)
-            self._level = new
-            self._history.append(sample)
-            callbacks = list(self._callbacks) if new != old else []
-        for fn in callbacks:
-            try:
-                fn(old, new, sample)
-            except Exception:
-                # A broken consumer must not stop sampling for the others.
-                logger.exception("memory pressure callback %r failed", fn)
-        return sample
+        self._level = self.thresholds.next_level(fraction, self._level)
+        self._last = MemorySample(time.time(), used, limit, fraction, self._level, process)
+        return self._last
 
-    # ---------------------------------------------------------------- background
-    def start(self) -> Self:
-        """Sample every ``interval`` seconds in a daemon thread (no-op if running)."""
-        if self.running:
-            return self
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._run, name="chunkmill-memory-pressure", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float | None = 5.0) -> None:
-        """Stop the background thread and wait up to ``timeout`` seconds for it."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        """True while the background sampling thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.snapshot()
-            except Exception:
-                # e.g. a transient /proc read error: keep the thread alive.
-                logger.exception("memory pressure sampling failed")
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # ----------------------------------------------------------------- callbacks
-    def add_callback(self, fn: LevelCallback) -> None:
-        """Call ``fn(old_level, new_level, sample)`` whenever the level changes."""
-        with self._lock:
-            self._callbacks.append(fn)
-
-    def remove_callback(self, fn: LevelCallback) -> None:
-        """Remove a callback added with :meth:`add_callback` (no error if absent)."""
-        with self._lock:
-            try:
-                self._callbacks.remove(fn)
-            except ValueError:
-                pass
-
-    # -------------------------------------------------------------------- views
     @property
     def level(self) -> PressureLevel:
         """Level as of the latest sample (NORMAL before the first one)."""
         return self._level
 
     @property
-    def history(self) -> list[MemorySample]:
-        """Copy of the recorded samples, oldest first."""
-        with self._lock:
-            return list(self._history)
-
-    @property
     def last(self) -> MemorySample | None:
         """Most recent sample, or None before the first one."""
-        with self._lock:
-            return self._history[-1] if self._history else None
-
-    def _window(self, window_s: float | None) -> list[MemorySample]:
-        samples = self.history
-        if window_s is None or not samples:
-            return samples
-        cutoff = samples[-1].time - window_s
-        return [s for s in samples if s.time >= cutoff]
-
-    def average(self, window_s: float | None = None) -> float:
-        """Mean memory *fraction* over the last ``window_s`` seconds (all if None).
-
-        Returns 0.0 when there are no samples.
-        """
-        samples = self._window(window_s)
-        if not samples:
-            return 0.0
-        return sum(s.fraction for s in samples) / len(samples)
-
-    def trend(self, window_s: float | None = None) -> float:
-        """Least-squares slope of used bytes over time, in bytes per second.
-
-        Positive means memory is growing. Returns 0.0 with fewer than two samples.
-        """
-        samples = self._window(window_s)
-        n = len(samples)
-        if n < 2:
-            return 0.0
-        t0 = samples[0].time
-        ts = [s.time - t0 for s in samples]
-        ys = [float(s.used_bytes) for s in samples]
-        mean_t = sum(ts) / n
-        mean_y = sum(ys) / n
-        var_t = sum((t - mean_t) ** 2 for t in ts)
-        if var_t == 0:
-            return 0.0
-        cov = sum((t - mean_t) * (y - mean_y) for t, y in zip(ts, ys, strict=True))
-        return cov / var_t
+        return self._last
 
     def __repr__(self) -> str:
-        last = self.last
-        if last is None:
-            usage = "no samples"
-        else:
-            usage = (
-                f"used={_fmt_bytes(last.used_bytes)}/{_fmt_bytes(last.limit_bytes)} "
-                f"({last.fraction:.0%})"
-            )
-        state = "running" if self.running else "stopped"
-        return (
-            f"<MemoryPressureMonitor level={self._level.name} {usage} "
-            f"interval={self.interval:g}s {state}>"
-        )
+        last = self._last
+        usage = "no samples" if last is None else (
+            f"used={format_bytes(last.used_bytes)}/{format_bytes(last.limit_bytes)} "
+            f"({last.fraction:.0%})")
+        return f"<MemoryPressureMonitor level={self._level.name} {usage}>"

@@ -39,14 +39,14 @@ from bokeh.plotting import figure
 from bokeh.resources import INLINE
 
 from pipeline.errors import SourceNotFound
+from pipeline.pressure.events import MemoryPoint, PressureEvent, PressureLevel
 
 __all__ = ["load_report", "chunks_per_worker", "throughput", "memory_timeline",
            "report_layout", "save_html"]
 
 RUNS_DIR = "_chunkmill/runs"
-LEVELS = ("NORMAL", "ELEVATED", "HIGH", "CRITICAL")
-LEVEL_COLORS = {"NORMAL": "#43a047", "ELEVATED": "#fdd835", "HIGH": "#fb8c00",
-                "CRITICAL": "#e53935"}
+LEVEL_COLORS = {PressureLevel.NORMAL: "#43a047", PressureLevel.ELEVATED: "#fdd835",
+                PressureLevel.HIGH: "#fb8c00", PressureLevel.CRITICAL: "#e53935"}
 NO_WORKER = "(no worker)"
 TOOLS = "xpan,xwheel_zoom,box_zoom,reset,save"
 
@@ -214,21 +214,19 @@ def throughput(report: Mapping[str, Any] | Any, *, x_range: Range1d | None = Non
     return fig
 
 
-def _level_spans(samples: list[Mapping[str, Any]], events: list[Mapping[str, Any]],
-                 end: float) -> list[tuple[float, float, str]]:
+def _level_spans(samples: list[MemoryPoint], events: list[PressureEvent],
+                 end: float) -> list[tuple[float, float, PressureLevel]]:
     """(start, stop, level) intervals of the highest level across workers, above NORMAL.
 
     Taken from the memory samples when there are any, else replayed from the level changes.
     """
-    changes = ([(float(s["time"]), str(s.get("worker")), str(s.get("level") or "NORMAL"))
-                for s in samples if s.get("time") is not None] or
-               [(float(e["time"]), str(e.get("worker")), _event_level(e))
-                for e in events if e.get("time") is not None])
+    changes = ([(s.time, s.worker, s.level) for s in samples] or
+               [(e.time, e.worker, e.new) for e in events])
     changes.sort(key=lambda c: c[0])
-    current: dict[str, int] = {}
-    steps: list[tuple[float, int]] = []
+    current: dict[str, PressureLevel] = {}
+    steps: list[tuple[float, PressureLevel]] = []
     for t, worker, level in changes:
-        current[worker] = LEVELS.index(level) if level in LEVELS else 0
+        current[worker] = level
         top = max(current.values())
         if steps and steps[-1][0] == t:
             steps[-1] = (t, top)
@@ -237,14 +235,9 @@ def _level_spans(samples: list[Mapping[str, Any]], events: list[Mapping[str, Any
     spans = []
     for i, (t, top) in enumerate(steps):
         stop = steps[i + 1][0] if i + 1 < len(steps) else end
-        if top > 0 and stop > t:
-            spans.append((t, stop, LEVELS[top]))
+        if top > PressureLevel.NORMAL and stop > t:
+            spans.append((t, stop, top))
     return spans
-
-
-def _event_level(event: Mapping[str, Any]) -> str:
-    """The level entered; the pressure plugin's own events name it differently."""
-    return str(event.get("new") or event.get("level") or event.get("to") or "NORMAL")
 
 
 def memory_timeline(report: Mapping[str, Any] | Any, *, x_range: Range1d | None = None) -> Any:
@@ -255,19 +248,22 @@ def memory_timeline(report: Mapping[str, Any] | Any, *, x_range: Range1d | None 
     """
     report = _as_dict(report)
     t0, end = _times(report)
-    samples = [s for s in report.get("memory_timeline") or [] if s.get("time") is not None]
-    events = [e for e in report.get("pressure_events") or [] if e.get("time") is not None]
+    samples = [MemoryPoint.from_dict(s) for s in report.get("memory_timeline") or []
+               if s.get("time") is not None]
+    events = [PressureEvent.from_dict(e) for e in report.get("pressure_events") or []
+              if e.get("time") is not None]
     fig = _figure("Worker memory and pressure level", x_range, report, height=260)
-    by_worker: dict[str, list[Mapping[str, Any]]] = {}
-    for s in sorted(samples, key=lambda s: float(s["time"])):
-        by_worker.setdefault(str(s.get("worker") or NO_WORKER), []).append(s)
+    by_worker: dict[str, list[MemoryPoint]] = {}
+    for s in sorted(samples, key=lambda s: s.time):
+        by_worker.setdefault(s.worker or NO_WORKER, []).append(s)
     lines = []
     for i, (worker, rows) in enumerate(sorted(by_worker.items())):
         source = ColumnDataSource({
-            "t": [float(s["time"]) - t0 for s in rows],
-            "memory": [int(s.get("memory_bytes") or 0) for s in rows],
-            "fraction": [float(s.get("memory_fraction") or 0.0) for s in rows],
-            "level": [str(s.get("level") or "NORMAL") for s in rows],
+            "t": [s.time - t0 for s in rows],
+            "memory": [s.memory_bytes for s in rows],
+            "fraction": [s.memory_fraction or 0.0 for s in rows],
+            "pressure": [s.pressure_fraction or 0.0 for s in rows],
+            "level": [s.level.name for s in rows],
             "worker": [worker] * len(rows)})
         lines.append(fig.line(x="t", y="memory", source=source, line_width=2,
                               line_color=Category10_10[i % len(Category10_10)],
@@ -275,27 +271,29 @@ def memory_timeline(report: Mapping[str, Any] | Any, *, x_range: Range1d | None 
     if lines:
         fig.add_tools(HoverTool(renderers=lines, tooltips=[
             ("worker", "@worker"), ("t", "@t{0.0} s"), ("memory", "@memory{0.0 b}"),
-            ("of limit", "@fraction{0%}"), ("level", "@level")]))
+            ("of worker limit", "@fraction{0%}"), ("level", "@level"),
+            ("memory used (level)", "@pressure{0%}")]))
         fig.legend.location = "top_left"
         fig.legend.click_policy = "hide"
         fig.legend.label_text_font_size = "8pt"
     for start, stop, level in _level_spans(samples, events, end):
         fig.add_layout(BoxAnnotation(left=start - t0, right=stop - t0, fill_alpha=0.18,
                                      fill_color=LEVEL_COLORS[level], level="underlay"))
-    markers = {k: [] for k in ("t", "memory", "worker", "old", "new", "color")}
+    markers = {k: [] for k in ("t", "memory", "worker", "old", "new", "paused", "color")}
     for e in events:
-        worker, t = str(e.get("worker") or NO_WORKER), float(e["time"])
-        new = _event_level(e)
-        markers["t"].append(t - t0)
-        markers["memory"].append(_memory_at(by_worker.get(worker, []), t, e))
+        worker = e.worker or NO_WORKER
+        markers["t"].append(e.time - t0)
+        markers["memory"].append(_memory_at(by_worker.get(worker, []), e))
         markers["worker"].append(worker)
-        markers["old"].append(str(e.get("old") or e.get("previous") or e.get("from") or "?"))
-        markers["new"].append(new)
-        markers["color"].append(LEVEL_COLORS.get(new, "#757575"))
+        markers["old"].append(e.old.name)
+        markers["new"].append(e.new.name)
+        markers["paused"].append({True: "yes", False: "no"}.get(e.paused, "?"))
+        markers["color"].append(LEVEL_COLORS[e.new])
     tri = fig.scatter(x="t", y="memory", source=ColumnDataSource(markers), marker="triangle",
                       size=11, fill_color="color", line_color="#212121")
     fig.add_tools(HoverTool(renderers=[tri], tooltips=[
-        ("worker", "@worker"), ("t", "@t{0.0} s"), ("pressure", "@old → @new")]))
+        ("worker", "@worker"), ("t", "@t{0.0} s"), ("pressure", "@old → @new"),
+        ("paused", "@paused")]))
     if not samples:
         _note(fig, "no memory samples recorded" +
               (f"; {len(events)} pressure change(s)" if events else ""))
@@ -305,14 +303,11 @@ def memory_timeline(report: Mapping[str, Any] | Any, *, x_range: Range1d | None 
     return fig
 
 
-def _memory_at(rows: list[Mapping[str, Any]], t: float, event: Mapping[str, Any]) -> int:
-    """The worker's memory nearest ``t`` (events carry no memory of their own in the report)."""
-    if event.get("used_bytes") is not None:
-        return int(event["used_bytes"])
+def _memory_at(rows: list[MemoryPoint], event: PressureEvent) -> int:
+    """The worker's memory nearest the event (the event's own figure is the machine's)."""
     if not rows:
-        return 0
-    nearest = min(rows, key=lambda s: abs(float(s["time"]) - t))
-    return int(nearest.get("memory_bytes") or 0)
+        return int(event.used_bytes or 0)
+    return min(rows, key=lambda s: abs(s.time - event.time)).memory_bytes
 
 
 # --- page ---------------------------------------------------------------------------------------

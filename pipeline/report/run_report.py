@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline.pressure.events import MemoryPoint, PressureEvent
+
 
 @dataclass
 class ChunkRecord:
@@ -43,16 +45,18 @@ class RunReport:
     """One line per failed file (path and reason)."""
     notes: list[str] = field(default_factory=list)
     dashboard: str | None = None
-    pressure_events: list[dict[str, Any]] = field(default_factory=list)
-    """Pressure level changes: time, worker, old and new level."""
+    pressure_events: list[PressureEvent] = field(default_factory=list)
+    """The workers' pressure level changes (and pauses and resumes), as their plugins logged
+    them."""
     spilled_bytes: int = 0
     """Bytes the workers spilled to disk (Dask's own counters)."""
     pauses: int = 0
     """Times the pressure plugin paused a worker."""
     pressure: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per worker: the pressure plugin's counters at the end of the run."""
-    memory_timeline: list[dict[str, Any]] = field(default_factory=list)
-    """Samples of each worker's memory and pressure level, about every 0.5 s."""
+    memory_timeline: list[MemoryPoint] = field(default_factory=list)
+    """Each worker's memory and pressure level, once per ``chunkmill.pressure.interval`` and
+    at least at the start and the end of the run."""
     chunk_records: list[ChunkRecord] = field(default_factory=list)
 
     @property
@@ -78,10 +82,16 @@ class RunReport:
         known = {f for f in cls.__dataclass_fields__}
         fields_ = {k: v for k, v in data.items() if k in known}
         fields_["chunk_records"] = [ChunkRecord(**r) for r in data.get("chunk_records") or []]
+        fields_["pressure_events"] = [PressureEvent.from_dict(e)
+                                      for e in data.get("pressure_events") or []]
+        fields_["memory_timeline"] = [MemoryPoint.from_dict(p)
+                                      for p in data.get("memory_timeline") or []]
         return cls(**fields_)
 
     def asdict(self) -> dict[str, Any]:
         data = asdict(self)
+        data.update(pressure_events=[e.asdict() for e in self.pressure_events],
+                    memory_timeline=[p.asdict() for p in self.memory_timeline])
         data.update(duration_s=self.duration_s, throughput_mb_s=self.throughput_mb_s,
                     exit_code=self.exit_code)
         return data
