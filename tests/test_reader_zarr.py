@@ -209,3 +209,22 @@ def test_sparse_listing_is_capped(tmp_path):
 def test_directory_markers():
     assert set(ZarrReader.directory_markers) == {"zarr.json", ".zgroup", ".zarray"}
     assert ZarrReader.sniff(b'{"zarr_format": 3}', "zarr.json") == 0
+
+
+def test_many_small_arrays_share_chunks_and_empty_ones_go_to_the_catalog(tmp_path):
+    g = zarr.open_group(str(tmp_path / "m.zarr"), mode="w", zarr_format=3)
+    for i in range(300):
+        g.create_array(f"a{i:03d}", shape=(2,), chunks=(2,), dtype="i4")[:] = [i, -i]
+    g.create_array("none", shape=(0,), chunks=(4,), dtype="f8")
+    g.create_array("flat", shape=(3, 0), chunks=(1, 1), dtype="f8")
+    src = Source("file://" + str(tmp_path / "m.zarr"), 100_000, None, "fid", "fp", "m")
+    reader = ZarrReader()
+    options = reader.configure({})
+    desc = reader.describe(src, options)
+    assert len(reader.plan(src, desc, options)) == 2  # 256 + 44 arrays, not 300 tasks
+    assert desc.metadata["arrays"]["none"]["empty"] is True
+    assert desc.metadata["arrays"]["flat"]["empty"] is True
+    assert "none" not in desc.tables and "flat" not in desc.tables
+    _, tables, rejected = _read_all(src, {})
+    assert not rejected and len(tables) == 300
+    assert tables["a299"].column("a299").to_pylist() == [299, -299]
