@@ -452,6 +452,14 @@ def reject_rows(ctx: ChunkContext, values: np.ndarray, bad: np.ndarray, start: i
                    message=f"{where} row {start + int(i)}: {why}")
 
 
+class _Undecodable(Exception):  # noqa: N818 - a wrapper, never raised out of read_rows
+    """The storage library could not give a block's values (``cause`` says why)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 def read_rows(fetch: Callable[[int, int], np.ndarray], info: ArrayInfo, schema: pa.Schema,
               a: int, b: int, ctx: ChunkContext, where: str,
               offset_of: Callable[[int], int | None] = lambda row: None,
@@ -459,10 +467,18 @@ def read_rows(fetch: Callable[[int, int], np.ndarray], info: ArrayInfo, schema: 
     """Rows ``a:b`` as tables; a block that fails is retried one storage chunk at a time.
 
     So one damaged chunk costs only its own rows: each chunk that still fails becomes one
-    ``chunk`` row in ``_errors`` at its byte offset (when known).
+    ``chunk`` row in ``_errors`` at its byte offset (when known). Whatever the storage library
+    raises while decoding stored bytes (a codec's RuntimeError, ...) is a damaged chunk
+    (``CorruptStream``), not an internal error; a failure converting decoded values keeps its
+    own code.
     """
     try:
-        values = fetch(a, b)
+        try:
+            values = fetch(a, b)
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            raise _Undecodable(exc) from exc
         arrays, bad = to_columns(values, info, schema)
     except TRANSIENT:
         raise  # the runner retries the whole chunk after a backoff
@@ -472,8 +488,12 @@ def read_rows(fetch: Callable[[int, int], np.ndarray], info: ArrayInfo, schema: 
                 yield from read_rows(fetch, info, schema, start, min(start + info.grid_rows, b),
                                      ctx, where, offset_of, record_offsets)
             return
-        ctx.reject(kind="chunk", error_type=error_code(exc), byte_offset=offset_of(a),
-                   message=f"{where} rows {a}:{b}: {one_line(exc)}")
+        cause = exc.cause if isinstance(exc, _Undecodable) else exc
+        code = error_code(cause)
+        if isinstance(exc, _Undecodable) and code == ErrorCode.INTERNAL:
+            code = ErrorCode.CORRUPT_STREAM
+        ctx.reject(kind="chunk", error_type=code, byte_offset=offset_of(a),
+                   message=f"{where} rows {a}:{b}: {one_line(cause)}")
         return
     if bad is not None:
         reject_rows(ctx, values, bad, a, where, offset_of(a) if record_offsets else None,

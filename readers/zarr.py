@@ -139,27 +139,40 @@ class ZarrReader(Reader):
         except Exception as exc:
             raise ZarrStoreError(f"{source.path}: not a readable Zarr store "
                                  f"({one_line(exc)})") from exc
-        meta: dict[str, Any] = {"zarr_format": node.metadata.zarr_format,
-                                "attributes": json_safe(dict(node.attrs)), "arrays": {},
-                                "scalars": {}, "groups": {}, "refused": {}}
+        try:  # zarr parses every member's metadata while listing: one broken document stops it
+            meta: dict[str, Any] = {"zarr_format": node.metadata.zarr_format,
+                                    "attributes": json_safe(dict(node.attrs)), "arrays": {},
+                                    "scalars": {}, "groups": {}, "refused": {}}
+            if isinstance(node, zarr.Array):
+                members: list[tuple[str, Any]] = [("", node)]
+            else:
+                members = list(node.members(max_depth=None))
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            raise ZarrStoreError(f"{source.path}: damaged Zarr hierarchy "
+                                 f"({one_line(exc)})") from exc
         infos: dict[str, ArrayInfo] = {}
         tables: dict[str, pa.Schema] = {}
-        if isinstance(node, zarr.Array):
-            members: list[tuple[str, Any]] = [("", node)]
-        else:
-            members = list(node.members(max_depth=None))
         limit = options.max_objects
         if len(members) > limit:
             raise Unsupported(f"{source.path}: {len(members)} arrays and groups (more than "
                              f"{limit}); not supported")
         taken: set[str] = set()
         for path, obj in sorted(members, key=lambda m: m[0]):
-            if isinstance(obj, zarr.Group):
-                attrs = json_safe(dict(obj.attrs))
-                if attrs:
-                    meta["groups"][path] = attrs
-            else:
-                self._array(source, path, obj, options, meta, tables, infos, taken)
+            try:
+                if isinstance(obj, zarr.Group):
+                    attrs = json_safe(dict(obj.attrs))
+                    if attrs:
+                        meta["groups"][path] = attrs
+                else:
+                    self._array(source, path, obj, options, meta, tables, infos, taken)
+            except TRANSIENT:
+                raise
+            except Exception as exc:  # metadata zarr accepted but we cannot use: this one only
+                reason = f"unusable metadata: {one_line(exc)}"
+                meta["refused"][path or "/"] = reason
+                infos[path] = ArrayInfo(path, "", "column", "row", 0, 1, 1, refused=reason)
         return Description(tables, meta, {"arrays": infos})
 
     def _array(self, source: Source, path: str, arr: zarr.Array, options: ArrayOptions,

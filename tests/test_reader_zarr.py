@@ -228,3 +228,27 @@ def test_many_small_arrays_share_chunks_and_empty_ones_go_to_the_catalog(tmp_pat
     _, tables, rejected = _read_all(src, {})
     assert not rejected and len(tables) == 300
     assert tables["a299"].column("a299").to_pylist() == [299, -299]
+
+
+def test_hostile_chunks_and_metadata_found_by_fuzzing(tmp_path):
+    """A chunk its codec cannot decode is a damaged chunk, not an internal error; metadata
+    zarr refuses while listing the hierarchy fails the store with a reader error."""
+    from readers.errors import ReaderError
+
+    g = zarr.open_group(str(tmp_path / "z.zarr"), mode="w", zarr_format=3)
+    g.create_array("a", shape=(40,), chunks=(16,), dtype="<i4")[:] = np.arange(40)
+    chunk = tmp_path / "z.zarr" / "a" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[0] ^= 1  # the zstd frame magic
+    chunk.write_bytes(bytes(data))
+    src = Source("file://" + str(tmp_path / "z.zarr"), 10_000, None, "fid", "fp", "z")
+    _, tables, rejected = _read_all(src, {"chunk_size": 64})
+    assert [(r.kind, r.error_type) for r in rejected] == [("chunk", "CorruptStream")]
+    assert tables["a"].column("a").to_pylist() == list(range(16, 40))
+
+    meta = tmp_path / "z.zarr" / "a" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["shape"] = None
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(ReaderError, match="damaged Zarr hierarchy"):
+        _read_all(src, {})
