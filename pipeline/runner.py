@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from pipeline import config
@@ -36,7 +37,7 @@ from pipeline.options import IngestOptions
 from pipeline.output.catalog import CatalogRow, catalog_table
 from pipeline.output.commit import CommitItem, apply_commit, plan_commit
 from pipeline.output.journal import Journal, JournalState
-from pipeline.output.layout import CATALOG_DIR, ERRORS_DIR, STATE_DIR
+from pipeline.output.layout import CATALOG_DIR, ERRORS_DIR, STATE_DIR, table_name
 from pipeline.output.lock import OutputLock
 from pipeline.output.rejects import errors_table, stage_errors
 from pipeline.output.schemas import SchemaStore
@@ -272,10 +273,15 @@ class Runner:
         assert self.plan is not None and self.sink is not None
         planned = run.planned
         options = self.plan.reader_options[planned.reader]
-        task = ChunkTask(planned.source, planned.reader, spec, planned.description, options,
-                         self.sink, self.options.retries)
-        token = chunk_token(planned.source, planned.reader, spec, planned.description, options,
-                            self.sink, self.config)
+        # Only what this chunk reads travels with it (and goes into its token): a file of
+        # thousands of tables would otherwise put every table's schema into each of its tasks.
+        description = get_reader(planned.reader)().chunk_description(planned.description, spec)
+        names = {table_name(t) for t in description.tables}  # the sink knows OUT's names
+        sink = replace(self.sink, schemas={t: self.sink.schemas[t] for t in names})
+        task = ChunkTask(planned.source, planned.reader, spec, description, options, sink,
+                         self.options.retries)
+        token = chunk_token(planned.source, planned.reader, spec, description, options, sink,
+                            self.config)
         return Job(run.size, f"chunkmill-chunk-{self.run_id}-{spec.id}-{run.chunks.rounds}",
                    run_chunk, task, (run, spec, token))
 

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from readers._deferred import deferred
-from readers.base import RAW_CAP, ChunkContext
+from readers.base import RAW_CAP, ChunkContext, ChunkSpec, Description
 from readers.errors import ErrorCode, Unsupported, error_code, one_line
 from readers.options import ReaderOptions
 
@@ -37,6 +37,10 @@ class ArrayOptions(ReaderOptions):
     max_objects: int = 10_000
     """Links (datasets, groups) walked per file."""
     max_chunks_per_file: int = 200_000
+    max_arrays_per_chunk: int = 256
+    """Arrays small enough for one row block each are read many to a chunk task (up to this
+    many, and about ``chunk_size`` bytes): a file of thousands of tiny datasets would
+    otherwise cost a task, a file open and a scheduling round trip per dataset."""
 
 
 _VLEN_ROW_GUESS = 32  # bytes per variable-length element, for block sizing only
@@ -78,6 +82,75 @@ class ArraySelector:
     """Why the array is not read: the chunk only writes this reason to ``_errors``."""
 
 
+@dataclass(frozen=True, slots=True)
+class ArrayBatch:
+    """Several whole small arrays read by one chunk (`ChunkSpec.selector`, with ``table``
+    None: the chunk yields rows of several tables)."""
+
+    parts: tuple[ArraySelector, ...]
+
+
+def selectors(chunk: ChunkSpec) -> tuple[ArraySelector, ...]:
+    """The array slices a chunk reads, whether it reads one or a batch."""
+    sel = chunk.selector
+    return sel.parts if isinstance(sel, ArrayBatch) else (sel,)
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One planned row block (or refusal) of one array, before chunks are numbered."""
+
+    selector: ArraySelector
+    table: str | None
+    length: int
+    """Stored bytes expected (`ChunkSpec.length`)."""
+    weight: int
+    """Decoded bytes (`ChunkSpec.weight`)."""
+    whole: bool
+    """The block is the whole array (or a refusal): it may share a chunk with others."""
+
+
+def number_chunks(file_id: str, units: Sequence[Unit], options: ArrayOptions
+                  ) -> list[ChunkSpec]:
+    """Chunks of a file from its planned units: blocks of big arrays one per chunk, whole
+    small arrays (and refusals) packed into batches of up to ``max_arrays_per_chunk``
+    arrays and about ``chunk_size`` decoded bytes. Deterministic: same units, same chunks."""
+    specs: list[ChunkSpec] = []
+    batches: list[list[Unit]] = []
+    size = 0
+    cap = max(1, options.max_arrays_per_chunk)
+    for unit in units:
+        if not unit.whole:
+            specs.append(ChunkSpec(file_id, len(specs), unit.selector.start, unit.length,
+                                   unit.table, unit.selector, unit.weight))
+            continue
+        if not batches or len(batches[-1]) >= cap or size + unit.weight > options.chunk_size:
+            batches.append([])
+            size = 0
+        batches[-1].append(unit)
+        size += unit.weight
+    for batch in batches:
+        if len(batch) == 1:
+            unit = batch[0]
+            specs.append(ChunkSpec(file_id, len(specs), unit.selector.start, unit.length,
+                                   unit.table, unit.selector, unit.weight))
+        else:
+            specs.append(ChunkSpec(file_id, len(specs), 0, sum(u.length for u in batch), None,
+                                   ArrayBatch(tuple(u.selector for u in batch)),
+                                   sum(u.weight for u in batch)))
+    return specs
+
+
+def chunk_description(description: Description, chunk: ChunkSpec) -> Description:
+    """What reading ``chunk`` needs of a file's description: its arrays' layouts and table
+    schemas, not the whole file's (nor the catalog facts, which stay on the client)."""
+    infos: dict[str, ArrayInfo] = description.state["arrays"]
+    keep = {s.path: infos[s.path] for s in selectors(chunk) if s.path in infos}
+    tables = {i.table: description.tables[i.table] for i in keep.values()
+              if i.table in description.tables}
+    return Description(tables, {}, {"arrays": keep})
+
+
 def table_name(path: str) -> str:
     """``/sensors/temp`` -> ``sensors.temp`` (safe as one directory name, never hidden)."""
     name = ".".join(p for p in path.split("/") if p)
@@ -111,9 +184,11 @@ def arrow_type(dt: np.dtype) -> pa.DataType:
         return pa.struct([(n, arrow_type(dt.fields[n][0])) for n in dt.names])
     kind = dt.kind
     try:
+        if kind == "f" and dt.itemsize > 8:
+            return pa.float64()  # long double: see `WIDE_FLOAT_NOTE`
         if kind in "biufmM":
             return pa.from_numpy_dtype(dt.newbyteorder("="))
-        if kind == "c" and dt.itemsize in (8, 16):
+        if kind == "c" and dt.itemsize in (8, 16, 24, 32):
             part = pa.float32() if dt.itemsize == 8 else pa.float64()
             return pa.struct([("real", part), ("imag", part)])
     except (pa.ArrowNotImplementedError, TypeError) as exc:
@@ -125,10 +200,37 @@ def arrow_type(dt: np.dtype) -> pa.DataType:
     raise Unsupported(f"dtype {dt} has no Arrow equivalent")
 
 
+#: Catalog note for long doubles (float128/float96, and complex of them): Parquet has no such
+#: type. They become float64, rounded to its 53-bit mantissa; a finite value beyond float64's
+#: range would become infinite, so its row is rejected instead (``TypeMismatch``).
+WIDE_FLOAT_NOTE = ("long double values are stored as float64 (rounded to 53 bits of mantissa); "
+                   "rows holding a finite value beyond float64's range go to _errors")
+
+
+def has_wide_float(dt: np.dtype) -> bool:
+    """True when ``dt`` holds long doubles anywhere (fields, sub-arrays)."""
+    if dt.subdtype is not None:
+        return has_wide_float(dt.subdtype[0])
+    if dt.names:
+        return any(has_wide_float(dt.fields[n][0]) for n in dt.names)
+    return dt.kind in "fc" and dt.itemsize > (8 if dt.kind == "f" else 16)
+
+
+def element_shape(dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
+    """An array whose elements are themselves arrays (HDF5 ``H5T_ARRAY``, numpy sub-array
+    dtype) as an array of their base type with the element axes appended: h5py reads it so."""
+    if dtype.subdtype is None:
+        return dtype, tuple(shape)
+    base, inner = dtype.subdtype
+    return element_shape(base, (*shape, *inner))
+
+
 def array_layout(path: str, dtype: np.dtype, shape: tuple[int, ...]
                  ) -> tuple[pa.Schema, str, str, tuple[int, ...]]:
     """(schema, layout, index column, value shape) of the table an array of ``shape`` makes."""
     leaf = path.rstrip("/").rsplit("/", 1)[-1] or "value"
+    if len(shape) > 1:  # a 1-D array of arrays is a list column; N-D ones fold into ``value``
+        dtype, shape = element_shape(dtype, shape)
     if len(shape) == 1 and dtype.names and dtype.subdtype is None:
         layout = "fields"
         columns = [(n, arrow_type(dtype.fields[n][0])) for n in dtype.names]
@@ -188,6 +290,13 @@ def row_blocks(nrows: int, grid_rows: int, bytes_per_row: int, chunk_size: int,
     return blocks
 
 
+#: Why a row is rejected: bit flags of the per-row masks `convert` returns.
+BAD_UTF8 = 1
+"""A string value is not UTF-8."""
+OUT_OF_RANGE = 2
+"""A long double is finite but beyond float64's range."""
+
+
 def _or(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
     if a is None:
         return b
@@ -238,17 +347,29 @@ def _strings(values: np.ndarray) -> tuple[pa.Array, np.ndarray | None]:
         bad = np.fromiter((not _valid_utf8(v) for v in items), bool, len(items))
         kept = pa.array([None if b else v for v, b in zip(items, bad, strict=True)],
                         type=pa.binary())
-        return kept.cast(pa.string()), bad
+        return kept.cast(pa.string()), bad.astype(np.uint8) * BAD_UTF8
+
+
+def _wide_floats(values: np.ndarray) -> tuple[pa.Array, np.ndarray | None]:
+    """Long doubles as float64 (see `WIDE_FLOAT_NOTE`); finite values that overflow are bad."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = values.astype(np.float64)
+    overflow = np.isinf(out) & np.isfinite(values)
+    if overflow.any():
+        out[overflow] = 0.0
+        return pa.array(out), overflow.astype(np.uint8) * OUT_OF_RANGE
+    return pa.array(out), None
 
 
 def convert(values: np.ndarray) -> tuple[pa.Array, np.ndarray | None]:
-    """Arrow array of ``values`` along axis 0, and a mask of rows holding undecodable strings."""
+    """Arrow array of ``values`` along axis 0, and per row the flags (`BAD_UTF8`,
+    `OUT_OF_RANGE`) of values it could not hold (None when every row is good)."""
     n = len(values)
     if values.ndim > 1:
         size = math.prod(values.shape[1:])
         inner, bad = convert(values.reshape(n * size))
         if bad is not None:
-            bad = bad.reshape(n, size).any(axis=1)
+            bad = np.bitwise_or.reduce(bad.reshape(n, size), axis=1)
         return pa.FixedSizeListArray.from_arrays(inner, size), bad
     dt = values.dtype
     vlen = (dt.metadata or {}).get("vlen")
@@ -263,10 +384,13 @@ def convert(values: np.ndarray) -> tuple[pa.Array, np.ndarray | None]:
         return pa.array(list(values), type=arrow_type(dt)), None
     if dt.kind in "SOUT":
         return _strings(values)
+    if dt.kind == "f" and dt.itemsize > 8:
+        return _wide_floats(values)
     if dt.kind == "c":
-        real, imag = convert(np.ascontiguousarray(values.real))[0], convert(
-            np.ascontiguousarray(values.imag))[0]
-        return pa.StructArray.from_arrays([real, imag], names=["real", "imag"]), None
+        real, real_bad = convert(np.ascontiguousarray(values.real))
+        imag, imag_bad = convert(np.ascontiguousarray(values.imag))
+        return (pa.StructArray.from_arrays([real, imag], names=["real", "imag"]),
+                _or(real_bad, imag_bad))
     if dt.kind == "V":
         data = pa.py_buffer(np.ascontiguousarray(values).view(np.uint8))
         return pa.Array.from_buffers(pa.binary(dt.itemsize), n, [None, data]), None
@@ -308,20 +432,32 @@ def to_tables(arrays: list[pa.Array], bad: np.ndarray | None, schema: pa.Schema,
         table = pa.Table.from_arrays([row, *(a.slice(lo, hi - lo) for a in arrays)],
                                      schema=schema)
         if bad is not None and bad[lo:hi].any():
-            table = table.filter(pa.array(~bad[lo:hi]))
+            table = table.filter(pa.array(bad[lo:hi] == 0))
         yield table
 
 
 def reject_rows(ctx: ChunkContext, values: np.ndarray, bad: np.ndarray, start: int, where: str,
                 byte_offset: int | None, row_bytes_: int) -> None:
-    """One ``_errors`` row per row holding a string that is not UTF-8."""
+    """One ``_errors`` row per row holding a value no column can hold (see `convert`)."""
     for i in np.flatnonzero(bad):
         item = values[i]
         raw = item if isinstance(item, bytes) else (
             repr(item).encode() if values.dtype.hasobject else np.asarray(item).tobytes())
-        ctx.reject(error_type=ErrorCode.INVALID_UTF8, raw=raw[:RAW_CAP],
+        if bad[i] & BAD_UTF8:
+            code, why = ErrorCode.INVALID_UTF8, "string value is not valid UTF-8"
+        else:
+            code, why = ErrorCode.TYPE_MISMATCH, "long double value beyond float64's range"
+        ctx.reject(error_type=code, raw=raw[:RAW_CAP],
                    byte_offset=None if byte_offset is None else byte_offset + int(i) * row_bytes_,
-                   message=f"{where} row {start + int(i)}: string value is not valid UTF-8")
+                   message=f"{where} row {start + int(i)}: {why}")
+
+
+class _Undecodable(Exception):  # noqa: N818 - a wrapper, never raised out of read_rows
+    """The storage library could not give a block's values (``cause`` says why)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def read_rows(fetch: Callable[[int, int], np.ndarray], info: ArrayInfo, schema: pa.Schema,
@@ -331,10 +467,18 @@ def read_rows(fetch: Callable[[int, int], np.ndarray], info: ArrayInfo, schema: 
     """Rows ``a:b`` as tables; a block that fails is retried one storage chunk at a time.
 
     So one damaged chunk costs only its own rows: each chunk that still fails becomes one
-    ``chunk`` row in ``_errors`` at its byte offset (when known).
+    ``chunk`` row in ``_errors`` at its byte offset (when known). Whatever the storage library
+    raises while decoding stored bytes (a codec's RuntimeError, ...) is a damaged chunk
+    (``CorruptStream``), not an internal error; a failure converting decoded values keeps its
+    own code.
     """
     try:
-        values = fetch(a, b)
+        try:
+            values = fetch(a, b)
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            raise _Undecodable(exc) from exc
         arrays, bad = to_columns(values, info, schema)
     except TRANSIENT:
         raise  # the runner retries the whole chunk after a backoff
@@ -344,8 +488,12 @@ def read_rows(fetch: Callable[[int, int], np.ndarray], info: ArrayInfo, schema: 
                 yield from read_rows(fetch, info, schema, start, min(start + info.grid_rows, b),
                                      ctx, where, offset_of, record_offsets)
             return
-        ctx.reject(kind="chunk", error_type=error_code(exc), byte_offset=offset_of(a),
-                   message=f"{where} rows {a}:{b}: {one_line(exc)}")
+        cause = exc.cause if isinstance(exc, _Undecodable) else exc
+        code = error_code(cause)
+        if isinstance(exc, _Undecodable) and code == ErrorCode.INTERNAL:
+            code = ErrorCode.CORRUPT_STREAM
+        ctx.reject(kind="chunk", error_type=code, byte_offset=offset_of(a),
+                   message=f"{where} rows {a}:{b}: {one_line(cause)}")
         return
     if bad is not None:
         reject_rows(ctx, values, bad, a, where, offset_of(a) if record_offsets else None,

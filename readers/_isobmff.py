@@ -189,6 +189,12 @@ class Track:
     edit_shift: int = 0
     """Ticks added to every time: a leading empty edit minus the first edit's media time."""
     edit_note: str | None = None
+    edits: list[tuple[int, int, int]] = field(default_factory=list)
+    """The edit list as stored (first `MAX_EDITS`): segment duration in movie ticks, media time
+    in track ticks (-1: an empty edit), rate (16.16 fixed point)."""
+    edit_count: int = 0
+    presented: tuple[int, int] | None = None
+    """Track ticks (after `edit_shift`) of the presentation window the first edit plays."""
 
 
 @dataclass(slots=True)
@@ -283,8 +289,18 @@ def _track_box(data: bytes, base: int, box: Box, track: Track) -> None:
         track.sample_count = struct.unpack_from(">I", data, pos + 4)[0]
 
 
+#: Edit list entries kept for the catalog (the rest are counted).
+MAX_EDITS = 100
+
+
 def edit_shift(data: bytes, base: int, track: Track, movie_timescale: int) -> None:
-    """Apply the edit list the way players do for the common single-edit case."""
+    """Map media time to movie time through the first non-empty edit (ISO 14496-12 8.6.6).
+
+    Every time is shifted by the leading empty edits minus that edit's media time, so the
+    sample composed at the edit's media time is presented at the edit's start. Samples are
+    never dropped: `Track.presented` is the window the edit plays, and samples outside it
+    (decoder pre-roll before, trailing media after) keep their shifted times.
+    """
     box = track.boxes.get("elst")
     if box is None:
         return
@@ -292,14 +308,19 @@ def edit_shift(data: bytes, base: int, track: Track, movie_timescale: int) -> No
     dtype = ([("dur", ">u8"), ("time", ">i8"), ("rate", ">i4")] if version == 1 else
              [("dur", ">u4"), ("time", ">i4"), ("rate", ">i4")])
     table = entries(data, box, base, dtype)
+    track.edit_count = len(table)
+    track.edits = [tuple(int(v) for v in row) for row in table[:MAX_EDITS].tolist()]
+    scale = max(movie_timescale, 1)
     empty, segments = 0, 0
     for dur, time, _ in table[:1000].tolist():
         if time == -1:
             empty += dur if segments == 0 else 0
         else:
             if segments == 0:
-                scale = max(movie_timescale, 1)
-                track.edit_shift = (empty * track.timescale + scale // 2) // scale - time
+                start = (empty * track.timescale + scale // 2) // scale
+                track.edit_shift = start - time
+                length = (dur * track.timescale + scale // 2) // scale
+                track.presented = (start, start + length)
             segments += 1
     if abs(track.edit_shift) >= 1 << 53:
         raise BoxError(f"elst at byte {box.offset}: edit shift of {track.edit_shift} ticks is "

@@ -288,6 +288,15 @@ class Reader(ABC):
              options: ReaderOptions, ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
         """Yield ``(table, rows)`` for one chunk, in the schemas of ``description.tables``."""
 
+    def chunk_description(self, description: Description, chunk: ChunkSpec) -> Description:
+        """The part of ``description`` that `read` needs for ``chunk``: what its task carries.
+
+        A file of thousands of tables (an HDF5 file of many small datasets) would otherwise
+        ship every table's schema and every catalog fact with each of its tasks, a cost that
+        grows with tables x tasks. The default is the whole description.
+        """
+        return description
+
     def reconcile(self, source: Source, description: Description, chunks: list[ChunkSpec],
                   outcomes: Sequence[ChunkOutcome]) -> Reconciliation:
         """Check a file's chunk results against each other before they are committed."""

@@ -13,7 +13,10 @@ Layout of array tables (shared with `readers.zarr`):
   value that is not UTF-8 rejects its row into ``_errors``; complex -> struct<real, imag>;
   opaque -> fixed_size_binary; enum -> its integer base (mapping in the catalog); sub-array
   fields -> fixed-size list; nested compound -> struct; ragged sequences -> list.
-- 0-d (scalar) and empty datasets go to the catalog metadata (``scalars``), not to tables.
+- Long doubles (float128, complex256) become float64 (the catalog's ``cast`` says so); a row
+  holding a finite value beyond float64's range goes to ``_errors`` (``TypeMismatch``).
+- 0-d (scalar) datasets go to the catalog metadata (``scalars``), datasets with no values
+  (a zero in their shape) to ``datasets`` with ``empty: true``; neither makes a table.
 
 Planning: row blocks along axis 0, a multiple of the storage chunk's rows, about ``chunk_size``
 bytes of decoded data each (never less than one chunk row). A dataset declaring more than
@@ -25,12 +28,16 @@ unwritten chunks come out as fill values, which is what the array holds.
 Refused with an ``_errors`` row (the rest of the file is still read): external links leaving
 ``input_roots`` (links are never followed; inside links are listed in ``links``), virtual datasets
 whose sources are missing or outside ``input_roots``, datasets stored in external raw files,
-datasets needing an unavailable filter, unsupported types (references).
+datasets needing an unavailable filter that is not optional (chunks an optional one skipped
+read fine; a chunk that did go through it is one ``_errors`` row), unsupported types
+(references).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -40,15 +47,21 @@ import pyarrow as pa
 
 from readers._arrays import (
     TRANSIENT,
+    WIDE_FLOAT_NOTE,
     ArrayInfo,
     ArrayOptions,
     ArraySelector,
+    Unit,
     array_layout,
+    chunk_description,
+    has_wide_float,
     is_absurd,
     json_safe,
+    number_chunks,
     read_rows,
     row_blocks,
     row_bytes,
+    selectors,
     table_name,
     unique_table,
     within,
@@ -116,22 +129,46 @@ def _attrs(obj: Any, limit: int = 256) -> dict[str, Any]:
 
 
 
+def _name(path: str) -> bytes:
+    """An object's name as HDF5 stores it (names that are not UTF-8 survive the round trip)."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
 def _layout_name(code: int) -> str:
+    return _layout_names().get(code, "unknown")
+
+
+@functools.cache
+def _layout_names() -> dict[int, str]:
     d = h5py.h5d
-    names = {d.COMPACT: "compact", d.CONTIGUOUS: "contiguous", d.CHUNKED: "chunked",
-             d.VIRTUAL: "virtual"}
-    return names.get(code, "unknown")
+    return {d.COMPACT: "compact", d.CONTIGUOUS: "contiguous", d.CHUNKED: "chunked",
+            d.VIRTUAL: "virtual"}
 
 
 def _filters(dcpl: Any) -> tuple[list[dict[str, Any]], list[str]]:
-    """(filter pipeline, names of filters this h5py cannot decode)."""
+    """(filter pipeline, names of mandatory filters this h5py cannot decode).
+
+    An *optional* filter that is unavailable is no reason to refuse: HDF5 stores a chunk
+    unfiltered whenever an optional filter could not be applied (and marks it so in the
+    chunk's filter mask), and such chunks read fine. Chunks that did go through it fail on
+    their own, each as an ``_errors`` row.
+    """
     pipeline, missing = [], []
     for i in range(dcpl.get_nfilters()):
-        code, _flags, values, name = dcpl.get_filter(i)
+        code, flags, values, name = dcpl.get_filter(i)
         label = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-        pipeline.append({"id": int(code), "name": label, "options": [int(v) for v in values]})
+        optional = bool(flags & h5py.h5z.FLAG_OPTIONAL)
+        entry = {"id": int(code), "name": label, "options": [int(v) for v in values],
+                 "optional": optional}
         if not h5py.h5z.filter_avail(code):
-            missing.append(f"{label or 'filter'} (id {code})")
+            entry["available"] = False
+            if not optional:
+                missing.append(f"{label or 'filter'} (id {code})")
+        pipeline.append(entry)
     return pipeline, missing
 
 
@@ -203,14 +240,14 @@ class HDF5Reader(Reader):
         with open_hdf5(source) as f:
             meta["userblock_size"] = int(f.userblock_size)
             meta["attributes"] = _attrs(f)
-            links: list[tuple[str, Any]] = []
+            links: list[tuple[bytes, int]] = []
 
-            def visit(name: str, link: Any) -> bool | None:
-                links.append((name, link))
-                return True if len(links) > limit else None
+            def visit(name: bytes, info: Any) -> int | None:
+                links.append((name, info.type))
+                return 1 if len(links) > limit else None
 
-            try:
-                f.visititems_links(visit)
+            try:  # low level: h5py's visititems_links builds a Python link object per name
+                f.id.links.visit(visit, info=True)
             except Exception as exc:  # a damaged group structure: nothing can be trusted
                 raise HDF5FileError(f"{source.path}: damaged HDF5 structure "
                                     f"({one_line(exc)})") from exc
@@ -218,93 +255,111 @@ class HDF5Reader(Reader):
                 raise Unsupported(f"{source.path}: more than {limit} objects; not supported")
             seen: set[Any] = set()
             taken: set[str] = set()
-            for name, link in links:
-                path = "/" + name
-                if isinstance(link, h5py.SoftLink):
-                    meta["links"][path] = {"soft": link.path}
-                elif isinstance(link, h5py.ExternalLink):
-                    self._external(source, path, link, roots, meta, infos)
-                elif isinstance(link, h5py.HardLink):
-                    try:
+            h5l = h5py.h5l
+            for raw, kind in links:
+                path = "/" + raw.decode("utf-8", "surrogateescape")
+                try:
+                    if kind == h5l.TYPE_SOFT:
+                        meta["links"][path] = {"soft": _text(f.id.links.get_val(raw))}
+                    elif kind == h5l.TYPE_EXTERNAL:
+                        target, inner = f.id.links.get_val(raw)
+                        self._external(source, path, _text(target), _text(inner), roots, meta,
+                                       infos)
+                    elif kind == h5l.TYPE_HARD:
                         self._hard_link(f, source, path, roots, options, meta, tables, infos,
                                         seen, taken)
-                    except Exception as exc:  # a damaged header refuses this object only
-                        reason = f"cannot read its header: {one_line(exc)}"
-                        meta["refused"][path] = reason
-                        infos[path] = ArrayInfo(path, "", "column", "row", 0, 1, 1,
-                                                refused=reason)
+                    else:
+                        meta["links"][path] = {"user_defined_link_type": int(kind)}
+                except Exception as exc:  # a damaged header refuses this object only
+                    reason = f"cannot read its header: {one_line(exc)}"
+                    meta["refused"][path] = reason
+                    infos[path] = ArrayInfo(path, "", "column", "row", 0, 1, 1, refused=reason)
         return Description(tables, meta, {"arrays": infos})
 
     def _hard_link(self, f: h5py.File, source: Source, path: str, roots: Sequence[str],
                    options: ArrayOptions, meta: dict[str, Any],
                    tables: dict[str, pa.Schema], infos: dict[str, ArrayInfo], seen: set[Any],
                    taken: set[str]) -> None:
-        obj = f.get(path)
-        key = self._object_key(obj)
+        # Low-level handles: the high-level Group/Dataset objects cost several times the
+        # HDF5 calls themselves, and a file may hold thousands of datasets. (The module
+        # itself, not the deferred proxy, whose every attribute read is a call.)
+        import h5py
+
+        oid = h5py.h5o.open(f.id, _name(path))
+        try:
+            info = h5py.h5o.get_info(oid)
+            key: Any = (info.fileno, info.addr)
+            num_attrs, kind = info.num_attrs, info.type
+        except Exception:  # never dedupe what we cannot identify
+            key, num_attrs, kind = id(oid), 1, None
         if key in seen:  # a second hard link to an object: read it once, under its first name
             meta["links"][path] = {"hard_link_to_object_seen_earlier": True}
             return
         seen.add(key)
-        if isinstance(obj, h5py.Group):
-            attrs = _attrs(obj)
+        if isinstance(oid, h5py.h5g.GroupID):
+            attrs = _attrs(h5py.Group(oid)) if num_attrs else {}
             if attrs:
                 meta["groups"][path] = attrs
-        elif isinstance(obj, h5py.Dataset):
-            self._dataset(f, source, path, obj, roots, options, meta, tables, infos, taken)
+        elif isinstance(oid, h5py.h5d.DatasetID) or kind == h5py.h5o.TYPE_DATASET:
+            self._dataset(f, source, path, oid, num_attrs, roots, options, meta, tables,
+                          infos, taken)
 
     @staticmethod
-    def _object_key(obj: Any) -> Any:
-        try:
-            info = h5py.h5o.get_info(obj.id)
-            return (info.fileno, info.addr)
-        except Exception:  # never dedupe what we cannot identify
-            return id(obj)
-
-    @staticmethod
-    def _external(source: Source, path: str, link: h5py.ExternalLink, roots: Sequence[str],
+    def _external(source: Source, path: str, target: str, inner: str, roots: Sequence[str],
                   meta: dict[str, Any], infos: dict[str, ArrayInfo]) -> None:
-        target = link.filename
         inside = source.local_path is not None and within(
             os.path.join(os.path.dirname(source.path), target), roots)
-        meta["links"][path] = {"external": target, "path": link.path, "followed": False,
+        meta["links"][path] = {"external": target, "path": inner, "followed": False,
                                "inside_input_roots": inside}
         if not inside:
-            reason = (f"external link to {target}:{link.path} leaves the input directories; "
+            reason = (f"external link to {target}:{inner} leaves the input directories; "
                       "not followed")
             meta["refused"][path] = reason
             infos[path] = ArrayInfo(path, "", "column", "row", 0, 1, 1, refused=reason)
 
-    def _dataset(self, f: h5py.File, source: Source, path: str, ds: h5py.Dataset,
+    def _dataset(self, f: h5py.File, source: Source, path: str, dsid: Any, num_attrs: int,
                  roots: Sequence[str], options: ArrayOptions, meta: dict[str, Any],
                  tables: dict[str, pa.Schema], infos: dict[str, ArrayInfo],
                  taken: set[str]) -> None:
-        shape = ds.shape
-        attrs = _attrs(ds)
+        import h5py  # the module, not the deferred proxy: this runs once per dataset
+
+        shape, dtype = dsid.shape, dsid.dtype
+        attrs = _attrs(h5py.Dataset(dsid)) if num_attrs else {}
         if shape is None or shape == () or str(attrs.get("NAME", "")).startswith(_NETCDF_DIM):
-            meta["scalars"][path] = self._scalar(ds, attrs)
+            meta["scalars"][path] = self._scalar(h5py.Dataset(dsid), attrs)
             return
-        dcpl = ds.id.get_create_plist()
+        dcpl = dsid.get_create_plist()
         layout = _layout_name(dcpl.get_layout())
         pipeline, missing = _filters(dcpl)
-        storage = int(ds.id.get_storage_size())
+        storage = int(dsid.get_storage_size())
+        chunks = tuple(dcpl.get_chunk()) if layout == "chunked" else None
+        known = h5py.filters.get_filters(dcpl)
+        compression = next((c for c in ("gzip", "lzf", "szip") if c in known), None)
         entry: dict[str, Any] = {
-            "shape": list(shape), "dtype": str(ds.dtype), "layout": layout,
-            "chunks": list(ds.chunks) if ds.chunks else None, "compression": ds.compression,
-            "compression_opts": json_safe(ds.compression_opts), "filters": pipeline,
+            "shape": list(shape), "dtype": str(dtype), "layout": layout,
+            "chunks": list(chunks) if chunks else None, "compression": compression,
+            "compression_opts": json_safe(known.get(compression)), "filters": pipeline,
             "storage_bytes": storage, "attributes": attrs,
         }
-        enum = (ds.dtype.metadata or {}).get("enum")
+        enum = (dtype.metadata or {}).get("enum")
         if enum:
             entry["enum"] = json_safe(enum)
         with contextlib.suppress(Exception):  # some types have no readable fill value
-            entry["fillvalue"] = json_safe(ds.fillvalue)
+            fill = np.zeros((1,), dtype=dtype)
+            dcpl.get_fill_value(fill)
+            entry["fillvalue"] = json_safe(fill[0])
         meta["datasets"][path] = entry
-        nrows, per_row = int(shape[0]), row_bytes(ds.dtype, shape)
-        grid = int(ds.chunks[0]) if ds.chunks else 1
+        if math.prod(shape) == 0:  # no values: a table without rows would have no fragment
+            entry["empty"] = True
+            return
+        if has_wide_float(dtype):
+            entry["cast"] = WIDE_FLOAT_NOTE
+        nrows, per_row = int(shape[0]), row_bytes(dtype, shape)
+        grid = int(chunks[0]) if chunks else 1
         declared = nrows * per_row
         reason, stored = None, storage
         try:
-            schema, kind, index, value_shape = array_layout(path, ds.dtype, shape)
+            schema, kind, index, value_shape = array_layout(path, dtype, shape)
         except Unsupported as exc:
             reason = str(exc)
         if reason is None and missing:
@@ -312,7 +367,7 @@ class HDF5Reader(Reader):
         if reason is None and dcpl.get_external_count() > 0:
             reason = "data lives in external raw files; not supported"
         if reason is None and layout == "virtual":
-            reason, stored = _virtual_problem(f, ds, source, roots)
+            reason, stored = _virtual_problem(f, h5py.Dataset(dsid), source, roots)
         sparse = False
         if reason is None and is_absurd(declared, max(stored, source.size), options):
             if layout == "chunked":
@@ -321,7 +376,7 @@ class HDF5Reader(Reader):
                 reason = (f"declares {declared} bytes but holds {stored} ({layout}); "
                           "refused as absurd")
         if reason is None and layout == "contiguous" and storage:
-            offset = ds.id.get_offset()
+            offset = dsid.get_offset()
             if offset is not None and offset + storage > source.size:
                 reason = (f"data at bytes {offset}..{offset + storage} lies beyond the end "
                           f"of the file ({source.size} bytes): truncated")
@@ -357,31 +412,34 @@ class HDF5Reader(Reader):
         infos: dict[str, ArrayInfo] = description.state["arrays"]
         chunk_size = options.chunk_size
         limit = options.max_chunks_per_file
-        specs: list[ChunkSpec] = []
+        units: list[Unit] = []
         present: dict[str, list[int] | str] = {}
         sparse = [p for p, i in infos.items() if i.sparse and not i.refused]
         if sparse:
             with open_hdf5(source) as f:
                 for path in sparse:
                     try:
-                        present[path] = self._written_rows(f[path], infos[path], options)
+                        present[path] = self._written_rows(f[_name(path)], infos[path], options)
                     except Exception as exc:  # a damaged chunk index refuses this dataset
                         present[path] = f"cannot list its chunks: {one_line(exc)}"
         for path, info in infos.items():
             listed = present.get(path)
             reason = info.refused or (listed if isinstance(listed, str) else None)
             if reason:
-                specs.append(ChunkSpec(source.file_id, len(specs), 0, 0, None,
-                                       ArraySelector(path, refused=reason)))
+                units.append(Unit(ArraySelector(path, refused=reason), None, 0, 0, True))
                 continue
             ratio = self._stored_ratio(description, path, info)
-            for a, b in row_blocks(info.nrows, info.grid_rows, info.row_bytes, chunk_size,
-                                   listed, limit - len(specs)):
+            blocks = row_blocks(info.nrows, info.grid_rows, info.row_bytes, chunk_size,
+                                listed, limit - len(units))
+            whole = blocks == [(0, info.nrows)]
+            for a, b in blocks:
                 logical = (b - a) * info.row_bytes
-                specs.append(ChunkSpec(source.file_id, len(specs), a,
-                                       max(1, int(logical * ratio)), info.table,
-                                       ArraySelector(path, a, b), logical))
-        return specs
+                units.append(Unit(ArraySelector(path, a, b), info.table,
+                                  max(1, int(logical * ratio)), logical, whole))
+        return number_chunks(source.file_id, units, options)
+
+    def chunk_description(self, description: Description, chunk: ChunkSpec) -> Description:
+        return chunk_description(description, chunk)
 
     @staticmethod
     def _stored_ratio(description: Description, path: str, info: ArrayInfo) -> float:
@@ -405,33 +463,58 @@ class HDF5Reader(Reader):
     # --- read -----------------------------------------------------------------------------------
     def read(self, source: Source, chunk: ChunkSpec, description: Description,
              options: ArrayOptions, ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
-        selector: ArraySelector = chunk.selector
-        path, a, b = selector.path, selector.start, selector.stop
-        if selector.refused:
-            ctx.reject(kind="chunk", error_type=ErrorCode.REFUSED,
-                       message=f"{source.path}: dataset {path}: {selector.refused}")
+        parts = selectors(chunk)
+        for sel in parts:
+            if sel.refused:
+                ctx.reject(kind="chunk", error_type=ErrorCode.REFUSED,
+                           message=f"{source.path}: dataset {sel.path}: {sel.refused}")
+        live = [sel for sel in parts if not sel.refused]
+        if not live:
             return
-        info: ArrayInfo = description.state["arrays"][path]
+        with contextlib.ExitStack() as stack:
+            try:
+                f = stack.enter_context(open_hdf5(source))
+            except TRANSIENT:
+                raise
+            except Exception as exc:  # the file broke since planning (truncated, replaced)
+                for sel in live:
+                    self._reject_part(ctx, source, sel, exc)
+                return
+            for sel in live:
+                yield from self._read_part(f, source, sel, description, ctx)
+
+    def _read_part(self, f: h5py.File, source: Source, sel: ArraySelector,
+                   description: Description, ctx: ChunkContext
+                   ) -> Iterator[tuple[str, pa.Table]]:
+        info: ArrayInfo = description.state["arrays"][sel.path]
         schema = description.tables[info.table]
-        where = f"{source.path}: dataset {path}"
+        where = f"{source.path}: dataset {sel.path}"
         try:
-            with open_hdf5(source) as f:
-                ds = f[path]
-                plain = ds.chunks is None and ds.compression is None
-                pieces = read_rows(lambda lo, hi: self._rows(ds, lo, hi), info, schema, a, b,
-                                   ctx, where, lambda row: self._byte_offset(ds, row, info),
-                                   record_offsets=plain)
-                for table in pieces:
-                    yield info.table, table
+            ds = f[_name(sel.path)]
+            plain = ds.chunks is None and ds.compression is None
+            pieces = read_rows(lambda lo, hi: self._rows(ds, lo, hi), info, schema, sel.start,
+                               sel.stop, ctx, where,
+                               lambda row: self._byte_offset(ds, row, info),
+                               record_offsets=plain)
+            for table in pieces:
+                yield info.table, table
         except TRANSIENT:
             raise
-        except Exception as exc:  # the file itself broke (truncated since planning, ...)
-            ctx.reject(kind="chunk", error_type=error_code(exc),
-                       message=f"{where} rows {a}:{b}: {one_line(exc)}")
+        except Exception as exc:  # the dataset's header broke since planning
+            self._reject_part(ctx, source, sel, exc)
+
+    @staticmethod
+    def _reject_part(ctx: ChunkContext, source: Source, sel: ArraySelector,
+                     exc: BaseException) -> None:
+        ctx.reject(kind="chunk", error_type=error_code(exc),
+                   message=f"{source.path}: dataset {sel.path} rows {sel.start}:{sel.stop}: "
+                           f"{one_line(exc)}")
 
     @staticmethod
     def _rows(ds: h5py.Dataset, a: int, b: int) -> np.ndarray:
-        if ds.dtype.hasobject:  # variable-length data cannot go through read_direct
+        # Variable-length data cannot go through read_direct, nor can array-typed elements
+        # (no conversion from H5T_ARRAY to the flat buffer numpy makes of them).
+        if ds.dtype.hasobject or ds.dtype.subdtype is not None:
             return ds[a:b]
         out = np.empty((b - a, *ds.shape[1:]), dtype=ds.dtype.newbyteorder("="))
         if b > a:

@@ -4,17 +4,25 @@ Table ``samples``: ``track_id``, ``handler`` (vide, soun, ...), ``sample_index``
 track, in decode order), ``byte_offset`` and ``size`` (where the sample's bytes sit in the
 file), ``decode_time_s``, ``presentation_time_s`` (decode time plus the ctts/trun composition
 offset), ``duration_s`` and ``is_keyframe`` (stss; every sample when stss is absent; sample
-flags in fragments; audio always). Times are in seconds with the track's edit list applied
-the way ffmpeg applies it in the common case (a leading empty edit and the first edit's media
-time shift every sample; further segments are noted in the catalog, not applied), so the rows
-match ``ffprobe -show_packets`` (pos, size, dts, pts, key flag; tested on h264/aac, mpeg4,
-mjpeg, pcm, fragmented and faststart files). Two documented differences: with negative
-composition offsets (ctts v1) ffmpeg shifts dts down (or, in fragments, pts up) by the largest
-negative offset while these columns keep the ISO times; and ffprobe fills fragment packet
-durations from the codec frame size while ``duration_s`` is the trun duration. Raw PCM audio
-(one tick per sample, constant size) is grouped into packets of up to 1024 samples per chunk as
-ffmpeg does, so ``sample_index`` counts packets there. Fragmented files (``moof``/``traf``/
-``trun`` with ``trex``/``tfhd`` defaults, ``tfdt``) are supported.
+flags in fragments; audio always). Times are in seconds on the movie timeline of ISO 14496-12
+(8.6.6): the track's first non-empty edit maps its media time to the movie time where it starts
+(after any leading empty edits), and that one shift applies to every sample. Every sample the
+file stores is a row, also those the edit does not play (decoder pre-roll before its window,
+media after its end): the catalog gives each track's ``edit_list`` as stored and
+``presented_s``, the window the edit plays, to filter on. Further segments of a multi-segment
+edit list are listed, not applied (``note``). Against ``ffprobe -show_packets`` (pos, size, dts,
+pts, key flag; tested on h264/aac, mpeg4, mjpeg, pcm, fragmented, faststart files and edit lists
+from ``-ss``/``-t`` stream copies, ``-itsoffset`` and shortened edits) the rows match exactly
+except where ffmpeg departs from the ISO mapping: it drops samples after an edit's end (up to
+the next keyframe), when an edit starts mid-frame it shifts video once more so that its first
+presented frame starts at 0 (a constant offset under one frame), and it rewrites the last
+packet's duration to the edit's end; with negative composition offsets (ctts v1) it shifts dts
+down (or, in fragments, pts up) by the largest negative offset while these columns keep the ISO
+times; and ffprobe fills fragment packet durations from the codec frame size while
+``duration_s`` is the trun duration. Raw PCM audio (one tick per sample, constant size) is
+grouped into packets of up to 1024 samples per chunk as ffmpeg does, so ``sample_index``
+counts packets there. Fragmented files (``moof``/``traf``/``trun`` with ``trex``/``tfhd``
+defaults, ``tfdt``) are supported.
 
 Only index boxes are read: ``moov`` (capped at 256 MiB) and every ``moof``; ``mdat`` payloads
 never are. One chunk per file; it peaks at about 100 bytes per sample (192,376 samples: 16 MB
@@ -27,10 +35,11 @@ truncated one) fails the file.
 Catalog metadata: ``major_brand``, ``minor_version``, ``compatible_brands``, ``timescale``,
 ``duration_s``, ``fragmented``, ``fragments``, ``faststart`` (moov before mdat), ``moov_offset``,
 ``moov_size``, ``mdat_bytes``, ``box_count``, ``tracks`` (track_id, handler, codec, timescale,
-duration_s, sample_count, width, height, channels, sample_rate, edit_shift_s, note; width,
-height, channels and sample_rate as the sample entry declares them: AAC keeps its real channel
-layout in ``esds``), ``errors`` (the first 100 problems, each also an ``_errors`` row) and
-``error_total``.
+duration_s, sample_count, width, height, channels, sample_rate, edit_shift_s, edit_list
+(duration_s, media_time_s: None for an empty edit, rate; the first 100), edit_count,
+presented_s, note; width, height, channels and sample_rate as the sample entry declares them:
+AAC keeps its real channel layout in ``esds``), ``errors`` (the first 100 problems, each also
+an ``_errors`` row) and ``error_total``.
 """
 
 from __future__ import annotations
@@ -280,6 +289,22 @@ def _brands(read: Callable[[int, int], bytes], ftyp: Box | None) -> dict[str, An
             "compatible_brands": compat}
 
 
+def _edits(track: Any, movie_timescale: int) -> dict[str, Any]:
+    """The track's edit list for the catalog: as stored, in seconds, and the window it plays."""
+    if not track.edit_count:
+        return {"edit_list": None}
+    mts, tts = max(movie_timescale, 1), track.timescale
+    out: dict[str, Any] = {
+        "edit_list": [{"duration_s": dur / mts,
+                       "media_time_s": None if time == -1 else (time / tts if tts else None),
+                       "rate": rate / 65536} for dur, time, rate in track.edits],
+        "edit_count": track.edit_count,
+    }
+    if track.presented is not None and tts:
+        out["presented_s"] = [track.presented[0] / tts, track.presented[1] / tts]
+    return out
+
+
 def _concat(parts: list[Samples]) -> Samples:
     if len(parts) == 1:
         return parts[0]
@@ -340,7 +365,7 @@ class MP4Reader(Reader):
                            "sample_count": count, "width": t.width, "height": t.height,
                            "channels": t.channels, "sample_rate": t.sample_rate,
                            "edit_shift_s": t.edit_shift / t.timescale if t.timescale else None,
-                           "note": t.edit_note})
+                           **_edits(t, movie.timescale), "note": t.edit_note})
         duration = movie.duration / movie.timescale if movie.timescale and movie.duration \
             else max((t["duration_s"] or 0 for t in tracks), default=None)
         meta.update({

@@ -3,7 +3,9 @@
 Every array of the hierarchy becomes a table named by its path, with the layout of
 `readers.hdf5` (``row`` index, one column for 1-D, one per field for structured 1-D, a
 fixed-size list ``value`` for N-D). A store whose root is an array makes one table named after
-the store directory (``.zarr`` dropped). 0-d arrays go to the catalog metadata.
+the store directory (``.zarr`` dropped). 0-d arrays go to the catalog metadata (``scalars``),
+arrays with no values (a zero in their shape) to ``arrays`` with ``empty: true``: neither
+makes a table.
 
 Row blocks are whole storage objects along axis 0: shards when the array is sharded, chunks
 otherwise, about ``chunk_size`` decoded bytes each. Zarr writers leave out chunks equal to the
@@ -14,6 +16,7 @@ stored keys (capped; ``nchunks_initialized`` is never used: it materialises the 
 
 from __future__ import annotations
 
+import math
 import posixpath
 from collections.abc import Iterator
 from typing import Any
@@ -23,15 +26,21 @@ import pyarrow as pa
 
 from readers._arrays import (
     TRANSIENT,
+    WIDE_FLOAT_NOTE,
     ArrayInfo,
     ArrayOptions,
     ArraySelector,
+    Unit,
     array_layout,
+    chunk_description,
+    has_wide_float,
     is_absurd,
     json_safe,
+    number_chunks,
     read_rows,
     row_blocks,
     row_bytes,
+    selectors,
     table_name,
     unique_table,
 )
@@ -130,27 +139,40 @@ class ZarrReader(Reader):
         except Exception as exc:
             raise ZarrStoreError(f"{source.path}: not a readable Zarr store "
                                  f"({one_line(exc)})") from exc
-        meta: dict[str, Any] = {"zarr_format": node.metadata.zarr_format,
-                                "attributes": json_safe(dict(node.attrs)), "arrays": {},
-                                "scalars": {}, "groups": {}, "refused": {}}
+        try:  # zarr parses every member's metadata while listing: one broken document stops it
+            meta: dict[str, Any] = {"zarr_format": node.metadata.zarr_format,
+                                    "attributes": json_safe(dict(node.attrs)), "arrays": {},
+                                    "scalars": {}, "groups": {}, "refused": {}}
+            if isinstance(node, zarr.Array):
+                members: list[tuple[str, Any]] = [("", node)]
+            else:
+                members = list(node.members(max_depth=None))
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            raise ZarrStoreError(f"{source.path}: damaged Zarr hierarchy "
+                                 f"({one_line(exc)})") from exc
         infos: dict[str, ArrayInfo] = {}
         tables: dict[str, pa.Schema] = {}
-        if isinstance(node, zarr.Array):
-            members: list[tuple[str, Any]] = [("", node)]
-        else:
-            members = list(node.members(max_depth=None))
         limit = options.max_objects
         if len(members) > limit:
             raise Unsupported(f"{source.path}: {len(members)} arrays and groups (more than "
                              f"{limit}); not supported")
         taken: set[str] = set()
         for path, obj in sorted(members, key=lambda m: m[0]):
-            if isinstance(obj, zarr.Group):
-                attrs = json_safe(dict(obj.attrs))
-                if attrs:
-                    meta["groups"][path] = attrs
-            else:
-                self._array(source, path, obj, options, meta, tables, infos, taken)
+            try:
+                if isinstance(obj, zarr.Group):
+                    attrs = json_safe(dict(obj.attrs))
+                    if attrs:
+                        meta["groups"][path] = attrs
+                else:
+                    self._array(source, path, obj, options, meta, tables, infos, taken)
+            except TRANSIENT:
+                raise
+            except Exception as exc:  # metadata zarr accepted but we cannot use: this one only
+                reason = f"unusable metadata: {one_line(exc)}"
+                meta["refused"][path or "/"] = reason
+                infos[path] = ArrayInfo(path, "", "column", "row", 0, 1, 1, refused=reason)
         return Description(tables, meta, {"arrays": infos})
 
     def _array(self, source: Source, path: str, arr: zarr.Array, options: ArrayOptions,
@@ -175,6 +197,11 @@ class ZarrReader(Reader):
             meta["scalars"][path or "/"] = entry
             return
         meta["arrays"][path or "/"] = entry
+        if math.prod(shape) == 0:  # no values: a table without rows would have no fragment
+            entry["empty"] = True
+            return
+        if has_wide_float(arr.dtype):
+            entry["cast"] = WIDE_FLOAT_NOTE
         nrows, per_row, grid = shape[0], row_bytes(arr.dtype, shape), _grid_rows(arr)
         name = table_name(path) if path else table_name(
             posixpath.basename(source.path.rstrip("/")).removesuffix(".zarr"))
@@ -205,7 +232,7 @@ class ZarrReader(Reader):
         limit = options.max_chunks_per_file
         cap = options.max_listed_chunks
         store = open_store(source) if any(i.sparse for i in infos.values()) else None
-        specs: list[ChunkSpec] = []
+        units: list[Unit] = []
         for path, info in infos.items():
             reason, present = info.refused, None
             if reason is None and info.sparse:
@@ -216,38 +243,44 @@ class ZarrReader(Reader):
                               f"{source.size}-byte store and stores more than {cap} "
                               "objects to list; refused as absurd")
             if reason is not None:
-                specs.append(ChunkSpec(source.file_id, len(specs), 0, 0, None,
-                                       ArraySelector(path, refused=reason)))
+                units.append(Unit(ArraySelector(path, refused=reason), None, 0, 0, True))
                 continue
-            for a, b in row_blocks(info.nrows, info.grid_rows, info.row_bytes, chunk_size,
-                                   present, limit - len(specs)):
+            blocks = row_blocks(info.nrows, info.grid_rows, info.row_bytes, chunk_size,
+                                present, limit - len(units))
+            whole = blocks == [(0, info.nrows)]
+            for a, b in blocks:
                 logical = (b - a) * info.row_bytes
-                specs.append(ChunkSpec(source.file_id, len(specs), a, logical, info.table,
-                                       ArraySelector(path, a, b), logical))
-        return specs
+                units.append(Unit(ArraySelector(path, a, b), info.table, logical, logical,
+                                  whole))
+        return number_chunks(source.file_id, units, options)
+
+    def chunk_description(self, description: Description, chunk: ChunkSpec) -> Description:
+        return chunk_description(description, chunk)
 
     # --- read -----------------------------------------------------------------------------------
     def read(self, source: Source, chunk: ChunkSpec, description: Description,
              options: ArrayOptions, ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
-        selector: ArraySelector = chunk.selector
-        path, a, b = selector.path, selector.start, selector.stop
-        if selector.refused:
-            ctx.reject(kind="chunk", error_type=ErrorCode.REFUSED,
-                       message=f"{source.path}: array {path or '/'}: {selector.refused}")
-            return
-        info: ArrayInfo = description.state["arrays"][path]
-        where = f"{source.path}: array {path or '/'}"
-        try:
-            arr = zarr.open_array(store=open_store(source), path=path, mode="r")
-        except TRANSIENT:
-            raise
-        except Exception as exc:  # the store changed or broke since planning
-            ctx.reject(kind="chunk", error_type=error_code(exc),
-                       message=f"{where} rows {a}:{b}: {one_line(exc)}")
-            return
-        for table in read_rows(lambda lo, hi: np.asarray(arr[lo:hi]), info,
-                               description.tables[info.table], a, b, ctx, where):
-            yield info.table, table
+        store = None
+        for sel in selectors(chunk):
+            path, a, b = sel.path, sel.start, sel.stop
+            if sel.refused:
+                ctx.reject(kind="chunk", error_type=ErrorCode.REFUSED,
+                           message=f"{source.path}: array {path or '/'}: {sel.refused}")
+                continue
+            info: ArrayInfo = description.state["arrays"][path]
+            where = f"{source.path}: array {path or '/'}"
+            try:
+                store = store or open_store(source)
+                arr = zarr.open_array(store=store, path=path, mode="r")
+            except TRANSIENT:
+                raise
+            except Exception as exc:  # the store changed or broke since planning
+                ctx.reject(kind="chunk", error_type=error_code(exc),
+                           message=f"{where} rows {a}:{b}: {one_line(exc)}")
+                continue
+            for table in read_rows(lambda lo, hi, arr=arr: np.asarray(arr[lo:hi]), info,
+                                   description.tables[info.table], a, b, ctx, where):
+                yield info.table, table
 
 
 __all__ = ["ZarrReader", "open_store", "written_rows"]

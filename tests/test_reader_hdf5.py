@@ -309,7 +309,7 @@ def test_blocks_follow_dataset_chunks(tmp_path):
     specs = [
         c
         for c in reader.plan(src, desc, reader.configure({"chunk_size": 20_000}))
-        if c.selector.path == "/sensors/temp"
+        if c.table == "sensors.temp"
     ]
     # 1000-row chunks of 8 bytes: two chunks (16 kB) fit in 20 kB
     assert [(c.selector.start, c.selector.stop) for c in specs][:2] == [(0, 2000), (2000, 4000)]
@@ -372,3 +372,152 @@ def test_helpers():
         "b": ["x", 2],
         "c": "inf",
     }
+
+
+# --- hardening (issue 20) --------------------------------------------------------------------
+
+
+def test_array_typed_elements_and_compound_array_members(tmp_path):
+    path = tmp_path / "arrays.h5"
+    comp = np.zeros(50, dtype=[("id", "<i8"), ("v", "<i4", (3,))])
+    comp["id"] = np.arange(50)
+    comp["v"] = np.arange(150).reshape(50, 3)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("comp", data=comp, chunks=(10,), compression="gzip")
+        f.create_dataset("comp_be", data=comp.astype([("id", ">i8"), ("v", ">i4", (3,))]))
+        # H5T_ARRAY elements: h5py reads them as extra trailing axes
+        vec = h5py.h5t.array_create(h5py.h5t.NATIVE_INT32, (3,))
+        d = h5py.h5d.create(f.id, b"vec", vec, h5py.h5s.create_simple((4,)))
+        f["vec"][...] = np.arange(12, dtype="i4").reshape(4, 3)
+        grid = f.create_dataset("grid", shape=(4, 2), dtype=np.dtype(("<f4", (2, 2))))
+        grid[...] = np.arange(32, dtype="f4").reshape(4, 2, 2, 2)
+        del d
+    desc, tables, rejected = read_all(HDF5Reader(), _source(str(path)), {"chunk_size": 200})
+    assert rejected == []
+    assert tables["comp"].column("v").to_pylist()[7] == [21, 22, 23]
+    assert tables["comp_be"].column("id").to_pylist()[-1] == 49
+    assert tables["vec"].column("vec").to_pylist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8],
+                                                       [9, 10, 11]]
+    assert tables["grid"].column("value").to_pylist()[1] == list(map(float, range(8, 16)))
+    assert desc.metadata["datasets"]["/grid"]["value_shape"] == [2, 2, 2]
+
+
+def test_empty_datasets_go_to_the_catalog_not_to_tables(tmp_path):
+    path = tmp_path / "empty.h5"
+    with h5py.File(path, "w") as f:
+        f["flat"] = np.zeros((0,), "f8")
+        f.create_dataset("growing", shape=(0, 3), maxshape=(None, 3), chunks=(4, 3), dtype="i4")
+        f["wide"] = np.zeros((5, 0), "i2")
+        f["kept"] = np.arange(3)
+    desc, tables, rejected = read_all(HDF5Reader(), _source(str(path)))
+    assert rejected == [] and set(tables) == set(desc.tables) == {"kept"}
+    datasets = desc.metadata["datasets"]
+    for name, shape in (("/flat", [0]), ("/growing", [0, 3]), ("/wide", [5, 0])):
+        assert datasets[name]["empty"] is True and datasets[name]["shape"] == shape
+        assert "table" not in datasets[name]
+
+
+def _unknown_filter_file(path, mandatory: bool) -> None:
+    """Data written through an unavailable *optional* filter is stored unfiltered."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=np.arange(100.0), chunks=(10,), compression=32001,
+                         allow_unknown_filter=True)
+    if mandatory:  # flip the pipeline message's flags to mandatory (v1 headers: no checksum)
+        data = bytearray(path.read_bytes())
+        at = data.find(b"\x01\x7d\x00\x00\x01\x00")  # id 32001, no name, flags=optional
+        assert at > 0
+        data[at + 4:at + 6] = b"\x00\x00"
+        path.write_bytes(bytes(data))
+
+
+def test_optional_unavailable_filter_is_read_mandatory_one_refused(tmp_path):
+    _unknown_filter_file(tmp_path / "opt.h5", mandatory=False)
+    desc, tables, rejected = read_all(HDF5Reader(), _source(str(tmp_path / "opt.h5")),
+                                      {"chunk_size": 256})
+    assert rejected == [] and tables["x"].column("x").to_pylist() == list(np.arange(100.0))
+    (filt,) = desc.metadata["datasets"]["/x"]["filters"]
+    assert filt["id"] == 32001 and filt["optional"] is True and filt["available"] is False
+
+    _unknown_filter_file(tmp_path / "mand.h5", mandatory=True)
+    desc, tables, rejected = read_all(HDF5Reader(), _source(str(tmp_path / "mand.h5")))
+    assert tables == {} and [r.error_type for r in rejected] == ["Refused"]
+    assert "cannot decode" in desc.metadata["refused"]["/x"]
+
+
+def test_long_double_becomes_float64_and_overflow_is_rejected(tmp_path):
+    path = tmp_path / "ld.h5"
+    values = np.array([1, 1 / 3, -2.5, 0], dtype=np.longdouble)
+    values[3] = np.longdouble(10) ** 400  # finite in float128, beyond float64
+    rec = np.zeros(2, dtype=[("id", "<i4"), ("x", np.longdouble)])
+    rec["x"] = [0.5, 1.5]
+    with h5py.File(path, "w") as f:
+        f["ld"] = values
+        f["cld"] = np.array([1 + 2j, 3 - 4j], dtype=np.clongdouble)
+        f["rec"] = rec
+    desc, tables, rejected = read_all(HDF5Reader(), _source(str(path)))
+    assert tables["ld"].schema.field("ld").type == pa.float64()
+    assert tables["ld"].column("row").to_pylist() == [0, 1, 2]
+    assert tables["ld"].column("ld").to_pylist() == [1.0, 1 / 3, -2.5]
+    assert [(r.kind, r.error_type) for r in rejected] == [("record", "TypeMismatch")]
+    assert "row 3" in rejected[0].message and "float64" in rejected[0].message
+    assert tables["cld"].column("cld").to_pylist() == [{"real": 1.0, "imag": 2.0},
+                                                       {"real": 3.0, "imag": -4.0}]
+    assert tables["rec"].column("x").to_pylist() == [0.5, 1.5]
+    for name in ("/ld", "/cld", "/rec"):
+        assert "float64" in desc.metadata["datasets"][name]["cast"]
+
+
+def _many(path, n: int) -> None:
+    with h5py.File(path, "w") as f:
+        for i in range(n):
+            f.create_dataset(f"g{i % 7}/d{i:05d}", data=np.array([i], dtype="f8"))
+        f.create_dataset("big", data=np.arange(4096.0), chunks=(512,))
+        f["leak"] = h5py.ExternalLink("/nowhere/else.h5", "/x")
+
+
+def test_many_small_datasets_share_chunks(tmp_path):
+    _many(tmp_path / "many.h5", 600)
+    reader = HDF5Reader()
+    src = _source(str(tmp_path / "many.h5"))
+    options = reader.configure({"chunk_size": 8192})
+    desc = reader.describe(src, options)
+    chunks = reader.plan(src, desc, options)
+    # big: 4 blocks of 1024 rows; 600 one-row datasets and the refusal: 3 batches, not 601
+    assert len(chunks) == 4 + 3
+    batched = [c for c in chunks if c.table is None]
+    assert sum(len(c.selector.parts) for c in batched) == 601
+    for chunk in batched:  # a task carries its own datasets' layouts, not the whole file's
+        needs = reader.chunk_description(desc, chunk)
+        assert len(needs.tables) <= 256 and needs.metadata == {}
+        assert set(needs.state["arrays"]) == {s.path for s in chunk.selector.parts}
+    desc, tables, rejected = read_all(reader, src, {"chunk_size": 8192})
+    assert len(tables) == 601 and tables["g3.d00010"].column("d00010").to_pylist() == [10.0]
+    assert [r.error_type for r in rejected] == ["Refused"]
+
+
+def test_many_small_datasets_ingest(tmp_path, shared_scheduler, monkeypatch):
+    from pipeline.execution.scheduler import TaskScheduler
+
+    _many(tmp_path / "many.h5", 600)
+    carried: list[tuple[int, int]] = []
+    submit = TaskScheduler._submit
+
+    def spy(self, job):
+        task = job.task
+        if hasattr(task, "description"):
+            carried.append((len(task.description.tables), len(task.sink.schemas)))
+        return submit(self, job)
+
+    monkeypatch.setattr(TaskScheduler, "_submit", spy)
+    out = tmp_path / "out"
+    report = pipeline.ingest([str(tmp_path / "many.h5")], out=str(out), progress=False,
+                             scheduler=shared_scheduler)
+    assert report.rows == 600 + 4096 and report.chunks <= 4
+    # each task carries the schemas of its own tables only, never all 601
+    assert carried and max(max(c) for c in carried) <= 256
+    cat = read_catalog(out)["many.h5"]
+    assert cat["status"] == "partial" and len(cat["tables"]) == 601
+    assert _sql(f"select d00599 from read_parquet('{out}/g4.d00599/*.parquet')") == [(599.0,)]
+    # the lazy frame reads only the chunks holding the table asked for
+    frame = pipeline.read([str(tmp_path / "many.h5")], table="g0.d00007")
+    assert frame.npartitions == 1 and frame.compute()["d00007"].tolist() == [7.0]

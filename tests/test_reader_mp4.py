@@ -383,3 +383,74 @@ def test_flipped_bytes_never_escape(clips: Path, tmp_path: Path) -> None:
         except BoxError:
             pass
     assert time.perf_counter() - started < 30
+
+
+# --- edit lists (issue 20) -------------------------------------------------------------------
+def _shorten_edits(src: Path, out: Path) -> None:
+    """Halve every (version 0) edit's segment duration: the media outlasts the edit."""
+    data = bytearray(src.read_bytes())
+    at = 0
+    while (at := data.find(b"elst", at + 1)) > 0:
+        assert data[at + 4] == 0
+        duration = struct.unpack_from(">I", data, at + 12)[0]
+        struct.pack_into(">I", data, at + 12, duration // 2)
+    out.write_bytes(bytes(data))
+
+
+def _stored_edits(path: Path) -> list[list[tuple[int, int, int]]]:
+    data, found, at = path.read_bytes(), [], 0
+    while (at := data.find(b"elst", at + 1)) > 0:
+        count = struct.unpack_from(">I", data, at + 8)[0]
+        found.append([struct.unpack_from(">IiI", data, at + 12 + 12 * k) for k in range(count)])
+    return found
+
+
+@needs_ffmpeg
+def test_edit_lists_follow_iso_times_and_are_cataloged(tmp_path: Path) -> None:
+    src = ffmpeg(tmp_path / "src.mp4", ["-f", "lavfi", "-i", "testsrc=size=64x48:rate=25",
+                                        "-f", "lavfi", "-i", "sine=frequency=440", "-t", "3",
+                                        "-c:v", "libx264", "-g", "12", "-bf", "2", "-c:a", "aac"])
+    clips = {
+        # starts mid-GOP and mid-frame: pre-roll samples, ffmpeg's extra video shift
+        "cut.mp4": ["-ss", "1.3", "-i", str(src), "-t", "1.2", "-c", "copy"],
+        "offset.mov": ["-itsoffset", "0.5", "-i", str(src), "-c", "copy"],  # empty edit
+    }
+    for name, args in clips.items():
+        ffmpeg(tmp_path / name, args)
+    _shorten_edits(src, tmp_path / "short.mp4")
+    for name in [*clips, "short.mp4"]:
+        path = tmp_path / name
+        desc, table, ctx = direct(path)
+        assert not ctx.rejected
+        probe = ffprobe(path)
+        tracks = {t["track_id"]: t for t in desc.metadata["tracks"]}
+        for stream, edits in zip(probe["streams"], _stored_edits(path), strict=True):
+            track = tracks[int(stream["id"], 16)]
+            tick = int(stream["time_base"].split("/")[1])
+            assert track["edit_count"] == len(edits)
+            assert [(e["duration_s"], e["media_time_s"]) for e in track["edit_list"]] == [
+                (d / desc.metadata["timescale"], None if t == -1 else t / tick)
+                for d, t, _ in edits]
+            first = next(e for e in track["edit_list"] if e["media_time_s"] is not None)
+            start, end = track["presented_s"]
+            assert track["edit_shift_s"] == pytest.approx(start - first["media_time_s"])
+            rows = {r["byte_offset"]: r for r in table.to_pylist()
+                    if r["track_id"] == track["track_id"]}
+            assert len(rows) == track["sample_count"]  # every stored sample is a row
+            packets = [p for p in probe["packets"] if p["stream_index"] == stream["index"]]
+            offsets = set()
+            for p in packets:  # ffmpeg's packets are a subset of ours, times a constant apart
+                row = rows[int(p["pos"])]
+                assert (row["size"], row["is_keyframe"]) == (int(p["size"]), "K" in p["flags"])
+                offsets.add((p["pts"] - round(row["presentation_time_s"] * tick),
+                             p["dts"] - round(row["decode_time_s"] * tick)))
+            (shift, dshift), = offsets
+            frame = max(int(p["duration"]) for p in packets)
+            assert shift == dshift and abs(shift) < frame
+            kept = {int(p["pos"]) for p in packets}
+            for offset in set(rows) - kept:  # what ffmpeg leaves out lies past the edit's end
+                assert rows[offset]["presentation_time_s"] >= end - 1e-9
+        if name == "short.mp4":
+            assert len(table) > len(probe["packets"])
+        if name == "offset.mov":
+            assert tracks[1]["presented_s"][0] == pytest.approx(0.5)

@@ -209,3 +209,46 @@ def test_sparse_listing_is_capped(tmp_path):
 def test_directory_markers():
     assert set(ZarrReader.directory_markers) == {"zarr.json", ".zgroup", ".zarray"}
     assert ZarrReader.sniff(b'{"zarr_format": 3}', "zarr.json") == 0
+
+
+def test_many_small_arrays_share_chunks_and_empty_ones_go_to_the_catalog(tmp_path):
+    g = zarr.open_group(str(tmp_path / "m.zarr"), mode="w", zarr_format=3)
+    for i in range(300):
+        g.create_array(f"a{i:03d}", shape=(2,), chunks=(2,), dtype="i4")[:] = [i, -i]
+    g.create_array("none", shape=(0,), chunks=(4,), dtype="f8")
+    g.create_array("flat", shape=(3, 0), chunks=(1, 1), dtype="f8")
+    src = Source("file://" + str(tmp_path / "m.zarr"), 100_000, None, "fid", "fp", "m")
+    reader = ZarrReader()
+    options = reader.configure({})
+    desc = reader.describe(src, options)
+    assert len(reader.plan(src, desc, options)) == 2  # 256 + 44 arrays, not 300 tasks
+    assert desc.metadata["arrays"]["none"]["empty"] is True
+    assert desc.metadata["arrays"]["flat"]["empty"] is True
+    assert "none" not in desc.tables and "flat" not in desc.tables
+    _, tables, rejected = _read_all(src, {})
+    assert not rejected and len(tables) == 300
+    assert tables["a299"].column("a299").to_pylist() == [299, -299]
+
+
+def test_hostile_chunks_and_metadata_found_by_fuzzing(tmp_path):
+    """A chunk its codec cannot decode is a damaged chunk, not an internal error; metadata
+    zarr refuses while listing the hierarchy fails the store with a reader error."""
+    from readers.errors import ReaderError
+
+    g = zarr.open_group(str(tmp_path / "z.zarr"), mode="w", zarr_format=3)
+    g.create_array("a", shape=(40,), chunks=(16,), dtype="<i4")[:] = np.arange(40)
+    chunk = tmp_path / "z.zarr" / "a" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[0] ^= 1  # the zstd frame magic
+    chunk.write_bytes(bytes(data))
+    src = Source("file://" + str(tmp_path / "z.zarr"), 10_000, None, "fid", "fp", "z")
+    _, tables, rejected = _read_all(src, {"chunk_size": 64})
+    assert [(r.kind, r.error_type) for r in rejected] == [("chunk", "CorruptStream")]
+    assert tables["a"].column("a").to_pylist() == list(range(16, 40))
+
+    meta = tmp_path / "z.zarr" / "a" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["shape"] = None
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(ReaderError, match="damaged Zarr hierarchy"):
+        _read_all(src, {})

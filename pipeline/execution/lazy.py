@@ -85,10 +85,16 @@ def read(paths: str | Sequence[str], table: str | None = None, **options: Any) -
     for f in plan.files:
         if f.description is None or table not in f.tables:
             continue
-        chunks = get_reader(f.reader)().prepare(f.source, f.description, f.chunks)
-        parts += [ChunkPartition(f.source, f.reader, c, f.description,
-                                 plan.reader_options[f.reader], table, schema, opts.retries)
-                  for c in chunks if c.table is None or table_name(c.table) == table]
+        reader = get_reader(f.reader)()
+        for c in reader.prepare(f.source, f.description, f.chunks):
+            if c.table is not None and table_name(c.table) != table:
+                continue
+            needs = reader.chunk_description(f.description, c)
+            # a chunk of several tables may hold none of this one
+            if any(table_name(t) == table for t in needs.tables):
+                parts.append(ChunkPartition(f.source, f.reader, c, needs,
+                                            plan.reader_options[f.reader], table, schema,
+                                            opts.retries))
     meta = (schema.append(pa.field(FILE_ID, pa.string())).empty_table()
             .to_pandas(types_mapper=pd.ArrowDtype))
     if not parts:
