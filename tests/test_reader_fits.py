@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 import tracemalloc
 import warnings
 from pathlib import Path
@@ -403,11 +402,10 @@ def hostile(lake: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
     return {name: root / name for name in files}
 
 
+@pytest.mark.timeout(300)  # a hang or blow-up, not speed: no wall-clock asserts
 def test_hostile_files_end_as_errors(hostile: dict[str, Path], tmp_path: Path) -> None:
-    started = time.perf_counter()
     out = tmp_path / "out"
     ingest(list(hostile.values()), out)
-    assert time.perf_counter() - started < 40
     cat = catalog(out)
     errs = errors(out)
 
@@ -442,6 +440,7 @@ def test_hostile_files_end_as_errors(hostile: dict[str, Path], tmp_path: Path) -
     assert cat["bad_descriptors.fits"]["rows"] == TOTAL_ROWS - 3
 
 
+@pytest.mark.timeout(300)  # a hang or blow-up, not speed: no wall-clock asserts
 def test_flipped_header_bytes_never_escape(lake: tuple[Path, Path], tmp_path: Path) -> None:
     """Random flips in the headers: describe raises FITSError or every chunk reads."""
     src, _ = lake
@@ -453,7 +452,6 @@ def test_flipped_header_bytes_never_escape(lake: tuple[Path, Path], tmp_path: Pa
     rng = random.Random(3)
     path = tmp_path / "flip.fits"
     reader = FITSReader()
-    started = time.perf_counter()
     for _ in range(150):
         data = bytearray(good)
         lo, hi = headers[rng.randrange(len(headers))]
@@ -469,4 +467,3 @@ def test_flipped_header_bytes_never_escape(lake: tuple[Path, Path], tmp_path: Pa
             for _, t in reader.read(src, chunk, desc, reader.configure({}),
                                     ChunkContext(src, chunk)):
                 assert t.schema == desc.tables[chunk.table]
-    assert time.perf_counter() - started < 30

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import struct
-import time
 import zlib
 
 import duckdb
@@ -321,6 +320,7 @@ def test_webp_hostile_headers(tmp_path, images: dict[str, bytes]) -> None:
     assert exif is None and problems == []
 
 
+@pytest.mark.timeout(300)  # a hang or blow-up, not speed: no wall-clock asserts
 def test_hostile_tiff_headers_end_quickly(tmp_path, images: dict[str, bytes]) -> None:
     tif = bytearray(images["photo.tif"])
     ifd = struct.unpack_from("<I", tif, 4)[0]
@@ -333,11 +333,9 @@ def test_hostile_tiff_headers_end_quickly(tmp_path, images: dict[str, bytes]) ->
     for name, data in (("loop.tif", loop), ("absurd.tif", absurd), ("cut.tif", cut)):
         path = tmp_path / name
         path.write_bytes(bytes(data))
-        started = time.perf_counter()
         try:
             meta = describe(str(path))
         except ValueError as exc:
             assert "TIFF header" in str(exc) and "byte" in str(exc)
         else:
             assert meta["frames"] in (1, None)
-        assert time.perf_counter() - started < 2.0, name

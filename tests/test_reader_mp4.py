@@ -11,7 +11,6 @@ import json
 import shutil
 import struct
 import subprocess
-import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -225,16 +224,15 @@ def box_at(data: bytes | bytearray, kind: bytes, start: int = 0) -> int:
     return at - 4
 
 
-def bounded(fn: Any, seconds: float = 5.0, megabytes: float = 64.0) -> Any:
-    """Run ``fn`` and assert it stays within a time and a Python-allocation budget."""
+def bounded(fn: Any, megabytes: float = 64.0) -> Any:
+    """Run ``fn`` and assert it stays within a Python-allocation budget (time is bounded by
+    the calling test's timeout, not asserted)."""
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         result = fn()
     finally:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    assert time.perf_counter() - started < seconds
     assert peak < megabytes * 2**20
     return result
 
@@ -278,13 +276,12 @@ def hostile(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     return {name: root / name for name in files}
 
 
+@pytest.mark.timeout(300)  # a hang or blow-up, not speed: no wall-clock asserts
 @needs_ffmpeg
 def test_hostile_files_end_as_errors(hostile: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    started = time.perf_counter()
     pipeline.ingest([str(p) for p in hostile.values()], out=str(out), workers=2,
                     progress=False)
-    assert time.perf_counter() - started < 30
     cat = catalog(out)
     errs = errors(out)
 
@@ -319,6 +316,7 @@ def test_hostile_files_end_as_errors(hostile: dict[str, Path], tmp_path: Path) -
 
 
 @needs_ffmpeg
+@pytest.mark.timeout(300)  # a hang or blow-up, not speed: no wall-clock asserts
 def test_hostile_counts_cost_little(hostile: dict[str, Path]) -> None:
     for name in ("stsz_2e31.mp4", "stsz_10m.mp4", "stsz_fixed_2e31.mp4", "trun_2e31.mp4"):
         _, table, ctx = bounded(lambda name=name: direct(hostile[name]))
@@ -353,15 +351,17 @@ def test_64bit_mdat_size(clips: Path, tmp_path: Path) -> None:
     assert desc.metadata["mdat_bytes"] == mdat_size - 8
 
 
+@pytest.mark.timeout(300)  # a hang or blow-up, not speed: no wall-clock asserts
 def test_many_tiny_boxes_are_bounded(tmp_path: Path) -> None:
     """200,000 empty 'free' boxes then a tiny moov: linear work, no recursion, one failure."""
     path = tmp_path / "boxes.mp4"
     path.write_bytes(b"\x00\x00\x00\x08free" * 200_000 + b"\x00\x00\x00\x08moov")
-    desc, table, ctx = bounded(lambda: direct(path), seconds=20)
+    desc, table, ctx = bounded(lambda: direct(path))
     assert table.num_rows == 0 and desc.metadata["tracks"] == []
     assert desc.metadata["box_count"] == 200_001
 
 
+@pytest.mark.timeout(300)  # a hang or blow-up, not speed: no wall-clock asserts
 @needs_ffmpeg
 def test_flipped_bytes_never_escape(clips: Path, tmp_path: Path) -> None:
     """Random byte flips inside moov: every outcome is rows, error rows or a BoxError."""
@@ -372,7 +372,6 @@ def test_flipped_bytes_never_escape(clips: Path, tmp_path: Path) -> None:
     size = struct.unpack_from(">I", data, moov)[0]
     rng = random.Random(7)
     path = tmp_path / "flip.mp4"
-    started = time.perf_counter()
     for _ in range(300):
         mutated = bytearray(data)
         for _ in range(rng.randint(1, 4)):
@@ -382,7 +381,6 @@ def test_flipped_bytes_never_escape(clips: Path, tmp_path: Path) -> None:
             direct(path)
         except BoxError:
             pass
-    assert time.perf_counter() - started < 30
 
 
 # --- edit lists (issue 20) -------------------------------------------------------------------
