@@ -234,6 +234,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args)
     if args.command in ("ingest", "demo"):
         _stop_on_ctrl_c()
+    interrupted = False
     try:
         if args.command == "demo":
             return _demo(args)
@@ -267,6 +268,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         _print(f"chunkmill: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        interrupted = True
         _print("chunkmill: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as exc:
@@ -276,12 +278,19 @@ def run(argv: Sequence[str] | None = None) -> int:
               "traceback)", file=sys.stderr)
         return 70
     finally:
-        if threading.current_thread() is threading.main_thread():
+        # After an interrupt the process is on its way out: a Ctrl-C pressed while it shuts
+        # down must not turn into a KeyboardInterrupt traceback or a death by SIGINT.
+        if threading.current_thread() is threading.main_thread() and not interrupted:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main() -> None:
-    sys.exit(run())
+    code = run()
+    if code == 130 and threading.current_thread() is threading.main_thread():
+        # Interpreter shutdown resets Python-level handlers to the default, so a Ctrl-C pressed
+        # while an interrupted run exits would kill it by SIGINT; an ignored one is left alone.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
