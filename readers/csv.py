@@ -181,7 +181,8 @@ class CSVReader(TextReader):
             return True  # no header, no columns: the file holds nothing
         schema = next(iter(description.tables.values()))
         names = list(state.column_names)
-        types = {n: schema.field(n).type for n in names if n in schema.names}
+        wanted = set(names)  # a set: ``n in schema.names`` per column was quadratic
+        types = {f.name: f.type for f in schema if f.name in wanted}
         marker = sentinel_text(self.delimiter, len(names)) if sentinel else None
         bad: list[tuple[str, int, int]] = []
         seen = [False]
