@@ -497,7 +497,7 @@ class TextReader(Reader):
                 rerun.append(ChunkSpec(spec.file_id, spec.index, spec.offset, spec.length,
                                        spec.table, TextSelector(parity=state), spec.weight))
             state = fact.transfer.apply(state)
-        if rerun:  # ends and starts are only comparable once every parity is right
+        if rerun:  # ends and starts are only comparable once every start state is right
             return Reconciliation(rerun=rerun)
         expected_start: int | None = None
         for fact, outcome in zip(facts, outcomes, strict=True):
@@ -509,15 +509,15 @@ class TextReader(Reader):
             if expected_start is not None and fact.start != expected_start:
                 return self._serial(source, description, "chunk ends disagree with starts")
             if not fact.verified and not fact.last:
-                return self._serial(source, description,
-                                    "quoting the parity model cannot follow (stray quotes)")
+                return self._serial(source, description, "the parser ended a chunk inside "
+                                                         "quotes where the boundary model saw none")
             expected_start = fact.end
         return Reconciliation()
 
     def standalone_problem(self, source: Source, chunk: ChunkSpec, facts: Any) -> str | None:
         if isinstance(facts, TextFacts) and not facts.verified and not facts.last:
             return (f"{source.path}: chunk {chunk.index} does not end on a record boundary "
-                    "(stray quotes): ingest it instead, which re-plans such a file")
+                    "(the parser disagrees): ingest it instead, which re-plans such a file")
         return None
 
     def summarize(self, source: Source, description: Description, chunks: list[ChunkSpec],

@@ -25,6 +25,8 @@ from readers.errors import BadFile, ErrorCode, RecordTooLong
 from readers.widening import no_nulls
 
 _TEXTISH_SUFFIXES = (".csv", ".txt", ".log", ".dat")
+_ASCII = bytes(range(128)) + b"x" * 128
+"""Translation table: every byte over 0x7F becomes ``x``."""
 
 
 def convert_options(types: dict[str, pa.DataType] | None = None) -> pacsv.ConvertOptions:
@@ -155,7 +157,7 @@ class CSVReader(TextReader):
                               "whole file would be one header field (a stray quote?)")
             end = len(head) - 1
         first = head[: end + 1]
-        if not first.strip():
+        if not first.strip(b"\r\n"):  # only line ends: whitespace is a field
             return pa.schema([]), len(first), ()
         has_header = self.has_header(options)
         fields = self._fields(first)
@@ -285,23 +287,23 @@ class CSVReader(TextReader):
             ctx.reject(error_type=ErrorCode.FIELD_COUNT_MISMATCH, byte_offset=offset, raw=raw,
                        message=f"{ctx.source.path}: expected {expected} fields, got {actual}")
 
-    def _ends_on_boundary(self, data: bytes, starts: Any, names: list[str],
-                          marker: str | None, options: TextOptions) -> bool:
+    def _ends_on_boundary(self, data: bytes, names: list[str], marker: str | None,
+                          options: TextOptions) -> bool:
         """Does the block end outside quotes? Parse it once as plain strings to know.
 
-        pyarrow cannot hand a row with invalid UTF-8 *and* a wrong field count to the
-        invalid-row hook (it fails decoding it); then the last record alone decides.
+        Bytes over 0x7F are read as ``x``: the structure (quotes, delimiters, line ends) is
+        ASCII and stays, while pyarrow cannot fail decoding a row (it cannot hand a row with
+        invalid UTF-8 *and* a wrong field count to the invalid-row hook).
         """
         if marker is None:
             return True
         sentinel_bytes = b"\n" + marker.encode() + b"\n"
         text = {n: pa.string() for n in names}
-        for piece in (data, data[int(starts[-2]):] if len(starts) > 1 else data):
-            try:
-                return self._parse(piece + sentinel_bytes, names, text, marker, options)[1]
-            except pa.ArrowInvalid:
-                continue
-        return False
+        try:
+            return self._parse(data.translate(_ASCII) + sentinel_bytes, names, text, marker,
+                               options)[1]
+        except pa.ArrowInvalid:
+            return False
 
     def _rescue(self, block: memoryview, abs_offset: int, names: list[str],
                 types: dict[str, pa.DataType], marker: str | None, options: TextOptions,
@@ -313,7 +315,7 @@ class CSVReader(TextReader):
             sentinel_bytes = b"\n" + marker.encode() + b"\n"
             data = data[: len(data) - len(sentinel_bytes)]
         starts = record_starts_csv(data, self.grammar)
-        seen = self._ends_on_boundary(data, starts, names, marker, options)
+        seen = self._ends_on_boundary(data, names, marker, options)
 
         def parse(piece: bytes, at: int) -> pa.Table:
             table, ok, bad = self._parse(piece + sentinel_bytes, names, types, marker, options)

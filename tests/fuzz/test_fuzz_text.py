@@ -9,9 +9,9 @@ exactly as the runner reads it (`conftest.run_reader`: plan, read, reconcile) an
 
 - **not hang**: every example runs under a deadline (`EXAMPLE_SECONDS`);
 - **not crash**: a reader may refuse a file at describe time with a message, nothing else raises;
-- **stay bounded in memory**: Python allocations during the one-chunk read stay under
-  `MEMORY_BOUND` (tracemalloc), and the process's peak RSS does not grow by more than
-  `RSS_GROWTH` over the whole run;
+- **stay bounded in memory**: the process's peak RSS grows by less than `EXAMPLE_MEMORY` in any
+  one example (inputs are a few KB) and by less than `RSS_GROWTH` over the whole run
+  (not tracemalloc: stopping it while pyarrow's threads attach crashes CPython 3.11, gh-128679);
 - **account for every record**: each non-empty record of the file (found by an independent
   byte-by-byte model of pyarrow's grammar) is a row or an ``_errors`` row that starts at that
   record and holds its bytes; a record too long or a file cut short is a chunk-level row;
@@ -33,7 +33,6 @@ import gzip
 import os
 import resource
 import signal
-import tracemalloc
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -43,8 +42,8 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 EXAMPLES = int(os.environ.get("CHUNKMILL_FUZZ_EXAMPLES", "25"))
-EXAMPLE_SECONDS = 20
-MEMORY_BOUND = 64 << 20
+EXAMPLE_SECONDS = 60
+EXAMPLE_MEMORY = 256 << 20
 RSS_GROWTH = 1 << 30
 MAX_RECORD = 160  # records longer than this are "too long" in the examples that ask for it
 
@@ -149,7 +148,12 @@ def data_records(data: bytes, delimiter: int, header: bool) -> list[tuple[int, i
 # --- running one file --------------------------------------------------------------------------
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[None]:
+    """Fail an example that runs longer than ``seconds`` (a hang), even when the alarm went
+    off inside a chunk read, which turns any exception into an ``_errors`` row."""
+    expired: list[bool] = []
+
     def expire(_signum: int, _frame: object) -> None:
+        expired.append(True)
         raise TimeoutError(f"an example ran longer than {seconds} s (a hang?)")
 
     previous = signal.signal(signal.SIGALRM, expire)
@@ -159,6 +163,8 @@ def deadline(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if expired:
+        raise TimeoutError(f"an example ran longer than {seconds} s (a hang?)")
 
 
 def outcome(path: str, reader: str, options: dict, chunk_size: int) -> tuple:
@@ -197,7 +203,11 @@ def check_accounting(data: bytes, reader: str, options: dict, result: tuple) -> 
         assert len(rows) + len(errors) == len(records), (rows, errors, records)
 
 
-_RSS_AT_START = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+_RSS_AT_START = _peak_rss()
 
 
 @FUZZ
@@ -208,17 +218,13 @@ def test_fuzz_delimited_text(tmp_path, case: tuple[bytes, str, dict], chunks: li
     data, reader, options = case
     path = tmp_path / ("f.csv" if reader == "csv" else "f.tsv")
     path.write_bytes(data)
+    rss_before = _peak_rss()
     with deadline(EXAMPLE_SECONDS):
-        tracemalloc.start()
-        try:
-            whole = outcome(str(path), reader, options, 1 << 20)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        assert peak < MEMORY_BOUND, f"{peak} bytes of Python memory for {len(data)} bytes"
+        whole = outcome(str(path), reader, options, 1 << 20)
         check_accounting(data, reader, options, whole)
         long_records = "max_record_bytes" in options
         for chunk in chunks:
+            chunk = max(chunk, len(data) // 40)  # at most ~40 chunks: keeps examples quick
             got = outcome(str(path), reader, options, chunk)
             check_accounting(data, reader, options, got)
             if not long_records:  # the record limit is a limit on seeking a chunk's end
@@ -235,8 +241,9 @@ def test_fuzz_delimited_text(tmp_path, case: tuple[bytes, str, dict], chunks: li
             if cut[0] != "refused":
                 assert any(kind == "chunk" for kind, *_ in cut[1]), cut
                 assert len(cut[0]) <= len(whole[0])
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    assert rss - _RSS_AT_START < RSS_GROWTH
+    # The process's peak RSS only rises when an example needed more than any before it.
+    assert _peak_rss() - rss_before < EXAMPLE_MEMORY, f"{len(data)} bytes of input"
+    assert _peak_rss() - _RSS_AT_START < RSS_GROWTH
 
 
 def test_model_agrees_with_pyarrow_on_plain_files() -> None:
