@@ -155,6 +155,8 @@ def test_truncated_file_in_one_stream(tmp_path) -> None:
 
 TRUNCATE_AFTER_PLANNING = """
 import os, sys
+
+import pipeline
 from readers.csv import CSVReader
 
 plan = CSVReader.plan
