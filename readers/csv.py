@@ -115,7 +115,7 @@ class CSVReader(TextReader):
         if not _looks_like_text(head):
             return 0
         body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
-        first_line = body.split(b"\n", 1)[0]
+        first_line = body.split(b"\n", 1)[0].split(b"\r", 1)[0]  # CR: classic Mac files
         score = 0
         if any(path.endswith(s) for s in cls.suffixes):
             score += 40

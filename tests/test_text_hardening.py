@@ -26,7 +26,7 @@ import pipeline
 from pipeline.execution.settle import FileChunks, read_settled
 from pipeline.execution.task import ChunkManifest, read_chunk
 from pipeline.planning.discover import describe_file
-from readers import get_reader
+from readers import detect, get_reader
 from readers._boundaries import last_record_end
 from readers.base import ChunkContext, ChunkSpec, Rejected, Source
 from readers.csv import CSVReader, convert_options
@@ -278,6 +278,12 @@ def test_lone_cr_small_files_end_to_end(tmp_path) -> None:
     report = pipeline.ingest([str(src)], out=str(tmp_path / "o"), layout="threads")
     rows = duckdb.sql(f"select a, b from '{tmp_path}/o/in/*.parquet' order by a, b").fetchall()
     assert rows == [(i, v) for i in range(6) for v in "xy"] and report.files == {"ok": 6}
+
+
+def test_lone_cr_header_decides_the_dialect() -> None:
+    """The header of a Mac file is its first CR-ended line, not the whole head."""
+    head = b"name\tnote\rann\ta, b, c\rbob\td, e\r"
+    assert detect(head, "/data/export.txt").name == "tsv"
 
 
 # --- item 21: a stray quote in the header --------------------------------------------------------
