@@ -1,35 +1,91 @@
-"""Record boundaries in delimited text, exact for quoted fields with embedded newlines.
+"""Record boundaries in delimited text, exact for the grammar of pyarrow's CSV parser.
 
 A record belongs to the chunk that holds its first byte. Chunk ``k`` covers the nominal byte range
-``[o_k, o_k+1)``; its first record starts right after the first newline at or after ``o_k`` that
-lies outside quotes. Whether a position lies inside quotes is the parity of the quote characters
-before it (RFC 4180: ``""`` inside a quoted field toggles twice and so changes nothing).
+``[o_k, o_k+1)``; its first record starts right after the first record end at or after ``o_k``.
+A record ends at a line end outside quotes: ``\\n``, or a ``\\r`` not followed by ``\\n``
+(classic Mac files; ``\\r\\n`` ends a record at its ``\\n``), as pyarrow's parser reads them.
 
-The parity at ``o_k`` depends on every earlier byte, so a task guesses it (`guess_parity`) and
-reports the quote count of its own range; the client then knows every true parity by a prefix
-XOR and re-runs the few chunks that guessed wrong. Parity is only a model of the parser, so every
-chunk is also *verified* with the parser itself: a sentinel record appended after the chunk must
-come back as a record of its own, which happens only if pyarrow ended the chunk outside quotes
-(see `readers._text.parse_csv_block`). Starting from the file's first record, each verified chunk
-proves the next chunk's start, so the whole chain is exact, or the file falls back to one stream.
+Whether a position lies inside quotes follows pyarrow's grammar (RFC 4180 with its leniencies),
+which only a *run* of adjacent quote characters can change:
+
+- a run preceded by a field start (the delimiter, a line end or the record start) opens a field
+  when its length is odd (two quotes are an empty field, three open one holding a quote), and
+  inside a quoted field an odd run closes it (pairs are escaped quotes): it **toggles** the state;
+- a run of odd length anywhere else is a closing quote (inside) or literal text (outside, as in
+  ``a"b``): either way the state after it is *outside*: it **resets** the state;
+- a run of even length changes nothing.
+
+So the state after a stretch of text is a `Transfer`: a reset followed by some toggles, or only
+toggles. Transfers compose, so each chunk reports its own and the client finds every chunk's
+true start state by composing them in order (the old model, quote-count parity, is the special
+case without resets, and stray quotes such as ``a"b`` broke it). Scans are vectorised over
+windows of the buffer and work backwards where that finds the answer sooner (a transfer ends at
+the last reset, which in real files is the last closing quote).
+
+A chunk that does not know its start state guesses (`guess_parity`), reports its transfer, and is
+re-run when the guess was wrong. Every chunk is also *verified* by the parser itself: a sentinel
+record appended after it must come back as a record of its own (see `readers._text`).
 """
 
 from __future__ import annotations
 
 import mmap
+from dataclasses import dataclass
 
 import numpy as np
 
 QUOTE = 0x22
 NEWLINE = 0x0A
+CR = 0x0D
+OUT, IN = 0, 1
+"""Quote states: outside (0) or inside (1) a quoted field."""
 _FIELD_START = frozenset(b",\t\n\r;|")
 
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 _COUNT_SLICE = 1 << 20  # numpy compares this much at a time: the mask stays in cache
+_FIRST_WINDOW = 1 << 12
+_MAX_WINDOW = 1 << 22
 
 
-def count_byte(buf: bytes | bytearray | memoryview | mmap.mmap, char: bytes, start: int = 0,
-               end: int | None = None) -> int:
+@dataclass(frozen=True, slots=True)
+class Grammar:
+    """What ends a record in one text format."""
+
+    quote: int | None = QUOTE
+    """The quote byte; None when every newline ends a record (JSON lines)."""
+    delimiter: int = 0x2C
+    """The field delimiter (a quote run after it opens a field)."""
+    cr: bool = True
+    """A lone ``\\r`` ends a record (CSV/TSV, as pyarrow reads them)."""
+
+
+CSV = Grammar()
+LINES = Grammar(quote=None, cr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """What a stretch of text does to the quote state: ``state -> value`` after a reset,
+    ``state -> state ^ value`` without one."""
+
+    reset: bool = False
+    value: int = 0
+
+    def apply(self, state: int) -> int:
+        return self.value if self.reset else state ^ self.value
+
+    def then(self, later: Transfer) -> Transfer:
+        """This stretch followed by ``later``."""
+        if later.reset:
+            return later
+        return Transfer(self.reset, self.value ^ later.value)
+
+
+IDENTITY = Transfer()
+
+
+def count_byte(buf: Buffer, char: bytes, start: int = 0, end: int | None = None) -> int:
     """How often the one-byte ``char`` occurs in ``buf[start:end]``.
 
     ``bytes.count`` walks byte by byte (about 1.5 GB/s); ``find`` is a SIMD ``memchr`` that
@@ -46,49 +102,241 @@ def count_byte(buf: bytes | bytearray | memoryview | mmap.mmap, char: bytes, sta
                for at in range(max(start, first), end, _COUNT_SLICE))
 
 
-def first_record_end(buf: bytes, start: int, parity: int, quote: bytes = b'"',
-                     end: int | None = None) -> int:
-    """Index of the first newline in ``buf[start:end]`` outside quotes, or -1 if none.
+def _has(buf: Buffer, byte: int, start: int, end: int) -> bool:
+    if start >= end:
+        return False
+    if hasattr(buf, "find"):
+        return buf.find(bytes((byte,)), start, end) >= 0
+    return bool(np.any(np.frombuffer(buf, np.uint8)[start:end] == byte))
 
-    ``parity`` is 1 when ``start`` lies inside a quoted field.
+
+def _run_end(arr: np.ndarray, p: int, end: int, quote: int) -> int:
+    """First position at or after ``p`` (before ``end``) that is not a quote, else ``end``."""
+    step = 256
+    while p < end:
+        window = arr[p:min(end, p + step)] != quote
+        if window.any():
+            return p + int(window.argmax())
+        p += len(window)
+        step = min(step * 16, _MAX_WINDOW)
+    return end
+
+
+def _runs(arr: np.ndarray, lo: int, hi: int, end: int, grammar: Grammar
+          ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Quote runs starting in ``[lo, hi)``: (start positions, kinds, open).
+
+    Kinds: 0 no effect, 1 toggle, 2 reset. A run starting before ``lo`` is not one of them
+    (its first quote is, and its length is counted whole there). ``open`` is True when the
+    last run reaches ``end``: it may go on beyond the data, so its kind is not known yet.
+    Position 0 of the buffer is taken as a record start.
+    """
+    quote = grammar.quote
+    q = np.flatnonzero(arr[lo:hi] == quote)
+    if not q.size:
+        return q, q, False
+    q += lo
+    prev = np.empty(q.size, np.uint8)
+    if q[0] == 0:
+        prev[0] = NEWLINE
+        prev[1:] = arr[q[1:] - 1]
+    else:
+        prev[:] = arr[q - 1]
+    first = prev != quote
+    ids = np.cumsum(first) - 1  # -1: the quotes continuing a run from before lo
+    starts = q[first]
+    if not starts.size:
+        return starts, starts, False
+    lengths = np.bincount(ids[ids >= 0], minlength=starts.size)
+    is_open = False
+    if q[-1] == hi - 1:  # the last run may go on past the window
+        stop = _run_end(arr, hi, end, quote)
+        lengths[-1] += stop - hi
+        is_open = stop >= end
+    before = prev[first]
+    opens = (before == grammar.delimiter) | (before == NEWLINE) | (before == CR)
+    kinds = np.where(lengths & 1, np.where(opens, 1, 2), 0).astype(np.int8)
+    return starts, kinds, is_open
+
+
+def _kinds_transfer(kinds: np.ndarray) -> Transfer:
+    resets = np.flatnonzero(kinds == 2)
+    if resets.size:
+        return Transfer(True, int(np.count_nonzero(kinds[resets[-1] + 1:] == 1)) & 1)
+    return Transfer(False, int(np.count_nonzero(kinds == 1)) & 1)
+
+
+def transfer(buf: Buffer, lo: int, hi: int, grammar: Grammar = CSV,
+             end: int | None = None, final: bool = False) -> Transfer | None:
+    """The `Transfer` of the quote runs starting in ``buf[lo:hi]``.
+
+    None when a run reaches ``end`` (where the data read so far ends; default the buffer's
+    end) and ``final`` does not say that is the end of the file: the run may be longer than
+    it looks. Works backwards from ``hi``: the answer is settled at the last reset.
     """
     end = len(buf) if end is None else end
-    pos = start
-    while True:
-        nl = buf.find(b"\n", pos, end)
-        if nl < 0:
-            return -1
-        parity ^= count_byte(buf, quote, pos, nl) & 1
-        if parity == 0:
-            return nl
-        pos = nl + 1
+    if grammar.quote is None or not _has(buf, grammar.quote, lo, hi):
+        return IDENTITY
+    arr = np.frombuffer(buf, np.uint8)
+    flips = 0
+    b, width = hi, 1 << 16
+    while b > lo:
+        a = max(lo, b - width)
+        _, kinds, is_open = _runs(arr, a, b, end, grammar)
+        if is_open and not final:
+            return None
+        part = _kinds_transfer(kinds)
+        if part.reset:
+            return Transfer(True, part.value ^ flips)
+        flips ^= part.value
+        b, width = a, min(width * 4, _MAX_WINDOW)
+    return Transfer(False, flips)
 
 
-def last_record_end(buf: bytes, quote: bytes = b'"') -> tuple[int, int]:
-    """(index of the last newline outside quotes, index of the last one inside), -1 if none.
+def _line_ends(arr: np.ndarray, lo: int, hi: int, end: int, final: bool, cr: bool
+               ) -> np.ndarray:
+    """Positions in ``[lo, hi)`` that end a line (quotes aside), sorted."""
+    seg = arr[lo:hi]
+    ends = np.flatnonzero(seg == NEWLINE)
+    if not cr:
+        return ends + lo
+    crs = np.flatnonzero(seg == CR)
+    if crs.size:
+        crs += lo
+        nxt = crs + 1
+        inside = nxt < end
+        lone = np.zeros(crs.size, bool)
+        lone[inside] = arr[nxt[inside]] != NEWLINE
+        if final:
+            lone[~inside] = True  # a CR as the file's last byte ends its last record
+        ends = np.union1d(ends + lo, crs[lone])
+        return ends
+    return ends + lo
 
-    ``buf`` must start at a record start. The second value is the fallback cut for files whose
-    quoting the parity model gets wrong once in the buffer.
+
+def record_ends(buf: Buffer, lo: int, hi: int, state: int, grammar: Grammar = CSV,
+                end: int | None = None, final: bool = False) -> tuple[np.ndarray, int | None]:
+    """Record ends in ``buf[lo:hi]`` given the quote ``state`` at ``lo``, and the state at ``hi``.
+
+    ``end`` is where the data read so far ends (default: the buffer's end) and ``final`` says
+    whether that is the end of the file: a ``\\r`` right at ``end`` ends a record only then
+    (it may be the first half of ``\\r\\n``). The state at ``hi`` is None when a quote run
+    reaches ``end`` and the data is not final.
     """
-    total = count_byte(buf, quote)
-    end = len(buf)
-    suffix_quotes = 0
-    found_even = found_odd = -1
-    while found_even < 0 or found_odd < 0:
-        nl = buf.rfind(b"\n", 0, end)
-        if nl < 0:
+    end = len(buf) if end is None else end
+    hi = min(hi, end)
+    arr = np.frombuffer(buf, np.uint8)
+    lines = _line_ends(arr, lo, hi, end, final, grammar.cr)
+    if grammar.quote is None:
+        return lines, state
+    starts, kinds, is_open = _runs(arr, lo, hi, end, grammar)
+    after: int | None = _kinds_transfer(kinds).apply(state)
+    if is_open and not final:
+        after = None
+    if not starts.size:
+        return (lines if state == OUT else lines[:0]), after
+    if not lines.size:
+        return lines, after
+    # The state after each run: toggles counted since the last reset (or since lo).
+    toggles = np.cumsum(kinds == 1)
+    idx = np.arange(kinds.size)
+    last_reset = np.maximum.accumulate(np.where(kinds == 2, idx, -1))
+    base = np.where(last_reset >= 0, toggles[np.maximum(last_reset, 0)], -state)
+    run_state = (toggles - base) & 1
+    before = np.searchsorted(starts, lines)  # runs starting before each line end
+    line_state = np.where(before > 0, run_state[np.maximum(before - 1, 0)], state)
+    return lines[line_state == OUT], after
+
+
+def _next_line_end(buf: Buffer, pos: int, end: int, final: bool, cr: bool) -> int:
+    """The first line end at or after ``pos`` (quotes aside), -1 if none is known yet."""
+    nl = buf.find(b"\n", pos, end)
+    if not cr:
+        return nl
+    c = buf.find(b"\r", pos, nl if nl >= 0 else end)
+    if c < 0:
+        return nl
+    if c + 1 < end:
+        return c if buf[c + 1] != NEWLINE else c + 1
+    return c if final else -1
+
+
+def first_record_end(buf: Buffer, start: int, state: int = OUT, grammar: Grammar = CSV,
+                     end: int | None = None, final: bool = True) -> int:
+    """Index of the first record end in ``buf[start:end]`` given the quote ``state`` at
+    ``start``, or -1 if none (or none known before the data ends)."""
+    end = len(buf) if end is None else end
+    if state == OUT or grammar.quote is None:
+        nl = _next_line_end(buf, start, end, final, grammar.cr)
+        if grammar.quote is None or not _has(buf, grammar.quote, start,
+                                             nl if nl >= 0 else end):
+            return nl
+    pos, width = start, _FIRST_WINDOW
+    while pos < end:
+        hi = min(end, pos + width)
+        ends, after = record_ends(buf, pos, hi, state, grammar, end, final)
+        if ends.size:
+            return int(ends[0])
+        if after is None:
+            return -1
+        pos, state, width = hi, after, min(width * 4, _MAX_WINDOW)
+    return -1
+
+
+def last_record_end(buf: Buffer, grammar: Grammar = CSV, end: int | None = None,
+                    final: bool = False, start: int = 0) -> int:
+    """Index of the last record end in ``buf[start:end]``, -1 if none.
+
+    ``buf[start]`` must be a record start. Looks at the tail first: the state there comes
+    from a backward `transfer` that stops at the last reset.
+    """
+    end = len(buf) if end is None else end
+    if grammar.quote is None or not _has(buf, grammar.quote, start, end):
+        return _prev_line_end(buf, start, end, final, grammar.cr)
+    width = 1 << 16
+    while True:
+        a = max(start, end - width)
+        head = transfer(buf, start, a, grammar, end, final) if a > start else IDENTITY
+        if head is not None:
+            ends, _ = record_ends(buf, a, end, head.apply(OUT), grammar, end, final)
+            if ends.size:
+                return int(ends[-1])
+        if a == start:
+            return -1
+        width *= 4
+
+
+def _prev_line_end(buf: Buffer, start: int, end: int, final: bool, cr: bool) -> int:
+    """The last line end in ``buf[start:end]`` (quotes aside), -1 if none."""
+    nl = buf.rfind(b"\n", start, end)
+    if not cr:
+        return nl
+    c = buf.rfind(b"\r", max(start, nl + 1), end)
+    if c < 0:
+        return nl
+    if c + 1 < end or final:
+        return c  # not followed by "\n": every "\n" is before it
+    c2 = buf.rfind(b"\r", max(start, nl + 1), c)  # the last byte may be half of "\r\n"
+    return c2 if c2 >= 0 else nl
+
+
+def record_starts_csv(buf: Buffer, grammar: Grammar = CSV) -> np.ndarray:
+    """Offsets of every record start in ``buf`` (which starts at a record start and ends at a
+    record end or the end of the file) plus len(buf). For the error path: parse pieces."""
+    size = len(buf)
+    found = [np.zeros(1, np.int64)]
+    state: int | None = OUT
+    for lo in range(0, size, _COUNT_SLICE):
+        ends, state = record_ends(buf, lo, lo + _COUNT_SLICE, state, grammar, size, True)
+        found.append(ends.astype(np.int64) + 1)
+        if state is None:  # only when a quote run reaches the end: nothing follows
             break
-        suffix_quotes += count_byte(buf, quote, nl, end)
-        parity = (total - suffix_quotes) & 1
-        if parity == 0 and found_even < 0:
-            found_even = nl
-        elif parity == 1 and found_odd < 0:
-            found_odd = nl
-        end = nl
-    return found_even, found_odd
+    starts = np.concatenate(found)
+    starts = starts[starts < size]
+    return np.concatenate((starts, [size])).astype(np.int64)
 
 
-def guess_parity(buf: bytes, limit: int = 1 << 16, quote: int = QUOTE) -> int:
+def guess_parity(buf: Buffer, limit: int = 1 << 16, quote: int = QUOTE) -> int:
     """Best guess whether ``buf[0]`` lies inside a quoted field (1) or not (0).
 
     Looks at the first unambiguous quote: one preceded by a field start and followed by field
@@ -114,20 +362,6 @@ def guess_parity(buf: bytes, limit: int = 1 << 16, quote: int = QUOTE) -> int:
         if closes and not opens:
             return 1
         pos = p + 1
-
-
-def record_starts_csv(buf: bytes, quote: int = QUOTE) -> np.ndarray:
-    """Offsets of every record start in ``buf`` (which starts at a record start) plus len(buf).
-
-    Used on the error path only, to give rejected rows their byte offsets.
-    """
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    newlines = np.flatnonzero(arr == NEWLINE)
-    quotes = np.flatnonzero(arr == quote)
-    outside = (np.searchsorted(quotes, newlines) & 1) == 0
-    starts = newlines[outside] + 1
-    starts = starts[starts < len(buf)]
-    return np.concatenate(([0], starts, [len(buf)])).astype(np.int64)
 
 
 def record_starts_lines(buf: bytes) -> np.ndarray:

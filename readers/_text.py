@@ -19,8 +19,19 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from readers._boundaries import count_byte, first_record_end, guess_parity, last_record_end
+from readers._boundaries import (
+    IDENTITY,
+    LINES,
+    OUT,
+    Grammar,
+    Transfer,
+    first_record_end,
+    guess_parity,
+    last_record_end,
+    transfer,
+)
 from readers.base import (
+    RAW_CAP,
     ChunkContext,
     ChunkOutcome,
     ChunkSpec,
@@ -33,7 +44,7 @@ from readers.base import (
     on_memory_pressure,
     read_head,
 )
-from readers.errors import DecompressionLimit, RecordTooLong
+from readers.errors import DecompressionLimit, ErrorCode, RecordTooLong, Truncated
 from readers.options import ReaderOptions
 
 BOM = b"\xef\xbb\xbf"
@@ -88,20 +99,26 @@ STREAM = TextSelector(stream=True)
 class TextFacts:
     """What a text chunk reports for reconciliation (`ChunkContext.facts`)."""
 
-    quotes: int = 0
-    """Quote characters in the chunk's nominal range."""
+    flips: int = 0
+    """The quote-state `Transfer` of the chunk's nominal range: toggles (mod 2) after its
+    last reset, or after its start when ``resets`` is False."""
+    resets: bool = False
     parity: int = 0
-    """The start parity the chunk assumed."""
+    """The quote state the chunk assumed at its start (0 outside, 1 inside)."""
     last: bool = False
-    """The chunk reaches the end of the file."""
+    """The chunk's last record runs to the end of the file."""
     start: int | None = None
     """Byte offset of the chunk's first record (None: no record starts in its range)."""
     end: int | None = None
-    """Byte offset just past its last record."""
+    """Byte offset just past its last record (None: unknown, a record too long to follow)."""
     verified: bool = True
     """The parser ended the chunk outside quotes (its sentinel record came back)."""
     open_quote_at_eof: bool = False
     """The file ends inside an open quoted field."""
+
+    @property
+    def transfer(self) -> Transfer:
+        return Transfer(self.resets, self.flips)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +247,9 @@ class TextReader(Reader):
     reconciles = True
     bundles = True
     quote: ClassVar[bytes | None] = b'"'
-    """Quote character whose parity decides record ends; None when a newline always ends one."""
+    """Quote character that decides record ends; None when a newline always ends one."""
+    delimiter: ClassVar[str] = ","
+    """Field delimiter (a quote right after it opens a quoted field)."""
     threads_ok = True  # pyarrow's CSV/JSON parsers and the Parquet writer release the GIL
     options_type = TextOptions
 
@@ -273,15 +292,34 @@ class TextReader(Reader):
         """Sentinel bytes appended after a chunk (see `sentinel_text`)."""
         return SENTINEL
 
+    @property
+    def grammar(self) -> Grammar:
+        """What ends a record in this format (see `readers._boundaries`)."""
+        if self.quote is None:
+            return LINES
+        return Grammar(quote=self.quote[0], delimiter=ord(self.delimiter))
+
     # --- Reader API -----------------------------------------------------------------------------
     def describe(self, source: Source, options: TextOptions) -> Description:
-        limit = options.infer_bytes
-        with source.open(source.compression) as f:
-            head = read_head(f, limit + 1)  # a damaged stream keeps its readable head
-        at_eof = len(head) <= limit
-        head = head[:limit]
-        bom = len(BOM) if head.startswith(BOM) else 0
-        schema, header_len, names = self._infer(head[bom:], at_eof, options)
+        limit = want = options.infer_bytes
+        ceiling = options.max_record_bytes + limit
+        while True:
+            with source.open(source.compression) as f:
+                head = read_head(f, want + 1)  # a damaged stream keeps its readable head
+            at_eof = len(head) <= want
+            head = head[:want]
+            bom = len(BOM) if head.startswith(BOM) else 0
+            try:
+                schema, header_len, names = self._infer(head[bom:], at_eof, options)
+                break
+            except RecordTooLong:
+                # A header longer than the head: it obeys the record limit, like any record.
+                if at_eof or want >= ceiling:
+                    raise
+                want = min(want * 4, ceiling)
+        if header_len > options.max_record_bytes:
+            raise RecordTooLong(f"the header is {header_len} bytes long, more than "
+                                f"max_record_bytes ({options.max_record_bytes})")
         metadata = {"compression": source.compression, "bom": bool(bom),
                     "columns": list(names), "schema_inferred_from_bytes": len(head)}
         return Description({source.table: schema}, metadata,
@@ -345,8 +383,9 @@ class TextReader(Reader):
             except Exception:  # noqa: BLE001 - read() on its own retries and reports it
                 continue
             if (len(body) != chunk.length or (self.quote is not None and self.quote in body)
-                    or b"\n\n" in body or b"\n\r\n" in body or body[:1] in (b"\n", b"\r")):
-                continue
+                    or b"\n\n" in body or b"\n\r\n" in body or body[:1] in (b"\n", b"\r")
+                    or (self.grammar.cr and body.count(b"\r") != body.count(b"\r\n"))):
+                continue  # a lone CR ends a line too: the newline count would be wrong
             if not body.endswith(b"\n"):
                 body += b"\n"
             table = next(iter(description.tables))
@@ -390,7 +429,7 @@ class TextReader(Reader):
         start = bom
         if self.has_header(options):
             start = len(data) - len(data[bom:].lstrip(b"\r\n"))
-            end = data.find(b"\n", start)
+            end = first_record_end(data, start, OUT, self.grammar)
             if end < 0:
                 return None
             header, start = data[start:end + 1], end + 1
@@ -445,7 +484,7 @@ class TextReader(Reader):
 
     def reconcile(self, source: Source, description: Description, chunks: list[ChunkSpec],
                   outcomes: Sequence[ChunkOutcome]) -> Reconciliation:
-        """Check every chunk's parity guess and boundary against the exact prefix parity."""
+        """Check every chunk's start-state guess and boundary against the exact prefix state."""
         if not chunks or _is_stream(chunks[0]):
             return Reconciliation()
         facts: list[TextFacts | None] = [o.facts for o in outcomes]
@@ -454,13 +493,13 @@ class TextReader(Reader):
             return self._serial(source, description, "a chunk failed before its quotes were "
                                                      "counted")
         rerun: list[ChunkSpec] = []
-        parity = 0
+        state = OUT
         for spec, fact in zip(chunks, facts, strict=True):
-            if fact.parity != parity:
+            if fact.parity != state:
                 rerun.append(ChunkSpec(spec.file_id, spec.index, spec.offset, spec.length,
-                                       spec.table, TextSelector(parity=parity), spec.weight))
-            parity ^= fact.quotes & 1
-        if rerun:  # ends and starts are only comparable once every parity is right
+                                       spec.table, TextSelector(parity=state), spec.weight))
+            state = fact.transfer.apply(state)
+        if rerun:  # ends and starts are only comparable once every start state is right
             return Reconciliation(rerun=rerun)
         expected_start: int | None = None
         for fact, outcome in zip(facts, outcomes, strict=True):
@@ -472,15 +511,15 @@ class TextReader(Reader):
             if expected_start is not None and fact.start != expected_start:
                 return self._serial(source, description, "chunk ends disagree with starts")
             if not fact.verified and not fact.last:
-                return self._serial(source, description,
-                                    "quoting the parity model cannot follow (stray quotes)")
+                return self._serial(source, description, "the parser ended a chunk inside "
+                                                         "quotes where the boundary model saw none")
             expected_start = fact.end
         return Reconciliation()
 
     def standalone_problem(self, source: Source, chunk: ChunkSpec, facts: Any) -> str | None:
         if isinstance(facts, TextFacts) and not facts.verified and not facts.last:
             return (f"{source.path}: chunk {chunk.index} does not end on a record boundary "
-                    "(stray quotes): ingest it instead, which re-plans such a file")
+                    "(the parser disagrees): ingest it instead, which re-plans such a file")
         return None
 
     def summarize(self, source: Source, description: Description, chunks: list[ChunkSpec],
@@ -491,24 +530,39 @@ class TextReader(Reader):
 
     def prepare(self, source: Source, description: Description,
                 chunks: list[ChunkSpec]) -> list[ChunkSpec]:
-        """Give every range chunk its exact quote parity from one counting pass over the file.
+        """Give every range chunk its exact start state from one scanning pass over the file.
 
-        Costs one read of the file (``bytes.count`` runs at GB/s), so that lazily read
-        partitions need no reconciliation afterwards.
+        Costs one read of the file (quote-free stretches are skipped at memchr speed), so
+        that lazily read partitions need no reconciliation afterwards.
         """
         if self.quote is None or not chunks or _is_stream(chunks[0]):
             return chunks
-        out, parity = [], 0
+        out, state = [], OUT
         for spec in chunks:
             out.append(ChunkSpec(spec.file_id, spec.index, spec.offset, spec.length, spec.table,
-                                 TextSelector(parity=parity), spec.weight))
-            count = 0
-            for at in range(spec.offset, spec.offset + spec.length, 16 << 20):
-                count += count_byte(source.read_range(at, min(at + (16 << 20),
-                                                              spec.offset + spec.length)),
-                                    self.quote)
-            parity ^= count & 1
+                                 TextSelector(parity=state), spec.weight))
+            state = self._file_transfer(source, spec.offset, spec.offset + spec.length,
+                                        record_start=spec.index == 0).apply(state)
         return out
+
+    def _file_transfer(self, source: Source, lo: int, hi: int, record_start: bool) -> Transfer:
+        """The quote-state `Transfer` of the file's bytes ``[lo, hi)``, read piece by piece."""
+        total = IDENTITY
+        at = lo
+        while at < hi:
+            b = min(hi, at + (16 << 20))
+            lead = 0 if at == lo and record_start else min(at, 1)
+            extra = 1 << 12
+            while True:  # read on while a quote run crosses the piece's end
+                data = source.read_range(at - lead, b + extra)
+                final = b + extra >= source.size
+                part = transfer(data, lead, lead + b - at, self.grammar, len(data), final)
+                if part is not None:
+                    break
+                extra *= 16
+            total = total.then(part)
+            at = b
+        return total
 
     def _serial(self, source: Source, description: Description, why: str) -> Reconciliation:
         state: TextState = description.state
@@ -520,90 +574,161 @@ class TextReader(Reader):
     def _read_range(self, source: Source, chunk: ChunkSpec, description: Description,
                     options: TextOptions, ctx: ChunkContext, hypothesis: int | None
                     ) -> Iterator[pa.Table | None]:
-        buf, got = read_into(source, chunk.offset, chunk.length + _OVERFLOW, len(SENTINEL))
+        """The records of one byte range (see `readers._boundaries` for which ones).
+
+        The buffer holds the byte before the range (``lead``: it tells whether a quote at the
+        range's start opens a field) and reads on past its end until the last record ends.
+        Whatever cannot be read ends the chunk with an ``_errors`` row, never a retry loop: a
+        read that comes back short (the file shrank since planning) is `Truncated`, a record
+        with no end within ``max_record_bytes`` past the range is `RecordTooLong`; the
+        records before either are kept.
+        """
+        grammar = self.grammar
+        max_record = options.max_record_bytes
+        lead = 1 if chunk.index > 0 and chunk.offset > 0 else 0
+        at = chunk.offset - lead  # file offset of buf[0]
+        lo, hi = lead, lead + chunk.length  # the nominal range within the buffer
+        spare = len(SENTINEL)
+        overflow = _OVERFLOW
+        buf, got = read_into(source, at, hi + overflow, spare)
+        short = got < min(hi + overflow, source.size - at)
         try:
-            max_record = options.max_record_bytes
-            length = chunk.length
-            first = chunk.index == 0
-            last = chunk.offset + length >= source.size
-            overflow = _OVERFLOW
-            spare = len(SENTINEL)
-            quote = self.quote
-            q = count_byte(buf, quote, 0, min(length, got)) if quote else 0
-            if first:
-                h = 0
+            final = short or at + got >= source.size
+
+            def grow() -> bool:
+                """Read further past the range; False when that is not allowed or possible."""
+                nonlocal buf, got, overflow, short, final
+                if final or got - hi > max_record:
+                    return False
+                overflow *= 4
+                READ_BUFFERS.give(buf)
+                buf = bytearray()  # nothing to give back if the re-read fails
+                buf, got = read_into(source, at, hi + overflow, spare)
+                short = got < min(hi + overflow, source.size - at)
+                final = short or at + got >= source.size
+                return True
+
+            while (moves := transfer(buf, lo, min(hi, got), grammar, got, final)) is None:
+                if not grow():  # a run of quotes longer than the record limit
+                    raise RecordTooLong(f"{source.path}: a run of quotes longer than "
+                                        f"{max_record} bytes near offset {at + hi}")
+            if chunk.index == 0:
+                h = OUT
             elif hypothesis is not None:
                 h = hypothesis
             else:
-                h = guess_parity(buf[: min(got, 1 << 16)]) if quote else 0
-            ctx.facts = facts = TextFacts(quotes=q, parity=h, last=last)
-            data_len = got
-            if first:
+                h = guess_parity(buf[lo:min(got, lo + (1 << 16))]) if self.quote else OUT
+            ctx.facts = facts = TextFacts(flips=moves.value, resets=moves.reset, parity=h)
+            if chunk.index == 0:
                 start = 0
             else:
-                p = self._record_end(buf, 0, h, data_len)
-                if p < 0 or p >= length:  # no record starts inside this range
-                    return
+                p = self._record_end(buf, lo, h, got, final)
+                if p < 0 or p >= hi or (short and p + 1 >= got):
+                    return  # no record starts inside this range (before the file's end)
                 start = p + 1
-            if last:
-                end = data_len
+            end: int | None = None
+            to_eof = too_long = False
+            if at + hi >= source.size and not short:
+                end, to_eof = got, True  # the last chunk runs to the end of the file
             else:
-                end_parity = h ^ (q & 1)
+                state = moves.apply(h)
                 while True:
-                    p = self._record_end(buf, length, end_parity, data_len)
+                    p = self._record_end(buf, hi, state, got, final)
                     if p >= 0:
                         end = p + 1
                         break
-                    if chunk.offset + data_len >= source.size:
-                        end = data_len  # the file's last record has no newline after it
+                    if final and not short:
+                        end, to_eof = got, True  # the last record has no line end after it
                         break
-                    if data_len - length > max_record:
-                        raise RecordTooLong(
-                            f"{source.path}: no record boundary within {max_record} bytes after "
-                            f"offset {chunk.offset + length} (raise max_record_bytes?)")
-                    overflow *= 4
-                    READ_BUFFERS.give(buf)
-                    buf = bytearray()  # nothing to give back if the re-read fails
-                    buf, data_len = read_into(source, chunk.offset, length + overflow, spare)
-            facts.start, facts.end = chunk.offset + start, chunk.offset + end
-            if start >= end:
-                return  # the range starts at the end of the file: no record of its own
-            # The bytes after `end` belong to the next chunk: overwrite them with the sentinel
-            # instead of copying the whole chunk to append it.
-            # The last chunk ends at the end of the file: nothing to verify there (a file ending
-            # inside an open quote keeps it as one last value, as a whole-file parse does).
-            sentinel = self.quote is not None and not last
-            if sentinel:
-                buf[end:end + spare] = self._sentinel(description)
-            view = memoryview(buf)[start:end + (spare if sentinel else 0)]
-            verified = yield from self._parse_block(view, chunk.offset + start, description,
-                                                    options, ctx, sentinel=sentinel)
-            facts.verified = verified
-            facts.open_quote_at_eof = bool(last and self.quote is not None and (h ^ (q & 1)))
+                    if short:
+                        break  # the file now ends inside a record: it is cut
+                    if not grow():
+                        too_long = True
+                        break
+            rest = b""
+            cut = end is None
+            if cut:  # keep the records before the one that cannot be followed
+                limit = got if short else hi
+                tail = last_record_end(buf, grammar, limit, True, start) if limit > start else -1
+                end = tail + 1 if tail >= 0 else start
+                rest = bytes(buf[end:min(got, end + RAW_CAP)])
+            facts.start = at + start
+            facts.end = None if too_long else at + end
+            facts.last = to_eof
+            facts.open_quote_at_eof = bool(to_eof and self.quote is not None
+                                           and moves.apply(h) != OUT)
+            if too_long:
+                ctx.reject(error_type=ErrorCode.RECORD_TOO_LONG, byte_offset=at + end, raw=rest,
+                           message=f"{source.path}: the record at offset {at + end} has no end "
+                                   f"within {max_record} bytes after offset {at + hi} "
+                                   "(raise max_record_bytes?)")
+            if short and (cut or end == got):
+                # One row per truncation, from the chunk owning the record it cuts or the last
+                # record before it (a short read of the look-ahead past a chunk's last record
+                # costs it nothing; ranges inside the cut record or past the end have no
+                # record of their own).
+                self._report_short(source, ctx, at + got, at + end, rest)
+            if start < end:
+                # The bytes after `end` belong to the next chunk: overwrite them with the
+                # sentinel instead of copying the whole chunk to append it. A chunk running to
+                # the end of the file has nothing to verify (a file ending inside an open quote
+                # keeps it as one last value, as a whole-file parse does).
+                sentinel = self.quote is not None and not to_eof
+                if sentinel:
+                    buf[end:end + spare] = self._sentinel(description)
+                view = memoryview(buf)[start:end + (spare if sentinel else 0)]
+                facts.verified = yield from self._parse_block(view, at + start, description,
+                                                              options, ctx, sentinel=sentinel)
         finally:
             READ_BUFFERS.give(buf)  # the last buffer read, also after an error or close()
 
-    def _record_end(self, buf: mmap.mmap | bytearray, start: int, parity: int, data_len: int
-                    ) -> int:
-        """First newline at or after ``start`` outside quotes, -1 if none before ``data_len``."""
-        if self.quote is None:
-            return buf.find(b"\n", start, data_len)
-        return first_record_end(buf, start, parity, self.quote, data_len)
+    @staticmethod
+    def _report_short(source: Source, ctx: ChunkContext, eof: int, cut: int, rest: bytes
+                      ) -> None:
+        """A read came back short: the file is smaller than when it was planned (``eof``: where
+        the read ended; ``cut``: where the unfinished record it ends in starts)."""
+        try:  # a read from past the new end stops where it started, not at the end
+            fs, path = source.filesystem()
+            eof = min(eof, int(fs.size(path)))
+        except Exception:  # noqa: BLE001 - the message is only less exact
+            pass
+        cut = min(cut, eof)
+        ctx.reject(kind="chunk", error_type=Truncated.code, byte_offset=cut, raw=rest,
+                   message=f"{source.path}: the file ends at offset {eof}, before the "
+                           f"{source.size} bytes it had when planned (truncated while being "
+                           "read?)" + (f"; the cut record at offset {cut} ({eof - cut} bytes) "
+                                       "is in raw" if eof > cut else ""))
+
+    def _record_end(self, buf: Any, start: int, state: int, end: int, final: bool) -> int:
+        """First record end at or after ``start`` given the quote ``state`` there, -1 if none
+        (or none known before ``end``, where the data read so far stops)."""
+        return first_record_end(buf, start, state, self.grammar, end, final)
 
     # --- whole-file streams ---------------------------------------------------------------------
     def _read_stream(self, source: Source, description: Description,
                      options: TextOptions, ctx: ChunkContext) -> Iterator[pa.Table | None]:
-        """Decompress (if needed) and parse block by block, each block verified like a chunk."""
+        """Decompress (if needed) and parse block by block, each block verified like a chunk.
+
+        ``carry`` always starts at a record start (file offset ``position``; decompressed bytes
+        for compressed files). A record with no end within ``max_record_bytes`` is rejected and
+        skipped to its end, where parsing goes on; an uncompressed file that ends before its
+        planned size is `Truncated` (its cut last record goes to ``_errors``).
+        """
         state: TextState = description.state
+        grammar = self.grammar
         block = options.stream_block_bytes
         max_record = options.max_record_bytes
         ratio = options.decompression_ratio_limit
         budget = max(1 << 30, int(ratio * max(source.size, 1))) if source.compression else None
-        position = state.data_start  # offsets are in decompressed bytes for compressed files
+        planned = None if source.compression else source.size  # never read past it
+        position = state.data_start
         carry = bytearray()
         total = 0
         step = min(block, 1 << 20)
         broken: BaseException | None = None  # a truncated or corrupt stream
+        skipping: int | None = None
+        """While skipping a record too long to keep: the quote state at ``carry[1]``
+        (``carry[0]`` is the last byte already searched for the record's end)."""
         try:
             with source.open(source.compression) as f:
                 skip = state.data_start
@@ -618,10 +743,13 @@ class TextReader(Reader):
                 read = getattr(f, "read1", f.read)
                 eof = False
                 while not eof:
-                    try:
-                        piece = read(step)
-                    except Exception as exc:  # zlib.error, LZMAError, truncation, I/O
-                        broken, piece = exc, b""
+                    want = step if planned is None else min(step, planned - total)
+                    piece = b""
+                    if want > 0:
+                        try:
+                            piece = read(want)
+                        except Exception as exc:  # zlib.error, LZMAError, truncation, I/O
+                            broken = exc
                     eof = not piece
                     total += len(piece)
                     if budget is not None and total > budget:
@@ -629,24 +757,47 @@ class TextReader(Reader):
                             f"decompressed past {budget} bytes ({ratio:g}x the file); "
                             "raise decompression_ratio_limit if this is real")
                     carry += piece
+                    if skipping is not None:
+                        p = first_record_end(carry, 1, skipping, grammar, len(carry), eof)
+                        if p < 0 and not eof:
+                            skipping, dropped = self._drop_searched(carry, 1, skipping)
+                            position += dropped
+                            continue
+                        done = p + 1 if p >= 0 else len(carry)  # the record ends, or the file
+                        del carry[:done]
+                        position += done
+                        skipping = None
                     if not eof and len(carry) < block:
                         continue
                     if eof and broken is None:
+                        short = planned is not None and total < planned
                         if carry:
+                            cut = len(carry)
+                            if short:  # the file shrank: its last record may be cut
+                                cut = last_record_end(carry, grammar, len(carry), True) + 1
                             # Parsed in place, so carry is never resized after this: pyarrow's
                             # background reader may let go of its view only after the parse
                             # returns, and a bytearray with a live view cannot change size.
-                            tables, _ = self._collect(memoryview(carry), position,
+                            tables, _ = self._collect(memoryview(carry)[:cut], position,
                                                       description, options, ctx, False)
                             yield from tables
-                            position += len(carry)
+                            if short:
+                                self._report_short(source, ctx, position + len(carry),
+                                                   position + cut, bytes(carry[cut:][:RAW_CAP]))
+                        elif short:
+                            self._report_short(source, ctx, position, position, b"")
                         break
                     # Parse every complete record; a broken stream keeps its tail for _errors.
                     cut = self._verified_cut(carry, position, description, options, ctx)
                     if cut is None:
-                        if not eof and len(carry) > max_record + block:
-                            raise RecordTooLong(
-                                f"no verifiable record boundary within {len(carry)} bytes")
+                        if not eof and len(carry) > max_record:
+                            ctx.reject(error_type=ErrorCode.RECORD_TOO_LONG,
+                                       byte_offset=position, raw=bytes(carry[:RAW_CAP]),
+                                       message=f"{source.path}: the record at offset {position} "
+                                               f"has no end within {max_record} bytes (raise "
+                                               "max_record_bytes?)")
+                            skipping, dropped = self._drop_searched(carry, 0, OUT)
+                            position += dropped
                         continue
                     cut_len, tables = cut
                     yield from tables
@@ -663,26 +814,41 @@ class TextReader(Reader):
                        if source.compression else f"{source.path}: {exc} (at offset {position})",
                        byte_offset=position, raw=bytes(carry[:4096]))
 
+    def _drop_searched(self, carry: bytearray, start: int, state: int) -> tuple[int, int]:
+        """Forget the searched bytes of a record being skipped, keeping the carry bounded.
+
+        ``carry[start:]`` holds no record end (given the quote ``state`` at ``start``). Keeps
+        the last byte that is neither a quote (a run may go on) nor a CR (a ``\n`` may follow)
+        as ``carry[0]``; returns (the quote state at the new ``carry[1]``, bytes dropped).
+        """
+        keep = len(carry) - 1
+        unsafe = (0x0D, self.quote[0] if self.quote else 0x0D)
+        while keep > start and carry[keep] in unsafe:
+            keep -= 1
+        if keep <= start:
+            return state, 0  # nothing safe to drop yet
+        moves = transfer(carry, start, keep + 1, self.grammar, len(carry), True)
+        assert moves is not None  # carry[keep] is not a quote: no run crosses it
+        del carry[:keep]
+        return moves.apply(state), keep
+
     def _verified_cut(self, carry: bytearray, position: int, description: Description,
                       options: TextOptions, ctx: ChunkContext
                       ) -> tuple[int, list[pa.Table]] | None:
-        if self.quote is None:
-            candidates = [carry.rfind(b"\n")]
-        else:
-            candidates = list(last_record_end(carry, self.quote))
-        for nl in candidates:
-            if nl < 0:
-                continue
-            cut = nl + 1
-            trial = ChunkContext(ctx.source, ctx.chunk)
-            sentinel = self.quote is not None
-            block = bytes(carry[:cut]) + (self._sentinel(description) if sentinel else b"")
-            tables, verified = self._collect(memoryview(block), position, description,
-                                             options, trial, sentinel=sentinel)
-            if verified:
-                ctx.rejected.extend(trial.rejected)
-                return cut, tables
-        return None
+        """Parse ``carry`` up to its last record end, if the parser agrees that it is one."""
+        nl = last_record_end(carry, self.grammar, len(carry), False)
+        if nl < 0:
+            return None
+        cut = nl + 1
+        trial = ChunkContext(ctx.source, ctx.chunk)
+        sentinel = self.quote is not None
+        block = bytes(carry[:cut]) + (self._sentinel(description) if sentinel else b"")
+        tables, verified = self._collect(memoryview(block), position, description,
+                                         options, trial, sentinel=sentinel)
+        if not verified:
+            return None
+        ctx.rejected.extend(trial.rejected)
+        return cut, tables
 
 
 def _is_stream(chunk: ChunkSpec) -> bool:

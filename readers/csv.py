@@ -8,16 +8,25 @@ import sys
 from collections.abc import Generator, Iterator
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from readers._boundaries import first_record_end, last_record_end, record_starts_csv
+from readers._boundaries import (
+    OUT,
+    first_record_end,
+    last_record_end,
+    record_starts_csv,
+    transfer,
+)
 from readers._text import TextOptions, TextReader, TextState, bisect_records, sentinel_text
 from readers.base import ChunkContext, Description, RestartChunk
-from readers.errors import ErrorCode, RecordTooLong
+from readers.errors import BadFile, ErrorCode, RecordTooLong
 from readers.widening import no_nulls
 
 _TEXTISH_SUFFIXES = (".csv", ".txt", ".log", ".dat")
+_ASCII = bytes(range(128)) + b"x" * 128
+"""Translation table: every byte over 0x7F becomes ``x``."""
 
 
 def convert_options(types: dict[str, pa.DataType] | None = None) -> pacsv.ConvertOptions:
@@ -80,6 +89,20 @@ def _quiet_undecodable_rows() -> None:
     sys.unraisablehook = hook
 
 
+def _find_record(data: bytes, raw: bytes, cursor: int, starts: Any) -> int:
+    """Offset of the first record at or after ``cursor`` whose text (without its line end)
+    is ``raw``, -1 if none. ``starts``: every record start of ``data``, then its length."""
+    at = data.find(raw, cursor)
+    while at >= 0:
+        i = int(np.searchsorted(starts, at))
+        if i < len(starts) - 1 and starts[i] == at:
+            after = data[at + len(raw):int(starts[i + 1])]
+            if after in (b"", b"\n", b"\r", b"\r\n"):
+                return at
+        at = data.find(raw, at + 1)
+    return -1
+
+
 class CSVReader(TextReader):
     """Comma-separated values. Subclasses change `delimiter` (see `readers.tsv`)."""
 
@@ -92,7 +115,7 @@ class CSVReader(TextReader):
         if not _looks_like_text(head):
             return 0
         body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
-        first_line = body.split(b"\n", 1)[0]
+        first_line = body.split(b"\n", 1)[0].split(b"\r", 1)[0]  # CR: classic Mac files
         score = 0
         if any(path.endswith(s) for s in cls.suffixes):
             score += 40
@@ -121,13 +144,20 @@ class CSVReader(TextReader):
 
     def _infer_from(self, head: bytes, at_eof: bool, options: TextOptions
                     ) -> tuple[pa.Schema, int, tuple[str, ...]]:
-        end = first_record_end(head, 0, 0)
+        grammar = self.grammar
+        end = first_record_end(head, 0, OUT, grammar, len(head), at_eof)
         if end < 0:
             if not at_eof:
                 raise RecordTooLong(f"first record longer than {len(head)} bytes")
+            moves = transfer(head, 0, len(head), grammar, len(head), True)
+            if (moves is not None and moves.apply(OUT) != OUT
+                    and (b"\n" in head or b"\r" in head)):
+                # Every line of the file would be one header field: not a header at all.
+                raise BadFile("the first record opens a quote that is never closed, so the "
+                              "whole file would be one header field (a stray quote?)")
             end = len(head) - 1
         first = head[: end + 1]
-        if not first.strip():
+        if not first.strip(b"\r\n"):  # only line ends: whitespace is a field
             return pa.schema([]), len(first), ()
         has_header = self.has_header(options)
         fields = self._fields(first)
@@ -137,10 +167,11 @@ class CSVReader(TextReader):
         else:
             header_len = 0
             names = tuple(f"f{i}" for i in range(len(fields)))
-        body = head[header_len:]
-        if not at_eof:
-            even, _ = last_record_end(body)
-            body = body[: even + 1] if even >= 0 else b""
+        # Types come from at most ``infer_bytes`` of records, however long the header is.
+        body = head[header_len:header_len + options.infer_bytes]
+        if not at_eof or len(head) > header_len + options.infer_bytes:
+            last = last_record_end(body, grammar, len(body), False)
+            body = body[: last + 1] if last >= 0 else b""
         schema = self._infer_types(body, names)
         return schema, header_len, names
 
@@ -181,7 +212,8 @@ class CSVReader(TextReader):
             return True  # no header, no columns: the file holds nothing
         schema = next(iter(description.tables.values()))
         names = list(state.column_names)
-        types = {n: schema.field(n).type for n in names if n in schema.names}
+        wanted = set(names)  # a set: ``n in schema.names`` per column was quadratic
+        types = {f.name: f.type for f in schema if f.name in wanted}
         marker = sentinel_text(self.delimiter, len(names)) if sentinel else None
         bad: list[tuple[str, int, int]] = []
         seen = [False]
@@ -237,10 +269,17 @@ class CSVReader(TextReader):
 
     def _reject_rows(self, data: bytes, abs_offset: int, bad: list[tuple[str, int, int]],
                      ctx: ChunkContext) -> None:
+        """Field-count rejects, each at the offset of its own record.
+
+        pyarrow hands over a bad row's text, not where it is: the offset is the first record
+        (after the previous reject) whose bytes are exactly that text, so a short row such as
+        ``1`` is never placed inside an earlier record that merely contains it.
+        """
+        starts = record_starts_csv(data, self.grammar) if bad else None
         cursor = 0
         for text, expected, actual in bad:
             raw = text.encode("utf-8", "surrogateescape")
-            at = data.find(raw, cursor)
+            at = _find_record(data, raw, cursor, starts)
             offset = None
             if at >= 0:
                 cursor = at + len(raw)
@@ -248,23 +287,23 @@ class CSVReader(TextReader):
             ctx.reject(error_type=ErrorCode.FIELD_COUNT_MISMATCH, byte_offset=offset, raw=raw,
                        message=f"{ctx.source.path}: expected {expected} fields, got {actual}")
 
-    def _ends_on_boundary(self, data: bytes, starts: Any, names: list[str],
-                          marker: str | None, options: TextOptions) -> bool:
+    def _ends_on_boundary(self, data: bytes, names: list[str], marker: str | None,
+                          options: TextOptions) -> bool:
         """Does the block end outside quotes? Parse it once as plain strings to know.
 
-        pyarrow cannot hand a row with invalid UTF-8 *and* a wrong field count to the
-        invalid-row hook (it fails decoding it); then the last record alone decides.
+        Bytes over 0x7F are read as ``x``: the structure (quotes, delimiters, line ends) is
+        ASCII and stays, while pyarrow cannot fail decoding a row (it cannot hand a row with
+        invalid UTF-8 *and* a wrong field count to the invalid-row hook).
         """
         if marker is None:
             return True
         sentinel_bytes = b"\n" + marker.encode() + b"\n"
         text = {n: pa.string() for n in names}
-        for piece in (data, data[int(starts[-2]):] if len(starts) > 1 else data):
-            try:
-                return self._parse(piece + sentinel_bytes, names, text, marker, options)[1]
-            except pa.ArrowInvalid:
-                continue
-        return False
+        try:
+            return self._parse(data.translate(_ASCII) + sentinel_bytes, names, text, marker,
+                               options)[1]
+        except pa.ArrowInvalid:
+            return False
 
     def _rescue(self, block: memoryview, abs_offset: int, names: list[str],
                 types: dict[str, pa.DataType], marker: str | None, options: TextOptions,
@@ -275,8 +314,8 @@ class CSVReader(TextReader):
         if marker is not None:
             sentinel_bytes = b"\n" + marker.encode() + b"\n"
             data = data[: len(data) - len(sentinel_bytes)]
-        starts = record_starts_csv(data)
-        seen = self._ends_on_boundary(data, starts, names, marker, options)
+        starts = record_starts_csv(data, self.grammar)
+        seen = self._ends_on_boundary(data, names, marker, options)
 
         def parse(piece: bytes, at: int) -> pa.Table:
             table, ok, bad = self._parse(piece + sentinel_bytes, names, types, marker, options)

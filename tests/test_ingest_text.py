@@ -259,7 +259,9 @@ def test_later_runs_keep_the_tables_types(tmp_path, shared_scheduler) -> None:
         report.notes[0]
 
 
-def test_a_failed_chunk_leaves_the_others_exact(tmp_path, shared_scheduler) -> None:
+def test_a_record_too_long_keeps_every_other_row(tmp_path, shared_scheduler) -> None:
+    """Issue 20 item 9: the rows before (and after) a record over --max-record-bytes are
+    kept; the long record alone is an _errors row with its offset."""
     rows = [f'{i},"note {i}\nwith a second line, and ""quotes"""' for i in range(3000)]
     rows[1500] = '1500,"' + "long\n" * 60_000 + '"'  # 300 KB: over --max-record-bytes
     path = tmp_path / "q.csv"
@@ -270,10 +272,12 @@ def test_a_failed_chunk_leaves_the_others_exact(tmp_path, shared_scheduler) -> N
     whole = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True))
     real = set(zip(whole["id"].to_pylist(), whole["text"].to_pylist(), strict=True))
     got = out_rows(out, "q", "select id, text")
-    assert got and set(got) <= real  # every row written is a real row, none garbled
-    assert 2000 < len(got) < 3000  # the chunks around the long record are reported instead
-    kinds = {e["kind"] for e in errors(out)}
-    assert "chunk" in kinds and report.files == {"partial": 1}
+    assert set(got) == {row for row in real if row[0] != 1500}
+    assert len(got) == 2999
+    (error,) = errors(out)
+    assert (error["kind"], error["error_type"]) == ("record", "RecordTooLong")
+    assert error["byte_offset"] == len("id,text\n" + "\n".join(rows[:1500]) + "\n")
+    assert error["raw"].startswith(b'1500,"long') and report.files == {"partial": 1}
 
 
 def test_dictionary_encoding_only_where_values_repeat(tmp_path, shared_scheduler) -> None:

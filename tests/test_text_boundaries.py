@@ -15,7 +15,17 @@ from conftest import run_reader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from readers._boundaries import count_byte, first_record_end, guess_parity, last_record_end
+from readers._boundaries import (
+    OUT,
+    Grammar,
+    count_byte,
+    first_record_end,
+    guess_parity,
+    last_record_end,
+    record_ends,
+    record_starts_csv,
+    transfer,
+)
 from readers._text import READ_BUFFERS, TextSelector
 from readers.csv import convert_options
 
@@ -34,7 +44,10 @@ def _quote(value: str, always: bool) -> str:
 def csv_files(draw: st.DrawFn, delimiter: str = ",") -> bytes:
     ncols = draw(st.integers(1, 4))
     nrows = draw(st.integers(0, 12))
-    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    # Line ends: Unix, Windows, classic Mac (a lone CR, issue 20 item 20), or a mix of them.
+    newline = st.sampled_from(["\n", "\r\n", "\r"])
+    if draw(st.booleans()):
+        newline = st.just(draw(newline))
     header = delimiter.join(f"c{i}" for i in range(ncols))
     lines = [header]
     for _ in range(nrows):
@@ -43,9 +56,11 @@ def csv_files(draw: st.DrawFn, delimiter: str = ",") -> bytes:
         lines.append(delimiter.join(cells))
         if draw(st.integers(0, 6)) == 0:
             lines.append("")  # an empty line between records
-    text = newline.join(lines)
+    text = lines[0]
+    for line in lines[1:]:
+        text += draw(newline) + line
     if draw(st.booleans()):
-        text += newline
+        text += draw(newline)
     data = text.encode()
     if draw(st.booleans()):
         data = b"\xef\xbb\xbf" + data
@@ -109,9 +124,9 @@ def test_tsv_chunked_equals_whole_file(tmp_path, data: bytes, chunk: int) -> Non
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(data=csv_files(), chunk=st.sampled_from(CHUNK_SIZES), seed=st.integers(0, 1000))
-def test_stray_quotes_fall_back_but_stay_exact(tmp_path, data: bytes, chunk: int,
-                                               seed: int) -> None:
-    """Quotes inside unquoted fields break the parity model: verification must catch it."""
+def test_stray_quotes_stay_exact_and_parallel(tmp_path, data: bytes, chunk: int,
+                                              seed: int) -> None:
+    """Quotes inside unquoted fields (``a"b``) follow pyarrow's grammar: no serial re-read."""
     rnd = random.Random(seed)
     body = bytearray(data)
     header_end = body.find(b"\n") + 1  # generated headers hold no quotes
@@ -126,8 +141,39 @@ def test_stray_quotes_fall_back_but_stay_exact(tmp_path, data: bytes, chunk: int
         expected = _whole_file(str(path), None)
     except pa.ArrowInvalid:
         return  # pyarrow itself cannot read it (e.g. the header broke): nothing to compare
-    got, _, _ = run_reader(str(path), "csv", chunk_size=chunk, string_columns=True)
+    got, _, info = run_reader(str(path), "csv", chunk_size=chunk, string_columns=True)
     assert _rows(got) == expected.to_pylist()
+    assert info["serial"] is None
+
+messy_text = st.lists(st.sampled_from([b"a", b"1", b",", b'"', b'""', b"\n", b"\r", b"\r\n",
+                                        b"\xff", b"\xc3", b"\xc3\xa9", b" "]),
+                      max_size=30).map(b"".join)
+
+
+def _outcome(result: tuple) -> tuple[list[dict], list[tuple]]:
+    table, rejected, _ = result
+    return _rows(table), [(r.kind, str(r.error_type), r.byte_offset, r.raw) for r in rejected]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(header=st.sampled_from([b"h1,h2\n", b"h1,h2\r", b'h"1,h2\r\n', b"h\n", b'"h1",h2\n']),
+       body=messy_text)
+def test_messy_text_gives_the_same_rows_and_errors_at_every_chunk_size(tmp_path, header: bytes,
+                                                                       body: bytes) -> None:
+    """Issue 20 item 26: stray quotes, invalid UTF-8 and CR/LF/CRLF line ends together. Each
+    chunk size from 1 byte to the whole file gives exactly the rows *and* the ``_errors``
+    rows (kind, type, offset, raw bytes) of one chunk; without errors, those of pyarrow."""
+    _poison_read_buffers()
+    data = header + body
+    path = tmp_path / "m.csv"
+    path.write_bytes(data)
+    whole = _outcome(run_reader(str(path), "csv", chunk_size=1 << 20, string_columns=True))
+    for chunk in range(1, len(data) + 1):
+        assert _outcome(run_reader(str(path), "csv", chunk_size=chunk,
+                                   string_columns=True)) == whole, chunk
+    if not whole[1]:
+        assert whole[0] == _whole_file(str(path), None).to_pylist()
 
 
 def test_quoted_newlines_stay_parallel(tmp_path) -> None:
@@ -189,9 +235,101 @@ def test_count_byte_matches_bytes_count(data: bytes, repeat: int, start: int, en
 
 
 def test_last_record_end_and_guess() -> None:
-    assert last_record_end(b'a\n"b\nc"\n') == (7, 4)
+    assert last_record_end(b'a\n"b\nc"\n') == 7
     assert guess_parity(b'x,"open\nfield"') == 0
     assert guess_parity(b'inside", next\n') == 1
+
+
+def arrow_grammar(data: bytes, delimiter: int = 0x2C) -> tuple[list[int], list[int]]:
+    """pyarrow's CSV grammar, byte by byte: the reference the vectorised scans must match.
+
+    Returns (record ends: the index of each record's last line-end byte, the quote state
+    before every byte plus the state at the end). A quote opens a field only at a field
+    start; inside, a doubled quote is one quote and a single one closes the field; text after
+    a closing quote, or a quote in the middle of a field, is literal (``a"b``).
+    """
+    ends: list[int] = []
+    states = [0] * (len(data) + 1)
+    mode = "start"  # field start | in an unquoted field | inside quotes
+    i = 0
+    while i < len(data):
+        c = data[i]
+        states[i] = 1 if mode == "quoted" else 0
+        if mode == "quoted":
+            if c == 0x22 and i + 1 < len(data) and data[i + 1] == 0x22:
+                states[i + 1] = 1
+                i += 2
+                continue
+            if c == 0x22:
+                mode = "field"
+        elif c == 0x22 and mode == "start":
+            mode = "quoted"
+        elif c == delimiter:
+            mode = "start"
+        elif c in (0x0A, 0x0D):
+            if c == 0x0D and i + 1 < len(data) and data[i + 1] == 0x0A:
+                i += 1
+                states[i] = 0
+            ends.append(i)
+            mode = "start"
+        else:
+            mode = "field"
+        i += 1
+    states[len(data)] = 1 if mode == "quoted" else 0
+    return ends, states
+
+
+grammar_bytes = st.lists(st.sampled_from([b"a", b",", b"\t", b'"', b'""', b"\n", b"\r",
+                                          b"\r\n", b" "]), max_size=50).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=grammar_bytes, delimiter=st.sampled_from([",", "\t"]))
+def test_boundary_scans_follow_the_parser_grammar(data: bytes, delimiter: str) -> None:
+    """Record ends, quote-state transfers and their composition match pyarrow's grammar
+    everywhere: stray quotes (``a"b``), text after a closing quote, lone CRs."""
+    grammar = Grammar(delimiter=ord(delimiter))
+    ends, states = arrow_grammar(data, ord(delimiter))
+    got, after = record_ends(data, 0, len(data), OUT, grammar, None, True)
+    assert list(got) == ends and after == states[-1]
+    assert last_record_end(data, grammar, None, True) == (ends[-1] if ends else -1)
+    assert first_record_end(data, 0, OUT, grammar, None, True) == (ends[0] if ends else -1)
+    assert list(record_starts_csv(data, grammar)) == sorted(
+        {0, *[e + 1 for e in ends if e + 1 < len(data)], len(data)})
+    whole = transfer(data, 0, len(data), grammar, None, True)
+    assert whole.apply(OUT) == states[-1]
+    for k in range(len(data) + 1):
+        left = transfer(data, 0, k, grammar, None, True)
+        right = transfer(data, k, len(data), grammar, None, True)
+        assert [left.then(right).apply(s) for s in (0, 1)] == [whole.apply(s) for s in (0, 1)]
+        first, state = record_ends(data, 0, k, OUT, grammar, None, True)
+        rest, _ = record_ends(data, k, len(data), state, grammar, None, True)
+        assert list(first) + list(rest) == ends
+        if k and data[k - 1:k + 1] == b'""':
+            continue  # inside a run of quotes: no state of its own
+        assert left.apply(OUT) == states[k]
+        expected = next((e for e in ends if e >= k), -1)
+        assert first_record_end(data, k, states[k], grammar, None, True) == expected
+    # Not the end of the file: a CR as the last byte may be the first half of CRLF.
+    if data.endswith(b"\r"):
+        known = [e for e in ends if e != len(data) - 1]
+        assert last_record_end(data, grammar, None, False) == (known[-1] if known else -1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=grammar_bytes.filter(lambda d: b'"' in d), copies=st.integers(2000, 6000))
+def test_boundary_scans_across_windows(data: bytes, copies: int) -> None:
+    """Buffers longer than the scan windows (backward transfers, growing windows)."""
+    big = data * copies
+    ends, states = arrow_grammar(big)
+    assert transfer(big, 0, len(big), end=None, final=True).apply(OUT) == states[-1]
+    assert last_record_end(big, end=None, final=True) == (ends[-1] if ends else -1)
+    got, _ = record_ends(big, 0, len(big), OUT, end=None, final=True)
+    assert list(got) == ends
+    middle = len(big) // 2
+    if big[middle - 1:middle + 1] != b'""':
+        assert first_record_end(big, middle, states[middle]) == next(
+            (e for e in ends if e >= middle), -1)
 
 
 def test_reconcile_checks_chunks_after_a_failed_one() -> None:
@@ -204,11 +342,11 @@ def test_reconcile_checks_chunks_after_a_failed_one() -> None:
     desc = Description({"t": None}, {}, TextState(data_start=0, column_names=("a",)))
     chunks = [ChunkSpec("f", i, i * 100, 100) for i in range(4)]
     outcomes = [
-        ChunkOutcome(TextFacts(quotes=1, parity=0, start=0, end=120)),
+        ChunkOutcome(TextFacts(flips=1, parity=0, start=0, end=120)),
         # died (record too long) after counting its quotes
-        ChunkOutcome(TextFacts(quotes=0, parity=1), failed=True),
-        ChunkOutcome(TextFacts(quotes=0, parity=0, start=230, end=330)),  # guessed 0, truth 1
-        ChunkOutcome(TextFacts(quotes=1, parity=1, start=330, end=400, last=True)),
+        ChunkOutcome(TextFacts(flips=0, parity=1), failed=True),
+        ChunkOutcome(TextFacts(flips=0, parity=0, start=230, end=330)),  # guessed 0, truth 1
+        ChunkOutcome(TextFacts(flips=1, parity=1, start=330, end=400, last=True)),
     ]
     rec = CSVReader().reconcile(source, desc, chunks, outcomes)
     assert [c.index for c in rec.rerun] == [2] and rec.rerun[0].selector == TextSelector(parity=1)
