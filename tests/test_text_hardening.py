@@ -23,7 +23,7 @@ import pytest
 from conftest import run_reader
 
 import pipeline
-from pipeline.execution.settle import FileChunks, read_settled
+from readers.settle import FileChunks, read_settled
 from pipeline.execution.task import ChunkManifest, read_chunk
 from pipeline.planning.discover import describe_file
 from readers import detect, get_reader
@@ -101,7 +101,7 @@ def read_changed(path: str, change: Callable[[], None], reader: str = "csv", *,
         rejected[chunk.index] = ctx.rejected
         return manifest
 
-    file = read_settled(FileChunks(found.source, found.reader, desc, specs), run,
+    file = read_settled(FileChunks(found.source, type(r), desc, specs), run,
                         lambda m: (rows.pop(m.index, None), rejected.pop(m.index, None)))
     order = [c.index for c in file.chunks]
     return ([row for i in order for t in rows.get(i, []) for row in t.to_pylist()],
