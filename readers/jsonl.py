@@ -1,42 +1,51 @@
-"""JSON lines reader: one JSON object per line, parsed by pyarrow.json with an explicit schema."""
+"""JSON lines reader: one JSON object per line, parsed by pyarrow.json with an explicit schema.
+
+Every block is screened first (`readers._jsonlines`): lines that are not one object, or nest
+deeper than `MAX_DEPTH`, are rejected before pyarrow sees them. Every parse is then checked:
+one row per object line, valid UTF-8 (pyarrow's JSON reader copies invalid bytes into string
+columns), and a full validation of the arrays. Dates and timestamps are parsed as text and cast
+with pyarrow's strict ISO 8601 cast, which tells a zone offset from its absence (the JSON
+reader's own conversion drops offsets and takes naive text into UTC columns alike).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Generator
+import re
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pajson
+import pyarrow.types as pt
 
-from readers._boundaries import record_starts_lines
+from readers._jsonlines import MAX_DEPTH, Lines, blanked, object_lines, screen, too_deep
 from readers._text import TextOptions, TextReader, bisect_records
 from readers.base import ChunkContext, Description
 from readers.errors import ErrorCode
 from readers.widening import no_nulls, unify
 
+#: Types a column of date/time text is tried as, in order, the first that takes every value
+#: winning; pyarrow's CSV inference tries the same ones in the same order, so JSON and CSV agree.
+#: Naive and offset text never fit one type: a column mixing them stays text.
+TIME_TYPES = (pa.date32(), pa.timestamp("s"), pa.timestamp("s", tz="UTC"),
+              pa.timestamp("ns"), pa.timestamp("ns", tz="UTC"))
+_DATE_TEXT = re.compile(rb'"\d{4}-\d\d-\d\d')
 
-def _coerced_line(line: bytes, schema: pa.Schema) -> bytes:
-    """One record whose values pyarrow.json will not put into a widened string column,
-    written again with each such value as its JSON text (``1`` -> ``"1"``).
+Path = tuple[str | None, ...]
+"""A leaf inside a column: field names, None for "an element of the list"."""
 
-    The result is parsed like every other line (not by ``Table.from_pylist``, which imports
-    pandas into the worker); anything else that does not fit still fails there and is
-    rejected.
-    """
-    obj = json.loads(line)
-    if not isinstance(obj, dict):
-        raise ValueError(f"a JSON line must be an object, not {type(obj).__name__}")
-    unknown = set(obj) - set(schema.names)
-    if unknown:
-        raise ValueError(f"fields not in the table's schema: {sorted(unknown)}")
-    row = {}
-    for field in schema:
-        value = obj.get(field.name)
-        if pa.types.is_string(field.type) and value is not None and not isinstance(value, str):
-            value = json.dumps(value, separators=(",", ":"))
-        row[field.name] = value
-    return json.dumps(row, separators=(",", ":")).encode()
+
+class LineRejected(ValueError):
+    """pyarrow parsed a piece, but its rows cannot be kept (``chunkmill_code`` says why)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.chunkmill_code = code
+
+    def __reduce__(self):  # noqa: ANN204 - picklable with its code
+        return (type(self), (str(self), self.chunkmill_code))
 
 
 class JSONLReader(TextReader):
@@ -55,11 +64,14 @@ class JSONLReader(TextReader):
             score += 30
         return score if b"\x00" not in head[:4096] else 0
 
-    def _read_json(self, data: Any, schema: pa.Schema | None, options: TextOptions
-                   ) -> pa.Table:
+    def _read_json(self, data: Any, schema: pa.Schema | None, options: TextOptions,
+                   unexpected: str = "error") -> pa.Table:
+        """pyarrow's parse of screened bytes (never call it on unscreened input)."""
+        if schema is not None and not len(data):
+            return schema.empty_table()
         block = options.parse_block_bytes
         parse = pajson.ParseOptions(explicit_schema=schema,
-                                    unexpected_field_behavior="error" if schema else "infer")
+                                    unexpected_field_behavior=unexpected if schema else "infer")
         # Threads off: the threaded reader has aborted the interpreter after parse errors.
         try:
             return pajson.read_json(pa.BufferReader(pa.py_buffer(data)), parse_options=parse,
@@ -73,48 +85,307 @@ class JSONLReader(TextReader):
                 pa.BufferReader(pa.py_buffer(data)), parse_options=parse,
                 read_options=pajson.ReadOptions(use_threads=False, block_size=len(data) + 1))
 
+    def _checked(self, data: Any, schema: pa.Schema | None, expected: int,
+                 options: TextOptions) -> pa.Table:
+        """Parse screened bytes into ``schema`` (None: infer) and check what came back."""
+        parse_schema = None if schema is None else text_times(schema)
+        table = self._read_json(data, parse_schema, options)
+        if table.num_rows != expected:
+            raise LineRejected(f"more than one JSON value on a line ({table.num_rows} values "
+                               f"on {expected} lines)", ErrorCode.JSON_RECORD_ERROR)
+        try:
+            table.validate(full=True)
+            if schema is None:
+                table.schema.to_string()  # field names come from the data: UTF-8 too?
+        except UnicodeDecodeError as exc:
+            raise LineRejected(f"invalid UTF-8 in a field name: {exc}",
+                               ErrorCode.INVALID_UTF8) from None
+        except pa.ArrowInvalid as exc:
+            if "UTF8" in str(exc):
+                raise LineRejected(f"invalid UTF-8 in a string ({exc})",
+                                   ErrorCode.INVALID_UTF8) from None
+            raise LineRejected(f"pyarrow parsed it into invalid arrays ({exc})",
+                               ErrorCode.JSON_RECORD_ERROR) from None
+        if parse_schema is not None and parse_schema is not schema:
+            try:  # strict ISO 8601: naive text does not fit a UTC column, nor the reverse
+                table = table.cast(schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise LineRejected(str(exc).splitlines()[0], ErrorCode.TYPE_MISMATCH) from None
+        return table
+
     def _infer(self, head: bytes, at_eof: bool, options: TextOptions
                ) -> tuple[pa.Schema, int, tuple[str, ...]]:
         if not at_eof:
             head = head[: head.rfind(b"\n") + 1]
+        lines = screen(head)
+        data = blanked(head, lines.bad)
         # Types that change within the sample (1, then "x") split the sample until each piece
         # parses; the pieces' schemas are then widened together. Unparseable lines are skipped.
-        pieces = bisect_records(head, record_starts_lines(head),
-                                lambda piece, _at: self._read_json(piece, None, options),
-                                lambda a, b, exc: None)
-        schema = no_nulls(unify(t.schema for t in pieces))
+        pieces = list(bisect_records(
+            data, lines.starts,
+            lambda piece, at: self._checked(piece, None, lines.expected(at, at + len(piece)),
+                                            options),
+            lambda a, b, exc: None))
+        schema = unify(t.schema for t in pieces)
+        schema = self._time_types(data, lines, schema, [t.schema for t in pieces], options)
+        schema = no_nulls(schema)
         return schema, 0, tuple(schema.names)
+
+    def _time_types(self, data: Any, lines: Lines, schema: pa.Schema,
+                    pieces: list[pa.Schema], options: TextOptions) -> pa.Schema:
+        """``schema`` with each text leaf of dates or times typed as pyarrow's CSV would.
+
+        pyarrow's JSON inference types ``2020-01-01T02:00:00+02:00`` as a naive timestamp
+        holding 00:00 (the offset applied, then dropped) and leaves fractional seconds as
+        text. The sample's text is parsed again for the leaves that held only strings, and
+        each is typed by `TIME_TYPES`.
+        """
+        if not _DATE_TEXT.search(bytes(data)):
+            return schema
+        # Only leaves every piece saw as text (or not at all): their values are all strings.
+        leaves = [p for p, t in _leaves(schema)
+                  if _is_text(t) and all(_text_or_absent(s, p) for s in pieces)]
+        if not leaves:
+            return schema
+        probe = _pruned(schema, leaves)
+        try:
+            sample = self._read_json(data, probe, options, unexpected="ignore")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            tables = bisect_records(
+                data, lines.starts,
+                lambda piece, _at: self._read_json(piece, probe, options, unexpected="ignore"),
+                lambda a, b, exc: None)
+            sample = pa.concat_tables([probe.empty_table(), *tables])
+        types = {}
+        for path in leaves:
+            values = _values(sample, path).drop_null()
+            if len(values):
+                types[path] = _time_type(values)
+        return _retyped(schema, types)
 
     def _parse_block(self, block: memoryview, abs_offset: int, description: Description,
                      options: TextOptions, ctx: ChunkContext, sentinel: bool
                      ) -> Generator[pa.Table, None, bool]:
         schema = next(iter(description.tables.values()))
+        expected = object_lines(block)
+        lines = None
+        data: Any = block
+        if expected is None:  # some line does not start with "{": look closer (rare)
+            # No depth check here: the explicit schema is at most MAX_DEPTH deep, so a deeper
+            # record fails the parse and is measured when the rescue isolates it.
+            lines = screen(block, depth=False)
+            for bad in lines.bad:
+                ctx.reject(error_type=bad.code, byte_offset=abs_offset + bad.start,
+                           raw=bytes(block[bad.start:bad.end]),
+                           message=f"{ctx.source.path}: {bad.message}")
+            data = blanked(block, lines.bad)
+            expected = lines.expected(0, len(data))
         try:
-            table = self._read_json(block, schema, options)
-        except pa.ArrowInvalid:
-            table = self._rescue(block, abs_offset, schema, options, ctx)
+            table = self._checked(data, schema, expected, options)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError):
+            lines = lines or screen(data, depth=False)
+            table = self._rescue(data, lines, abs_offset, schema, options, ctx)
         yield table
         return True
 
-    def _rescue(self, block: memoryview, abs_offset: int, schema: pa.Schema,
+    def _rescue(self, data: Any, lines: Lines, abs_offset: int, schema: pa.Schema,
                 options: TextOptions, ctx: ChunkContext) -> pa.Table:
         """Some lines did not parse: isolate them, keep every good one."""
-        data = bytes(block)
 
         def on_bad(a: int, b: int, exc: Exception) -> None:
-            line = data[a:b]
+            line = bytes(data[a:b])
             if not line.strip():
                 return
-            ctx.reject(error_type=ErrorCode.JSON_RECORD_ERROR, byte_offset=abs_offset + a, raw=line,
-                       message=f"{ctx.source.path}: {str(exc).splitlines()[0]}")
+            ctx.reject(error_type=_code(exc), byte_offset=abs_offset + a, raw=line,
+                       message=f"{ctx.source.path}: {str(exc).strip().splitlines()[0]}")
 
-        def parse(piece: bytes, _at: int) -> pa.Table:
+        def parse(piece: memoryview, at: int) -> pa.Table:
+            expected = lines.expected(at, at + len(piece))
             try:
-                return self._read_json(piece, schema, options)
+                return self._checked(piece, schema, expected, options)
             except pa.ArrowInvalid:
-                if piece.rstrip(b"\r\n").count(b"\n"):
+                line = bytes(piece)
+                if expected != 1 or line.rstrip(b"\r\n").count(b"\n"):
                     raise  # several lines: let the bisection narrow it down
-                return self._read_json(_coerced_line(piece, schema), schema, options)
+                problem = too_deep(line)
+                if problem:
+                    raise LineRejected(problem, ErrorCode.JSON_RECORD_ERROR) from None
+                return self._checked(_coerced_line(line, schema), schema, 1, options)
 
-        pieces = list(bisect_records(data, record_starts_lines(data), parse, on_bad))
+        pieces = list(bisect_records(data, lines.starts, parse, on_bad))
+        if not len(schema):  # concat_tables loses the rows of tables without columns
+            return pa.table({"": pa.nulls(sum(t.num_rows for t in pieces))}).select([])
         return pa.concat_tables(pieces) if pieces else schema.empty_table()
+
+
+def _code(exc: Exception) -> str:
+    code = getattr(exc, "chunkmill_code", None)
+    if isinstance(code, str):
+        return code
+    if isinstance(exc, UnicodeError) or "surrogate" in str(exc):
+        return ErrorCode.INVALID_UTF8  # a lone surrogate has no UTF-8 form
+    return ErrorCode.JSON_RECORD_ERROR
+
+
+# --- rescue: one record re-serialised to fit the schema ---------------------------------------
+
+def _coerced_line(line: bytes, schema: pa.Schema) -> bytes:
+    """One record whose values pyarrow.json will not put into a widened string column,
+    written again with each such value as its JSON text (``1`` -> ``"1"``), at any depth
+    (``[1]`` in a list of strings -> ``["1"]``).
+
+    The result is parsed like every other line (not by ``Table.from_pylist``, which imports
+    pandas into the worker); anything else that does not fit still fails there and is
+    rejected.
+    """
+    try:
+        obj = json.loads(line)
+        if not isinstance(obj, dict):
+            raise ValueError(f"a JSON line must be an object, not {type(obj).__name__}")
+        row = _coerce_struct(obj, list(schema))
+        return json.dumps(row, separators=(",", ":")).encode()
+    except RecursionError:  # screened lines nest at most MAX_DEPTH deep; be safe anyway
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
+
+
+def _coerce_struct(obj: dict, fields: Iterable[pa.Field]) -> dict:
+    fields = list(fields)
+    unknown = set(obj) - {f.name for f in fields}
+    if unknown:
+        raise ValueError(f"fields not in the table's schema: {sorted(unknown)}")
+    return {f.name: _coerce(obj[f.name], f.type) for f in fields if f.name in obj}
+
+
+def _coerce(value: Any, typ: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pt.is_string(typ) or pt.is_large_string(typ):
+        if isinstance(value, str):
+            return value
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if _is_list(typ) and isinstance(value, list):
+        return [_coerce(v, typ.value_type) for v in value]
+    if pt.is_struct(typ) and isinstance(value, dict):
+        return _coerce_struct(value, typ)
+    return value  # it fits, or pyarrow rejects it
+
+
+# --- dates and times ---------------------------------------------------------------------------
+
+def text_times(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with every date or timestamp leaf as string (the same object if none):
+    what a block is parsed into before the strict cast to ``schema``."""
+    fields = [f.with_type(_text_times(f.type)) for f in schema]
+    if all(f.type == g.type for f, g in zip(fields, schema, strict=True)):
+        return schema
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def _text_times(typ: pa.DataType) -> pa.DataType:
+    if pt.is_timestamp(typ) or pt.is_date(typ):
+        return pa.string()
+    if _is_list(typ):
+        return pa.list_(typ.value_field.with_type(_text_times(typ.value_type)))
+    if pt.is_struct(typ):
+        return pa.struct([f.with_type(_text_times(f.type)) for f in typ])
+    return typ
+
+
+def _time_type(values: pa.Array) -> pa.DataType:
+    if not pc.all(pc.match_substring_regex(values, r"^\d{4}-\d\d-\d\d")).as_py():
+        return pa.string()  # not dates: spare the casts, which are slow to fail
+    head = values.slice(0, 64)
+    for typ in TIME_TYPES:
+        if _fits(head, typ) and _fits(values, typ):
+            return typ
+    return pa.string()
+
+
+def _fits(values: pa.Array, typ: pa.DataType) -> bool:
+    try:
+        values.cast(typ)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _is_text(typ: pa.DataType | None) -> bool:
+    return typ is not None and (pt.is_string(typ) or pt.is_timestamp(typ) or pt.is_date(typ))
+
+
+def _is_list(typ: pa.DataType) -> bool:
+    return pt.is_list(typ) or pt.is_large_list(typ)
+
+
+def _leaves(schema: pa.Schema) -> Iterator[tuple[Path, pa.DataType]]:
+    def walk(path: Path, typ: pa.DataType) -> Iterator[tuple[Path, pa.DataType]]:
+        if _is_list(typ):
+            yield from walk((*path, None), typ.value_type)
+        elif pt.is_struct(typ):
+            for f in typ:
+                yield from walk((*path, f.name), f.type)
+        else:
+            yield path, typ
+
+    for f in schema:
+        yield from walk((f.name,), f.type)
+
+
+def _text_or_absent(schema: pa.Schema, path: Path) -> bool:
+    """Whether ``schema`` holds text (or nothing, or null) at ``path``."""
+    if path[0] not in schema.names:
+        return True
+    typ = schema.field(path[0]).type
+    for step in path[1:]:
+        if pt.is_null(typ):
+            return True
+        if step is None and _is_list(typ):
+            typ = typ.value_type
+        elif step is not None and pt.is_struct(typ):
+            if typ.get_field_index(step) < 0:
+                return True
+            typ = typ.field(step).type
+        else:
+            return False  # another shape there
+    return pt.is_null(typ) or _is_text(typ)
+
+
+def _pruned(schema: pa.Schema, leaves: list[Path]) -> pa.Schema:
+    """Only the branches of ``schema`` that lead to ``leaves``, each leaf as string."""
+    def prune(typ: pa.DataType, paths: list[Path]) -> pa.DataType:
+        if any(not p for p in paths):
+            return pa.string()
+        if _is_list(typ):
+            return pa.list_(prune(typ.value_type, [p[1:] for p in paths]))
+        return pa.struct([pa.field(f.name, prune(f.type, [p[1:] for p in paths
+                                                          if p[0] == f.name]))
+                          for f in typ if any(p[0] == f.name for p in paths)])
+
+    return pa.schema([pa.field(f.name, prune(f.type, [p[1:] for p in leaves
+                                                      if p[0] == f.name]))
+                      for f in schema if any(p[0] == f.name for p in leaves)])
+
+
+def _values(table: pa.Table, path: Path) -> pa.Array:
+    """Every value at ``path`` (lists flattened), as one array."""
+    arr: Any = table.column(path[0]).combine_chunks()
+    for step in path[1:]:
+        # StructArray.flatten() applies the struct's own nulls to its children
+        arr = arr.flatten() if step is None else arr.flatten()[arr.type.get_field_index(step)]
+    return arr
+
+
+def _retyped(schema: pa.Schema, types: dict[Path, pa.DataType]) -> pa.Schema:
+    def retype(path: Path, typ: pa.DataType) -> pa.DataType:
+        if path in types:
+            return types[path]
+        if _is_list(typ):
+            return pa.list_(typ.value_field.with_type(retype((*path, None), typ.value_type)))
+        if pt.is_struct(typ):
+            return pa.struct([f.with_type(retype((*path, f.name), f.type)) for f in typ])
+        return typ
+
+    if not types:
+        return schema
+    return pa.schema([f.with_type(retype((f.name,), f.type)) for f in schema],
+                     metadata=schema.metadata)

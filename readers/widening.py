@@ -7,7 +7,9 @@ Widening (applied pairwise, order-independent):
 - date32 + timestamp -> timestamp; timestamps of different units -> the finer unit (same zone)
 - list<A> + list<B> -> list<widen(A, B)> (also fixed-size lists of different sizes); struct
   fields are unified by name the same way
-- anything else that differs (bool + int, number + string, timestamp zones, ...) -> string
+- anything else that differs (bool + int, number + string, ...) -> string; so do a naive and
+  a UTC-aware timestamp (which instant a naive time means is unknown; DuckDB's sniffers make
+  such a column VARCHAR too)
 
 Values that do not fit the widened type are rejected into ``_errors`` when parsed, never nulled.
 """
@@ -76,5 +78,24 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def no_nulls(schema: pa.Schema) -> pa.Schema:
-    """Columns no value gave a type to (all-null samples, header-only files) become text."""
-    return pa.schema([(f.name, pa.string() if pt.is_null(f.type) else f.type) for f in schema])
+    """Types no value decided, or Parquet cannot store, become text, at any depth.
+
+    A column (or list element, or struct field) no value gave a type to (all-null samples,
+    header-only files, ``[]``) is string, so that later values still fit it; so is a struct
+    without fields (``{}`` in every sampled value), which Parquet cannot write: JSON values
+    there keep their JSON text (``{"a":1}`` -> ``'{"a":1}'``).
+    """
+    return pa.schema([f.with_type(_storable(f.type)) for f in schema])
+
+
+def _storable(t: pa.DataType) -> pa.DataType:
+    if pt.is_null(t) or (pt.is_struct(t) and t.num_fields == 0):
+        return pa.string()
+    if pt.is_list(t) or pt.is_large_list(t):
+        value = _storable(t.value_type)
+        return t if value == t.value_type else pa.list_(t.value_field.with_type(value))
+    if pt.is_struct(t):
+        fields = [f.with_type(_storable(f.type)) for f in t]
+        return t if all(f.type == g.type for f, g in zip(fields, t, strict=True)) \
+            else pa.struct(fields)
+    return t

@@ -66,7 +66,9 @@ class FragmentWriter:
         """Rows of ``table`` from one file (``file_id``: the writer's own by default), or
         from several (``file_id``: one id per row)."""
         schema = self.spec.schemas[table]
-        rows = conform(rows, schema)
+        # A table without columns (JSON lines of `{}` only) still has its rows: keep their
+        # count, which building a table from no arrays would lose.
+        rows = conform(rows, schema) if len(schema) else rows.select([])
         if isinstance(file_id, pa.Array):
             ids = file_id
         elif file_id and file_id != self.file_id:
