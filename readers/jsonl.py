@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +24,7 @@ from readers._jsonlines import MAX_DEPTH, Lines, blanked, object_lines, screen, 
 from readers._text import TextOptions, TextReader, bisect_records
 from readers.base import ChunkContext, Description
 from readers.errors import ErrorCode
-from readers.widening import no_nulls, unify
+from readers.widening import no_nulls, unify, widen
 
 #: Types a column of date/time text is tried as, in order, the first that takes every value
 #: winning; pyarrow's CSV inference tries the same ones in the same order, so JSON and CSV agree.
@@ -70,8 +70,9 @@ class JSONLReader(TextReader):
         if schema is not None and not len(data):
             return schema.empty_table()
         block = options.parse_block_bytes
-        parse = pajson.ParseOptions(explicit_schema=schema,
-                                    unexpected_field_behavior=unexpected if schema else "infer")
+        parse = pajson.ParseOptions(  # (an empty schema is falsy, but still explicit)
+            explicit_schema=schema,
+            unexpected_field_behavior="infer" if schema is None else unexpected)
         # Threads off: the threaded reader has aborted the interpreter after parse errors.
         try:
             return pajson.read_json(pa.BufferReader(pa.py_buffer(data)), parse_options=parse,
@@ -120,19 +121,31 @@ class JSONLReader(TextReader):
         lines = screen(head)
         data = blanked(head, lines.bad)
         # Types that change within the sample (1, then "x") split the sample until each piece
-        # parses; the pieces' schemas are then widened together. Unparseable lines are skipped.
-        pieces = list(bisect_records(
+        # parses; the pieces' schemas are then widened together. A line pyarrow cannot infer
+        # on its own (a list of 1 and "x") is typed from Python's parse, so that its values
+        # widen too; lines that are not JSON are skipped.
+        typed: list[pa.Schema] = []
+
+        def infer_alone(a: int, b: int, exc: Exception) -> None:
+            # (also pyarrow's own inference bugs: `[null, 1]` gives invalid list offsets,
+            # apache/arrow#51305; lines that are not valid JSON or UTF-8 give None)
+            schema = _python_schema(bytes(data[a:b]))
+            if schema is not None:
+                typed.append(schema)
+
+        pieces = [t.schema for t in bisect_records(
             data, lines.starts,
             lambda piece, at: self._checked(piece, None, lines.expected(at, at + len(piece)),
                                             options),
-            lambda a, b, exc: None))
-        schema = unify(t.schema for t in pieces)
-        schema = self._time_types(data, lines, schema, [t.schema for t in pieces], options)
+            infer_alone)]
+        pieces += typed
+        schema = unify(pieces)
+        schema = self._time_types(data, lines, schema, pieces, options)
         schema = no_nulls(schema)
         return schema, 0, tuple(schema.names)
 
     def _time_types(self, data: Any, lines: Lines, schema: pa.Schema,
-                    pieces: list[pa.Schema], options: TextOptions) -> pa.Schema:
+                    pieces: Sequence[pa.Schema], options: TextOptions) -> pa.Schema:
         """``schema`` with each text leaf of dates or times typed as pyarrow's CSV would.
 
         pyarrow's JSON inference types ``2020-01-01T02:00:00+02:00`` as a naive timestamp
@@ -225,6 +238,38 @@ def _code(exc: Exception) -> str:
     if isinstance(exc, UnicodeError) or "surrogate" in str(exc):
         return ErrorCode.INVALID_UTF8  # a lone surrogate has no UTF-8 form
     return ErrorCode.JSON_RECORD_ERROR
+
+
+def _python_schema(line: bytes) -> pa.Schema | None:
+    """The schema of one record as pyarrow would infer it, element types widened; None when
+    the line is not a JSON object."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    typ = _python_type(obj)
+    return pa.schema(list(typ)) if pt.is_struct(typ) else None
+
+
+def _python_type(value: Any) -> pa.DataType:
+    if value is None:
+        return pa.null()
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, int):
+        return pa.int64() if -(1 << 63) <= value < (1 << 63) else pa.float64()
+    if isinstance(value, float):
+        return pa.float64()
+    if isinstance(value, str):
+        return pa.string()
+    if isinstance(value, list):
+        element = pa.null()
+        for item in value:
+            element = widen(element, _python_type(item))
+        return pa.list_(element)
+    return pa.struct([pa.field(k, _python_type(v)) for k, v in value.items()])
 
 
 # --- rescue: one record re-serialised to fit the schema ---------------------------------------
