@@ -20,7 +20,7 @@ Budget: about 15 s in the normal suite. More examples on demand::
 
     CHUNKMILL_FUZZ_EXAMPLES=2000 python3 -m pytest -q tests/fuzz/test_fuzz_json.py
 
-(the end-to-end property runs a tenth as many).
+(the end-to-end property runs a twentieth as many).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ EXAMPLES = int(os.environ.get("CHUNKMILL_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
-END_TO_END = settings(FUZZ, max_examples=max(2, EXAMPLES // 10))
+END_TO_END = settings(FUZZ, max_examples=max(2, EXAMPLES // 20))
 WHITESPACE = b" \t\r\n"
 _POOLS: list[pa.MemoryPool] = []
 
@@ -188,6 +188,8 @@ def test_reader_keeps_every_line_as_a_row_or_an_error(file: JSONFile, chunk: int
             path = os.path.join(tmp, "f.jsonl")
             with open(path, "wb") as f:
                 f.write(file.data)
+            # tiny chunks, but at most ~40 per file: chunk tasks cost milliseconds each
+            chunk = max(chunk, len(file.data) // 40)
             table, rejected, _ = run_reader(path, "jsonl", chunk_size=chunk)
             rows = 0 if table is None else table.num_rows
             check_rejected(file, rejected, rows)
@@ -206,8 +208,10 @@ def test_reader_keeps_every_line_as_a_row_or_an_error(file: JSONFile, chunk: int
 
 @pytest.mark.timeout(900)
 @END_TO_END
-@given(files=st.lists(json_files(max_lines=12), min_size=1, max_size=3))
-def test_ingest_output_reads_back(files: list[JSONFile], shared_scheduler: str) -> None:
+@given(files=st.lists(json_files(max_lines=8), min_size=1, max_size=3),
+       chunk=st.sampled_from([512, 1 << 20]))  # several chunks a file, or bundles
+def test_ingest_output_reads_back(files: list[JSONFile], chunk: int, shared_scheduler: str
+                                  ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for i, file in enumerate(files):
@@ -217,7 +221,7 @@ def test_ingest_output_reads_back(files: list[JSONFile], shared_scheduler: str) 
                 f.write(file.data)
         out = os.path.join(tmp, "out")
         report = pipeline.ingest([os.path.join(tmp, "in")], out=out, scheduler=shared_scheduler,
-                                 progress=False, chunk_size=64)
+                                 progress=False, chunk_size=chunk)
         expected = sum(len(f.content()) for f in files)
         assert report.rows + report.errors == expected, report
         catalog = duckdb.sql(f"select sum(rows), sum(error_count) from '{out}/_catalog/*.parquet'"
