@@ -43,6 +43,7 @@ _WHITESPACE = b" \t\r\n"  # JSON's insignificant whitespace
 _NEWLINE, _OPEN_BRACE, _OPEN_BRACKET = ord("\n"), ord("{"), ord("[")
 _SLICE = 4 << 20  # bytes compared at a time: bounds the temporary masks
 _STRING = re.compile(rb'"(?:[^"\\\n]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +152,8 @@ def too_deep(line: bytes) -> str | None:
 
 def nesting_depth(line: bytes) -> int:
     """Deepest bracket nesting of one JSON line, brackets inside strings not counted."""
-    bare = np.frombuffer(_STRING.sub(b"", line), np.uint8)
-    step = np.zeros(len(bare), np.int32)
-    step[(bare == _OPEN_BRACE) | (bare == _OPEN_BRACKET)] = 1
-    step[(bare == ord("}")) | (bare == ord("]"))] = -1
+    brackets = np.frombuffer(_STRING.sub(b"", line).translate(None, _NOT_BRACKETS), np.uint8)
+    step = np.where((brackets == _OPEN_BRACE) | (brackets == _OPEN_BRACKET), 1, -1)
     return int(np.cumsum(step).max(initial=0))
 
 

@@ -1,11 +1,14 @@
 """JSON lines reader: one JSON object per line, parsed by pyarrow.json with an explicit schema.
 
-Every block is screened first (`readers._jsonlines`): lines that are not one object, or nest
-deeper than `MAX_DEPTH`, are rejected before pyarrow sees them. Every parse is then checked:
-one row per object line, valid UTF-8 (pyarrow's JSON reader copies invalid bytes into string
-columns), and a full validation of the arrays. Dates and timestamps are parsed as text and cast
-with pyarrow's strict ISO 8601 cast, which tells a zone offset from its absence (the JSON
-reader's own conversion drops offsets and takes naive text into UTC columns alike).
+pyarrow must never see a line that is not an object (``null`` first in a block crashes the
+process), so every block is screened first (`readers._jsonlines`) and such lines are rejected.
+Inference also rejects lines nested deeper than `MAX_DEPTH`; while reading chunks the explicit
+schema (at most that deep) makes a deeper record fail its parse, and the rescue path rejects it
+by its depth before Python's recursive ``json.loads`` sees it. Every parse is then checked: one
+row per object line, valid UTF-8 (pyarrow's JSON reader copies invalid bytes into string
+columns) and valid arrays. Dates and timestamps are parsed as text and cast with pyarrow's
+strict ISO 8601 cast, which tells a zone offset from its absence (the JSON reader's own
+conversion drops offsets, and takes naive text into UTC columns, silently).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from readers.errors import ErrorCode
 from readers.widening import no_nulls, unify, widen
 
 #: Types a column of date/time text is tried as, in order, the first that takes every value
-#: winning; pyarrow's CSV inference tries the same ones in the same order, so JSON and CSV agree.
-#: Naive and offset text never fit one type: a column mixing them stays text.
+#: winning: the types (and order) pyarrow's CSV inference gives such text, so that JSON and CSV
+#: agree (tested against it). Naive and zoned text never fit one type: a mix stays text.
 TIME_TYPES = (pa.date32(), pa.timestamp("s"), pa.timestamp("s", tz="UTC"),
               pa.timestamp("ns"), pa.timestamp("ns", tz="UTC"))
 _DATE_TEXT = re.compile(rb'"\d{4}-\d\d-\d\d')
@@ -92,8 +95,9 @@ class JSONLReader(TextReader):
         parse_schema = None if schema is None else text_times(schema)
         table = self._read_json(data, parse_schema, options)
         if table.num_rows != expected:
-            raise LineRejected(f"more than one JSON value on a line ({table.num_rows} values "
-                               f"on {expected} lines)", ErrorCode.JSON_RECORD_ERROR)
+            where = "one line" if expected == 1 else f"{expected} lines"
+            raise LineRejected(f"{table.num_rows} JSON values on {where} (one object per line)",
+                               ErrorCode.JSON_RECORD_ERROR)
         try:
             table.validate(full=True)
             if schema is None:
@@ -209,8 +213,11 @@ class JSONLReader(TextReader):
             line = bytes(data[a:b])
             if not line.strip():
                 return
+            why = str(exc).strip().splitlines()[0]
+            if isinstance(exc, UnicodeError):
+                why = f"invalid UTF-8: {why}"
             ctx.reject(error_type=_code(exc), byte_offset=abs_offset + a, raw=line,
-                       message=f"{ctx.source.path}: {str(exc).strip().splitlines()[0]}")
+                       message=f"{ctx.source.path}: {why}")
 
         def parse(piece: memoryview, at: int) -> pa.Table:
             expected = lines.expected(at, at + len(piece))
