@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +35,9 @@ from readers.widening import no_nulls, unify, widen
 TIME_TYPES = (pa.date32(), pa.timestamp("s"), pa.timestamp("s", tz="UTC"),
               pa.timestamp("ns"), pa.timestamp("ns", tz="UTC"))
 _DATE_TEXT = re.compile(rb'"\d{4}-\d\d-\d\d')
+
+_COERCE_LINES = 256
+"""Pieces of at most this many lines that fail to parse are re-serialised whole, once."""
 
 Path = tuple[str | None, ...]
 """A leaf inside a column: field names, None for "an element of the list"."""
@@ -208,6 +211,7 @@ class JSONLReader(TextReader):
     def _rescue(self, data: Any, lines: Lines, abs_offset: int, schema: pa.Schema,
                 options: TextOptions, ctx: ChunkContext) -> pa.Table:
         """Some lines did not parse: isolate them, keep every good one."""
+        plan = coercion_plan(schema)
 
         def on_bad(a: int, b: int, exc: Exception) -> None:
             line = bytes(data[a:b])
@@ -224,13 +228,21 @@ class JSONLReader(TextReader):
             try:
                 return self._checked(piece, schema, expected, options)
             except pa.ArrowInvalid:
-                line = bytes(piece)
-                if expected != 1 or line.rstrip(b"\r\n").count(b"\n"):
-                    raise  # several lines: let the bisection narrow it down
-                problem = too_deep(line)
-                if problem:
-                    raise LineRejected(problem, ErrorCode.JSON_RECORD_ERROR) from None
-                return self._checked(_coerced_line(line, schema), schema, 1, options)
+                text = bytes(piece)
+                if expected == 1 and not text.rstrip(b"\r\n").count(b"\n"):
+                    return self._checked(_coerced_line(text, schema, plan), schema, 1, options)
+                if expected > _COERCE_LINES:
+                    raise  # let the bisection narrow it down
+            # A few lines: re-serialise them all at once. Values that need their JSON text
+            # (a column widened to string, an empty struct) are then one parse per piece, not
+            # one per line; if any line is bad after all, the bisection goes on.
+            try:
+                coerced = b"\n".join(_coerced_line(line, schema, plan)
+                                     if line.strip(b" \t\r") else line
+                                     for line in text.split(b"\n"))
+                return self._checked(coerced, schema, expected, options)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError):
+                raise pa.ArrowInvalid("a line in this piece does not fit") from None
 
         pieces = list(bisect_records(data, lines.starts, parse, on_bad))
         if not len(schema):  # concat_tables loses the rows of tables without columns
@@ -281,45 +293,68 @@ def _python_type(value: Any) -> pa.DataType:
 
 # --- rescue: one record re-serialised to fit the schema ---------------------------------------
 
-def _coerced_line(line: bytes, schema: pa.Schema) -> bytes:
+_LINE = json.JSONEncoder(separators=(",", ":")).encode
+_TEXT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""A value's JSON text as a string column keeps it (compact, characters as they are)."""
+
+def _coerced_line(line: bytes, schema: pa.Schema, plan: dict | None = None) -> bytes:
     """One record whose values pyarrow.json will not put into a widened string column,
     written again with each such value as its JSON text (``1`` -> ``"1"``), at any depth
-    (``[1]`` in a list of strings -> ``["1"]``).
+    (``[1]`` in a list of strings -> ``["1"]``). ``plan``: `coercion_plan` of ``schema``.
 
     The result is parsed like every other line (not by ``Table.from_pylist``, which imports
     pandas into the worker); anything else that does not fit still fails there and is
     rejected.
     """
+    if line.count(b"{") + line.count(b"[") > MAX_DEPTH:
+        problem = too_deep(line)
+        if problem:  # also spares json.loads (recursive) a line nested thousands deep
+            raise LineRejected(problem, ErrorCode.JSON_RECORD_ERROR)
     try:
-        obj = json.loads(line)
+        obj = json.loads(line.decode())
         if not isinstance(obj, dict):
             raise ValueError(f"a JSON line must be an object, not {type(obj).__name__}")
-        row = _coerce_struct(obj, list(schema))
-        return json.dumps(row, separators=(",", ":")).encode()
+        fields = coercion_plan(schema) if plan is None else plan
+        return _LINE(_coerce_struct(obj, fields)).encode()
     except RecursionError:  # screened lines nest at most MAX_DEPTH deep; be safe anyway
         raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
 
 
-def _coerce_struct(obj: dict, fields: Iterable[pa.Field]) -> dict:
-    fields = list(fields)
-    unknown = set(obj) - {f.name for f in fields}
-    if unknown:
-        raise ValueError(f"fields not in the table's schema: {sorted(unknown)}")
-    return {f.name: _coerce(obj[f.name], f.type) for f in fields if f.name in obj}
+_TEXT_PLAN = "text"
 
 
-def _coerce(value: Any, typ: pa.DataType) -> Any:
-    if value is None:
-        return None
+def coercion_plan(schema: pa.Schema) -> dict[str, Any]:
+    """Per field: `_TEXT_PLAN` for text, ("list", plan) or a dict of fields for nesting that
+    holds text, None to leave a value as it is (computed once, not per line)."""
+    return {f.name: _plan(f.type) for f in schema}
+
+
+def _plan(typ: pa.DataType) -> Any:
     if pt.is_string(typ) or pt.is_large_string(typ):
-        if isinstance(value, str):
-            return value
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    if _is_list(typ) and isinstance(value, list):
-        return [_coerce(v, typ.value_type) for v in value]
-    if pt.is_struct(typ) and isinstance(value, dict):
-        return _coerce_struct(value, typ)
-    return value  # it fits, or pyarrow rejects it
+        return _TEXT_PLAN
+    if _is_list(typ):
+        inner = _plan(typ.value_type)
+        return None if inner is None else ("list", inner)
+    if pt.is_struct(typ):
+        return coercion_plan(pa.schema(list(typ)))
+    return None
+
+
+def _coerce_struct(obj: dict, fields: dict[str, Any]) -> dict:
+    if not obj.keys() <= fields.keys():
+        unknown = sorted(set(obj) - set(fields))
+        raise ValueError(f"fields not in the table's schema: {unknown}")
+    return {name: _coerce(value, fields[name]) for name, value in obj.items()}
+
+
+def _coerce(value: Any, plan: Any) -> Any:
+    if value is None or plan is None:
+        return value  # it fits, or pyarrow rejects it
+    if plan is _TEXT_PLAN:
+        return value if isinstance(value, str) else _TEXT(value)
+    if isinstance(plan, dict):
+        return _coerce_struct(value, plan) if isinstance(value, dict) else value
+    return [_coerce(v, plan[1]) for v in value] if isinstance(value, list) else value
 
 
 # --- dates and times ---------------------------------------------------------------------------
