@@ -163,8 +163,9 @@ class JSONLReader(TextReader):
         if not _DATE_TEXT.search(bytes(data)):
             return schema
         # Only leaves every piece saw as text (or not at all): their values are all strings.
+        by_name = [{f.name: f.type for f in s} for s in pieces]
         leaves = [p for p, t in _leaves(schema)
-                  if _is_text(t) and all(_text_or_absent(s, p) for s in pieces)]
+                  if _is_text(t) and all(_text_or_absent(types, p) for types in by_name)]
         if not leaves:
             return schema
         probe = _pruned(schema, leaves)
@@ -362,10 +363,22 @@ def _coerce(value: Any, plan: Any) -> Any:
 def text_times(schema: pa.Schema) -> pa.Schema:
     """``schema`` with every date or timestamp leaf as string (the same object if none):
     what a block is parsed into before the strict cast to ``schema``."""
+    known = _TEXT_TIMES.get(id(schema))
+    if known is not None and known[0] is schema:
+        return known[1]
     fields = [f.with_type(_text_times(f.type)) for f in schema]
     if all(f.type == g.type for f, g in zip(fields, schema, strict=True)):
-        return schema
-    return pa.schema(fields, metadata=schema.metadata)
+        parse = schema
+    else:
+        parse = pa.schema(fields, metadata=schema.metadata)
+    if len(_TEXT_TIMES) >= 64:
+        _TEXT_TIMES.clear()
+    _TEXT_TIMES[id(schema)] = (schema, parse)  # holding schema keeps its id from being reused
+    return parse
+
+
+_TEXT_TIMES: dict[int, tuple[pa.Schema, pa.Schema]] = {}
+"""The parse schema of recent schemas: a chunk parses many pieces with one (wide) schema."""
 
 
 def _text_times(typ: pa.DataType) -> pa.DataType:
@@ -418,11 +431,11 @@ def _leaves(schema: pa.Schema) -> Iterator[tuple[Path, pa.DataType]]:
         yield from walk((f.name,), f.type)
 
 
-def _text_or_absent(schema: pa.Schema, path: Path) -> bool:
-    """Whether ``schema`` holds text (or nothing, or null) at ``path``."""
-    if path[0] not in schema.names:
+def _text_or_absent(columns: dict[str, pa.DataType], path: Path) -> bool:
+    """Whether a schema (its types by column name) holds text, nothing or null at ``path``."""
+    typ = columns.get(path[0])
+    if typ is None:
         return True
-    typ = schema.field(path[0]).type
     for step in path[1:]:
         if pt.is_null(typ):
             return True
@@ -439,18 +452,24 @@ def _text_or_absent(schema: pa.Schema, path: Path) -> bool:
 
 def _pruned(schema: pa.Schema, leaves: list[Path]) -> pa.Schema:
     """Only the branches of ``schema`` that lead to ``leaves``, each leaf as string."""
+    def grouped(paths: list[Path]) -> dict[str | None, list[Path]]:
+        out: dict[str | None, list[Path]] = {}
+        for p in paths:
+            out.setdefault(p[0], []).append(p[1:])
+        return out
+
     def prune(typ: pa.DataType, paths: list[Path]) -> pa.DataType:
         if any(not p for p in paths):
             return pa.string()
         if _is_list(typ):
             return pa.list_(prune(typ.value_type, [p[1:] for p in paths]))
-        return pa.struct([pa.field(f.name, prune(f.type, [p[1:] for p in paths
-                                                          if p[0] == f.name]))
-                          for f in typ if any(p[0] == f.name for p in paths)])
+        below = grouped(paths)
+        return pa.struct([pa.field(f.name, prune(f.type, below[f.name]))
+                          for f in typ if f.name in below])
 
-    return pa.schema([pa.field(f.name, prune(f.type, [p[1:] for p in leaves
-                                                      if p[0] == f.name]))
-                      for f in schema if any(p[0] == f.name for p in leaves)])
+    top = grouped(leaves)
+    return pa.schema([pa.field(f.name, prune(f.type, top[f.name]))
+                      for f in schema if f.name in top])
 
 
 def _values(table: pa.Table, path: Path) -> pa.Array:
