@@ -4,12 +4,14 @@ Widening (applied pairwise, order-independent):
 
 - null + T -> T
 - any two integer types -> int64; integer + floating -> float64; two floating -> float64
-- date32 + timestamp -> timestamp; timestamps of different units -> the finer unit (same zone)
+- date32 + naive timestamp -> timestamp; timestamps of different units -> the finer unit (same
+  zone)
 - list<A> + list<B> -> list<widen(A, B)> (also fixed-size lists of different sizes); struct
   fields are unified by name the same way
 - anything else that differs (bool + int, number + string, ...) -> string; so do a naive and
-  a UTC-aware timestamp (which instant a naive time means is unknown; DuckDB's sniffers make
-  such a column VARCHAR too)
+  a UTC-aware timestamp, and a date and a UTC-aware timestamp (which instant a naive time means
+  is unknown; DuckDB's sniffers make such a column VARCHAR too, and pyarrow's CSV inference
+  text)
 
 Values that do not fit the widened type are rejected into ``_errors`` when parsed, never nulled.
 """
@@ -40,9 +42,9 @@ def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
         if a.tz != b.tz:
             return pa.string()
         return pa.timestamp(max(a.unit, b.unit, key=_UNITS.index), tz=a.tz)
-    if pt.is_timestamp(a) and pt.is_date(b):
+    if pt.is_timestamp(a) and pt.is_date(b) and a.tz is None:
         return a
-    if pt.is_date(a) and pt.is_timestamp(b):
+    if pt.is_date(a) and pt.is_timestamp(b) and b.tz is None:
         return b
     if _listlike(a) and _listlike(b):  # fixed-size lists of other sizes become plain lists
         return pa.list_(widen(a.value_type, b.value_type))

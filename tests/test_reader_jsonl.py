@@ -325,3 +325,27 @@ def test_zoned_times_nested_and_after_the_head(tmp_path) -> None:
     (bad,) = rejected
     assert bad.error_type == ErrorCode.TYPE_MISMATCH and bad.byte_offset == len(head)
     assert "zone offset" in bad.message
+
+
+def test_naive_and_aware_files_meet_as_text(tmp_path) -> None:
+    """Files of one table with naive, zoned and date-only times: the column is text holding
+    the values as written (DuckDB's read_json makes the same mix VARCHAR); zoned files alone
+    stay TIMESTAMPTZ."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "a.jsonl").write_text('{"t": "2020-01-01T00:00:00Z", '
+                                 '"z": "2020-01-01T02:00:00+02:00"}\n')
+    (inp / "b.jsonl").write_text('{"t": "2020-01-01T00:00:00", "z": "2020-01-01T00:00:00Z"}\n')
+    (inp / "c.jsonl").write_text('{"t": "2020-01-02", "z": "2020-01-01T00:00:00-01:00"}\n')
+    out = tmp_path / "out"
+    report = pipeline.ingest([str(inp)], out=str(out), progress=False, layout="threads")
+    assert report.ok and report.rows == 3 and not error_rows(out)
+    rel = duckdb.sql(f"select t, z from read_parquet('{out}/in/**/*.parquet') order by t")
+    assert [str(t) for t in rel.types] == ["VARCHAR", "TIMESTAMP WITH TIME ZONE"]
+    got = rel.fetchall()
+    assert [t for t, _ in got] == ["2020-01-01T00:00:00", "2020-01-01T00:00:00Z", "2020-01-02"]
+    assert sorted(z.astimezone(UTC) for _, z in got) == [
+        dt.datetime(2020, 1, 1, tzinfo=UTC), dt.datetime(2020, 1, 1, tzinfo=UTC),
+        dt.datetime(2020, 1, 1, 1, tzinfo=UTC)]
+    duck = duckdb.sql(f"select t from read_json('{inp}/*.jsonl', format='newline_delimited')")
+    assert [str(t) for t in duck.types] == ["VARCHAR"]
