@@ -4,10 +4,14 @@ Widening (applied pairwise, order-independent):
 
 - null + T -> T
 - any two integer types -> int64; integer + floating -> float64; two floating -> float64
-- date32 + timestamp -> timestamp; timestamps of different units -> the finer unit (same zone)
+- date32 + naive timestamp -> timestamp; timestamps of different units -> the finer unit (same
+  zone)
 - list<A> + list<B> -> list<widen(A, B)> (also fixed-size lists of different sizes); struct
   fields are unified by name the same way
-- anything else that differs (bool + int, number + string, timestamp zones, ...) -> string
+- anything else that differs (bool + int, number + string, ...) -> string; so do a naive and
+  a UTC-aware timestamp, and a date and a UTC-aware timestamp (which instant a naive time means
+  is unknown; DuckDB's sniffers make such a column VARCHAR too, and pyarrow's CSV inference
+  text)
 
 Values that do not fit the widened type are rejected into ``_errors`` when parsed, never nulled.
 """
@@ -38,9 +42,9 @@ def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
         if a.tz != b.tz:
             return pa.string()
         return pa.timestamp(max(a.unit, b.unit, key=_UNITS.index), tz=a.tz)
-    if pt.is_timestamp(a) and pt.is_date(b):
+    if pt.is_timestamp(a) and pt.is_date(b) and a.tz is None:
         return a
-    if pt.is_date(a) and pt.is_timestamp(b):
+    if pt.is_date(a) and pt.is_timestamp(b) and b.tz is None:
         return b
     if _listlike(a) and _listlike(b):  # fixed-size lists of other sizes become plain lists
         return pa.list_(widen(a.value_type, b.value_type))
@@ -80,5 +84,24 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def no_nulls(schema: pa.Schema) -> pa.Schema:
-    """Columns no value gave a type to (all-null samples, header-only files) become text."""
-    return pa.schema([(f.name, pa.string() if pt.is_null(f.type) else f.type) for f in schema])
+    """Types no value decided, or Parquet cannot store, become text, at any depth.
+
+    A column (or list element, or struct field) no value gave a type to (all-null samples,
+    header-only files, ``[]``) is string, so that later values still fit it; so is a struct
+    without fields (``{}`` in every sampled value), which Parquet cannot write: JSON values
+    there keep their JSON text (``{"a":1}`` -> ``'{"a":1}'``).
+    """
+    return pa.schema([f.with_type(_storable(f.type)) for f in schema])
+
+
+def _storable(t: pa.DataType) -> pa.DataType:
+    if pt.is_null(t) or (pt.is_struct(t) and t.num_fields == 0):
+        return pa.string()
+    if pt.is_list(t) or pt.is_large_list(t):
+        value = _storable(t.value_type)
+        return t if value == t.value_type else pa.list_(t.value_field.with_type(value))
+    if pt.is_struct(t):
+        fields = [f.with_type(_storable(f.type)) for f in t]
+        return t if all(f.type == g.type for f, g in zip(fields, t, strict=True)) \
+            else pa.struct(fields)
+    return t

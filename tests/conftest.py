@@ -57,7 +57,11 @@ def run_reader(path: str, reader: str | None = None, *, chunk_size: int = 1 << 2
             "chunks": len(specs)}
     order = [c.index for c in file.chunks]
     got = [t for i in order for t in tables.get(i, [])]
-    return ((pa.concat_tables(got) if got else None),
+    if got and not got[0].num_columns:  # concat_tables loses the rows of column-less tables
+        rows = pa.table({"": pa.nulls(sum(t.num_rows for t in got))}).select([])
+    else:
+        rows = pa.concat_tables(got) if got else None
+    return (rows,
             [e for i in order for e in rejected.get(i, [])], info)
 
 

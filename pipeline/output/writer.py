@@ -69,7 +69,9 @@ class FragmentWriter:
         rows go to the table `table_name` makes of it, inside OUT."""
         table = table_name(table)
         schema = self.spec.schemas[table]
-        rows = conform(rows, schema)
+        # A table without columns (JSON lines of `{}` only) still has its rows: keep their
+        # count, which building a table from no arrays would lose.
+        rows = conform(rows, schema) if len(schema) else rows.select([])
         if isinstance(file_id, pa.Array):
             ids = file_id
         elif file_id and file_id != self.file_id:
