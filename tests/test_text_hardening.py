@@ -23,7 +23,6 @@ import pytest
 from conftest import run_reader
 
 import pipeline
-from readers.settle import FileChunks, read_settled
 from pipeline.execution.task import ChunkManifest, read_chunk
 from pipeline.planning.discover import describe_file
 from readers import detect, get_reader
@@ -31,6 +30,7 @@ from readers._boundaries import last_record_end
 from readers.base import ChunkContext, ChunkSpec, Rejected, Source
 from readers.csv import CSVReader, convert_options
 from readers.errors import ErrorCode, RecordTooLong
+from readers.settle import FileChunks, read_settled
 from readers.widening import conform
 
 PARSE = pacsv.ParseOptions(newlines_in_values=True)
