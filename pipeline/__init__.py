@@ -16,7 +16,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import ChunkmillError, OutputLocked, SourceNotFound, UsageError
+from pipeline.errors import (
+    ChunkmillError,
+    OutputLocked,
+    RejectedRecord,
+    SourceNotFound,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from pipeline.execution.lazy import read
@@ -26,7 +32,7 @@ if TYPE_CHECKING:
     from pipeline.runner import ingest
 
 __all__ = ["plan", "read", "ingest", "Plan", "RunReport", "IngestOptions", "ChunkmillError",
-           "UsageError", "SourceNotFound", "OutputLocked"]
+           "UsageError", "SourceNotFound", "OutputLocked", "RejectedRecord"]
 
 _LAZY = {"plan": "pipeline.planning.plan", "read": "pipeline.execution.lazy",
          "ingest": "pipeline.runner", "Plan": "pipeline.planning.plan",

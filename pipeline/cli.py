@@ -54,6 +54,21 @@ def _common(p: argparse.ArgumentParser) -> None:
                         f"{_default('max-record-bytes')})")
     p.add_argument("--partition-by", default="", metavar="COL[,COL]",
                    help="hive-partition the output by these columns")
+    p.add_argument("--max-partitions", type=int, metavar="N",
+                   help="stop (exit 2) before --partition-by writes more than N partitions "
+                        f"per table in one run (default {_default('max-partitions')}; 0: no "
+                        "limit)")
+    p.add_argument("--schema", action="append", metavar="COL=TYPE[,COL=TYPE]",
+                   help="declare column types of CSV/TSV/JSON-lines tables (repeatable): "
+                        "varchar, bigint, integer, double, boolean, date, timestamp, "
+                        "timestamptz, decimal(P,S), blob, ... (DuckDB's names)")
+    p.add_argument("--allow-missing-columns", action="store_true", default=None,
+                   help="a --schema column missing from a file is NULL there (default: a "
+                        "usage error naming the file)")
+    p.add_argument("--derive", action="append", metavar="NAME=FUNC(COL)",
+                   help="add a column computed per row (repeatable): date, year, month, day, "
+                        "hour of a timestamp/date, or bucket(COL, N); e.g. --derive "
+                        "day=date(ts) --partition-by day")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("-q", "--quiet", action="count", default=0)
 

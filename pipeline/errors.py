@@ -30,3 +30,7 @@ class OutputLocked(ChunkmillError, RuntimeError):
     """Another live run holds the lock on this output directory."""
 
     exit_code = 4
+
+
+class RejectedRecord(ChunkmillError, ValueError):
+    """``pipeline.read`` met a record it cannot turn into a row (``on_bad="error"``)."""

@@ -3,7 +3,8 @@
 The task returns a small `ChunkManifest` (paths, counts, timings, the reader's facts), never
 data, so the client and scheduler hold kilobytes per chunk whatever the input size.
 `read_chunk` is the one place a reader's ``read`` is driven (restarts, retries, a broken chunk
-turned into an ``_errors`` row): chunk tasks, bundle tasks and `pipeline.read` all use it.
+turned into an ``_errors`` row, the per-batch `TableHook`): chunk tasks, bundle tasks and
+`pipeline.read` all use it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.execution.hook import TableHook
+from pipeline.output.partition_guard import TooManyPartitions
 from pipeline.output.rejects import errors_table, stage_errors
 from pipeline.output.writer import Fragment, FragmentWriter, SinkSpec
 from pipeline.retry import policy
@@ -55,6 +58,9 @@ class ChunkTask:
     sink: SinkSpec
     retries: int = 2
     """Attempts after a transient I/O failure (backoff with jitter); parse errors never retry."""
+    hook: TableHook | None = None
+    """Applied to every parsed batch before it is written (declared types, derived columns,
+    the user's transform)."""
 
 
 @dataclass(slots=True)
@@ -68,6 +74,8 @@ class ChunkManifest:
     bytes_read: int = 0
     fragments: list[Fragment] = field(default_factory=list)
     error_count: int = 0
+    record_errors: int = 0
+    """Of ``error_count``, the rejected records (not chunks)."""
     facts: Any = None
     """The reader's own record of what the chunk learnt (`ChunkContext.facts`)."""
     attempts: int = 1
@@ -76,6 +84,9 @@ class ChunkManifest:
     finished: float = 0.0
     failed: str | None = None
     """Why the chunk produced nothing of its own (it is then one ``_errors`` row)."""
+    stop: TooManyPartitions | None = None
+    """The whole run must stop: this chunk's rows alone reach more partitions than allowed
+    (nothing of the chunk was kept)."""
 
     @property
     def duration(self) -> float:
@@ -97,13 +108,15 @@ def worker_name() -> str:
 
 def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: Description,
                options: ReaderOptions, retries: int,
-               write: Callable[[str, pa.Table], None], reset: Callable[[], None]
-               ) -> tuple[ChunkManifest, ChunkContext]:
+               write: Callable[[str, pa.Table], None], reset: Callable[[], None],
+               hook: TableHook | None = None) -> tuple[ChunkManifest, ChunkContext]:
     """Read one chunk into ``write``; bad data never raises, it is reported in the context.
 
-    A `RestartChunk` from the reader drops what was written (``reset``) and reads once more
-    with the changed options. Transient I/O failures restart the chunk the same way after a
-    backoff, up to ``retries`` times; anything else becomes a ``chunk`` rejection.
+    Every batch goes through ``hook`` first. A `RestartChunk` from the reader drops what was
+    written (``reset``) and reads once more with the changed options. Transient I/O failures
+    restart the chunk the same way after a backoff, up to ``retries`` times; anything else
+    becomes a ``chunk`` rejection (a failing transform too), except `TooManyPartitions`,
+    which drops the chunk's output and sets ``manifest.stop``.
     """
     manifest = ChunkManifest(chunk.id, chunk.file_id, chunk.index, worker=worker_name(),
                              started=time.time())
@@ -118,6 +131,8 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
             for table, rows in reader.read(source, chunk, description, options, ctx):
                 if CANCEL.is_set():
                     raise ChunkCancelled(chunk.id)
+                if hook:
+                    rows = hook.apply(table, rows)
                 write(table, rows)
                 manifest.rows += rows.num_rows
         except RestartChunk as restart:
@@ -135,6 +150,10 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
     except MemoryError:
         reset()
         raise
+    except TooManyPartitions as exc:
+        reset()
+        manifest.rows = 0
+        manifest.stop = exc
     except Exception as exc:  # a broken chunk is an _errors row, the run goes on
         tries = retry.statistics.get("attempt_number", 1) - 1
         text = str(exc).strip().splitlines()
@@ -145,6 +164,7 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
         manifest.failed = ctx.rejected[-1].message
     manifest.attempts = retry.statistics.get("attempt_number", 1)
     manifest.error_count = len(ctx.rejected)
+    manifest.record_errors = sum(r.kind == "record" for r in ctx.rejected)
     manifest.facts = ctx.facts
     manifest.bytes_read = chunk.length
     return manifest, ctx
@@ -156,7 +176,8 @@ def run_chunk(task: ChunkTask) -> ChunkManifest:
     writer = FragmentWriter(task.sink, chunk.id, source.file_id)
     try:
         manifest, ctx = read_chunk(get_reader(task.reader)(), source, chunk, task.description,
-                                   task.options, task.retries, writer.write, writer.abort)
+                                   task.options, task.retries, writer.write, writer.abort,
+                                   task.hook)
         manifest.fragments = writer.close()
     except BaseException:
         writer.abort()
