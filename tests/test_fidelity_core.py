@@ -290,6 +290,46 @@ def test_transform_schema_from_a_sample_and_per_batch_mismatch(tmp_path) -> None
         pipeline.plan(str(src), transform=lambda t: [t])
 
 
+@pytest.mark.parametrize("small_file_size", ["0", "4MiB"])  # alone, and bundled
+def test_every_batch_has_its_tables_columns(tmp_path, small_file_size) -> None:
+    """A file without a column of its table still gives derive and transform that column."""
+    (tmp_path / "in").mkdir()
+    for name, text in {"a.csv": "ts,x\n2024-01-01T05:00:00Z,1\n", "b.csv": "x\n2\n",
+                       "c.csv": "x,ts\n3,2024-01-03T05:00:00Z\n"}.items():
+        (tmp_path / "in" / name).write_text(text)
+
+    def names(t: pa.Table) -> pa.Table:
+        return t.append_column("cols", pa.array([",".join(t.column_names)] * t.num_rows))
+
+    report = pipeline.ingest(str(tmp_path / "in"), out=str(tmp_path / "o"), progress=False,
+                             derive="d=day(ts)", transform=names,
+                             small_file_size=small_file_size)
+    assert report.exit_code == 0
+    got = duckdb.sql(f"select x, d, cols from '{tmp_path}/o/in/*.parquet' order by x").fetchall()
+    assert got == [(1, 1, "ts,x,d"), (2, None, "ts,x,d"), (3, 3, "ts,x,d")]
+
+
+def test_transform_and_derive_on_worker_processes(tmp_path, shared_scheduler) -> None:
+    """Tasks travel pickled (a lambda through cloudpickle); the transform's code is part of
+    the options a file was ingested under."""
+    src = tmp_path / "t.csv"
+    src.write_text("a,ts\n1,2024-05-01T10:00:00Z\n2,2024-05-02T10:00:00Z\n")
+    out = str(tmp_path / "o")
+    common = {"scheduler": shared_scheduler, "progress": False, "derive": ["m=month(ts)"]}
+    first = pipeline.ingest(str(src), out=out, transform=lambda t: t.append_column(
+        "b", pc.multiply(t["a"], 10)), **common)
+    assert first.exit_code == 0
+    read = f"select a, b, m from read_parquet('{out}/t/*.parquet') order by a"
+    assert duckdb.sql(read).fetchall() == [(1, 10, 5), (2, 20, 5)]
+    same = pipeline.ingest(str(src), out=out, transform=lambda t: t.append_column(
+        "b", pc.multiply(t["a"], 10)), **common)
+    assert same.files == {"unchanged": 1}
+    edited = pipeline.ingest(str(src), out=out, transform=lambda t: t.append_column(
+        "b", pc.multiply(t["a"], 3)), **common)
+    assert edited.files == {"ok": 1}
+    assert duckdb.sql(read).fetchall() == [(1, 3, 5), (2, 6, 5)]
+
+
 # --- 7. partition guard ------------------------------------------------------------------------
 def test_partition_guard_stops_before_writing(tmp_path, capsys) -> None:
     src = tmp_path / "ids.csv"

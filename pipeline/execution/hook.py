@@ -5,8 +5,11 @@ bundle task and lazy partition, applied to each (table, rows) a reader yields, i
 
 1. declared types the readers cannot parse straight into (a ``date`` column is parsed as a
    timestamp and cut to its day here: see `planning.types.reader_type`);
-2. derived columns (``--derive``), appended in the order given;
-3. the user's ``transform=`` function, whose output must keep the schema found at plan time.
+2. with derived columns or a transform: the batch takes its table's whole input schema (the
+   table's column order; columns its file lacks as NULL), so both see the same columns in
+   every batch of every file, as at plan time;
+3. derived columns (``--derive``), appended in the order given;
+4. the user's ``transform=`` function, whose output must keep the schema found at plan time.
 
 A transform that raises, returns something other than a table, or returns other columns than
 at plan time makes its chunk a ``chunk`` error naming the function (``TransformError``); the
@@ -22,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.planning.derive import Derivation
+from readers.widening import conform
 
 Transform = Callable[[pa.Table], pa.Table]
 
@@ -49,17 +53,21 @@ class TableHook:
     transform: Transform | None = None
     transform_schemas: Mapping[str, pa.Schema] = field(default_factory=dict)
     """Per table: what ``transform`` returned at plan time (its output must keep it)."""
+    inputs: Mapping[str, pa.Schema] = field(default_factory=dict)
+    """Per table: the input schema (declared types) batches take before steps 3 and 4."""
 
     def __bool__(self) -> bool:
         return bool(self.convert or self.derive or self.transform)
 
     def before_transform(self, table: str, rows: pa.Table) -> pa.Table:
-        """Steps 1 and 2: declared types, then derived columns."""
+        """Steps 1 to 3: declared types, the table's input schema, derived columns."""
         for name, kind in self.convert.get(table, {}).items():
             if name in rows.column_names and rows.schema.field(name).type != kind:
                 i = rows.schema.get_field_index(name)
                 # A timestamp cut to its date (DuckDB's cast of a datetime text to DATE).
                 rows = rows.set_column(i, name, pc.cast(rows.column(name), kind, safe=False))
+        if (self.derive or self.transform) and table in self.inputs:
+            rows = conform(rows, self.inputs[table])
         for d in self.derive.get(table, ()):
             rows = rows.append_column(d.name, d.compute(rows.column(d.column)))
         return rows

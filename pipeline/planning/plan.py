@@ -138,11 +138,12 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
         if f.description:
             for table, schema in f.description.tables.items():
                 by_table.setdefault(table, []).append(schema)
-    known = known_inputs(known or {}, options)
+    remembered = known or {}
+    known = known_inputs(remembered, options)
     # A column no file had a value for (header-only files) is text.
     schemas = {table: no_nulls(unify([known[table], *group] if table in known else group))
                for table, group in by_table.items()}
-    schemas = declare(schemas, files, options)
+    schemas = declare(schemas, files, options, remembered)
     parsed = {table: parse_schema(table, schema, options) for table, schema in schemas.items()}
     # One schema object per (table, columns): bundle tasks carry each member's description,
     # and pickle writes a shared object once.
@@ -164,7 +165,7 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
                                                    reader_options[f.reader])
         except Exception as exc:
             f.error = f"{f.source.path}: cannot plan chunks: {one_line(exc)}"
-    shapes = shape_tables(schemas, files, reader_options, options)
+    shapes = shape_tables(schemas, files, reader_options, options, remembered)
     _check_partitioning(shapes.outputs, tuple(partition_by))
     estimate_partitions(shapes, files, reader_options, tuple(partition_by), max_partitions)
     return Plan(files, shapes.outputs, reader_options, shapes.hook)

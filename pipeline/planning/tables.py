@@ -33,8 +33,10 @@ from readers import get_reader
 from readers._text import TextReader
 from readers.options import ReaderOptions
 
-#: Bytes of text read at plan time for a sample (transform schema, partition estimate).
+#: Bytes of text read at plan time for a sample (transform schema, partition estimate)...
 SAMPLE_BYTES = 1 << 20
+#: ... from at most this many files (each costs a parse set-up).
+SAMPLE_FILES = 16
 #: A sample whose partition values are at least this unique is taken as a key column.
 KEY_LIKE = 0.9
 #: ... once it has at least this many rows.
@@ -74,12 +76,14 @@ def known_inputs(known: Mapping[str, pa.Schema], options: PlanOptions) -> dict[s
 
 
 def declare(schemas: dict[str, pa.Schema], files: Sequence[PlannedFile],
-            options: PlanOptions) -> dict[str, pa.Schema]:
+            options: PlanOptions, remembered: Mapping[str, pa.Schema] | None = None
+            ) -> dict[str, pa.Schema]:
     """The unified schemas with the declared types in place (usage errors for what is wrong).
 
     A declared column must be in every file of every text table that has it, and in at least
     one; with ``allow_missing_columns`` files without it read it as NULL, and a column no
-    table has is added to every text table.
+    table has is added to every text table. A column of a table OUT already has
+    (``remembered``) is no typo even when this run reads no file of that table.
     """
     declared = options.schema
     if not declared:
@@ -93,6 +97,8 @@ def declare(schemas: dict[str, pa.Schema], files: Sequence[PlannedFile],
         if holders and not text_holders:
             raise UsageError(f"--schema {column}: declared types apply to CSV, TSV and JSON "
                              f"lines tables; {column} is a column of {', '.join(holders)}")
+        if not text_holders and _remembered(column, remembered):
+            continue  # its table's files are unchanged since they were ingested with it
         if not text_holders:
             if not options.allow_missing_columns or not text:
                 listing = "; ".join(f"{t}: {', '.join(s.names)}" for t, s in schemas.items()
@@ -118,6 +124,10 @@ def declare(schemas: dict[str, pa.Schema], files: Sequence[PlannedFile],
     return out
 
 
+def _remembered(column: str, remembered: Mapping[str, pa.Schema] | None) -> bool:
+    return any(column in s.names for s in (remembered or {}).values())
+
+
 def parse_schema(table: str, schema: pa.Schema, options: PlanOptions) -> pa.Schema:
     """The types the readers parse ``table`` into (declared dates come as timestamps)."""
     if not options.schema:
@@ -126,9 +136,12 @@ def parse_schema(table: str, schema: pa.Schema, options: PlanOptions) -> pa.Sche
                       else f for f in schema])
 
 
-def derived_columns(schemas: Mapping[str, pa.Schema], derive: Sequence[Derivation]
+def derived_columns(schemas: Mapping[str, pa.Schema], derive: Sequence[Derivation],
+                    remembered: Mapping[str, pa.Schema] | None = None
                     ) -> dict[str, tuple[Derivation, ...]]:
-    """Per table, the derivations whose source column it has (usage errors for clashes)."""
+    """Per table, the derivations whose source column it has (usage errors for clashes; a
+    derivation of a table OUT already has, ``remembered``, is fine when no file of it is
+    read this run)."""
     if not derive:
         return {}
     out: dict[str, tuple[Derivation, ...]] = {}
@@ -147,7 +160,8 @@ def derived_columns(schemas: Mapping[str, pa.Schema], derive: Sequence[Derivatio
             used.add(d.name)
         if chosen:
             out[table] = tuple(chosen)
-    unused = [d for d in derive if d.name not in used]
+    unused = [d for d in derive if d.name not in used
+              and not _remembered(d.name, remembered) and not _remembered(d.column, remembered)]
     if unused:
         listing = "; ".join(f"{t}: {', '.join(s.names)}" for t, s in schemas.items())
         raise UsageError(f"--derive {unused[0].spec}: no table has a column "
@@ -162,16 +176,16 @@ def with_derived(schema: pa.Schema, derivations: Sequence[Derivation]) -> pa.Sch
 
 
 def shape_tables(inputs: dict[str, pa.Schema], files: Sequence[PlannedFile],
-                 reader_options: Mapping[str, ReaderOptions], options: PlanOptions
-                 ) -> TableShapes:
+                 reader_options: Mapping[str, ReaderOptions], options: PlanOptions,
+                 remembered: Mapping[str, pa.Schema] | None = None) -> TableShapes:
     """Output schemas and the worker hook (``files`` already carry their parse schemas)."""
     convert = {t: {f.name: f.type for f in s if f.name in options.schema
                    and reader_type(f.type) != f.type}
                for t, s in inputs.items()}
     convert = {t: c for t, c in convert.items() if c}
-    derive = derived_columns(inputs, options.derive)
+    derive = derived_columns(inputs, options.derive, remembered)
     outputs = {t: with_derived(s, derive.get(t, ())) for t, s in inputs.items()}
-    hook = TableHook(convert=convert, derive=derive)
+    hook = TableHook(convert=convert, derive=derive, inputs=inputs if derive else {})
     if options.transform is not None:
         _check_picklable(options.transform)
         found = {}
@@ -181,7 +195,7 @@ def shape_tables(inputs: dict[str, pa.Schema], files: Sequence[PlannedFile],
                 lambda t=table: sample_rows(files, t, reader_options, hook))
         outputs = found
         hook = TableHook(convert=convert, derive=derive, transform=options.transform,
-                         transform_schemas=found)
+                         transform_schemas=found, inputs=inputs)
     return TableShapes(inputs, outputs, hook)
 
 
@@ -249,12 +263,14 @@ def _sample(files: Sequence[PlannedFile], table: str,
 
     pieces: list[pa.Table] = []
     sampled = 0
+    tried = 0
     for f in _described(files):
-        if sampled >= budget:
+        if sampled >= budget or tried >= SAMPLE_FILES:
             break
         if (f.error or f.skipped or table not in f.description.tables
                 or not is_text_reader(f.reader) or f.source.compression):
             continue
+        tried += 1
         reader = get_reader(f.reader)()
         opts = reader_options[f.reader].but(chunk_size=max(1, budget - sampled))
         try:
