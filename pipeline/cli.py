@@ -242,7 +242,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             from pipeline.planning.plan import build_plan
 
             plan = build_plan(args.paths, options.plan,
-                              partition_by=options.output.partition_by)
+                              partition_by=options.output.partition_by,
+                              max_partitions=options.output.max_partitions)
             print(plan.to_json() if args.json else repr(plan))
             return 1 if any(f.error for f in plan.files) else 0
         from pipeline.runner import Runner

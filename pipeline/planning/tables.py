@@ -306,9 +306,9 @@ def estimate_partitions(shapes: TableShapes, files: Sequence[PlannedFile],
             continue
         try:
             rows = shapes.hook.apply(table, raw)
+            distinct = rows.group_by(list(partition_by)).aggregate([]).num_rows
         except Exception:  # noqa: BLE001 - the workers report a failing transform properly
             continue
-        distinct = rows.group_by(list(partition_by)).aggregate([]).num_rows
         total = sum(f.source.size for f in _described(files)
                     if table in f.description.tables and not f.error and not f.skipped)
         estimate = rows.num_rows * total / max(sampled, 1)
