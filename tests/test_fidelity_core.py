@@ -350,18 +350,20 @@ def test_partition_guard_stops_before_writing(tmp_path, capsys) -> None:
     assert len(os.listdir(out / "ids")) == 64
 
 
-@pytest.mark.parametrize(("limit", "says"), [(1000, "partitions written so far"),
+@pytest.mark.parametrize(("limit", "says"), [(200, "partitions written so far"),
                                              (100, "one chunk alone")])
-def test_partition_guard_at_run_time(tmp_path, capsys, limit, says) -> None:
-    """The plan-time sample sees 5 values; later chunks bring thousands (client count), or
-    one chunk alone brings more than the limit (the worker stops writing)."""
+def test_partition_guard_at_run_time(tmp_path, capsys, monkeypatch, limit, says) -> None:
+    """The plan-time sample sees 5 values; later chunks of ~150 values each bring more
+    (counted on the client), or one chunk alone brings more than the limit (the worker
+    stops writing)."""
+    monkeypatch.setattr("pipeline.planning.tables.SAMPLE_BYTES", 16 << 10)
     src = tmp_path / "late.csv"
     pad = "p" * 200
-    head = "".join(f"{i % 5},{pad}\n" for i in range(6000))  # ~1.2 MB of five values
-    tail = "".join(f"{10 + i},{pad}\n" for i in range(3000))
+    head = "".join(f"{i % 5},{pad}\n" for i in range(100))  # > the sample: five values
+    tail = "".join(f"{10 + i},{pad}\n" for i in range(600))
     src.write_text("id,pad\n" + head + tail)
     out = tmp_path / "o"
-    code = cli(["ingest", str(src), "--out", str(out), "--no-progress", "--chunk-size", "64KB",
+    code = cli(["ingest", str(src), "--out", str(out), "--no-progress", "--chunk-size", "32KB",
                 "--partition-by", "id", "--max-partitions", str(limit)])
     err = capsys.readouterr().err
     assert code == 2, err
