@@ -15,14 +15,15 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from pipeline import config
 from pipeline.errors import UsageError
-from pipeline.planning.derive import Derivation, parse_derive
-from pipeline.planning.types import parse_schema, type_name
+
+if TYPE_CHECKING:  # pyarrow loads with the first option that needs it, not with the CLI
+    import pyarrow as pa
+
+    from pipeline.planning.derive import Derivation
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 LAYOUTS = ("auto", "processes", "threads")
@@ -69,8 +70,14 @@ class PlanOptions:
             object.__setattr__(self, name, config.parse_size(getattr(self, name)))
         if self.chunk_size < 1:
             raise UsageError("--chunk-size must be at least 1 byte")
-        object.__setattr__(self, "schema", parse_schema(self.schema))
-        object.__setattr__(self, "derive", parse_derive(self.derive))
+        if not (isinstance(self.schema, dict) and not self.schema):  # {} needs no pyarrow
+            from pipeline.planning.types import parse_schema
+
+            object.__setattr__(self, "schema", parse_schema(self.schema))
+        if self.derive != ():
+            from pipeline.planning.derive import parse_derive
+
+            object.__setattr__(self, "derive", parse_derive(self.derive))
         if self.transform is not None and not callable(self.transform):
             raise UsageError(f"transform= must be a function of a pyarrow.Table, not "
                              f"{type(self.transform).__name__}")
@@ -80,6 +87,8 @@ class PlanOptions:
         file ingested under others is read again rather than taken as unchanged."""
         token: list[Any] = []
         if self.schema:
+            from pipeline.planning.types import type_name
+
             token.append({c: type_name(t) for c, t in self.schema.items()})
         if self.allow_missing_columns:
             token.append("allow-missing-columns")
