@@ -230,6 +230,7 @@ class Runner:
                 if reused is None:
                     jobs.append(job)
                 else:  # staged and verified by an interrupted run: not read again
+                    self._check_partitions(None, reused.fragments)
                     self.report.chunks_reused += 1
                     run.chunks.record(reused)
                     self.progress.update(chunks=1, nbytes=chunk.length)
