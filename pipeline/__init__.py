@@ -18,7 +18,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import ChunkmillError, OutputLocked, SourceNotFound, UsageError
+from pipeline.errors import (
+    ChunkmillError,
+    OutputLocked,
+    RejectedRecord,
+    SourceNotFound,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from pipeline.execution.lazy import read
@@ -29,7 +35,8 @@ if TYPE_CHECKING:
     from pipeline.runner import ingest
 
 __all__ = ["plan", "read", "ingest", "install_pressure_plugin", "Plan", "RunReport",
-           "IngestOptions", "ChunkmillError", "UsageError", "SourceNotFound", "OutputLocked"]
+           "IngestOptions", "ChunkmillError", "UsageError", "SourceNotFound", "OutputLocked",
+           "RejectedRecord"]
 
 _LAZY = {"plan": "pipeline.planning.plan", "read": "pipeline.execution.lazy",
          "ingest": "pipeline.runner", "Plan": "pipeline.planning.plan",

@@ -72,6 +72,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--follow-symlinks", action="store_true", default=None,
                    help="also read files whose symbolic links lead outside the input "
                         "directories (default: such links are refused and reported)")
+    p.add_argument("--max-partitions", type=int, metavar="N",
+                   help="stop (exit 2) before --partition-by writes more than N partitions "
+                        f"per table in one run (default {_default('max-partitions')}; 0: no "
+                        "limit)")
+    p.add_argument("--schema", action="append", metavar="COL=TYPE[,COL=TYPE]",
+                   help="declare column types of CSV/TSV/JSON-lines tables (repeatable): "
+                        "varchar, bigint, integer, double, boolean, date, timestamp, "
+                        "timestamptz, decimal(P,S), blob, ... (DuckDB's names)")
+    p.add_argument("--allow-missing-columns", action="store_true", default=None,
+                   help="a --schema column missing from a file is NULL there (default: a "
+                        "usage error naming the file)")
+    p.add_argument("--derive", action="append", metavar="NAME=FUNC(COL)",
+                   help="add a column computed per row (repeatable): date, year, month, day, "
+                        "hour of a timestamp/date, or bucket(COL, N); e.g. --derive "
+                        "day=date(ts) --partition-by day")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("-q", "--quiet", action="count", default=0)
 
@@ -253,7 +268,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             from pipeline.planning.plan import build_plan
 
             plan = build_plan(args.paths, options.plan,
-                              partition_by=options.output.partition_by)
+                              partition_by=options.output.partition_by,
+                              max_partitions=options.output.max_partitions)
             _print(plan.to_json() if args.json else repr(plan))
             return 1 if any(f.error for f in plan.files) else 0
         from pipeline.runner import Runner

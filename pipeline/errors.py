@@ -67,3 +67,7 @@ class OutputUnwritable(ChunkmillError, OSError):
             return None
         return cls(f"cannot write the output {where}: {os.strerror(exc.errno)}; fix that, "
                    "then run the same command again to resume")
+
+
+class RejectedRecord(ChunkmillError, ValueError):
+    """``pipeline.read`` met a record it cannot turn into a row (``on_bad="error"``)."""

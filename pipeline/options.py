@@ -11,14 +11,20 @@ options built from `PlanOptions.reader_settings`. Nothing here is mutated after 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import config
 from pipeline.errors import UsageError
 from pipeline.output.layout import MAX_TABLE_BYTES, table_name
+
+if TYPE_CHECKING:  # pyarrow loads with the first option that needs it, not with the CLI
+    import pyarrow as pa
+
+    from pipeline.planning.derive import Derivation
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 LAYOUTS = ("auto", "processes", "threads")
@@ -51,6 +57,17 @@ class PlanOptions:
     follow_symlinks: bool = False
     """Read files reached through symbolic links that lead outside the input roots."""
 
+    # --- what the tables hold: declared types, derived columns, transform (planning/tables) --
+    schema: Mapping[str, pa.DataType] = field(default_factory=dict)
+    """Declared column types (``--schema COL=TYPE``): a mapping of names to type names or
+    pyarrow types, a ``pyarrow.Schema``, or ``"COL=TYPE,..."`` text (see `planning.types`)."""
+    allow_missing_columns: bool = False
+    """A declared column missing from a file is NULL there (else a usage error)."""
+    derive: tuple[Derivation, ...] = ()
+    """Derived columns (``--derive NAME=FUNC(COL)``), computed in the worker per batch."""
+    transform: Callable[[pa.Table], pa.Table] | None = None
+    """A function applied in the worker to every parsed table (after derived columns)."""
+
     def __post_init__(self) -> None:
         if self.table is not None and table_name(self.table) != self.table:
             raise UsageError(
@@ -61,6 +78,33 @@ class PlanOptions:
             object.__setattr__(self, name, config.parse_size(getattr(self, name)))
         if self.chunk_size < 1:
             raise UsageError("--chunk-size must be at least 1 byte")
+        if not (isinstance(self.schema, dict) and not self.schema):  # {} needs no pyarrow
+            from pipeline.planning.types import parse_schema
+
+            object.__setattr__(self, "schema", parse_schema(self.schema))
+        if self.derive != ():
+            from pipeline.planning.derive import parse_derive
+
+            object.__setattr__(self, "derive", parse_derive(self.derive))
+        if self.transform is not None and not callable(self.transform):
+            raise UsageError(f"transform= must be a function of a pyarrow.Table, not "
+                             f"{type(self.transform).__name__}")
+
+    def output_token(self) -> list[Any]:
+        """The settings above that change what is written (empty when none is given), so a
+        file ingested under others is read again rather than taken as unchanged."""
+        token: list[Any] = []
+        if self.schema:
+            from pipeline.planning.types import type_name
+
+            token.append({c: type_name(t) for c, t in self.schema.items()})
+        if self.allow_missing_columns:
+            token.append("allow-missing-columns")
+        if self.derive:
+            token.append([d.spec for d in self.derive])
+        if self.transform is not None:
+            token.append(transform_token(self.transform))
+        return token
 
     def reader_settings(self, input_roots: Sequence[str]) -> dict[str, Any]:
         """The flat settings every reader picks its own options from (`Reader.configure`)."""
@@ -101,11 +145,17 @@ class OutputOptions:
     partition_by: tuple[str, ...] = ()
     storage_options: Mapping[str, Any] = field(default_factory=dict)
 
+    # --- partition guard --------------------------------------------------------------------
+    max_partitions: int = _setting("max-partitions")
+    """Most partitions ``--partition-by`` may create per table and run (0: no limit)."""
+
     def __post_init__(self) -> None:
         if not self.out:
             raise UsageError("--out is required")
         if self.compression not in COMPRESSIONS:
             raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}")
+        if self.max_partitions < 0:
+            raise UsageError("--max-partitions must be 0 (no limit) or more")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +205,21 @@ class IngestOptions:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def transform_token(fn: Callable[..., Any]) -> str:
+    """Names a transform by its code: editing the function's body re-reads the files."""
+    parts = [getattr(fn, "__module__", ""), getattr(fn, "__qualname__", type(fn).__qualname__)]
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        parts.append(_code_text(code))
+    return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).hexdigest()
+
+
+def _code_text(code: Any) -> str:
+    """Bytecode, constants and names; nested functions by their own code (no addresses)."""
+    consts = [_code_text(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
+    return f"{code.co_code.hex()}:{consts}:{code.co_names}"
 
 
 def as_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:

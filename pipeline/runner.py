@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from pipeline import config
-from pipeline.errors import OutputUnwritable
+from pipeline.errors import OutputUnwritable, UsageError
 from pipeline.execution.bundle_task import BundleManifest, BundleTask, Member, run_bundle
 from pipeline.execution.bundles import carry_source, group_bundles, riders
 from pipeline.execution.cluster import (
@@ -39,6 +39,7 @@ from pipeline.output.commit import CommitItem, apply_commit, plan_commit
 from pipeline.output.journal import Journal, JournalState
 from pipeline.output.layout import CATALOG_DIR, ERRORS_DIR, STATE_DIR, table_name
 from pipeline.output.lock import OutputLock
+from pipeline.output.partition_guard import PartitionGuard, TooManyPartitions
 from pipeline.output.rejects import errors_table, stage_errors
 from pipeline.output.schemas import SchemaStore
 from pipeline.output.staging import chunk_token, clean_staging, kept_files, reuse, staged_entry
@@ -48,6 +49,7 @@ from pipeline.planning.describe import PlannedFile
 from pipeline.planning.discover import Discovered
 from pipeline.planning.plan import Plan, build_plan
 from pipeline.planning.schema import schema_change
+from pipeline.planning.tables import too_many_message
 from pipeline.report.progress import Progress
 from pipeline.report.run_report import ChunkRecord, RunReport
 from readers import get_reader
@@ -61,6 +63,7 @@ def config_token(options: IngestOptions) -> str:
     """Options that change the output: a file ingested under others is not 'unchanged'."""
     relevant = [options.plan.table, list(options.output.partition_by),
                 options.output.compression, options.plan.format, options.plan.header]
+    relevant += options.plan.output_token()  # nothing when no type/derive/transform is given
     return hashlib.blake2b(json.dumps(relevant).encode(), digest_size=8).hexdigest()
 
 
@@ -95,6 +98,7 @@ class Runner:
         self.staged: list[dict[str, Any]] = []
         """``staged`` journal entries of chunks finished since the last tick."""
         self.scheduler: TaskScheduler | None = None
+        self.guard = PartitionGuard(options.output.max_partitions, self._too_many)
 
     # --- top level ------------------------------------------------------------------------------
     def run(self) -> RunReport:
@@ -126,11 +130,12 @@ class Runner:
         out = self.options.output
         plan = self.plan = build_plan(self.paths, self.options.plan,
                                       partition_by=out.partition_by, skip=self._unchanged,
-                                      known=known, unskip=self._discovered)
+                                      known=known, unskip=self._discovered,
+                                      max_partitions=out.max_partitions)
         self._note_schema_changes(known, plan)
         schemas.save({**known, **plan.schemas})
         self.sink = SinkSpec(self.store, self.run_id, plan.schemas, out.partition_by,
-                             out.compression)
+                             out.compression, max_partitions=out.max_partitions)
         clean_staging(self.store, kept_files(self.state.staged))
         todo = self._triage(plan)
         present = {f.source.file_id for f in plan.files}
@@ -238,6 +243,7 @@ class Runner:
                 if reused is None:
                     jobs.append(job)
                 else:  # staged and verified by an interrupted run: not read again
+                    self._check_partitions(None, reused.fragments)
                     self.report.chunks_reused += 1
                     run.chunks.record(reused)
                     self.progress.update(chunks=1, nbytes=chunk.length)
@@ -279,7 +285,7 @@ class Runner:
         names = {table_name(t) for t in description.tables}  # the sink knows OUT's names
         sink = replace(self.sink, schemas={t: self.sink.schemas[t] for t in names})
         task = ChunkTask(planned.source, planned.reader, spec, description, options, sink,
-                         self.options.retries)
+                         self.options.retries, self.plan.hook or None)
         token = chunk_token(planned.source, planned.reader, spec, description, options, sink,
                             self.config)
         return Job(run.size, f"chunkmill-chunk-{self.run_id}-{spec.id}-{run.chunks.rounds}",
@@ -291,7 +297,8 @@ class Runner:
                           m.chunks.chunks[0] if m.chunks.chunks else None, m.planned.description)
                    for m in run.members]
         options = {m.reader: self.plan.reader_options[m.reader] for m in members}
-        task = BundleTask(run.id, members, run.carries, options, self.sink, self.options.retries)
+        task = BundleTask(run.id, members, run.carries, options, self.sink, self.options.retries,
+                          self.plan.hook or None)
         return Job(run.size, f"chunkmill-bundle-{self.run_id}-{run.id}-{run.attempts}",
                    run_bundle, task, run)
 
@@ -309,8 +316,10 @@ class Runner:
         run, spec, token = payload
         if not isinstance(result, ChunkManifest):
             result = self._chunk_failure(run, spec, result)
-        elif result.failed is None:
-            self.staged.append(staged_entry(result, token, self.store, self.run_id))
+        else:
+            self._check_partitions(result.stop, result.fragments)
+            if result.failed is None:
+                self.staged.append(staged_entry(result, token, self.store, self.run_id))
         run.chunks.record(result)
         self.report.chunk_records.append(ChunkRecord(
             spec.id, run.planned.source.path, result.worker, result.started, result.finished,
@@ -358,6 +367,8 @@ class Runner:
         return manifest
 
     def _bundle_done(self, run: BundleRun, result: BundleManifest | BaseException) -> None:
+        if isinstance(result, BundleManifest):
+            self._check_partitions(result.stop, result.fragments)
         if not isinstance(result, BundleManifest):
             # Nothing was produced: its files fail, their old rows (and the carried files')
             # stay as they are, and the next run tries them again.
@@ -377,6 +388,22 @@ class Runner:
         run.manifest = result
         self.ready_bundles.append(run)
 
+    def _check_partitions(self, stop: TooManyPartitions | None, fragments: list[Any]) -> None:
+        """The partition guard (see `output.partition_guard`): stop before a commit would
+        bring a table past ``--max-partitions``; staged fragments never reach OUT."""
+        problem = (self._too_many(stop.table, f"one chunk alone has rows for more than "
+                                              f"{stop.limit:,}") if stop is not None
+                   else self.guard.check((f.table, f.partition) for f in fragments))
+        if problem is None:
+            return
+        self.store.rmtree(self.store.path(STATE_DIR, "staging", self.run_id))
+        raise UsageError(problem)
+
+    def _too_many(self, table: str, why: str) -> str:
+        schema = self.plan.schemas.get(table) if self.plan is not None else None
+        return too_many_message(table, self.options.output.partition_by, schema,
+                                self.options.output.max_partitions, why)
+
     def _discard(self, manifests: list[ChunkManifest]) -> None:
         for m in manifests:
             for fragment in m.fragments:
@@ -390,6 +417,7 @@ class Runner:
         errors = sum(m.error_count for m in manifests)
         failed = [m.failed for m in manifests if m.failed]
         broken = sum(m.chunk_errors for m in manifests)
+        rejected = sum(m.record_errors for m in manifests)
         if rows == 0 and (failed and len(failed) == len(manifests) or broken):
             # Nothing of the file was read and a chunk broke (it vanished, it is unreadable):
             # failed, not partial, whatever the reader made of the break.
@@ -397,6 +425,12 @@ class Runner:
             self.report.failures.append(failed[0] if failed else
                                         f"{source.path}: no row read; {broken} chunk(s) broken "
                                         "(see _errors)")
+        elif rows == 0 and rejected:
+            # Every record it has was rejected (a wrong delimiter, a declared type that fits
+            # no value): nothing of the file is in OUT, which is no partial success.
+            status = "failed"
+            self.report.failures.append(f"{source.path}: all {rejected:,} record(s) rejected, "
+                                        "none kept (see _errors)")
         else:
             status = "partial" if errors else "ok"
         metadata = dict(planned.description.metadata)

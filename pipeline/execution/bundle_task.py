@@ -24,9 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import OutputUnwritable
+from pipeline.execution.hook import TableHook, TransformError
 from pipeline.execution.task import ChunkManifest, read_chunk, worker_name
 from pipeline.output.columns import int64_from_numpy, text_array
 from pipeline.output.layout import ERRORS_DIR, FILE_ID
+from pipeline.output.partition_guard import TooManyPartitions
 from pipeline.output.rejects import ERRORS_SCHEMA, errors_table, stage_errors
 from pipeline.output.writer import Fragment, FragmentWriter, SinkSpec
 from readers import get_reader
@@ -69,6 +71,8 @@ class BundleTask:
     """Each member reader's options, by reader name."""
     sink: SinkSpec
     retries: int = 2
+    hook: TableHook | None = None
+    """Applied to every parsed batch before it is written (see `execution.hook`)."""
 
     @property
     def name(self) -> str:
@@ -88,6 +92,8 @@ class BundleManifest:
     worker: str = ""
     started: float = 0.0
     finished: float = 0.0
+    stop: TooManyPartitions | None = None
+    """The whole run must stop (see `ChunkManifest.stop`); nothing was written then."""
 
 
 def bundle_id(file_ids: Iterable[str]) -> str:
@@ -116,6 +122,11 @@ def _run_bundle(task: BundleTask) -> BundleManifest:
     manifests: list[ChunkManifest | None] = [None] * len(task.members)
     try:
         for read in _read_together(task):
+            if task.hook:
+                try:
+                    read = _hooked(read, task.hook)
+                except TransformError:
+                    continue  # read one by one below: each file gets its own chunk error
             index = np.repeat(np.arange(len(read.members)), read.counts)
             ids = text_array([task.members[i].source.file_id for i in read.members]).take(
                 int64_from_numpy(index))
@@ -139,6 +150,10 @@ def _run_bundle(task: BundleTask) -> BundleManifest:
         for carry in task.carries:
             carried[carry.file_id] = _carry(carry, task.sink, writer, errors)
         fragments = writer.close()
+    except TooManyPartitions as exc:
+        writer.abort()
+        return BundleManifest(task.bundle_id, [], [], worker=worker_name(), started=started,
+                              finished=time.time(), stop=exc)
     except BaseException:
         writer.abort()
         raise
@@ -147,6 +162,21 @@ def _run_bundle(task: BundleTask) -> BundleManifest:
     pa.default_memory_pool().release_unused()
     return BundleManifest(task.bundle_id, manifests, fragments, carried, worker_name(),
                           started, time.time())
+
+
+def _hooked(read: TogetherRead, hook: TableHook) -> TogetherRead:
+    """A together-read through the hook. Derived columns keep the rows; a transform may not,
+    so it runs on each member's rows (zero-copy slices) and the counts follow its output."""
+    table = hook.before_transform(read.table, read.rows)
+    if hook.transform is None:
+        return TogetherRead(read.members, read.table, table, read.counts)
+    pieces, counts, start = [], [], 0
+    for n in read.counts:
+        out = hook.run_transform(read.table, table.slice(start, n))
+        pieces.append(out)
+        counts.append(out.num_rows)
+        start += n
+    return TogetherRead(read.members, read.table, pa.concat_tables(pieces), counts)
 
 
 def _read_together(task: BundleTask) -> Iterator[TogetherRead]:
@@ -176,7 +206,8 @@ def _read_member(member: Member, task: BundleTask
         tables = held.setdefault(chunk.index, [])
         manifest, ctx = read_chunk(reader, source, chunk, description,
                                    task.options[member.reader], task.retries,
-                                   lambda t, rows: tables.append((t, rows)), tables.clear)
+                                   lambda t, rows: tables.append((t, rows)), tables.clear,
+                                   task.hook)
         rejected[chunk.index] = ctx.rejected
         return manifest
 

@@ -1,8 +1,11 @@
 """``pipeline.read``: the planned chunks as a lazy dask DataFrame, without writing anything.
 
 One partition per chunk, Arrow-backed dtypes (``pd.ArrowDtype``), a ``_file_id`` column like the
-ingested tables. Rejected records are left out of the frame (``ingest`` keeps them in
-``_errors``); a text file whose quoting cannot be split exactly raises when computed.
+ingested tables, declared types, derived columns and the transform applied as in ``ingest``.
+A rejected record raises `RejectedRecord` (its file and byte offset) when its partition is
+computed, so a sum is never silently short; ``on_bad="skip"`` leaves rejected records out
+instead (``ingest`` keeps them in ``_errors``). A text file whose quoting cannot be split
+exactly raises when computed.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.errors import MissingDependency, UsageError
+from pipeline.errors import MissingDependency, RejectedRecord, UsageError
+from pipeline.execution.hook import TableHook
 
 try:
     import dask.dataframe as dd
@@ -45,6 +49,12 @@ class ChunkPartition:
     table: str
     schema: pa.Schema
     retries: int
+    hook: TableHook | None = None
+    on_bad: str = "error"
+    """``error``: a rejected record raises; ``skip``: it is left out."""
+
+
+ON_BAD = ("error", "skip")
 
 
 def load_chunk(part: ChunkPartition) -> pd.DataFrame:
@@ -56,19 +66,36 @@ def load_chunk(part: ChunkPartition) -> pd.DataFrame:
         if table_name(table) == part.table:
             pieces.append(conform(rows, part.schema))
 
-    manifest, _ = read_chunk(reader, part.source, part.chunk, part.description, part.options,
-                             part.retries, keep, pieces.clear)
+    manifest, ctx = read_chunk(reader, part.source, part.chunk, part.description, part.options,
+                               part.retries, keep, pieces.clear, part.hook)
     problem = manifest.failed or reader.standalone_problem(part.source, part.chunk,
                                                            manifest.facts)
     if problem:
         raise ValueError(problem)
+    if ctx.rejected and part.on_bad == "error":
+        first = ctx.rejected[0]
+        where = f" at byte {first.byte_offset}" if first.byte_offset is not None else ""
+        more = f" (and {len(ctx.rejected) - 1} more in this chunk)" if len(ctx.rejected) > 1 \
+            else ""
+        detail = first.message.removeprefix(f"{part.source.path}: ")
+        raise RejectedRecord(f"{part.source.path}: {first.kind} rejected{where} "
+                             f"({first.error_type}): {detail}{more}; pass "
+                             "on_bad='skip' to leave rejected records out, or ingest to keep "
+                             "them in _errors")
     data = pa.concat_tables(pieces) if pieces else part.schema.empty_table()
     data = data.append_column(FILE_ID, repeated_text(part.source.file_id, data.num_rows))
     return data.to_pandas(types_mapper=pd.ArrowDtype)
 
 
-def read(paths: str | Sequence[str], table: str | None = None, **options: Any) -> dd.DataFrame:
-    """A lazy dask DataFrame of one table of ``paths`` (options as in ``ingest``)."""
+def read(paths: str | Sequence[str], table: str | None = None, on_bad: str = "error",
+         **options: Any) -> dd.DataFrame:
+    """A lazy dask DataFrame of one table of ``paths`` (options as in ``ingest``).
+
+    ``on_bad="error"`` (default): computing a partition with a rejected record raises
+    `RejectedRecord` naming the file and byte offset; ``"skip"`` leaves such records out.
+    """
+    if on_bad not in ON_BAD:
+        raise UsageError(f"on_bad must be one of {', '.join(ON_BAD)}, not {on_bad!r}")
     opts = IngestOptions.from_kwargs(options.pop("out", "unused"), **options)
     plan = build_plan(as_paths(paths), opts.plan)
     if not plan.schemas:
@@ -94,7 +121,7 @@ def read(paths: str | Sequence[str], table: str | None = None, **options: Any) -
             if any(table_name(t) == table for t in needs.tables):
                 parts.append(ChunkPartition(f.source, f.reader, c, needs,
                                             plan.reader_options[f.reader], table, schema,
-                                            opts.retries))
+                                            opts.retries, plan.hook or None, on_bad))
     meta = (schema.append(pa.field(FILE_ID, pa.string())).empty_table()
             .to_pandas(types_mapper=pd.ArrowDtype))
     if not parts:

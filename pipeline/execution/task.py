@@ -3,7 +3,8 @@
 The task returns a small `ChunkManifest` (paths, counts, timings, the reader's facts), never
 data, so the client and scheduler hold kilobytes per chunk whatever the input size.
 `read_chunk` is the one place a reader's ``read`` is driven (restarts, retries, a broken chunk
-turned into an ``_errors`` row): chunk tasks, bundle tasks and `pipeline.read` all use it.
+turned into an ``_errors`` row, the per-batch `TableHook`): chunk tasks, bundle tasks and
+`pipeline.read` all use it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.errors import OUTPUT_ERRNOS, OutputUnwritable
+from pipeline.execution.hook import TableHook
+from pipeline.output.layout import table_name
+from pipeline.output.partition_guard import TooManyPartitions
 from pipeline.output.rejects import errors_table, stage_errors
 from pipeline.output.writer import Fragment, FragmentWriter, SinkSpec
 from pipeline.retry import policy
@@ -56,6 +60,9 @@ class ChunkTask:
     sink: SinkSpec
     retries: int = 2
     """Attempts after a transient I/O failure (backoff with jitter); parse errors never retry."""
+    hook: TableHook | None = None
+    """Applied to every parsed batch before it is written (declared types, derived columns,
+    the user's transform)."""
 
 
 @dataclass(slots=True)
@@ -71,6 +78,8 @@ class ChunkManifest:
     error_count: int = 0
     chunk_errors: int = 0
     """Of ``error_count``: rejections of a whole chunk or the rest of one (kind ``chunk``)."""
+    record_errors: int = 0
+    """Of ``error_count``, the rejected records (not chunks)."""
     facts: Any = None
     """The reader's own record of what the chunk learnt (`ChunkContext.facts`)."""
     attempts: int = 1
@@ -79,6 +88,9 @@ class ChunkManifest:
     finished: float = 0.0
     failed: str | None = None
     """Why the chunk produced nothing of its own (it is then one ``_errors`` row)."""
+    stop: TooManyPartitions | None = None
+    """The whole run must stop: this chunk's rows alone reach more partitions than allowed
+    (nothing of the chunk was kept)."""
 
     @property
     def duration(self) -> float:
@@ -100,13 +112,15 @@ def worker_name() -> str:
 
 def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: Description,
                options: ReaderOptions, retries: int,
-               write: Callable[[str, pa.Table], None], reset: Callable[[], None]
-               ) -> tuple[ChunkManifest, ChunkContext]:
+               write: Callable[[str, pa.Table], None], reset: Callable[[], None],
+               hook: TableHook | None = None) -> tuple[ChunkManifest, ChunkContext]:
     """Read one chunk into ``write``; bad data never raises, it is reported in the context.
 
-    A `RestartChunk` from the reader drops what was written (``reset``) and reads once more
-    with the changed options. Transient I/O failures restart the chunk the same way after a
-    backoff, up to ``retries`` times; anything else becomes a ``chunk`` rejection.
+    Every batch goes through ``hook`` first. A `RestartChunk` from the reader drops what was
+    written (``reset``) and reads once more with the changed options. Transient I/O failures
+    restart the chunk the same way after a backoff, up to ``retries`` times; anything else
+    becomes a ``chunk`` rejection (a failing transform too), except `TooManyPartitions`,
+    which drops the chunk's output and sets ``manifest.stop``.
     """
     manifest = ChunkManifest(chunk.id, chunk.file_id, chunk.index, worker=worker_name(),
                              started=time.time())
@@ -121,6 +135,8 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
             for table, rows in reader.read(source, chunk, description, options, ctx):
                 if CANCEL.is_set():
                     raise ChunkCancelled(chunk.id)
+                if hook:
+                    rows = hook.apply(table_name(table), rows)  # the hook knows OUT names
                 try:
                     write(table, rows)
                 except OSError as exc:
@@ -146,6 +162,10 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
     except _WriteFailed as failed:
         reset()
         raise failed.error from None
+    except TooManyPartitions as exc:
+        reset()
+        manifest.rows = 0
+        manifest.stop = exc
     except Exception as exc:  # a broken chunk is an _errors row, the run goes on
         tries = retry.statistics.get("attempt_number", 1) - 1
         text = str(exc).strip().splitlines()
@@ -157,6 +177,7 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
     manifest.attempts = retry.statistics.get("attempt_number", 1)
     manifest.error_count = len(ctx.rejected)
     manifest.chunk_errors = sum(r.kind == "chunk" for r in ctx.rejected)
+    manifest.record_errors = sum(r.kind == "record" for r in ctx.rejected)
     manifest.facts = ctx.facts
     manifest.bytes_read = chunk.length
     return manifest, ctx
@@ -180,7 +201,7 @@ def run_chunk(task: ChunkTask) -> ChunkManifest | OutputUnwritable:
         try:
             manifest, ctx = read_chunk(get_reader(task.reader)(), source, chunk,
                                        task.description, task.options, task.retries,
-                                       writer.write, writer.abort)
+                                       writer.write, writer.abort, task.hook)
             manifest.fragments = writer.close()
         except BaseException:
             writer.abort()

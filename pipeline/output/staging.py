@@ -49,7 +49,8 @@ def staged_entry(manifest: ChunkManifest, token: str, store: Store, run_id: str
     return {"event": "staged", "file_id": manifest.file_id, "run": run_id,
             "index": manifest.index, "chunk_id": manifest.chunk_id, "token": token,
             "rows": manifest.rows, "bytes_read": manifest.bytes_read,
-            "error_count": manifest.error_count, "fragments": fragments,
+            "error_count": manifest.error_count, "record_errors": manifest.record_errors,
+            "fragments": fragments,
             "facts": _encode(manifest.facts)}
 
 
@@ -69,6 +70,7 @@ def reuse(entry: dict[str, Any] | None, token: str, store: Store) -> ChunkManife
     return ChunkManifest(entry["chunk_id"], entry["file_id"], int(entry["index"]),
                          rows=int(entry["rows"]), bytes_read=int(entry["bytes_read"]),
                          fragments=fragments, error_count=int(entry["error_count"]),
+                         record_errors=int(entry.get("record_errors", 0)),
                          facts=facts, worker="(staged by an earlier run)")
 
 

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.output import partition
 from pipeline.output.columns import repeated_text
 from pipeline.output.layout import FILE_ID, STATE_DIR, table_name
+from pipeline.output.partition_guard import TooManyPartitions
 from pipeline.output.store import Store, codec
 from readers.widening import conform
 
@@ -48,6 +49,8 @@ class SinkSpec:
     row_group_rows: int = 1 << 19
     """Rows buffered per (table, partition) before a row group is written: readers get row
     groups of a useful size even though parsers hand over small batches."""
+    max_partitions: int = 0
+    """A chunk writing more partitions of one table than this stops (0: no limit)."""
 
 
 @dataclass
@@ -62,6 +65,8 @@ class FragmentWriter:
     pending: dict[tuple[str, str], list[pa.Table]] = field(default_factory=dict)
     _own_ids: pa.Array | None = None
     """The writer's own ``_file_id`` column, sliced for each batch of rows."""
+    _partitions: dict[str, int] = field(default_factory=dict)
+    """Partition directories opened per table (for `SinkSpec.max_partitions`)."""
 
     def write(self, table: str, rows: pa.Table, file_id: str | pa.Array | None = None) -> None:
         """Rows of ``table`` from one file (``file_id``: the writer's own by default), or
@@ -95,6 +100,11 @@ class FragmentWriter:
     def add(self, table: str, rel: str, part: pa.Table) -> None:
         """Rows already split: no partition columns, ``_file_id`` last."""
         key = (table, rel)
+        if rel and self.spec.max_partitions and key not in self.pending \
+                and key not in self.writers:
+            count = self._partitions[table] = self._partitions.get(table, 0) + 1
+            if count > self.spec.max_partitions:
+                raise TooManyPartitions(table, count, self.spec.max_partitions)
         self.pending.setdefault(key, []).append(part)
         if sum(t.num_rows for t in self.pending[key]) >= self.spec.row_group_rows:
             self._flush(key)
@@ -139,6 +149,7 @@ class FragmentWriter:
 
     def abort(self) -> None:
         self.pending.clear()
+        self._partitions.clear()
         for writer, handle, fragment in self.writers.values():
             # Closing flushes: on a full disk that fails again, and the staged file goes anyway.
             with contextlib.suppress(OSError):

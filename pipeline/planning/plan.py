@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.errors import UsageError
+from pipeline.execution.hook import TableHook
 from pipeline.options import IngestOptions, PlanOptions, as_paths
 from pipeline.output.layout import table_name
 from pipeline.planning.describe import PlannedFile, describe_all
@@ -24,6 +25,13 @@ from pipeline.planning.discover import (
     discover,
     input_root,
     rediscover,
+)
+from pipeline.planning.tables import (
+    declare,
+    estimate_partitions,
+    known_inputs,
+    parse_schema,
+    shape_tables,
 )
 from readers import get_reader
 from readers.base import ChunkSpec
@@ -38,8 +46,11 @@ class Plan:
 
     files: list[PlannedFile]
     schemas: dict[str, pa.Schema]
+    """What each table is written as (declared types, derived columns, transform output)."""
     reader_options: dict[str, ReaderOptions] = field(default_factory=dict)
     """Each reader's options for this plan's files, by reader name."""
+    hook: TableHook = field(default_factory=TableHook)
+    """What the workers do to every parsed batch (`execution.hook`)."""
 
     @property
     def chunks(self) -> list[ChunkSpec]:
@@ -102,12 +113,15 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
                partition_by: Sequence[str] = (),
                skip: SkipCheck | None = None,
                known: dict[str, pa.Schema] | None = None,
-               unskip: Callable[[list[Discovered]], set[str]] | None = None) -> Plan:
+               unskip: Callable[[list[Discovered]], set[str]] | None = None,
+               max_partitions: int = 0) -> Plan:
     """Discover, describe (in parallel threads), unify schemas, then plan every file's chunks.
 
     ``skip(file_id, fingerprint)`` lets a run pass over unchanged files before reading them;
     ``known`` holds the schemas the tables already have in OUT (unified first, so their
-    column order and types win where the new data fits them).
+    column order and types win where the new data fits them; declared types win over both).
+    With ``partition_by``, a sample that shows a table would get more than ``max_partitions``
+    partitions is a usage error (0: no limit).
     """
     paths = as_paths(paths)
     storage_options = dict(options.storage_options)
@@ -132,11 +146,13 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
         if f.description:
             for table, schema in f.description.tables.items():
                 by_table.setdefault(table_name(table), []).append(schema)
-    known = known or {}
+    remembered = known or {}
+    known = known_inputs(remembered, options)
     # A column no file had a value for (header-only files) is text.
     schemas = {table: no_nulls(unify([known[table], *group] if table in known else group))
                for table, group in by_table.items()}
-    _check_partitioning(schemas, tuple(partition_by))
+    schemas = declare(schemas, files, options, remembered)
+    parsed = {table: parse_schema(table, schema, options) for table, schema in schemas.items()}
     # One schema object per (table, columns): bundle tasks carry each member's description,
     # and pickle writes a shared object once.
     ordered: dict[tuple[str, tuple[str, ...]], pa.Schema] = {}
@@ -144,7 +160,7 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
     def unified(table: str, own: pa.Schema) -> pa.Schema:
         key = (table, tuple(own.names))
         if key not in ordered:
-            ordered[key] = _ordered(schemas[table_name(table)], own)
+            ordered[key] = _ordered(parsed[table_name(table)], own)
         return ordered[key]
 
     for f in files:
@@ -157,7 +173,10 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
                                                    reader_options[f.reader])
         except Exception as exc:
             f.error = f"{f.source.path}: cannot plan chunks: {one_line(exc)}"
-    return Plan(files, schemas, reader_options)
+    shapes = shape_tables(schemas, files, reader_options, options, remembered)
+    _check_partitioning(shapes.outputs, tuple(partition_by))
+    estimate_partitions(shapes, files, reader_options, tuple(partition_by), max_partitions)
+    return Plan(files, shapes.outputs, reader_options, shapes.hook)
 
 
 def _ordered(unified: pa.Schema, own: pa.Schema) -> pa.Schema:
@@ -178,4 +197,5 @@ def _check_partitioning(schemas: dict[str, pa.Schema], partition_by: tuple[str, 
 def plan(paths: str | Sequence[str], **options: Any) -> Plan:
     """What ``ingest`` would do, without writing anything: files, formats, chunks, schemas."""
     opts = IngestOptions.from_kwargs(options.pop("out", "out"), **options)
-    return build_plan(as_paths(paths), opts.plan, partition_by=opts.output.partition_by)
+    return build_plan(as_paths(paths), opts.plan, partition_by=opts.output.partition_by,
+                      max_partitions=opts.output.max_partitions)
