@@ -28,8 +28,10 @@ def status(out: str) -> dict[str, Any]:
     catalog: list[dict[str, Any]] = []
     path = store.path(CATALOG_DIR, "catalog.parquet")
     if store.exists(path):
+        # Without pyarrow's thread pool: a read of anything but a path on it can abort the
+        # interpreter at exit (apache/arrow#50482, #34314); the catalog is small anyway.
         with store.open_read(path) as f:
-            catalog = pq.read_table(f).to_pylist()
+            catalog = pq.read_table(f, use_threads=False).to_pylist()
     files: dict[str, dict[str, Any]] = {}
     for row in catalog:
         state = "failed" if row["status"] == "failed" else "done"
