@@ -24,6 +24,8 @@ class OutputLock:
         self.store = store
         self.path = store.path(STATE_DIR, LOCK)
         self.held = False
+        self._me: dict[str, Any] | None = None
+        """What this run wrote into a lock object on an object store."""
 
     def _owner(self) -> dict[str, Any] | None:
         try:
@@ -34,7 +36,7 @@ class OutputLock:
 
     def acquire(self) -> None:
         if not self.store.local:
-            self.held = True  # object stores have no exclusive create; documented limitation
+            self._acquire_remote()
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
@@ -57,6 +59,35 @@ class OutputLock:
             return
         raise OutputLocked(f"{self.store.url}: could not take the lock")
 
+    def _acquire_remote(self) -> None:
+        """An object written with a conditional create (S3 ``If-None-Match: *``)."""
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _ in range(2):
+            try:
+                self.store.create_exclusive(self.path, json.dumps(me).encode())
+            except NotImplementedError:
+                self.held = True  # a store without exclusive create: the README's rule only
+                return
+            except FileExistsError:
+                owner = self._remote_owner()
+                if owner and not self._stale(owner):
+                    raise OutputLocked(
+                        f"{self.store.url} is in use by another chunkmill run (pid "
+                        f"{owner.get('pid')} on {owner.get('host')}, started "
+                        f"{time.ctime(owner.get('started', 0))}); wait for it, or delete "
+                        f"{self.store.uri(self.path)} if that run is gone") from None
+                self.store.remove(self.path)
+                continue
+            self.held, self._me = True, me
+            return
+        raise OutputLocked(f"{self.store.url}: could not take the lock")
+
+    def _remote_owner(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.store.read_bytes(self.path))
+        except (OSError, ValueError):
+            return None
+
     @staticmethod
     def _stale(owner: dict[str, Any]) -> bool:
         if owner.get("host") != socket.gethostname():
@@ -74,6 +105,10 @@ class OutputLock:
             owner = self._owner()
             if owner and owner.get("pid") == os.getpid():
                 os.remove(self.path)
+        elif self.held and self._me is not None:
+            if self._remote_owner() == self._me:
+                self.store.remove(self.path)
+            self._me = None
         self.held = False
 
     def __enter__(self) -> OutputLock:

@@ -98,12 +98,15 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
                partition_by: Sequence[str] = (),
                skip: SkipCheck | None = None,
                known: dict[str, pa.Schema] | None = None,
-               unskip: Callable[[list[Discovered]], set[str]] | None = None) -> Plan:
+               unskip: Callable[[list[Discovered]], set[str]] | None = None,
+               settle: Callable[[dict[str, pa.Schema]], dict[str, pa.Schema]] | None = None,
+               ) -> Plan:
     """Discover, describe (in parallel threads), unify schemas, then plan every file's chunks.
 
     ``skip(file_id, fingerprint)`` lets a run pass over unchanged files before reading them;
     ``known`` holds the schemas the tables already have in OUT (unified first, so their
-    column order and types win where the new data fits them).
+    column order and types win where the new data fits them); ``settle`` may then change the
+    unified schemas (a Delta table keeps its column types) before chunks are planned.
     """
     paths = as_paths(paths)
     settings = options.reader_settings(tuple(input_root(p) for p in paths))
@@ -128,6 +131,8 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
     # A column no file had a value for (header-only files) is text.
     schemas = {table: no_nulls(unify([known[table], *group] if table in known else group))
                for table, group in by_table.items()}
+    if settle is not None:
+        schemas = settle(schemas)
     _check_partitioning(schemas, tuple(partition_by))
     # One schema object per (table, columns): bundle tasks carry each member's description,
     # and pickle writes a shared object once.
