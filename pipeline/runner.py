@@ -153,8 +153,10 @@ class Runner:
         path = self.store.path(STATE_DIR, FORMAT_FILE)
         if self.store.exists(path):
             have = self.store.read_bytes(path).decode().strip()
-        elif self.store.exists(self.store.path(STATE_DIR)):
-            have = "hive"  # written before the format was recorded
+        elif self.store.exists(self.store.path(CATALOG_DIR)):
+            # Committed before the format was recorded. (Only _chunkmill/ may be a concurrent
+            # delta run that has not written the format file yet: no sign of hive.)
+            have = "hive"
         else:
             have = wanted
         if have != wanted:

@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import math
 import os
+import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from pipeline.output.store import Store
 
 APP = "chunkmill:"
 """Prefix of the ``txn`` app id of each input file's commits."""
+COMMIT_ATTEMPTS = 20
+"""Tries of one table's commit while other writers keep winning the race for the log."""
 STAT_TEXT_MAX = 64
 """Longest text value kept as a min/max statistic (a longer one is left out, never cut)."""
 
@@ -329,21 +332,48 @@ class DeltaOut:
         """Carry out ``change`` as one transaction; False if nothing was left to do (a retry
         after it was done). Raises `DeltaConflict` when another writer got in the way."""
         from deltalake.exceptions import CommitFailedError
-        from deltalake.transaction import (
-            AddAction,
-            CommitProperties,
-            RemoveAction,
-            Transaction,
-        )
+        from deltalake.transaction import CommitProperties, Transaction
 
-        dt_ = self.table(change.table)
-        if dt_ is None:
-            raise DeltaConflict(f"table {change.table}: no Delta table at {self.uri(change.table)}")
-        for file_id, version in change.versions:
-            seen = dt_.transaction_version(APP + file_id)
-            if seen is not None and seen >= version:
-                raise DeltaConflict(f"table {change.table}: file {file_id} was committed by "
-                                    "another run since this one read the journal")
+        # delta-rs rebases a commit that lost the race onto the winner without looking at
+        # the winner's txn actions, so two runs committing the same input file would both
+        # add it. Commit without its retries instead: a lost race fails, and the next
+        # attempt reads the log again, where the winner's txn for the file shows.
+        for attempt in range(COMMIT_ATTEMPTS):
+            dt_ = self.table(change.table)
+            if dt_ is None:
+                raise DeltaConflict(f"table {change.table}: no Delta table at "
+                                    f"{self.uri(change.table)}")
+            for file_id, version in change.versions:
+                seen = dt_.transaction_version(APP + file_id)
+                if seen is not None and seen >= version:
+                    raise DeltaConflict(f"table {change.table}: file {file_id} was committed "
+                                        "by another run since this one read the journal")
+            adds, removes = self._actions(dt_, change)
+            if not adds and not removes:
+                return False
+            schema = self.deltalake.Schema.from_arrow(pa.schema(dt_.schema().to_arrow()))
+            try:
+                dt_.create_write_transaction(
+                    [*adds, *removes], mode="append", schema=schema,
+                    partition_by=list(dt_.metadata().partition_columns) or None,
+                    commit_properties=CommitProperties(
+                        custom_metadata={"chunkmill.run_id": run_id}, max_commit_retries=0,
+                        app_transactions=[Transaction(APP + fid, v)
+                                          for fid, v in change.versions]))
+            except CommitFailedError as exc:
+                if attempt + 1 == COMMIT_ATTEMPTS:
+                    raise DeltaConflict(f"table {change.table}: {exc}") from exc
+                time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+                continue
+            break
+        if removes:
+            self.removed.add(change.table)
+        return True
+
+    def _actions(self, dt_: Any, change: TableChange) -> tuple[list[Any], list[Any]]:
+        """The adds and removes ``change`` still needs against the table's current files."""
+        from deltalake.transaction import AddAction, RemoveAction
+
         actions = pa.table(dt_.get_add_actions(flatten=False)).select(["path", "size_bytes"])
         # The log's paths are URIs (percent-encoded); ours are the files' own names.
         live = dict(zip(map(unquote, actions.column("path").to_pylist()),
@@ -362,21 +392,7 @@ class DeltaOut:
         removes = [RemoveAction(path, True, now, live[path]) for path in
                    dict.fromkeys(_within(rel, prefix) for rel in change.removes)
                    if path in live and path not in new]
-        if not adds and not removes:
-            return False
-        schema = self.deltalake.Schema.from_arrow(pa.schema(dt_.schema().to_arrow()))
-        try:
-            dt_.create_write_transaction(
-                [*adds, *removes], mode="append", schema=schema,
-                partition_by=list(dt_.metadata().partition_columns) or None,
-                commit_properties=CommitProperties(
-                    custom_metadata={"chunkmill.run_id": run_id},
-                    app_transactions=[Transaction(APP + fid, v) for fid, v in change.versions]))
-        except CommitFailedError as exc:
-            raise DeltaConflict(f"table {change.table}: {exc}") from exc
-        if removes:
-            self.removed.add(change.table)
-        return True
+        return adds, removes
 
     def vacuum(self) -> None:
         """Delete the data files this run's commits removed once the table's retention
