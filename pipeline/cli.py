@@ -19,7 +19,13 @@ from typing import TextIO
 
 from pipeline import config
 from pipeline.errors import ChunkmillError
-from pipeline.options import COMPRESSIONS, LAYOUTS, IngestOptions
+from pipeline.options import (
+    COMPRESSIONS,
+    LAYOUTS,
+    TABLE_FORMATS,
+    IngestOptions,
+    parse_storage_options,
+)
 
 log = logging.getLogger("chunkmill")
 
@@ -87,8 +93,17 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="add a column computed per row (repeatable): date, year, month, day, "
                         "hour of a timestamp/date, or bucket(COL, N); e.g. --derive "
                         "day=date(ts) --partition-by day")
+    _storage(p)
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("-q", "--quiet", action="count", default=0)
+
+
+def _storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-option", dest="storage_option", action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="fsspec storage option for inputs and OUT (repeatable), e.g. "
+                        "endpoint_url=http://127.0.0.1:9000; the S3 endpoint also comes from "
+                        "AWS_ENDPOINT_URL")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--out", required=True, help="output directory or fsspec URL")
     ingest.add_argument("--compression", choices=COMPRESSIONS,
                         help=f"Parquet codec (default {_default('compression')})")
+    ingest.add_argument("--table-format", choices=TABLE_FORMATS,
+                        help="hive: Parquet fragments in hive directories; delta: Delta Lake "
+                             "tables, each file committed in one transaction (default "
+                             f"{_default('table-format')})")
     ingest.add_argument("--scheduler", metavar="ADDR",
                         help="use a running Dask scheduler (tcp://host:8786) instead of an "
                              "embedded cluster")
@@ -142,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="done / pending / failed files of an output directory")
     st.add_argument("out", help="the --out directory of earlier runs")
     st.add_argument("--json", action="store_true")
+    _storage(st)
     st.add_argument("-v", "--verbose", action="count", default=0)
     st.add_argument("-q", "--quiet", action="count", default=0)
 
@@ -150,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--run", dest="run_id", metavar="RUN_ID", help="default: the latest run")
     rep.add_argument("--html", metavar="FILE", help="standalone HTML page (works offline)")
     rep.add_argument("--json", action="store_true")
+    _storage(rep)
     rep.add_argument("-v", "--verbose", action="count", default=0)
     rep.add_argument("-q", "--quiet", action="count", default=0)
 
@@ -168,7 +189,7 @@ def _report(args: argparse.Namespace) -> int:
     from pipeline.report.plots import load_report, save_html
     from pipeline.report.run_report import RunReport
 
-    data = load_report(args.out, args.run_id)
+    data = load_report(args.out, args.run_id, parse_storage_options(args.storage_option))
     if args.html:
         _print(f"chunkmill: wrote {save_html(data, args.html)}", file=sys.stderr)
     if args.json:
@@ -205,11 +226,13 @@ def _demo(args: argparse.Namespace) -> int:
     return code
 
 
-_NOT_OPTIONS = {"command", "paths", "json", "verbose", "quiet", "out"}
+_NOT_OPTIONS = {"command", "paths", "json", "verbose", "quiet", "out", "storage_option"}
 
 
 def _options(args: argparse.Namespace) -> IngestOptions:
     given = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS and v is not None}
+    if args.storage_option:
+        given["storage_options"] = parse_storage_options(args.storage_option)
     return IngestOptions.from_kwargs(getattr(args, "out", None) or "out", **given)
 
 
@@ -260,7 +283,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
             from pipeline.report.status import format_status, status
 
-            info = status(args.out)
+            info = status(args.out, parse_storage_options(args.storage_option))
             _print(json.dumps(info, indent=2, default=str) if args.json else format_status(info))
             return 0 if info["last_run_finished"] and not info["totals"].get("failed") else 1
         options = _options(args)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pyarrow loads with the first option that needs it, not with
     from pipeline.planning.derive import Derivation
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
+TABLE_FORMATS = ("hive", "delta")
 LAYOUTS = ("auto", "processes", "threads")
 
 
@@ -144,6 +145,9 @@ class OutputOptions:
     compression: str = _setting("compression")
     partition_by: tuple[str, ...] = ()
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    table_format: str = _setting("table-format")
+    """"hive" (plain Parquet fragments kept by chunkmill's journal) or "delta" (Delta Lake
+    tables: each file's commit is one Delta transaction)."""
 
     # --- partition guard --------------------------------------------------------------------
     max_partitions: int = _setting("max-partitions")
@@ -156,6 +160,8 @@ class OutputOptions:
             raise UsageError(f"--compression must be one of {', '.join(COMPRESSIONS)}")
         if self.max_partitions < 0:
             raise UsageError("--max-partitions must be 0 (no limit) or more")
+        if self.table_format not in TABLE_FORMATS:
+            raise UsageError(f"--table-format must be one of {', '.join(TABLE_FORMATS)}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -228,5 +234,25 @@ def as_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str
     return [os.fspath(p) for p in paths]
 
 
+def parse_storage_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--storage-option key=value`` pairs as fsspec storage options.
+
+    A value that reads as JSON (``true``, ``3``, ``{"region_name": "eu-west-1"}``) is taken as
+    that value, anything else as text.
+    """
+    import json
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--storage-option {pair!r}: expected key=value")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
 __all__ = ["IngestOptions", "PlanOptions", "ClusterOptions", "OutputOptions", "COMPRESSIONS",
-           "LAYOUTS", "as_paths"]
+           "LAYOUTS", "TABLE_FORMATS", "as_paths", "parse_storage_options"]

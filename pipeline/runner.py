@@ -8,15 +8,20 @@ client never holds data: tasks return manifests.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import config
 from pipeline.errors import OutputUnwritable, UsageError
@@ -36,13 +41,21 @@ from pipeline.faults import crash_point
 from pipeline.options import IngestOptions
 from pipeline.output.catalog import CatalogRow, catalog_table
 from pipeline.output.commit import CommitItem, apply_commit, plan_commit
+from pipeline.output.delta import DeltaConflict, DeltaOut, settle
 from pipeline.output.journal import Journal, JournalState
-from pipeline.output.layout import CATALOG_DIR, ERRORS_DIR, STATE_DIR, table_name
+from pipeline.output.layout import CATALOG_DIR, ERRORS_DIR, FILE_ID, STATE_DIR, table_name
 from pipeline.output.lock import OutputLock
 from pipeline.output.partition_guard import PartitionGuard, TooManyPartitions
 from pipeline.output.rejects import errors_table, stage_errors
 from pipeline.output.schemas import SchemaStore
-from pipeline.output.staging import chunk_token, clean_staging, kept_files, reuse, staged_entry
+from pipeline.output.staging import (
+    STAGING,
+    chunk_token,
+    clean_staging,
+    kept_files,
+    reuse,
+    staged_entry,
+)
 from pipeline.output.store import open_store
 from pipeline.output.writer import SinkSpec
 from pipeline.planning.describe import PlannedFile
@@ -58,12 +71,22 @@ from readers.errors import ErrorCode, error_code, one_line
 
 log = logging.getLogger("chunkmill.run")
 
+COMMIT_ATTEMPTS = 6
+"""Delta: tries of a commit that another run's commit of the same files got in the way of."""
+FORMAT_FILE = "table_format"
+"""``_chunkmill/table_format``: the table format OUT was first written in."""
+STALE_STAGING_S = 7 * 24 * 3600
+"""Delta: staging of a run that never finished is deleted after this long (the default
+Delta file retention; concurrent runs keep theirs until then)."""
+
 
 def config_token(options: IngestOptions) -> str:
     """Options that change the output: a file ingested under others is not 'unchanged'."""
     relevant = [options.plan.table, list(options.output.partition_by),
                 options.output.compression, options.plan.format, options.plan.header]
     relevant += options.plan.output_token()  # nothing when no type/derive/transform is given
+    if options.output.table_format != "hive":  # hive runs keep their tokens
+        relevant.append(options.output.table_format)
     return hashlib.blake2b(json.dumps(relevant).encode(), digest_size=8).hexdigest()
 
 
@@ -82,6 +105,8 @@ class Runner:
         self.run_id = new_run_id()
         self.report = RunReport(self.run_id, options.output.out, time.time())
         self.config = config_token(options)
+        self.delta: DeltaOut | None = None
+        """The Delta tables of OUT (``--table-format delta``)."""
         self.watch = ClusterWatch(self.report)
         self.journal = Journal(self.store)
         self.state = JournalState({}, {})
@@ -103,9 +128,17 @@ class Runner:
     # --- top level ------------------------------------------------------------------------------
     def run(self) -> RunReport:
         CANCEL.clear()
+        out = self.options.output
+        if out.table_format == "delta":
+            self.delta = DeltaOut(self.store, out.partition_by)
+        # Delta tables settle concurrent writers through their log (see pipeline.output.delta);
+        # hive output has only chunkmill's journal: one run at a time.
+        lock = OutputLock(self.store) if self.delta is None else contextlib.nullcontext()
         try:
-            with OutputLock(self.store):
+            with lock:
+                self._check_format()
                 self.state = self.journal.load()
+                self.journal.compact()
                 schemas = SchemaStore(self.store)
                 known = schemas.load()
                 try:
@@ -126,17 +159,41 @@ class Runner:
             raise stop from None
         return self.report
 
+    def _check_format(self) -> None:
+        """One table format per OUT: the first run's."""
+        wanted = self.options.output.table_format
+        path = self.store.path(STATE_DIR, FORMAT_FILE)
+        if self.store.exists(path):
+            have = self.store.read_bytes(path).decode().strip()
+        elif self.store.exists(self.store.path(CATALOG_DIR)):
+            # Committed before the format was recorded. (Only _chunkmill/ may be a concurrent
+            # delta run that has not written the format file yet: no sign of hive.)
+            have = "hive"
+        else:
+            have = wanted
+        if have != wanted:
+            raise UsageError(f"{self.options.output.out} holds {have} tables; --table-format "
+                             f"{wanted} needs another --out (one format per output)")
+        if not self.store.exists(path):
+            self.store.write_bytes_atomic(path, wanted.encode())
+
     def _run(self, known: dict[str, Any], schemas: SchemaStore) -> None:
         out = self.options.output
         plan = self.plan = build_plan(self.paths, self.options.plan,
                                       partition_by=out.partition_by, skip=self._unchanged,
                                       known=known, unskip=self._discovered,
-                                      max_partitions=out.max_partitions)
-        self._note_schema_changes(known, plan)
+                                      max_partitions=out.max_partitions,
+                                      settle=self._settle_delta if self.delta else None)
+        if self.delta is None:
+            self._note_schema_changes(known, plan)
+        else:
+            for table, schema in plan.schemas.items():
+                self.delta.ensure(table, schema)
         schemas.save({**known, **plan.schemas})
         self.sink = SinkSpec(self.store, self.run_id, plan.schemas, out.partition_by,
-                             out.compression, max_partitions=out.max_partitions)
-        clean_staging(self.store, kept_files(self.state.staged))
+                             out.compression, max_partitions=out.max_partitions,
+                             table_format=out.table_format)
+        self._clean_staging()
         todo = self._triage(plan)
         present = {f.source.file_id for f in plan.files}
         if self.options.prune:
@@ -177,6 +234,38 @@ class Runner:
         return (not self.options.force and prev is not None
                 and file_id not in self.state.interrupted
                 and prev.fingerprint == fingerprint and prev.config == self.config)
+
+    def _settle_delta(self, schemas: dict[str, pa.Schema]) -> dict[str, pa.Schema]:
+        """Planned schemas of Delta tables: the table's own column types win (see
+        `pipeline.output.delta.settle`)."""
+        assert self.delta is not None
+        settled = {}
+        for table, schema in schemas.items():
+            settled[table], notes = settle(self.delta.schema(table), schema)
+            for note in notes:
+                self.report.notes.append(f"table {table}: {note}")
+                log.warning("chunkmill: table %s: %s", table, note)
+        return settled
+
+    def _clean_staging(self, finished: bool = False) -> None:
+        keep = kept_files(self.state.staged)
+        if self.delta is None:
+            clean_staging(self.store, keep)
+            return
+        # Other runs may be writing into OUT now: only this run's staging, and that of runs
+        # that finished or were given up on long ago.
+        runs = [self.run_id] if finished else []
+        for path in self.store.glob(self.store.path(STATE_DIR, STAGING, "*")):
+            run = path.rstrip("/").rsplit("/", 1)[-1]
+            report = self.store.path(STATE_DIR, "runs", f"{run}.json")
+            try:
+                data = json.loads(self.store.read_bytes(report))
+            except (OSError, ValueError):
+                data = {}
+            if run != self.run_id and (data.get("finished") or time.time() - float(
+                    data.get("started") or time.time()) > STALE_STAGING_S):
+                runs.append(run)
+        clean_staging(self.store, keep, runs)
 
     def _note_schema_changes(self, known: dict[str, Any], plan: Plan) -> None:
         """Tables whose schema grew since earlier runs: their older fragments differ."""
@@ -465,18 +554,40 @@ class Runner:
         forgets = [fid for b in bundles for fid in b.forget]
         pruned = [self.state.done[fid].catalog.get("path", fid) for fid in forgets
                   if fid in self.state.done]
-        apply_commit(plan_commit(items, forgets, self.state, self.run_id, self.store),
-                     self.store, self.journal, self.state)
+        failure = self._apply_commit(items, forgets)
         for item in items:
             if item.listed:  # a carried file is not an input of this run: its row stays
                 row = item.catalog
+                if failure:
+                    row = dict(row, status="failed", metadata={**row.get("metadata", {}),
+                                                                "error": failure})
+                    self.report.failures.append(f"{row['path']}: {failure}")
                 self.catalog.append(row)
                 self.report.rows += row["rows"]
                 self.report.errors += row["error_count"]
                 self.report.bytes_read += row["size_bytes"]
                 self.report.chunks += row["chunks"]
-        self.report.notes += [f"pruned {path}" for path in pruned]
+        if not failure:
+            self.report.notes += [f"pruned {path}" for path in pruned]
 
+    def _apply_commit(self, items: list[CommitItem], forgets: list[str]) -> str | None:
+        """Plan and apply one commit; None when done, else why it could not be (Delta: other
+        runs kept committing the same files; they stay not done, the next run takes them)."""
+        fmt = self.options.output.table_format
+        for attempt in range(COMMIT_ATTEMPTS):
+            plan = plan_commit(items, forgets, self.state, self.run_id, self.store, fmt)
+            try:
+                apply_commit(plan, self.store, self.journal, self.state, self.delta)
+                return None
+            except DeltaConflict as exc:
+                # Another run committed some of these files: what it wrote is in the journal
+                # (journaled before its Delta commit), so read it again and plan anew.
+                log.info("chunkmill: %s; planning the commit again", exc)
+                self.report.notes.append(f"commit retried: {exc}")
+                failure = f"not committed: {exc} (run again to finish it)"
+                self.state = self.journal.load()
+                time.sleep(random.uniform(0, 0.05 * 2 ** attempt))
+        return failure
     def _fail_file(self, planned: PlannedFile, message: str) -> None:
         source = planned.source
         rejected = Rejected("file", ErrorCode.FILE_ERROR, message, None)
@@ -497,6 +608,18 @@ class Runner:
 
     def _prune(self, present: set[str]) -> None:
         """Forget files that are no longer among the inputs, with their fragments."""
+        if self.delta is not None:  # a Delta transaction removes their fragments
+            gone = [fid for fid in self.state.done if fid not in present
+                    and fid not in self.group]
+            paths = [self.state.done[fid].catalog.get("path", fid) for fid in gone]
+            for fid in gone:
+                self.store.remove(self.store.path(ERRORS_DIR, f"{fid}-file.parquet"))
+            failure = self._apply_commit([], gone) if gone else None
+            if failure:
+                self.report.failures.append(f"--prune: {failure}")
+            else:
+                self.report.notes += [f"pruned {path}" for path in paths]
+            return
         for file_id, record in list(self.state.done.items()):
             if file_id in present or file_id in self.group:
                 continue  # a file sharing a bundle's fragment goes with that bundle's commit
@@ -512,16 +635,38 @@ class Runner:
             self.report.files[row["status"]] = self.report.files.get(row["status"], 0) + 1
         # The catalog holds every file ever ingested into OUT (this run's rows win), so a run
         # over other inputs does not hide earlier ones; --prune drops inputs that are gone.
-        rows = {r.file_id: r.catalog for r in self.state.done.values() if r.catalog}
+        # Delta: other runs may have committed files meanwhile; the journal has them all.
+        done = self.journal.load().done if self.delta is not None else self.state.done
+        rows = {r.file_id: r.catalog for r in done.values() if r.catalog}
         rows.update({row["file_id"]: row for row in self.catalog})
         crash_point("catalog")
         self.store.write_table_atomic(self.store.path(CATALOG_DIR, "catalog.parquet"),
                                       catalog_table(sorted(rows.values(),
                                                            key=lambda r: r["path"])),
                                       self.options.output.compression)
-        clean_staging(self.store, kept_files(self.state.staged))
+        if self.delta is not None:
+            self.delta.vacuum()
+        else:
+            self._write_common_metadata()
+        self._clean_staging(finished=True)
         self.report.finished = time.time()
         self._save_report()
+
+    def _write_common_metadata(self) -> None:
+        """``<table>/_common_metadata``: the table's unified schema as the files hold it (no
+        partition columns, ``_file_id`` last), so engines get its types without opening
+        every fragment. Readers skip ``_``-prefixed names as data."""
+        assert self.sink is not None
+        for table, schema in self.sink.schemas.items():
+            if not self.store.exists(self.store.path(table)):
+                continue
+            columns = set(self.options.output.partition_by) if all(
+                c in schema.names for c in self.options.output.partition_by) else set()
+            fields = [f for f in schema if f.name not in columns and f.name != FILE_ID]
+            sink = pa.BufferOutputStream()
+            pq.write_metadata(pa.schema(fields + [pa.field(FILE_ID, pa.string())]), sink)
+            self.store.write_bytes_atomic(self.store.path(table, "_common_metadata"),
+                                          sink.getvalue().to_pybytes())
 
     def _save_report(self, planned: list[str] | None = None) -> None:
         """The run's JSON report; saved at the start too, so ``status`` sees unfinished runs."""

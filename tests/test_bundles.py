@@ -58,7 +58,8 @@ def bundle_mates(out, table: str) -> list[str]:
 
 
 def fragments(out, table: str) -> list[str]:
-    return sorted(f for _, _, files in os.walk(out / table) for f in files)
+    return sorted(f for _, _, files in os.walk(out / table) for f in files
+                  if f != "_common_metadata")
 
 
 def test_small_files_share_tasks_and_fragments(tmp_path, shared_scheduler) -> None:

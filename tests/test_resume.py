@@ -59,7 +59,8 @@ def output_hash(out, table: str) -> tuple:
 
 
 def visible_files(out, table: str) -> list[str]:
-    return [f for _, _, files in os.walk(out / table) for f in files]
+    return [f for _, _, files in os.walk(out / table) for f in files
+            if not f.startswith(("_common_metadata", "._common_metadata.tmp-"))]
 
 
 def run_cli(args: list[str], crash_at: str | None = None, kill_after: float | None = None

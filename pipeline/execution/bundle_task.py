@@ -14,6 +14,7 @@ without ``--prune``) from the old fragment into the new bundle, so no row is los
 
 from __future__ import annotations
 
+import json
 import posixpath
 import time
 from collections.abc import Iterable, Iterator
@@ -237,23 +238,29 @@ def _carry(carry: Carry, sink: SinkSpec, writer: FragmentWriter, errors: list[pa
            ) -> int:
     """Copy a gone file's rows out of the fragments being replaced; returns the row count."""
     rows = 0
+    fs = sink.store.filesystem
     for rel in carry.fragments:
         path = sink.store.path(rel)
         if not sink.store.exists(path):
             continue
         table, _, rest = rel.partition("/")
         if table == ERRORS_DIR:
-            old = pq.read_table(path, filters=[("file_id", "==", carry.file_id)])
+            old = pq.read_table(path, filters=[("file_id", "==", carry.file_id)], filesystem=fs)
             errors.append(conform(old, ERRORS_SCHEMA))
             continue
-        old = pq.read_table(path, filters=[(FILE_ID, "==", carry.file_id)])
+        old = pq.read_table(path, filters=[(FILE_ID, "==", carry.file_id)], filesystem=fs)
         if table not in sink.schemas or not old.num_rows:
             continue
         columns = writer.partition_columns(table)
-        target = pa.schema([f for f in sink.schemas[table] if f.name not in columns]
+        schema = sink.delta_schema(table) if sink.delta else sink.schemas[table]
+        target = pa.schema([f for f in schema if f.name not in columns and f.name != FILE_ID]
                            + [pa.field(FILE_ID, pa.string())])
-        # The partition directory is reused as it is: the values in its name may be cut.
-        writer.add(table, posixpath.dirname(rest), conform(old, target))
+        # The partition directory is reused as it is: the values in its name may be cut, the
+        # fragment's own lineage metadata has them whole.
+        raw = (pq.read_metadata(path, filesystem=fs).metadata or {}).get(b"chunkmill.partition")
+        values = tuple(json.loads(raw).items()) if raw else None
+        writer.add(table, posixpath.dirname(rest), conform(old, target), values,
+                   {carry.file_id})
         rows += old.num_rows
     return rows
 

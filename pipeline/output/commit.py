@@ -14,6 +14,12 @@ A run killed anywhere is finished by the next run: a ``committing`` entry withou
 ``committed`` marks the file as not done, and its fragments count as previous fragments of the
 file's next commit (see `JournalState`), so nothing is lost (renames come before removals)
 and nothing doubles (fragment names are deterministic per file and chunk).
+
+Delta tables (``table_format="delta"``): steps 2 and 3 become one Delta transaction per table
+(`TableChange`: adds of the new fragments, already in place, and removes of the previous
+ones), so readers of the table never see a file half replaced; only ``_errors`` fragments
+are still renamed and deleted. The journal entries also carry each file's Delta ``txn``
+version per table (see `pipeline.output.delta`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from functools import partial
 from typing import Any
 
 from pipeline.faults import crash_point
+from pipeline.output.delta import DeltaOut, TableChange, table_of
 from pipeline.output.journal import FileRecord, Journal, JournalState
 from pipeline.output.layout import ERRORS_DIR
 from pipeline.output.store import Store
@@ -57,14 +64,18 @@ class CommitPlan:
     committed: tuple[dict[str, Any], ...]
     records: tuple[FileRecord, ...] = field(default=())
     forgotten: tuple[str, ...] = ()
+    tables: tuple[TableChange, ...] = ()
+    """Delta tables: one transaction each, between the renames and the removals."""
+    run_id: str = ""
 
 
 def plan_commit(items: Sequence[CommitItem], forgets: Sequence[str], state: JournalState,
-                run_id: str, store: Store) -> CommitPlan:
+                run_id: str, store: Store, table_format: str = "hive") -> CommitPlan:
     """The commit of ``items`` (and the dropping of ``forgets``' rows) over ``state``.
 
     ``store`` only turns relative paths into paths; nothing is read or written.
     """
+    delta = table_format == "delta"
     finals = {it.file_id: list(dict.fromkeys(store.rel(f.final) for f in it.staged))
               for it in items}
     previous = {fid: state.previous(fid) for fid in [*finals, *forgets]}
@@ -74,7 +85,8 @@ def plan_commit(items: Sequence[CommitItem], forgets: Sequence[str], state: Jour
     renames: dict[str, str] = {}
     for it in items:
         for fragment in it.staged:
-            renames.setdefault(fragment.staged, fragment.final)
+            if fragment.staged != fragment.final:  # Delta fragments are written in place
+                renames.setdefault(fragment.staged, fragment.final)
     batch = set(previous)
     keep = {rel for rels in finals.values() for rel in rels}
     removals = []
@@ -83,7 +95,16 @@ def plan_commit(items: Sequence[CommitItem], forgets: Sequence[str], state: Jour
         # fragments shared when the run began can have other users: ask just those.
         users = state.sharing.get(rel, set()) - batch
         if not any(rel in state.done[fid].fragments for fid in users if fid in state.done):
-            removals.append(store.path(rel))
+            removals.append(rel)
+    tables: tuple[TableChange, ...] = ()
+    if delta:
+        tables = _table_changes(items, forgets, finals, previous, removals, state)
+        committing = tuple(dict(e, delta=_versions_of(tables, e["file_id"]))
+                           for e in committing)
+        committing += tuple({"event": "forgetting", "file_id": fid, "run": run_id,
+                             "delta": _versions_of(tables, fid)} for fid in forgets)
+        removals = [rel for rel in removals if table_of(rel) == ERRORS_DIR]
+    removals = [store.path(rel) for rel in removals]
     removals += [store.path(ERRORS_DIR, f"{it.file_id}-file.parquet")
                  for it in items if not it.keep_file_error]
     committed = tuple({"event": "committed", "file_id": it.file_id, "run": run_id,
@@ -95,22 +116,61 @@ def plan_commit(items: Sequence[CommitItem], forgets: Sequence[str], state: Jour
     records = tuple(FileRecord(it.file_id, it.fingerprint, it.config, finals[it.file_id],
                                it.catalog) for it in items)
     return CommitPlan(committing, tuple(renames.items()), tuple(removals), committed, records,
-                      tuple(forgets))
+                      tuple(forgets), tables, run_id)
 
 
-def commit_steps(plan: CommitPlan, store: Store, journal: Journal) -> list[Callable[[], None]]:
+def _table_changes(items: Sequence[CommitItem], forgets: Sequence[str],
+                   finals: dict[str, list[str]], previous: dict[str, list[str]],
+                   removals: list[str], state: JournalState) -> tuple[TableChange, ...]:
+    """One `TableChange` per Delta table the commit touches, each file's ``txn`` version one
+    past the highest the journal knows."""
+    names: dict[str, None] = {}
+    touching: dict[str, set[str]] = {}
+    for fid in [*finals, *forgets]:
+        for rel in [*finals.get(fid, ()), *previous.get(fid, ())]:
+            table = table_of(rel)
+            if table != ERRORS_DIR:
+                names.setdefault(table)
+                touching.setdefault(table, set()).add(fid)
+    adds: dict[str, dict[str, Any]] = {}
+    for it in items:
+        for fragment in it.staged:
+            if fragment.table != ERRORS_DIR:
+                adds.setdefault(fragment.table, {}).setdefault(fragment.final, fragment)
+    return tuple(TableChange(
+        table, tuple(adds.get(table, {}).values()),
+        tuple(rel for rel in removals if table_of(rel) == table),
+        tuple((fid, state.delta.get((table, fid), -1) + 1) for fid in sorted(touching[table])))
+        for table in names)
+
+
+def _versions_of(tables: Sequence[TableChange], file_id: str) -> dict[str, int]:
+    return {change.table: v for change in tables for fid, v in change.versions if fid == file_id}
+
+
+def commit_steps(plan: CommitPlan, store: Store, journal: Journal,
+                 delta: DeltaOut | None = None) -> list[Callable[[], None]]:
     """The commit's writes to OUT, one callable each, in the order that keeps a crash
-    resumable: journal, renames, removals, journal."""
+    resumable: journal, renames, Delta transactions, removals, journal."""
+    if plan.tables and delta is None:
+        raise ValueError("a commit plan for Delta tables needs their DeltaOut")
     return ([partial(journal.append, *plan.committing)]
             + [partial(store.replace, staged, final) for staged, final in plan.renames]
+            + [partial(_commit_table, delta, change, plan.run_id) for change in plan.tables]
             + [partial(store.remove, path) for path in plan.removals]
             + [partial(journal.append, *plan.committed)])
 
 
-def apply_commit(plan: CommitPlan, store: Store, journal: Journal, state: JournalState) -> None:
+def _commit_table(delta: DeltaOut | None, change: TableChange, run_id: str) -> None:
+    assert delta is not None
+    delta.commit(change, run_id)
+
+
+def apply_commit(plan: CommitPlan, store: Store, journal: Journal, state: JournalState,
+                 delta: DeltaOut | None = None) -> None:
     """Carry out ``plan`` on OUT, then record it in ``state``."""
-    halfway = 1 + len(plan.renames) // 2
-    for i, step in enumerate(commit_steps(plan, store, journal)):
+    halfway = 1 + (len(plan.renames) + len(plan.tables)) // 2
+    for i, step in enumerate(commit_steps(plan, store, journal, delta)):
         if i == halfway:
             crash_point("mid_commit")
         step()
@@ -119,6 +179,10 @@ def apply_commit(plan: CommitPlan, store: Store, journal: Journal, state: Journa
 
 def record_commit(plan: CommitPlan, state: JournalState) -> None:
     """What the journal now says, applied to the run's in-memory copy of it."""
+    for change in plan.tables:
+        for fid, version in change.versions:
+            state.delta[change.table, fid] = max(version, state.delta.get((change.table, fid),
+                                                                          -1))
     for record in plan.records:
         state.done[record.file_id] = record
         state.interrupted.pop(record.file_id, None)

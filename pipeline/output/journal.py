@@ -9,11 +9,22 @@ Commit protocol for one file (all its chunks verified):
 A run killed anywhere leaves either the old or the new fragments visible, never both for long:
 on the next run, a ``committing`` entry without its ``committed`` marks the file as not done,
 and its listed fragments count as previous fragments, so the re-run replaces them.
+
+Where it lives: on a local disk, one file appended with ``O_APPEND`` (``journal.jsonl``). On an
+object store, where an append is a rewrite of the whole object, every append is an object of
+its own under ``journal/``, named so that names sort in time order (nanoseconds, then a
+writer token and a counter), and read back in that order. A run that finds more than
+`COMPACT_AT` of them writes one object holding them all, named to sort right after the last one
+it covers, whose first line lists the objects it covers; readers skip covered objects that are
+still there, and the run then deletes them.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
+import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +33,9 @@ from pipeline.output.layout import STATE_DIR
 from pipeline.output.store import Store
 
 JOURNAL = "journal.jsonl"
+SEGMENTS = "journal"
+COMPACT_AT = 200
+"""Journal objects on an object store beyond which a run compacts them into one."""
 
 
 @dataclass(slots=True)
@@ -46,6 +60,9 @@ class JournalState:
     staged: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     """Chunks of not yet committed files whose fragments were staged and verified, by file id
     and chunk index (their ``staged`` journal entries): a re-run reuses them."""
+    delta: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(table, file id) -> the highest Delta transaction version any ``committing`` entry
+    gave the file's commit to that Delta table (``--table-format delta``)."""
     sharing: dict[str, set[str]] = field(init=False)
     """Fragments that hold rows of several files (bundles), with those files' ids."""
 
@@ -93,16 +110,51 @@ class Journal:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.path = store.path(STATE_DIR, JOURNAL)
+        self.dir = store.path(STATE_DIR, SEGMENTS)
+        self._token = uuid.uuid4().hex[:8]
+        self._seq = 0
 
     def entries(self) -> Iterator[dict[str, Any]]:
-        if not self.store.exists(self.path):
+        if self.store.local:
+            if self.store.exists(self.path):
+                with self.store.open_read(self.path) as f:
+                    yield from _parse(f)
             return
-        with self.store.open_read(self.path) as f:
-            for line in f:
-                try:
-                    yield json.loads(line)
-                except ValueError:  # a torn last line from a killed run
-                    continue
+        for _, lines in self._segments():
+            yield from lines
+
+    def _segments(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """The journal objects not covered by a compaction, in order, with their entries."""
+        names = sorted(posixpath.basename(p) for p in self.store.glob(
+            posixpath.join(self.dir, "*.jsonl")))
+        read: list[tuple[str, list[dict[str, Any]]]] = []
+        for name in names:
+            try:
+                with self.store.open_read(posixpath.join(self.dir, name)) as f:
+                    read.append((name, list(_parse(f))))
+            except FileNotFoundError:  # compacted away since the listing
+                continue
+        covered = {c for _, lines in read if lines and lines[0].get("event") == "compacted"
+                   for c in lines[0].get("covers", ())}
+        return [(name, [e for e in lines if e.get("event") != "compacted"])
+                for name, lines in read if name not in covered]
+
+    def compact(self, minimum: int = COMPACT_AT) -> int:
+        """Fold the journal objects of an object store into one (local journals: no-op);
+        returns how many objects were folded."""
+        if self.store.local:
+            return 0
+        segments = self._segments()
+        if len(segments) <= minimum:
+            return 0
+        last = segments[-1][0]
+        name = f"{last[:-len('.jsonl')]}.z{self._token}.jsonl"
+        head = {"event": "compacted", "covers": [n for n, _ in segments]}
+        body = [head] + [e for _, lines in segments for e in lines]
+        self.store.write_bytes_atomic(posixpath.join(self.dir, name), _lines(body))
+        for covered, _ in segments:
+            self.store.remove(posixpath.join(self.dir, covered))
+        return len(segments)
 
     def load(self) -> JournalState:
         """Committed files by id, the fragments of interrupted commits by id, and the staged
@@ -114,9 +166,12 @@ class Journal:
         done: dict[str, FileRecord] = {}
         pending: dict[str, list[str]] = {}
         staged: dict[str, dict[int, dict[str, Any]]] = {}
+        delta: dict[tuple[str, str], int] = {}
         for e in self.entries():
             fid = e.get("file_id")
             event = e.get("event")
+            for table, version in (e.get("delta") or {}).items():
+                delta[table, fid] = max(int(version), delta.get((table, fid), -1))
             if event == "staged":
                 staged.setdefault(fid, {})[int(e["index"])] = e
             elif event in ("committed", "failed", "forget"):
@@ -133,9 +188,28 @@ class Journal:
                                        e.get("catalog", {}))
             elif event == "forget":
                 done.pop(fid, None)
-        return JournalState(done, pending, staged)
+        return JournalState(done, pending, staged, delta)
 
     def append(self, *entries: dict[str, Any]) -> None:
-        """Add ``entries`` durably, in one write."""
-        self.store.append(self.path, b"".join(
-            json.dumps(e, default=str, separators=(",", ":")).encode() + b"\n" for e in entries))
+        """Add ``entries`` durably, in one write (one object on an object store)."""
+        if not entries:
+            return
+        if self.store.local:
+            self.store.append(self.path, _lines(entries))
+            return
+        self._seq += 1
+        name = f"{time.time_ns():020d}-{self._token}-{self._seq:06d}.jsonl"
+        self.store.create_exclusive(posixpath.join(self.dir, name), _lines(entries))
+
+
+def _lines(entries: Iterable[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(e, default=str, separators=(",", ":")).encode() + b"\n"
+                    for e in entries)
+
+
+def _parse(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        try:
+            yield json.loads(line)
+        except ValueError:  # a torn last line from a killed run
+            continue

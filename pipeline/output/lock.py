@@ -20,6 +20,8 @@ import socket
 import time
 from typing import Any
 
+import psutil
+
 from pipeline.errors import OutputLocked
 from pipeline.output.layout import STATE_DIR
 from pipeline.output.store import Store
@@ -35,6 +37,8 @@ class OutputLock:
         self.path = store.path(STATE_DIR, LOCK)
         self.held = False
         self._fd: int | None = None
+        self._me: dict[str, Any] | None = None
+        """What this run wrote into a lock object on an object store."""
 
     def owner(self) -> dict[str, Any] | None:
         """What the lock file says about its holder (None when empty or unreadable)."""
@@ -47,7 +51,7 @@ class OutputLock:
 
     def acquire(self) -> None:
         if not self.store.local:
-            self.held = True  # object stores have no exclusive create; documented limitation
+            self._acquire_remote()
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         while True:
@@ -68,6 +72,50 @@ class OutputLock:
         os.pwrite(fd, json.dumps(me).encode(), 0)
         self._fd = fd
         self.held = True
+
+    def _acquire_remote(self) -> None:
+        """An object written with a conditional create (S3 ``If-None-Match: *``)."""
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _ in range(2):
+            try:
+                self.store.create_exclusive(self.path, json.dumps(me).encode())
+            except NotImplementedError:
+                self.held = True  # a store without exclusive create: the README's rule only
+                return
+            except FileExistsError:
+                owner = self._remote_owner()
+                if owner and not self._stale(owner):
+                    raise OutputLocked(
+                        f"{self.store.url} is in use by another chunkmill run (pid "
+                        f"{owner.get('pid')} on {owner.get('host')}, started "
+                        f"{time.ctime(owner.get('started', 0))}); wait for it, or delete "
+                        f"{self.store.uri(self.path)} if that run is gone") from None
+                self.store.remove(self.path)
+                continue
+            self.held, self._me = True, me
+            return
+        raise OutputLocked(f"{self.store.url}: could not take the lock")
+
+    def _remote_owner(self) -> dict[str, Any] | None:
+        try:
+            owner = json.loads(self.store.read_bytes(self.path))
+        except (OSError, ValueError):
+            return None
+        return owner if isinstance(owner, dict) else None
+
+    @staticmethod
+    def _stale(owner: dict[str, Any]) -> bool:
+        """A remote lock of a process of this host that is gone (another host's processes
+        cannot be seen: their locks are trusted)."""
+        if owner.get("host") != socket.gethostname():
+            return False
+        try:
+            pid = int(owner.get("pid", -1))
+            proc = psutil.Process(pid)
+            return proc.status() == psutil.STATUS_ZOMBIE or proc.create_time() > owner.get(
+                "started", 0) + 1
+        except (psutil.NoSuchProcess, ValueError, TypeError):
+            return True
 
     def _still_the_file(self, fd: int) -> bool:
         try:
@@ -97,6 +145,10 @@ class OutputLock:
             finally:
                 os.close(self._fd)  # closing the last descriptor releases the flock
                 self._fd = None
+        elif self.held and self._me is not None:
+            if self._remote_owner() == self._me:
+                self.store.remove(self.path)
+            self._me = None
         self.held = False
 
     def __enter__(self) -> OutputLock:

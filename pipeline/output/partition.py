@@ -78,8 +78,16 @@ def escape_value(value: object, column: str = "") -> str:
 
 def split(table: pa.Table, columns: Sequence[str]) -> Iterator[tuple[str, pa.Table]]:
     """``(relative dir, rows without the partition columns)`` for each distinct value combo."""
+    for rel, _, rows in split_values(table, columns):
+        yield rel, rows
+
+
+def split_values(table: pa.Table, columns: Sequence[str]
+                 ) -> Iterator[tuple[str, tuple[object, ...], pa.Table]]:
+    """`split`, with each combo's values as Python objects (None for NULL): a directory name
+    may be cut, its values never are."""
     if not columns:
-        yield "", table
+        yield "", (), table
         return
     if not table.num_rows:
         return  # no rows, no partition to name
@@ -110,7 +118,7 @@ def split(table: pa.Table, columns: Sequence[str]) -> Iterator[tuple[str, pa.Tab
         parts.reverse()
         rel = "/".join(f"{escape_column(c)}={escape_value(v, c)}"
                        for c, v in zip(columns, parts, strict=True))
-        yield rel, data.slice(int(start), int(end - start))
+        yield rel, tuple(parts), data.slice(int(start), int(end - start))
 
 
 def _as_numpy(indices: pa.Array) -> np.ndarray:

@@ -37,7 +37,8 @@ def chunk_token(source: Source, reader: str, chunk: ChunkSpec, description: Desc
                sorted(description.tables.items()) if chunk.table in (None, table)}
     blob = json.dumps([source.fingerprint, config, reader, repr(options), chunk.index,
                        chunk.offset, chunk.length, chunk.table, repr(chunk.selector), schemas,
-                       list(sink.partition_by), sink.compression, sink.row_group_rows])
+                       list(sink.partition_by), sink.compression, sink.row_group_rows,
+                       sink.table_format])
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
@@ -60,7 +61,8 @@ def reuse(entry: dict[str, Any] | None, token: str, store: Store) -> ChunkManife
         return None
     try:
         fragments = [Fragment(f["table"], f["partition"], store.path(f["staged"]),
-                              store.path(f["final"]), int(f["rows"]), int(f["bytes"]))
+                              store.path(f["final"]), int(f["rows"]), int(f["bytes"]),
+                              f.get("values"), f.get("stats", ""), int(f.get("mtime", 0)))
                      for f in entry["fragments"]]
         facts = _decode(entry.get("facts"))
     except (KeyError, TypeError, ValueError, pickle.UnpicklingError, AttributeError):
@@ -74,8 +76,18 @@ def reuse(entry: dict[str, Any] | None, token: str, store: Store) -> ChunkManife
                          facts=facts, worker="(staged by an earlier run)")
 
 
-def clean_staging(store: Store, keep: set[str]) -> None:
-    """Delete staged files no reusable entry names (relative paths in ``keep``)."""
+def clean_staging(store: Store, keep: set[str], runs: list[str] | None = None) -> None:
+    """Delete staged files no reusable entry names (relative paths in ``keep``); only under
+    the staging directories of ``runs``, if given (runs of other live writers keep theirs)."""
+    if runs is not None:
+        for run in runs:
+            root = store.path(STATE_DIR, STAGING, run)
+            for path in store.glob(store.path(STATE_DIR, STAGING, run, "**", "*")):
+                if path.endswith(".parquet") and store.rel(path) not in keep:
+                    store.remove(path)
+            if not any(k.startswith(store.rel(root) + "/") for k in keep):
+                store.rmtree(root)
+        return
     root = store.path(STATE_DIR, STAGING)
     if not keep:
         store.rmtree(root)

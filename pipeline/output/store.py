@@ -33,6 +33,8 @@ class Store(ABC):
 
     local: bool
     """True for a local disk (exclusive create, fsync, O_APPEND work)."""
+    filesystem: Any = None
+    """What pyarrow's readers take as ``filesystem=`` (None: the local disk)."""
 
     def __init__(self, url: str, root: str, storage_options: dict[str, Any]) -> None:
         self.url = url
@@ -83,6 +85,16 @@ class Store(ABC):
     @abstractmethod
     def append(self, path: str, data: bytes) -> None:
         """Add ``data`` at the end of ``path`` durably (created if missing)."""
+
+    @abstractmethod
+    def create_exclusive(self, path: str, data: bytes) -> None:
+        """Write ``path`` only if it does not exist yet, atomically; `FileExistsError` if it
+        does. On object stores this is a conditional write (S3 ``If-None-Match: *``)."""
+
+    def uri(self, path: str) -> str:
+        """``path`` as a URL other libraries (delta-rs) open: a local path, or
+        ``protocol://...``."""
+        return path
 
     def read_bytes(self, path: str) -> bytes:
         with self.open_read(path) as f:
@@ -160,6 +172,20 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
+    def create_exclusive(self, path: str, data: bytes) -> None:
+        # Written whole beside the target, then linked in: link() fails if the name exists,
+        # so no reader ever sees the object half-written.
+        tmp = self.temp_name(path)
+        self.makedirs(posixpath.dirname(path))
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        finally:
+            os.remove(tmp)
+
 
 class FsspecStore(Store):
     local = False
@@ -167,6 +193,7 @@ class FsspecStore(Store):
     def __init__(self, url: str, root: str, storage_options: dict[str, Any], fs: Any) -> None:
         super().__init__(url, root, storage_options)
         self.fs = fs
+        self.filesystem = fs
 
     def makedirs(self, path: str) -> None:
         self.fs.makedirs(path, exist_ok=True)
@@ -183,6 +210,7 @@ class FsspecStore(Store):
         self.fs.mv(src, dst)
 
     def exists(self, path: str) -> bool:
+        self.fs.invalidate_cache(path)  # another process (worker, run) may have written it
         return self.fs.exists(path)
 
     def remove(self, path: str) -> None:
@@ -196,11 +224,26 @@ class FsspecStore(Store):
             self.fs.rm(path, recursive=True)
 
     def glob(self, pattern: str) -> list[str]:
+        self.fs.invalidate_cache()  # listings cached by s3fs would hide other writers' objects
         return sorted(self.fs.glob(pattern))
 
     def append(self, path: str, data: bytes) -> None:
+        # A rewrite: fine for small state files, never used for the journal (see journal.py).
         old = self.fs.cat_file(path) if self.fs.exists(path) else b""
         self.write_bytes_atomic(path, old + data)
+
+    def create_exclusive(self, path: str, data: bytes) -> None:
+        self.makedirs(posixpath.dirname(path))
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            raise
+        except TypeError as exc:  # an fsspec filesystem without exclusive create
+            raise NotImplementedError(f"{self.url}: no exclusive create on this store") from exc
+        self.fs.invalidate_cache(posixpath.dirname(path))
+
+    def uri(self, path: str) -> str:
+        return self.fs.unstrip_protocol(path)
 
 
 def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Store:

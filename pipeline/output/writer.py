@@ -1,16 +1,28 @@
 """Staged Parquet fragments: what a chunk task writes, one file per (table, partition).
 
-A chunk task writes its fragments under ``OUT/_chunkmill/staging/<run>/`` (invisible to readers
-of ``OUT/<table>/**/*.parquet``). The client moves them into place with a rename only once the
-chunk is verified, so a crash never leaves a half-written or unverified fragment where queries
-look. Fragment names are deterministic per (file, chunk): a re-run overwrites, never duplicates.
+Hive tables: a chunk task writes its fragments under ``OUT/_chunkmill/staging/<run>/``
+(invisible to readers of ``OUT/<table>/**/*.parquet``). The client moves them into place with a
+rename only once the chunk is verified, so a crash never leaves a half-written or unverified
+fragment where queries look. Fragment names are deterministic per (file, chunk): a re-run
+overwrites, never duplicates.
+
+Delta tables: fragments go straight to their final place, ``<table>/<partition>/<chunk id>-
+<attempt>.parquet``, in Delta types, with the statistics of their ``add`` action: Delta readers
+see only what the table's log lists, so the commit adds them without moving a byte.
+
+Every fragment carries its lineage in its Parquet key-value metadata: ``chunkmill.version``,
+``chunkmill.run_id``, ``chunkmill.file_ids`` (JSON list of the source files whose rows it
+holds) and ``chunkmill.partition`` (JSON of its partition values, uncut).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 import uuid
 from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
 from typing import Any
 
 import pyarrow as pa
@@ -25,6 +37,14 @@ from pipeline.output.store import Store, codec
 from readers.widening import conform
 
 
+def version() -> str:
+    """chunkmill's installed version (recorded in every fragment)."""
+    try:
+        return importlib_metadata.version("chunkmill")
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
 @dataclass(slots=True)
 class Fragment:
     """One staged Parquet file of one chunk: where it is, where it goes, what it holds."""
@@ -35,6 +55,12 @@ class Fragment:
     final: str
     rows: int
     bytes: int = 0
+    values: dict[str, str | None] | None = None
+    """Delta tables: the fragment's ``partitionValues`` (Delta's text of each value)."""
+    stats: str = ""
+    """Delta tables: the ``stats`` JSON of its ``add`` action."""
+    mtime: int = 0
+    """Delta tables: when it was written, in ms since the epoch."""
 
 
 @dataclass(slots=True)
@@ -51,6 +77,21 @@ class SinkSpec:
     groups of a useful size even though parsers hand over small batches."""
     max_partitions: int = 0
     """A chunk writing more partitions of one table than this stops (0: no limit)."""
+    table_format: str = "hive"
+    version: str = field(default_factory=version)
+    _delta: dict[str, pa.Schema] = field(default_factory=dict)
+
+    @property
+    def delta(self) -> bool:
+        return self.table_format == "delta"
+
+    def delta_schema(self, table: str) -> pa.Schema:
+        """The Delta table's columns (in Delta types) for ``table``'s planned schema."""
+        if table not in self._delta:
+            from pipeline.output.delta import table_schema
+
+            self._delta[table] = table_schema(self.schemas[table])
+        return self._delta[table]
 
 
 @dataclass
@@ -63,6 +104,10 @@ class FragmentWriter:
     writers: dict[tuple[str, str], tuple[pq.ParquetWriter, Any, Fragment]] = field(
         default_factory=dict)
     pending: dict[tuple[str, str], list[pa.Table]] = field(default_factory=dict)
+    sources: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """Ids of the files whose rows each fragment holds (its lineage)."""
+    values: dict[tuple[str, str], tuple[tuple[str, object], ...]] = field(default_factory=dict)
+    """Partition values of each fragment, by column."""
     _own_ids: pa.Array | None = None
     """The writer's own ``_file_id`` column, sliced for each batch of rows."""
     _partitions: dict[str, int] = field(default_factory=dict)
@@ -84,8 +129,14 @@ class FragmentWriter:
         else:
             ids = self._ids(rows.num_rows)
         rows = rows.append_column(FILE_ID, ids)
-        for rel, part in partition.split(rows, self.partition_columns(table)):
-            self.add(table, rel, part)
+        if self.spec.delta:
+            from pipeline.output.delta import cast
+
+            rows = cast(rows, self.spec.delta_schema(table))
+        own = None if isinstance(file_id, pa.Array) else {file_id or self.file_id}
+        columns = self.partition_columns(table)
+        for rel, values, part in partition.split_values(rows, columns):
+            self.add(table, rel, part, tuple(zip(columns, values, strict=True)), own)
 
     def _ids(self, count: int) -> pa.Array:
         if self._own_ids is None or len(self._own_ids) < count:
@@ -97,14 +148,23 @@ class FragmentWriter:
         return self.spec.partition_by if all(
             c in schema.names for c in self.spec.partition_by) else ()
 
-    def add(self, table: str, rel: str, part: pa.Table) -> None:
-        """Rows already split: no partition columns, ``_file_id`` last."""
+    def add(self, table: str, rel: str, part: pa.Table,
+            values: tuple[tuple[str, object], ...] | None = None,
+            sources: set[str] | None = None) -> None:
+        """Rows already split: no partition columns, ``_file_id`` last; ``values`` are the
+        partition's (column, value) pairs, ``sources`` the file ids among the rows (read from
+        them if not given)."""
         key = (table, rel)
         if rel and self.spec.max_partitions and key not in self.pending \
                 and key not in self.writers:
             count = self._partitions[table] = self._partitions.get(table, 0) + 1
             if count > self.spec.max_partitions:
                 raise TooManyPartitions(table, count, self.spec.max_partitions)
+        if values is not None:
+            self.values.setdefault(key, values)
+        if sources is None:
+            sources = set(pc.unique(part.column(FILE_ID)).to_pylist())
+        self.sources.setdefault(key, set()).update(sources)
         self.pending.setdefault(key, []).append(part)
         if sum(t.num_rows for t in self.pending[key]) >= self.spec.row_group_rows:
             self._flush(key)
@@ -122,11 +182,16 @@ class FragmentWriter:
         key = (table, rel)
         if key not in self.writers:
             store = self.spec.store
-            name = f"{self.chunk_id}.parquet"
-            # Unique per attempt: a worker presumed lost cannot scribble over its successor.
-            staged = store.path(STATE_DIR, "staging", self.spec.run_id, table, rel,
-                                f"{self.chunk_id}.{uuid.uuid4().hex[:8]}.parquet")
-            final = store.path(table, rel, name)
+            attempt = uuid.uuid4().hex[:8]
+            if self.spec.delta:
+                # Invisible until the commit adds it; unique, so a retry never touches a file
+                # a reader of an older table version may still read.
+                staged = final = store.path(table, rel, f"{self.chunk_id}-{attempt}.parquet")
+            else:
+                # Unique per attempt: a worker presumed lost cannot scribble over its successor.
+                staged = store.path(STATE_DIR, "staging", self.spec.run_id, table, rel,
+                                    f"{self.chunk_id}.{attempt}.parquet")
+                final = store.path(table, rel, f"{self.chunk_id}.parquet")
             handle = store.open_write(staged)
             writer = pq.ParquetWriter(handle, first.schema,
                                       compression=codec(self.spec.compression),
@@ -138,11 +203,23 @@ class FragmentWriter:
         for key in list(self.pending):
             self._flush(key)
         out = []
-        for writer, handle, fragment in self.writers.values():
+        for key, (writer, handle, fragment) in self.writers.items():
+            values = self.values.get(key, ())
+            writer.add_key_value_metadata({
+                "chunkmill.version": self.spec.version, "chunkmill.run_id": self.spec.run_id,
+                "chunkmill.file_ids": json.dumps(sorted(self.sources.get(key, ()))),
+                "chunkmill.partition": json.dumps({c: v for c, v in values}, default=str)})
             writer.close()
             fragment.bytes = handle.tell()
             handle.close()
             self.spec.store.sync(fragment.staged)
+            if self.spec.delta:
+                from pipeline.output.delta import file_stats, partition_value
+
+                fragment.values = {c: partition_value(v) for c, v in values}
+                fragment.stats = file_stats(writer.writer.metadata,
+                                            self.spec.delta_schema(fragment.table))
+                fragment.mtime = int(time.time() * 1000)
             out.append(fragment)
         self.writers.clear()
         return out

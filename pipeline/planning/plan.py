@@ -114,14 +114,17 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
                skip: SkipCheck | None = None,
                known: dict[str, pa.Schema] | None = None,
                unskip: Callable[[list[Discovered]], set[str]] | None = None,
-               max_partitions: int = 0) -> Plan:
+               max_partitions: int = 0,
+               settle: Callable[[dict[str, pa.Schema]], dict[str, pa.Schema]] | None = None,
+               ) -> Plan:
     """Discover, describe (in parallel threads), unify schemas, then plan every file's chunks.
 
     ``skip(file_id, fingerprint)`` lets a run pass over unchanged files before reading them;
     ``known`` holds the schemas the tables already have in OUT (unified first, so their
-    column order and types win where the new data fits them; declared types win over both).
-    With ``partition_by``, a sample that shows a table would get more than ``max_partitions``
-    partitions is a usage error (0: no limit).
+    column order and types win where the new data fits them; declared types win over both);
+    ``settle`` may then change the unified schemas (a Delta table keeps its column types)
+    before chunks are planned. With ``partition_by``, a sample that shows a table would get
+    more than ``max_partitions`` partitions is a usage error (0: no limit).
     """
     paths = as_paths(paths)
     storage_options = dict(options.storage_options)
@@ -152,6 +155,8 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
     schemas = {table: no_nulls(unify([known[table], *group] if table in known else group))
                for table, group in by_table.items()}
     schemas = declare(schemas, files, options, remembered)
+    if settle is not None:
+        schemas = settle(schemas)
     parsed = {table: parse_schema(table, schema, options) for table, schema in schemas.items()}
     # One schema object per (table, columns): bundle tasks carry each member's description,
     # and pickle writes a shared object once.

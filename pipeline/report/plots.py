@@ -52,7 +52,8 @@ TOOLS = "xpan,xwheel_zoom,box_zoom,reset,save"
 
 
 # --- loading ------------------------------------------------------------------------------------
-def load_report(out: str | os.PathLike[str], run_id: str | None = None) -> dict[str, Any]:
+def load_report(out: str | os.PathLike[str], run_id: str | None = None,
+                storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The saved report of run ``run_id`` (default: the latest run) of output ``out``.
 
     ``out`` is the ``--out`` of the run: a local directory or an fsspec URL. Raises
@@ -60,7 +61,7 @@ def load_report(out: str | os.PathLike[str], run_id: str | None = None) -> dict[
     """
     from fsspec.core import url_to_fs
 
-    fs, root = url_to_fs(os.fspath(out))
+    fs, root = url_to_fs(os.fspath(out), **(storage_options or {}))
     runs = f"{root.rstrip('/')}/{RUNS_DIR}"
     names = sorted(p.rsplit("/", 1)[-1][:-5] for p in fs.glob(f"{runs}/*.json"))
     if not names:

@@ -14,9 +14,9 @@ from pipeline.output.layout import CATALOG_DIR, STATE_DIR, path_text
 from pipeline.output.store import open_store
 
 
-def status(out: str) -> dict[str, Any]:
+def status(out: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per-table and per-file state of OUT, and the last run's report."""
-    store = open_store(out)
+    store = open_store(out, storage_options)
     if not store.exists(store.path(STATE_DIR)):
         raise UsageError(f"{out}: not a chunkmill output directory (no {STATE_DIR}/)")
     journal = Journal(store).load()
