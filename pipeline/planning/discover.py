@@ -332,8 +332,8 @@ def discover(inputs: Iterable[str], *, table: str | None = None, fmt: str | None
         return [_with_retries(job, fmt, storage_options, skip, retries) for job in part]
 
     if all(_is_local(fs) for fs, _, _ in jobs):
-        # A local stat and 64 KiB read is ~0.1 ms of mostly Python: threads only fight for
-        # the GIL (10,000 small files took twice as long with 8 threads).
+        # A local stat and 64 KiB read is mostly Python: threads only fight for the GIL
+        # (README, "Measurements behind design choices").
         return batch(jobs) + refused
     # Threads hide remote latency; batches keep the hand-over cost down.
     size = max(1, min(64, len(jobs) // max(1, threads * 4)))
