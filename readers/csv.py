@@ -124,7 +124,9 @@ class CSVReader(TextReader):
     @classmethod
     def sniff(cls, head: bytes, path: str) -> int:
         if not _looks_like_text(head):
-            return 0
+            # Named as ours but not UTF-8: another encoding (describe() then asks for
+            # --encoding, or transcodes with it), not a binary to chunk and hash.
+            return 40 if any(path.endswith(s) for s in cls.suffixes) else 0
         body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
         first_line = body.split(b"\n", 1)[0].split(b"\r", 1)[0]  # CR: classic Mac files
         score = 0

@@ -65,10 +65,10 @@ class JSONLReader(TextReader):
     def sniff(cls, head: bytes, path: str) -> int:
         body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
         first = body.lstrip()[:1]
-        score = 40 if any(path.endswith(s) for s in cls.suffixes) else 0
-        if first == b"{":
-            score += 30
-        return score if b"\x00" not in head[:4096] else 0
+        named = any(path.endswith(s) for s in cls.suffixes)
+        if b"\x00" in head[:4096]:  # UTF-16 or -32 when named so, else not JSON lines
+            return 40 if named else 0
+        return (40 if named else 0) + (30 if first == b"{" else 0)
 
     def _read_json(self, data: Any, schema: pa.Schema | None, options: TextOptions,
                    unexpected: str = "error") -> pa.Table:
