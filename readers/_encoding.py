@@ -62,18 +62,20 @@ class NotUTF8(BadFile):
     code = ErrorCode.INVALID_UTF8
 
 
-def check_utf8(head: bytes, path: str, at_eof: bool) -> None:
+def check_utf8(head: bytes, path: str, at_eof: bool, nul: bool = True) -> None:
     """Raise `NotUTF8` naming ``--encoding`` when ``head`` is not UTF-8 (a character cut at
-    the end of a head that is not the whole file is fine)."""
+    the end of a head that is not the whole file is fine); ``nul=False``: a NUL byte (valid
+    UTF-8, but UTF-16 or -32 in a text file) counts as not UTF-8 too."""
+    at = -1 if nul else head.find(b"\x00")
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        if not at_eof and exc.reason == "unexpected end of data":
-            return
-        raise NotUTF8(f"{path}: not UTF-8 (byte 0x{head[exc.start]:02X} at offset "
-                      f"{exc.start}); give its encoding, e.g. --encoding latin-1, "
-                      "--encoding cp1252 or --encoding utf-16 (encoding= in Python)",
-                      exc.start) from None
+        if at_eof or exc.reason != "unexpected end of data":
+            at = exc.start if at < 0 else min(at, exc.start)
+    if at >= 0:
+        raise NotUTF8(f"{path}: not UTF-8 (byte 0x{head[at]:02X} at offset {at}); give its "
+                      "encoding, e.g. --encoding latin-1, --encoding cp1252 or --encoding "
+                      "utf-16 (encoding= in Python)", at)
 
 
 __all__ = ["single_byte", "to_utf8", "file_offset", "transcoded", "NotUTF8", "check_utf8"]

@@ -318,6 +318,10 @@ class TextReader(Reader):
                     at = abs_offset + file_offset(text, r.byte_offset - abs_offset)
                     ctx.rejected[i] = dataclasses.replace(r, byte_offset=at)
 
+    def _check_utf8(self, head: bytes, path: str, at_eof: bool) -> None:
+        """Fail a file read without ``--encoding`` whose head is not UTF-8 (`NotUTF8`)."""
+        check_utf8(head, path, at_eof)
+
     @staticmethod
     def _open(source: Source, options: TextOptions) -> Any:
         """The file's bytes (decompressed); UTF-8 text for a multi-byte encoding."""
@@ -349,7 +353,7 @@ class TextReader(Reader):
             if options.per_block:
                 head = to_utf8(head, options.encoding)
             elif options.encoding is None:
-                check_utf8(head, source.path, at_eof)
+                self._check_utf8(head, source.path, at_eof)
             bom = len(BOM) if head.startswith(BOM) else 0
             try:
                 schema, header_len, names = self._infer(head[bom:], at_eof, options)

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.types as pt
 
+from readers._encoding import check_utf8
 from readers._jsonlines import MAX_DEPTH, Lines, blanked, object_lines, screen, too_deep
 from readers._text import TextOptions, TextReader, TextState, bisect_records
 from readers.base import ChunkContext, Description
@@ -69,6 +70,13 @@ class JSONLReader(TextReader):
         if b"\x00" in head[:4096]:  # UTF-16 or -32 when named so, else not JSON lines
             return 40 if named else 0
         return (40 if named else 0) + (30 if first == b"{" else 0)
+
+    def _check_utf8(self, head: bytes, path: str, at_eof: bool) -> None:
+        """JSON text is UTF-8 by definition (RFC 8259): stray invalid bytes are damage, each
+        line holding them an ``InvalidUTF8`` row. Only a head with NUL bytes (UTF-16/32) is
+        another encoding, and fails naming ``--encoding``."""
+        if b"\x00" in head:
+            check_utf8(head, path, at_eof, nul=False)
 
     def _read_json(self, data: Any, schema: pa.Schema | None, options: TextOptions,
                    unexpected: str = "error") -> pa.Table:

@@ -140,6 +140,13 @@ def test_utf16_is_read_as_one_transcoded_stream(tmp_path, capsys) -> None:
     assert _rows(out, "v") == [(i, a) for i, a, _ in rows]
 
 
+def test_utf16_json_lines_without_encoding_fails(tmp_path, capsys) -> None:
+    (tmp_path / "v.jsonl").write_bytes('{"id": 1}\n'.encode("utf-16-le"))
+    code = cli(["ingest", str(tmp_path / "v.jsonl"), "--out", str(tmp_path / "out"),
+                "--no-progress"])
+    assert code == 1 and "--encoding" in capsys.readouterr().err
+
+
 def test_unknown_encoding_is_a_usage_error(tmp_path, capsys) -> None:
     (tmp_path / "t.csv").write_text(CSV)
     code = cli(["ingest", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out"),
