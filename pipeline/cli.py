@@ -89,6 +89,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-missing-columns", action="store_true", default=None,
                    help="a --schema column missing from a file is NULL there (default: a "
                         "usage error naming the file)")
+    p.add_argument("--columns", action="append", metavar="COL[,COL]",
+                   help="keep only these columns of CSV/TSV/JSON-lines tables (repeatable); "
+                        "the others are not converted")
+    p.add_argument("--encoding", metavar="NAME",
+                   help="character encoding of CSV/TSV/JSON-lines inputs, transcoded to "
+                        "UTF-8: latin-1, cp1252, utf-16, ... (default: UTF-8; a file that "
+                        "is not UTF-8 fails and names this option)")
     p.add_argument("--derive", action="append", metavar="NAME=FUNC(COL)",
                    help="add a column computed per row (repeatable): date, year, month, day, "
                         "hour of a timestamp/date, or bucket(COL, N); e.g. --derive "

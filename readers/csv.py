@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from readers import _csv_rescue as rescue
 from readers._boundaries import (
     OUT,
     first_record_end,
@@ -29,14 +30,17 @@ _ASCII = bytes(range(128)) + b"x" * 128
 """Translation table: every byte over 0x7F becomes ``x``."""
 
 
-def convert_options(types: dict[str, pa.DataType] | None = None) -> pacsv.ConvertOptions:
+def convert_options(types: dict[str, pa.DataType] | None = None,
+                    include: list[str] | None = None) -> pacsv.ConvertOptions:
     """How text becomes values: an unquoted empty field is NULL, a quoted ``""`` is ``''``.
 
     Like DuckDB, Polars and Spark (pyarrow's default keeps empty strings and turns ``NA``,
-    ``null``, ... into NULL, which would silently erase real text values).
+    ``null``, ... into NULL, which would silently erase real text values). ``include``: only
+    these columns are converted (``--columns``; None: all).
     """
     return pacsv.ConvertOptions(column_types=types or {}, null_values=[""],
-                                strings_can_be_null=True, quoted_strings_can_be_null=False)
+                                strings_can_be_null=True, quoted_strings_can_be_null=False,
+                                include_columns=include or [])
 
 
 def _unique_names(names: list[str]) -> tuple[str, ...]:
@@ -89,6 +93,13 @@ def _quiet_undecodable_rows() -> None:
     sys.unraisablehook = hook
 
 
+def _parsed_schema(names: list[str], types: dict[str, pa.DataType]) -> pa.Schema:
+    """What `CSVReader._parse` returns: every column, or only the ``--columns`` ones."""
+    if len(types) != len(names):
+        return pa.schema(list(types.items()))
+    return pa.schema([(n, types.get(n, pa.string())) for n in names])
+
+
 def _find_record(data: bytes, raw: bytes, cursor: int, starts: Any) -> int:
     """Offset of the first record at or after ``cursor`` whose text (without its line end)
     is ``raw``, -1 if none. ``starts``: every record start of ``data``, then its length."""
@@ -113,7 +124,9 @@ class CSVReader(TextReader):
     @classmethod
     def sniff(cls, head: bytes, path: str) -> int:
         if not _looks_like_text(head):
-            return 0
+            # Named as ours but not UTF-8: another encoding (describe() then asks for
+            # --encoding, or transcodes with it), not a binary to chunk and hash.
+            return 40 if any(path.endswith(s) for s in cls.suffixes) else 0
         body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
         first_line = body.split(b"\n", 1)[0].split(b"\r", 1)[0]  # CR: classic Mac files
         score = 0
@@ -231,9 +244,12 @@ class CSVReader(TextReader):
         except pa.ArrowInvalid:
             if yielded:  # rows of this chunk already went out: read it again as a whole
                 raise RestartChunk("a value did not convert", {"streaming": False}) from None
-            table, verified = self._rescue(block, abs_offset, names, types, marker, options, ctx)
-            yield table
-            return verified
+            rescued = self._rescue_by_column(block, abs_offset, names, types, marker, options,
+                                             ctx)
+            if rescued is None:
+                rescued = self._rescue(block, abs_offset, names, types, marker, options, ctx)
+            yield rescued[0]
+            return rescued[1]
         self._reject_rows(bytes(block) if bad else b"", abs_offset, bad, ctx)
         return seen[0] or not sentinel
 
@@ -247,15 +263,19 @@ class CSVReader(TextReader):
                 bad.append((row.text, row.expected_columns, row.actual_columns))
             return "skip"
 
+        include = None
+        if len(types) != len(names):  # --columns: only those are converted
+            include = list(types) or names[:1]  # (an empty list would mean all of them)
         reader = pacsv.open_csv(
             pa.BufferReader(pa.py_buffer(data)),
             read_options=pacsv.ReadOptions(column_names=names, use_threads=False,
                                            block_size=options.parse_block_bytes),
             parse_options=self._parse_options(handler),
-            convert_options=convert_options(types))
+            convert_options=convert_options(types, include))
         for batch in reader:
             if batch.num_rows:
-                yield pa.Table.from_batches([batch])
+                table = pa.Table.from_batches([batch])
+                yield table if types or not include else table.select([])
 
     def _parse(self, data: Any, names: list[str], types: dict[str, pa.DataType],
                marker: str | None, options: TextOptions
@@ -264,7 +284,7 @@ class CSVReader(TextReader):
         bad: list[tuple[str, int, int]] = []
         seen = [False]
         tables = list(self._stream(data, names, types, marker, options, bad, seen))
-        schema = pa.schema([(n, types.get(n, pa.string())) for n in names])
+        schema = _parsed_schema(names, types)
         return (pa.concat_tables(tables) if tables else schema.empty_table()), seen[0], bad
 
     def _reject_rows(self, data: bytes, abs_offset: int, bad: list[tuple[str, int, int]],
@@ -305,6 +325,80 @@ class CSVReader(TextReader):
         except pa.ArrowInvalid:
             return False
 
+    def _rescue_by_column(self, block: memoryview, abs_offset: int, names: list[str],
+                          types: dict[str, pa.DataType], marker: str | None,
+                          options: TextOptions, ctx: ChunkContext
+                          ) -> tuple[pa.Table, bool] | None:
+        """Values did not convert: parse the failing columns as text, reject the rows whose
+        values the converter refuses (`readers._csv_rescue`), keep every other row.
+
+        Costs about one more parse of the chunk, whatever the number of bad values, where
+        bisecting the records costs several. None when the rows cannot be matched to their
+        records (then `_rescue` bisects).
+        """
+        loose = dict(types)
+        failing: list[str] = []
+        while True:
+            try:
+                table, seen, bad = self._parse(block, names, loose, marker, options)
+                break
+            except pa.ArrowInvalid as exc:
+                column = rescue.failing_column(exc, names)
+                if column is None or column in failing or column not in types:
+                    return None
+                failing.append(column)
+                loose[column] = rescue.as_text(types[column])
+        data = bytes(block)
+        if marker is not None:
+            data = data[: len(data) - len(marker) - 2]
+        found = self._row_records(data, bad)
+        if found is None or len(found[1]) != table.num_rows:
+            return None
+        starts, records = found
+        reject = np.zeros(table.num_rows, bool)
+        why: dict[int, str] = {}
+        converted: dict[str, tuple[np.ndarray, pa.Array]] = {}
+        conv = convert_options(types)
+        for column in failing:
+            mask, good, reasons = rescue.convert(table.column(column), types[column], conv)
+            converted[column] = (mask, good)
+            for i, reason in zip(np.flatnonzero(mask), reasons, strict=True):
+                why.setdefault(int(i), f"In CSV column #{names.index(column)}: {reason}")
+            reject |= mask
+        keep = ~reject
+        out = table.filter(pa.array(keep)) if reject.any() else table
+        for column, (mask, good) in converted.items():
+            values = good.filter(pa.array(keep[~mask])) if reject.any() else good
+            i = out.schema.get_field_index(column)
+            out = out.set_column(i, pa.field(column, types[column]), values)
+        self._reject_rows(data if bad else b"", abs_offset, bad, ctx)
+        for i in np.flatnonzero(reject):
+            a, b = int(starts[records[i]]), int(starts[records[i] + 1])
+            ctx.reject(error_type=ErrorCode.TYPE_MISMATCH, byte_offset=abs_offset + a,
+                       raw=data[a:b], message=f"{ctx.source.path}: {why[int(i)]}")
+        return out, seen or marker is None
+
+    def _row_records(self, data: bytes, bad: list[tuple[str, int, int]]
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(every record start and ``len(data)``, the indexes of the records that became rows:
+        not empty lines, not field-count rejects); None when a reject cannot be found."""
+        starts = record_starts_csv(data, self.grammar)
+        lengths = np.diff(starts)
+        records = starts[:-1]
+        rows = np.ones(len(records), bool)
+        for i in np.flatnonzero(lengths <= 2):  # a bare line end is no row (pyarrow skips it)
+            a = int(records[i])
+            rows[i] = data[a:a + int(lengths[i])] not in (b"\n", b"\r", b"\r\n")
+        cursor = 0
+        for text, _, _ in bad:
+            raw = text.encode("utf-8", "surrogateescape")
+            at = _find_record(data, raw, cursor, starts)
+            if at < 0:
+                return None
+            cursor = at + len(raw)
+            rows[int(np.searchsorted(records, at))] = False
+        return starts, np.flatnonzero(rows)
+
     def _rescue(self, block: memoryview, abs_offset: int, names: list[str],
                 types: dict[str, pa.DataType], marker: str | None, options: TextOptions,
                 ctx: ChunkContext) -> tuple[pa.Table | None, bool]:
@@ -329,6 +423,6 @@ class CSVReader(TextReader):
                        raw=data[a:b], message=f"{ctx.source.path}: {str(exc).splitlines()[0]}")
 
         pieces = list(bisect_records(data, starts, parse, on_bad))
-        schema = pa.schema([(n, types.get(n, pa.string())) for n in names])
+        schema = _parsed_schema(names, types)
         table = pa.concat_tables(pieces) if pieces else schema.empty_table()
         return table, seen

@@ -31,6 +31,7 @@ from pipeline.planning.tables import (
     estimate_partitions,
     known_inputs,
     parse_schema,
+    select_columns,
     shape_tables,
 )
 from readers import get_reader
@@ -141,6 +142,7 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
     reader_options = {name: get_reader(name).configure(settings)
                       for name in {f.reader for f in found if f.reader}}
     files = describe_all(found, reader_options, options.retries)
+    select_columns(files, options)
     # Tables are named by `table_name`, whatever name the reader gave: no reader (plugins
     # included) is trusted to keep names inside OUT and off the reserved directories. The
     # descriptions keep the readers' own names (readers look their tables up by them).
