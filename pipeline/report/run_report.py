@@ -22,6 +22,8 @@ class ChunkRecord:
     bytes: int
     errors: int
     attempt: int = 0
+    thread: str = ""
+    """The worker thread (a worker of the threads layout has several)."""
 
 
 @dataclass
