@@ -654,6 +654,7 @@ class Runner:
         else:
             self._write_common_metadata()
         self._clean_staging(finished=True)
+        self.report.note_files(self.catalog)
         self.report.finished = time.time()
         self._save_report()
 

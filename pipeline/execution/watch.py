@@ -69,6 +69,20 @@ class ClusterWatch:
         for topic, handler in self._handlers().items():
             client.subscribe_topic(topic, handler)
         self._backfill(client, (events.EVENT_TOPIC, events.MEMORY_TOPIC, events.STALL_TOPIC))
+        self._memory_now(client)  # the timeline's first point: a short run has few others
+
+    def _memory_now(self, client: Client) -> dict[str, dict[str, Any]]:
+        """Each worker's plugin state, its memory now added to the timeline."""
+        from pipeline.pressure.plugin import pressure_state
+
+        try:
+            per_worker: dict[str, dict[str, Any]] = client.run(pressure_state)
+        except Exception:  # a worker that left, or a cluster without the plugin
+            return {}
+        for info in per_worker.values():
+            if info.get("memory"):
+                self._on_memory((time.time(), info["memory"]))
+        return per_worker
 
     def window(self, base: int) -> int:
         """Chunks allowed in flight now: the smallest window any worker's pressure allows."""
@@ -100,16 +114,9 @@ class ClusterWatch:
     # --- end of run ------------------------------------------------------------------------------
     def collect(self, client: Client) -> None:
         """The plugins' counters per worker, the last memory points, records still in flight."""
-        from pipeline.pressure.plugin import pressure_state
-
-        try:
-            per_worker: dict[str, dict[str, Any]] = client.run(pressure_state)
-        except Exception:  # a worker that left, or a cluster without the plugin
-            per_worker = {}
+        per_worker = self._memory_now(client)  # also the timeline's last point
         for addr, info in per_worker.items():
             self.report.pressure[addr] = _small(info)
-            if info.get("memory"):
-                self._on_memory((time.time(), info["memory"]))
         self.report.pauses = sum(int(i.get("pauses", 0) or 0) for i in per_worker.values())
         self.report.spilled_bytes = sum(int(i.get("dask_disk_write_bytes_total", 0) or 0)
                                         for i in per_worker.values())
