@@ -174,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="a run's summary; --html writes its plots as one page")
     rep.add_argument("out", metavar="OUT", help="the --out directory of the run")
-    rep.add_argument("--run", dest="run_id", metavar="RUN_ID", help="default: the latest run")
+    rep.add_argument("--run", dest="run_id", metavar="RUN_ID",
+                     help="default: the latest run that did work (not an unchanged re-run)")
+    rep.add_argument("--list", action="store_true", help="list the runs of OUT")
     rep.add_argument("--html", metavar="FILE", help="standalone HTML page (works offline)")
     rep.add_argument("--json", action="store_true")
     _storage(rep)
@@ -193,12 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _report(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.report.plots import load_report, save_html
+    from pipeline.report.plots import format_runs, list_runs, load_errors, load_report, save_html
     from pipeline.report.run_report import RunReport
 
-    data = load_report(args.out, args.run_id, parse_storage_options(args.storage_option))
+    storage = parse_storage_options(args.storage_option)
+    if args.list:
+        runs = list_runs(args.out, storage)
+        _print(json.dumps(runs, indent=2, default=str) if args.json else format_runs(runs))
+        return 0
+    data = load_report(args.out, args.run_id, storage)
+    if data.get("skipped_runs"):
+        _print(f"chunkmill: run {data['run_id']}, the latest that did work "
+               f"({len(data['skipped_runs'])} later run(s) found every file unchanged; "
+               "--list shows every run)", file=sys.stderr)
     if args.html:
-        _print(f"chunkmill: wrote {save_html(data, args.html)}", file=sys.stderr)
+        errors = load_errors(args.out, str(data.get("run_id")), storage)
+        _print(f"chunkmill: wrote {save_html(data, args.html, errors)}", file=sys.stderr)
     if args.json:
         _print(json.dumps(data, indent=2, default=str))
     else:

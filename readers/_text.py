@@ -860,6 +860,8 @@ class TextReader(Reader):
                     yield from tables
                     del carry[:cut_len]  # parsed from a copy: no view of carry can be alive
                     position += cut_len
+                    if planned is not None:  # a compressed file's positions are not its bytes
+                        ctx.advance(position)
             if broken is not None:
                 raise broken
         except RestartChunk:

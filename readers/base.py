@@ -168,6 +168,14 @@ class ChunkContext:
         self.facts: Any = None
         """The reader's own picklable record of what the chunk learnt, for its `reconcile`
         and `summarize` (None when it has nothing to say)."""
+        self.consumed = 0
+        """Bytes of the chunk's range the reader is done with, for a live progress line (see
+        `advance`); a chunk counts whole when it ends, whether or not this moved."""
+
+    def advance(self, offset: int) -> None:
+        """The reader is done with the file's bytes before ``offset``: optional, for readers
+        that parse a chunk block by block and can tell how far they got."""
+        self.consumed = max(self.consumed, min(self.chunk.length, offset - self.chunk.offset))
 
     def reject(self, *, error_type: str, message: str, byte_offset: int | None = None,
                raw: bytes | None = None, kind: str = "record") -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -235,7 +235,9 @@ class CSVReader(TextReader):
             if options.streaming:
                 # Parse block by block straight into the writer: memory stays at a few parse
                 # blocks instead of the whole chunk as one table.
-                for table in self._stream(block, names, types, marker, options, bad, seen):
+                done = (lambda n: ctx.advance(abs_offset + n))  # noqa: E731
+                for table in self._stream(block, names, types, marker, options, bad, seen,
+                                          done):
                     yielded = True
                     yield table
             else:
@@ -255,7 +257,9 @@ class CSVReader(TextReader):
 
     def _stream(self, data: Any, names: list[str], types: dict[str, pa.DataType],
                 marker: str | None, options: TextOptions,
-                bad: list[tuple[str, int, int]], seen: list[bool]) -> Iterator[pa.Table]:
+                bad: list[tuple[str, int, int]], seen: list[bool],
+                done: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
+        """Parse block by block; ``done(n)``: the first ``n`` bytes of ``data`` are parsed."""
         def handler(row: Any) -> str:
             if marker is not None and row.text == marker:
                 seen[0] = True
@@ -272,7 +276,12 @@ class CSVReader(TextReader):
                                            block_size=options.parse_block_bytes),
             parse_options=self._parse_options(handler),
             convert_options=convert_options(types, include))
-        for batch in reader:
+        # Each batch is one parse block of the input (the reader takes the whole buffer at
+        # once, so its position says nothing): count blocks for the progress line.
+        block, size = options.parse_block_bytes, len(data)
+        for n, batch in enumerate(reader, 1):
+            if done is not None:
+                done(min(size, n * block))
             if batch.num_rows:
                 table = pa.Table.from_batches([batch])
                 yield table if types or not include else table.select([])
