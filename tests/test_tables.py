@@ -247,6 +247,16 @@ def test_files_stay_in_their_tables(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert list(cat["orders_2.csv"]["tables"]) == ["sales"]
 
 
+def test_a_file_named_later_keeps_its_own_name(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "logs" / "a.csv", "x,y\n1,2\n")
+    write(tmp_path / "big.csv", "x,y\n3,4\n")
+    assert pipeline.ingest("logs", out="lake", progress=False).exit_code == 0
+    assert pipeline.ingest("big.csv", out="lake", progress=False).exit_code == 0
+    assert tables_in(tmp_path / "lake") == {"logs", "big"}
+
+
 def test_table_names_that_clash_get_a_suffix(tmp_path: Path) -> None:
     write(tmp_path / "a" / "data.csv", "x,y\n1,2\n")
     write(tmp_path / "b" / "data.csv", "p,q\n1,2\n")

@@ -189,12 +189,14 @@ class _Held:
         self.paths = [p for p, _ in pairs]
         self.tables = [t for _, t in pairs]
 
-    def under(self, home: str) -> set[str]:
+    def under(self, home: str, deep: bool) -> set[str]:
+        """Tables of the files below ``home`` (``deep``: in its subdirectories too)."""
         prefix = home.rstrip("/") + "/"
         i = bisect.bisect_left(self.paths, prefix)
         found = set()
         while i < len(self.paths) and self.paths[i].startswith(prefix):
-            found.add(self.tables[i])
+            if deep or "/" not in self.paths[i][len(prefix):]:
+                found.add(self.tables[i])
             i += 1
         return found
 
@@ -232,8 +234,11 @@ def group_tables(members: Iterable[Member], *, forced: str | None = None,
     split: set[str] = set()
     for home in sorted(by_home):
         files = by_home[home]
+        # A walk's or a pattern's home holds its subdirectories' files; a file named on its
+        # own does not join the table of a directory below its own.
+        deep = not all(m.named for m in files)
         groups = [_Group(t, set(tables.get(t, ())), i, existing=True)
-                  for i, t in enumerate(sorted(history.under(home)))]
+                  for i, t in enumerate(sorted(history.under(home, deep)))]
         for m in sorted(files, key=lambda m: (-len(set(m.columns)), m.path)):
             fits = [g for g in groups if _nests(m.columns, m.exact, g.columns)]
             if fits:
