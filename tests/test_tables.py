@@ -280,3 +280,11 @@ def test_hive_parquet_glob_keeps_partition_columns(tmp_path: Path) -> None:
     assert duckdb.sql(f"select day, count(*) from read_parquet('{lake}/dump/*.parquet') "
                       "group by day order by day").fetchall() == [("2024-01-01", 2),
                                                                   ("2024-01-02", 2)]
+
+
+def test_lazy_read_picks_one_table(exports: Path) -> None:
+    with pytest.raises(pipeline.errors.UsageError, match="several tables"):
+        pipeline.read(str(exports))
+    df = pipeline.read(str(exports), table="orders")
+    assert list(df.columns) == ["id", "customer_id", "amount", "_file_id"]
+    assert df["amount"].sum().compute() == 7.75
