@@ -161,8 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--json", action="store_true", help="print the run report as JSON")
     ingest.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
-    plan = sub.add_parser("plan", help="dry run: files, formats, chunks, bytes; writes nothing")
+    plan = sub.add_parser("plan", help="dry run: files, formats, chunks, bytes, tables; "
+                                       "writes nothing")
     _common(plan)
+    plan.add_argument("--out", help="plan an ingest into this output directory: it is not "
+                                    "read as input, and files it holds keep their tables")
+    plan.add_argument("--force", action="store_true", default=None,
+                      help="group files into tables as on a first run (as ingest --force)")
     plan.add_argument("--json", action="store_true")
 
     st = sub.add_parser("status", help="done / pending / failed files of an output directory")
@@ -307,11 +312,9 @@ def run(argv: Sequence[str] | None = None) -> int:
             return 0 if info["last_run_finished"] and not info["totals"].get("failed") else 1
         options = _options(args)
         if args.command == "plan":
-            from pipeline.planning.plan import build_plan
+            from pipeline.planning.plan import plan_into
 
-            plan = build_plan(args.paths, options.plan,
-                              partition_by=options.output.partition_by,
-                              max_partitions=options.output.max_partitions)
+            plan = plan_into(args.paths, options, args.out)
             _print(plan.to_json() if args.json else repr(plan))
             return 1 if any(f.error for f in plan.files) else 0
         from pipeline.runner import Runner

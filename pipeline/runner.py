@@ -60,7 +60,7 @@ from pipeline.output.store import open_store
 from pipeline.output.writer import SinkSpec
 from pipeline.planning.describe import PlannedFile
 from pipeline.planning.discover import Discovered
-from pipeline.planning.plan import Plan, build_plan
+from pipeline.planning.plan import Plan, build_plan, held_tables
 from pipeline.planning.schema import schema_change
 from pipeline.planning.tables import too_many_message
 from pipeline.report.progress import Progress
@@ -183,7 +183,9 @@ class Runner:
                                       partition_by=out.partition_by, skip=self._unchanged,
                                       known=known, unskip=self._discovered,
                                       max_partitions=out.max_partitions,
-                                      settle=self._settle_delta if self.delta else None)
+                                      settle=self._settle_delta if self.delta else None,
+                                      out=out.out, held=held_tables(self.state),
+                                      fresh=self.options.force)
         if self.delta is None:
             self._note_schema_changes(known, plan)
         else:

@@ -331,6 +331,7 @@ class ColumnarReader(Reader):
     """A one-table format read unit by unit; subclasses open the file and decode one unit."""
 
     options_type = ColumnarOptions
+    single_table = True
     # pyarrow decodes outside the GIL and no Python code parses the bytes (a mutation fuzz
     # of each format crashed nothing), so threads in the client's process are fine.
     threads_ok = True

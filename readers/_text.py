@@ -254,6 +254,7 @@ class TextReader(Reader):
     """Base of the text readers: byte-range planning, boundary verification, streaming."""
 
     streams_compressed = True
+    single_table = True
     reconciles = True
     bundles = True
     quote: ClassVar[bytes | None] = b'"'

@@ -247,6 +247,11 @@ class Reader(ABC):
     Only for readers whose single-chunk plans never need `reconcile` to run them again."""
     directory_markers: ClassVar[tuple[str, ...]] = ()
     """File names that make a whole directory one input of this format (``zarr.json``)."""
+    single_table: ClassVar[bool] = False
+    """True when every file holds one table named `Source.table` (text, columnar formats):
+    the pipeline then decides which files make one table, and its name, from their columns
+    (``pipeline.planning.grouping``). Readers whose tables come from the file's own structure
+    (HDF5 datasets, FITS HDUs) leave it False and keep their names."""
     options_type: ClassVar[type[ReaderOptions]] = ReaderOptions
     """The reader's typed options (a `ReaderOptions` subclass declaring its own fields)."""
     threads_ok: ClassVar[bool] = False
