@@ -147,7 +147,7 @@ def _names(value: str | Sequence[str], flag: str) -> tuple[str, ...]:
 
 
 def _encoding(name: str) -> str | None:
-    """The codec's canonical name (None for UTF-8, which needs no transcoding)."""
+    """The codec's canonical name ("utf-8" needs no transcoding; see `TextOptions.recoded`)."""
     import codecs
 
     try:
@@ -156,7 +156,7 @@ def _encoding(name: str) -> str | None:
         raise UsageError(f"--encoding {name!r}: not an encoding Python knows (e.g. latin-1, "
                          "cp1252, utf-16)") from None
     if info.name in ("utf-8", "utf-8-sig"):  # a UTF-8 BOM is skipped anyway
-        return None
+        return "utf-8"  # said explicitly: bad records are rejected, the head is not checked
     try:
         "a,\n".encode(info.name).decode(info.name)
     except (LookupError, UnicodeError, TypeError):

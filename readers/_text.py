@@ -8,6 +8,7 @@ subclass's `_parse_block`, which must reject bad records into the chunk context 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import mmap
 import os
@@ -85,9 +86,15 @@ class TextOptions(ReaderOptions):
     file whose head is not UTF-8 fails naming ``--encoding``; see `readers._encoding`)."""
 
     @property
+    def recoded(self) -> bool:
+        """Transcoded to UTF-8. ``--encoding utf-8`` only says the files are UTF-8: the head
+        is not checked, and a record that is not UTF-8 is rejected on its own."""
+        return self.encoding is not None and codecs.lookup(self.encoding).name != "utf-8"
+
+    @property
     def per_block(self) -> bool:
         """Transcoded block by block, in parallel chunks (a single-byte encoding)."""
-        return self.encoding is not None and single_byte(self.encoding)
+        return self.recoded and single_byte(self.encoding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +334,7 @@ class TextReader(Reader):
     def _open(source: Source, options: TextOptions) -> Any:
         """The file's bytes (decompressed); UTF-8 text for a multi-byte encoding."""
         f = source.open(source.compression)
-        if options.encoding and not options.per_block:
+        if options.recoded and not options.per_block:
             return _Closing(transcoded(f, options.encoding), f)
         return f
 
@@ -386,7 +393,7 @@ class TextReader(Reader):
         """
         limit = options.infer_bytes
         out: list[Description | None] = [None] * len(sources)
-        if options.encoding:
+        if options.recoded:
             return out  # each file is transcoded on its own
         groups: dict[bytes, list[tuple[int, int, bool]]] = {}
         bodies: dict[int, bytes] = {}
@@ -426,7 +433,7 @@ class TextReader(Reader):
         the bad records). pyarrow's set-up per parse is most of a 10 KB file's cost.
         """
         groups: dict[tuple[Any, ...], list[tuple[int, bytes, int]]] = {}
-        if options.encoding:
+        if options.recoded:
             return  # read one by one, each transcoded on its own
         for i, (source, chunk, description) in enumerate(members):
             state: TextState = description.state
@@ -515,7 +522,7 @@ class TextReader(Reader):
              options: TextOptions) -> list[ChunkSpec]:
         state: TextState = description.state
         start = state.data_start
-        if source.compression or (options.encoding and not options.per_block):
+        if source.compression or (options.recoded and not options.per_block):
             return [ChunkSpec(source.file_id, 0, start, source.size, selector=STREAM,
                               weight=source.size)]
         if start >= source.size:
@@ -776,7 +783,7 @@ class TextReader(Reader):
         max_record = options.max_record_bytes
         ratio = options.decompression_ratio_limit
         budget = max(1 << 30, int(ratio * max(source.size, 1))) if source.compression else None
-        recoded = options.encoding is not None and not options.per_block
+        recoded = options.recoded and not options.per_block
         # never read past the planned size (a transcoded stream has another size)
         planned = None if source.compression or recoded else source.size
         position = state.data_start

@@ -114,6 +114,20 @@ def _find_record(data: bytes, raw: bytes, cursor: int, starts: Any) -> int:
     return -1
 
 
+def conversion_code(reason: str) -> ErrorCode:
+    """The error code of a value pyarrow could not convert: bytes that are not UTF-8 in a text
+    column are ``InvalidUTF8``, anything else ``TypeMismatch``."""
+    return ErrorCode.INVALID_UTF8 if "invalid UTF8" in reason else ErrorCode.TYPE_MISMATCH
+
+
+def in_file_order(ctx: ChunkContext, since: int) -> None:
+    """Sort the records rejected since ``since`` by offset: the rescue paths find them in
+    different orders (field counts first, or piece by piece), the output must not depend on
+    which one ran."""
+    ctx.rejected[since:] = sorted(ctx.rejected[since:],
+                                  key=lambda r: -1 if r.byte_offset is None else r.byte_offset)
+
+
 class CSVReader(TextReader):
     """Comma-separated values. Subclasses change `delimiter` (see `readers.tsv`)."""
 
@@ -210,7 +224,10 @@ class CSVReader(TextReader):
                 convert_options=convert_options())
         except pa.ArrowInvalid:  # e.g. invalid UTF-8 in the sample: keep everything as text
             return pa.schema([(n, pa.string()) for n in names])
-        return no_nulls(table.schema)
+        # pyarrow infers binary for a column with invalid UTF-8; in a file read as UTF-8
+        # (`--encoding utf-8`) that is a bad record in a text column, not a binary column.
+        return no_nulls(pa.schema([pa.field(f.name, pa.string()) if pa.types.is_binary(f.type)
+                                   else f for f in table.schema]))
 
     # --- parsing --------------------------------------------------------------------------------
     def _sentinel(self, description: Description) -> bytes:
@@ -380,11 +397,13 @@ class CSVReader(TextReader):
             values = good.filter(pa.array(keep[~mask])) if reject.any() else good
             i = out.schema.get_field_index(column)
             out = out.set_column(i, pa.field(column, types[column]), values)
+        before = len(ctx.rejected)
         self._reject_rows(data if bad else b"", abs_offset, bad, ctx)
         for i in np.flatnonzero(reject):
             a, b = int(starts[records[i]]), int(starts[records[i] + 1])
-            ctx.reject(error_type=ErrorCode.TYPE_MISMATCH, byte_offset=abs_offset + a,
+            ctx.reject(error_type=conversion_code(why[int(i)]), byte_offset=abs_offset + a,
                        raw=data[a:b], message=f"{ctx.source.path}: {why[int(i)]}")
+        in_file_order(ctx, before)
         return out, seen or marker is None
 
     def _row_records(self, data: bytes, bad: list[tuple[str, int, int]]
@@ -428,10 +447,13 @@ class CSVReader(TextReader):
             return table
 
         def on_bad(a: int, b: int, exc: Exception) -> None:
-            ctx.reject(error_type=ErrorCode.TYPE_MISMATCH, byte_offset=abs_offset + a,
-                       raw=data[a:b], message=f"{ctx.source.path}: {str(exc).splitlines()[0]}")
+            reason = str(exc).splitlines()[0]
+            ctx.reject(error_type=conversion_code(reason), byte_offset=abs_offset + a,
+                       raw=data[a:b], message=f"{ctx.source.path}: {reason}")
 
+        before = len(ctx.rejected)
         pieces = list(bisect_records(data, starts, parse, on_bad))
+        in_file_order(ctx, before)
         schema = _parsed_schema(names, types)
         table = pa.concat_tables(pieces) if pieces else schema.empty_table()
         return table, seen

@@ -152,3 +152,17 @@ def test_unknown_encoding_is_a_usage_error(tmp_path, capsys) -> None:
     code = cli(["ingest", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out"),
                 "--encoding", "latin-9000", "--no-progress"])
     assert code == 2 and "--encoding 'latin-9000'" in capsys.readouterr().err
+
+
+def test_explicit_utf8_rejects_bad_records_instead_of_the_file(tmp_path, capsys) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_bytes("id,name\n1,Ann\n2,Jos\u00e9\n3,Bo\n".encode("latin-1"))
+    out = tmp_path / "out"
+    code = cli(["ingest", str(path), "--out", str(out), "--encoding", "utf-8", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert _rows(out, "mixed") == [(1, "Ann"), (3, "Bo")]
+    (kind, error_type, offset), = duckdb.sql(
+        f"select kind, error_type, byte_offset from read_parquet('{out}/_errors/*.parquet')"
+    ).fetchall()
+    assert (kind, error_type, offset) == ("record", "InvalidUTF8", 14)
+    assert read_catalog(out)["mixed.csv"]["status"] == "partial"

@@ -141,7 +141,9 @@ def test_stray_quotes_stay_exact_and_parallel(tmp_path, data: bytes, chunk: int,
         expected = _whole_file(str(path), None)
     except pa.ArrowInvalid:
         return  # pyarrow itself cannot read it (e.g. the header broke): nothing to compare
-    got, _, info = run_reader(str(path), "csv", chunk_size=chunk, string_columns=True)
+    # encoding="utf-8": a quote put inside a character is a bad record, not another encoding
+    got, _, info = run_reader(str(path), "csv", chunk_size=chunk, string_columns=True,
+                              encoding="utf-8")
     assert _rows(got) == expected.to_pylist()
     assert info["serial"] is None
 
@@ -168,10 +170,13 @@ def test_messy_text_gives_the_same_rows_and_errors_at_every_chunk_size(tmp_path,
     data = header + body
     path = tmp_path / "m.csv"
     path.write_bytes(data)
-    whole = _outcome(run_reader(str(path), "csv", chunk_size=1 << 20, string_columns=True))
+    # encoding="utf-8" says the file is UTF-8: invalid bytes are bad records (without it, a
+    # head that is not UTF-8 fails the file, asking for --encoding)
+    whole = _outcome(run_reader(str(path), "csv", chunk_size=1 << 20, string_columns=True,
+                                encoding="utf-8"))
     for chunk in range(1, len(data) + 1):
-        assert _outcome(run_reader(str(path), "csv", chunk_size=chunk,
-                                   string_columns=True)) == whole, chunk
+        assert _outcome(run_reader(str(path), "csv", chunk_size=chunk, string_columns=True,
+                                   encoding="utf-8")) == whole, chunk
     if not whole[1]:
         assert whole[0] == _whole_file(str(path), None).to_pylist()
 
@@ -372,7 +377,7 @@ def test_bad_row_with_invalid_utf8_is_rejected_not_fatal(tmp_path) -> None:
     try:
         for chunk in (1, 7, 1 << 20):
             got, rejected, _ = run_reader(str(path), "csv", chunk_size=chunk,
-                                          string_columns=True)
+                                          string_columns=True, encoding="utf-8")
             assert got.column("c0").to_pylist() == ["1", "3"] * 3
             assert len(rejected) == 3 and all(r.raw.startswith(b"2,") for r in rejected)
         gc.collect()
