@@ -265,8 +265,12 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
     level = logging.WARNING + 10 * (args.quiet - args.verbose)
     logging.basicConfig(level=max(logging.DEBUG, level), format="%(message)s")
+    # Dask's own errors (a heartbeat that fails while the cluster shuts down, a worker
+    # restarted) come with tracebacks and are not the user's business: chunkmill reports what
+    # they cost (failed chunks, _errors rows). -v shows them.
+    quiet_deps = logging.CRITICAL if args.verbose < 1 else max(logging.DEBUG, level)
     for noisy in ("distributed", "bokeh", "tornado", "asyncio", "fsspec"):
-        logging.getLogger(noisy).setLevel(max(logging.ERROR, level))
+        logging.getLogger(noisy).setLevel(quiet_deps)
 
 
 def _stop_on_ctrl_c() -> None:
