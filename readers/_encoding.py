@@ -62,20 +62,40 @@ class NotUTF8(BadFile):
     code = ErrorCode.INVALID_UTF8
 
 
+#: Share of a head's lines (per mille) with bytes that are not UTF-8 beyond which the file
+#: is taken to be in another encoding. Below it, the file is UTF-8 with a few damaged
+#: records, each rejected on its own (``InvalidUTF8``) while the others are kept.
+BAD_LINES_PER_MILLE = 1
+
+
 def check_utf8(head: bytes, path: str, at_eof: bool, nul: bool = True) -> None:
-    """Raise `NotUTF8` naming ``--encoding`` when ``head`` is not UTF-8 (a character cut at
-    the end of a head that is not the whole file is fine); ``nul=False``: a NUL byte (valid
-    UTF-8, but UTF-16 or -32 in a text file) counts as not UTF-8 too."""
+    """Raise `NotUTF8` naming ``--encoding`` when ``head`` is not UTF-8: more than
+    `BAD_LINES_PER_MILLE` of its lines are not (a character cut at the end of a head that is
+    not the whole file is fine); ``nul=False``: a NUL byte (valid UTF-8, but UTF-16 or -32 in
+    a text file) counts as not UTF-8 too."""
     at = -1 if nul else head.find(b"\x00")
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
         if at_eof or exc.reason != "unexpected end of data":
-            at = exc.start if at < 0 else min(at, exc.start)
+            lines = head.split(b"\n")
+            if not at_eof and len(lines) > 1:
+                lines.pop()  # it may end inside a character
+            bad = sum(1 for line in lines if not _is_utf8(line))
+            if bad * 1000 > len(lines) * BAD_LINES_PER_MILLE:
+                at = exc.start if at < 0 else min(at, exc.start)
     if at >= 0:
         raise NotUTF8(f"{path}: not UTF-8 (byte 0x{head[at]:02X} at offset {at}); give its "
                       "encoding, e.g. --encoding latin-1, --encoding cp1252 or --encoding "
                       "utf-16 (encoding= in Python)", at)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 __all__ = ["single_byte", "to_utf8", "file_offset", "transcoded", "NotUTF8", "check_utf8"]
