@@ -145,6 +145,84 @@ def test_stray_quotes_stay_exact_and_parallel(tmp_path, data: bytes, chunk: int,
     assert _rows(got) == expected.to_pylist()
     assert info["serial"] is None
 
+
+@st.composite
+def dialect_files(draw: st.DrawFn) -> tuple[bytes, dict]:
+    """CSV in another dialect: ``;``/``|``/tab delimiters, ``'`` quotes, a backslash escape
+    (escaped quotes, delimiters, line ends and escapes, inside quotes and out)."""
+    delimiter = draw(st.sampled_from([",", ";", "|", "\t"]))
+    quote = draw(st.sampled_from(['"', "'"]))
+    escape = draw(st.sampled_from([None, "\\"]))
+    specials = [delimiter, quote, "\n", "\r\n", "x", " ", "\\" if escape is None else "y"]
+    tokens = ["a", "1", "é", *specials]
+    if escape:
+        tokens += [escape + c for c in (delimiter, quote, "\n", escape, "z")]
+    ncols = draw(st.integers(1, 4))
+    lines = [delimiter.join(f"c{i}" for i in range(ncols))]
+    for _ in range(draw(st.integers(0, 10))):
+        cells = []
+        for _ in range(ncols):
+            parts = draw(st.lists(st.sampled_from(tokens), max_size=5))
+            if draw(st.booleans()):  # quoted: quotes doubled or escaped
+                doubled = quote + quote if not escape or draw(st.booleans()) else escape + quote
+                cells.append(quote + "".join(doubled if p == quote else p for p in parts)
+                             + quote)
+            else:  # unquoted: only escaped specials
+                cells.append("".join(p for p in parts if p not in specials or p in "x "))
+        lines.append(delimiter.join(cells))
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    text = newline.join(lines) + (newline if draw(st.booleans()) else "")
+    return text.encode(), {"delimiter": delimiter, "quote": quote, "escape": escape}
+
+
+def _whole_dialect(path: str, d: dict) -> pa.Table:
+    parse = pacsv.ParseOptions(delimiter=d["delimiter"], quote_char=d["quote"],
+                               escape_char=d["escape"] or False, newlines_in_values=True)
+    try:
+        names = pacsv.read_csv(path, parse_options=parse).column_names
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):  # a header without a newline: no rows at all
+            return pa.table({})
+        raise
+    return pacsv.read_csv(path, parse_options=parse,
+                          convert_options=convert_options({n: pa.string() for n in names}))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(case=dialect_files(), chunk=st.sampled_from(CHUNK_SIZES))
+def test_explicit_dialects_chunked_equal_whole_file(tmp_path, case, chunk: int) -> None:
+    """Issue 16 item 3: exact parallel boundaries hold for every given dialect."""
+    _poison_read_buffers()
+    data, dialect = case
+    path = tmp_path / "d.csv"
+    path.write_bytes(data)
+    expected = _whole_dialect(str(path), dialect)
+    got, rejected, info = run_reader(str(path), "csv", chunk_size=chunk, string_columns=True,
+                                     **{k: v for k, v in dialect.items() if v})
+    assert not rejected
+    assert _rows(got) == expected.to_pylist()
+    assert info["serial"] is None  # exact without falling back to one stream
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(case=dialect_files().filter(lambda c: c[1]["quote"] == '"' and not c[1]["escape"]),
+       chunk=st.sampled_from(CHUNK_SIZES))
+def test_sniffed_dialects_chunked_equal_one_chunk(tmp_path, case, chunk: int) -> None:
+    """Whatever delimiter the sniffer picks, every chunk size gives the rows and errors of
+    one chunk (and, when it picks the file's own, pyarrow's whole-file parse)."""
+    _poison_read_buffers()
+    data, dialect = case
+    path = tmp_path / "s.csv"
+    path.write_bytes(data)
+    whole = _outcome(run_reader(str(path), "csv", chunk_size=1 << 20, string_columns=True))
+    got = run_reader(str(path), "csv", chunk_size=chunk, string_columns=True)
+    assert _outcome(got) == whole and got[2]["serial"] is None
+    if data.count(dialect["delimiter"].encode()) > 2 * data.count(b"\n") and not whole[1]:
+        assert whole[0] == _whole_dialect(str(path), dialect).to_pylist()
+
+
 messy_text = st.lists(st.sampled_from([b"a", b"1", b",", b'"', b'""', b"\n", b"\r", b"\r\n",
                                         b"\xff", b"\xc3", b"\xc3\xa9", b" "]),
                       max_size=30).map(b"".join)
