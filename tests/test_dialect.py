@@ -181,3 +181,11 @@ def test_sniffer_prefers_consistent_columns() -> None:
     assert sniff_delimiter(b"a\tb\tc;d\n1\t2\t3;4\n", '"', None, None, ",") == "\t"
     assert sniff_delimiter(b"just text\nmore\n", '"', None, None, ",") is None
     assert pa is not None
+
+
+def test_signed_and_decimal_leading_zeros_are_text(tmp_path) -> None:
+    src = tmp_path / "s.csv"
+    src.write_text("a,b,c,d\n-007,00.5,0,-0\n1,1.5,2,3\n")
+    got, _, _ = run_reader(str(src))
+    assert got.schema.types == [pa.string(), pa.string(), pa.int64(), pa.int64()]
+    assert got.to_pylist()[0] == {"a": "-007", "b": "00.5", "c": 0, "d": 0}
