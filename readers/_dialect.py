@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -102,10 +101,11 @@ def sniff_delimiter(sample: bytes, quote: str | None, escape: str | None,
                     comment: str | None, default: str) -> str | None:
     """The candidate delimiter that splits the sample's records most consistently.
 
-    Like DuckDB's sniffer and Python's ``csv.Sniffer``: per candidate, the most common field
-    count and how many records have it; the most consistent candidate giving more than one
-    field wins, then the one with more fields, then the earlier candidate. None when every
-    candidate reads one field per record (a one-column file).
+    Like DuckDB's sniffer and Python's ``csv.Sniffer``: per candidate, the first record's
+    field count (the header's, which every row must match) and how many records have it;
+    among candidates giving more than one field there, and agreeing with at least half of
+    the records, the most consistent wins, then the one with more fields, then the earlier
+    candidate. None when no candidate qualifies (a one-column file keeps the default).
     """
     text = sample.decode("utf-8", "replace")
     lines = text.splitlines(keepends=True)
@@ -120,13 +120,14 @@ def sniff_delimiter(sample: bytes, quote: str | None, escape: str | None,
                                 quotechar=quote or None, escapechar=escape,
                                 quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE,
                                 doublequote=True, strict=False)
-            counts = Counter(len(row) for row in itertools.islice(reader, SNIFF_RECORDS) if row)
+            widths = [len(row) for row in itertools.islice(reader, SNIFF_RECORDS) if row]
         except csv.Error:
             continue
-        if not counts:
+        if not widths or widths[0] < 2:
             continue
-        width, agree = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
-        if width < 2:
+        width = widths[0]
+        agree = widths.count(width)
+        if 2 * agree < len(widths):
             continue
         score = (agree, width, -rank)
         if best is None or score > best:
