@@ -111,6 +111,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-missing-columns", action="store_true", default=None,
                    help="a --schema column missing from a file is NULL there (default: a "
                         "usage error naming the file)")
+    p.add_argument("--columns", action="append", metavar="COL[,COL]",
+                   help="keep only these columns of CSV/TSV/JSON-lines tables (repeatable); "
+                        "the others are not converted")
+    p.add_argument("--encoding", metavar="NAME",
+                   help="character encoding of CSV/TSV/JSON-lines inputs, transcoded to "
+                        "UTF-8: latin-1, cp1252, utf-16, ... (default: UTF-8; a file that "
+                        "is not UTF-8 fails and names this option)")
     p.add_argument("--derive", action="append", metavar="NAME=FUNC(COL)",
                    help="add a column computed per row (repeatable): date, year, month, day, "
                         "hour of a timestamp/date, or bucket(COL, N); e.g. --derive "
@@ -176,8 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--json", action="store_true", help="print the run report as JSON")
     ingest.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
-    plan = sub.add_parser("plan", help="dry run: files, formats, chunks, bytes; writes nothing")
+    plan = sub.add_parser("plan", help="dry run: files, formats, chunks, bytes, tables; "
+                                       "writes nothing")
     _common(plan)
+    plan.add_argument("--out", help="plan an ingest into this output directory: it is not "
+                                    "read as input, and files it holds keep their tables")
+    plan.add_argument("--force", action="store_true", default=None,
+                      help="group files into tables as on a first run (as ingest --force)")
     plan.add_argument("--json", action="store_true")
 
     st = sub.add_parser("status", help="done / pending / failed files of an output directory")
@@ -189,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="a run's summary; --html writes its plots as one page")
     rep.add_argument("out", metavar="OUT", help="the --out directory of the run")
-    rep.add_argument("--run", dest="run_id", metavar="RUN_ID", help="default: the latest run")
+    rep.add_argument("--run", dest="run_id", metavar="RUN_ID",
+                     help="default: the latest run that did work (not an unchanged re-run)")
+    rep.add_argument("--list", action="store_true", help="list the runs of OUT")
     rep.add_argument("--html", metavar="FILE", help="standalone HTML page (works offline)")
     rep.add_argument("--json", action="store_true")
     _storage(rep)
@@ -208,12 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _report(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.report.plots import load_report, save_html
+    from pipeline.report.plots import format_runs, list_runs, load_errors, load_report, save_html
     from pipeline.report.run_report import RunReport
 
-    data = load_report(args.out, args.run_id, parse_storage_options(args.storage_option))
+    storage = parse_storage_options(args.storage_option)
+    if args.list:
+        runs = list_runs(args.out, storage)
+        _print(json.dumps(runs, indent=2, default=str) if args.json else format_runs(runs))
+        return 0
+    data = load_report(args.out, args.run_id, storage)
+    if data.get("skipped_runs"):
+        _print(f"chunkmill: run {data['run_id']}, the latest that did work "
+               f"({len(data['skipped_runs'])} later run(s) found every file unchanged; "
+               "--list shows every run)", file=sys.stderr)
     if args.html:
-        _print(f"chunkmill: wrote {save_html(data, args.html)}", file=sys.stderr)
+        errors = load_errors(args.out, str(data.get("run_id")), storage)
+        _print(f"chunkmill: wrote {save_html(data, args.html, errors)}", file=sys.stderr)
     if args.json:
         _print(json.dumps(data, indent=2, default=str))
     else:
@@ -310,11 +334,9 @@ def run(argv: Sequence[str] | None = None) -> int:
             return 0 if info["last_run_finished"] and not info["totals"].get("failed") else 1
         options = _options(args)
         if args.command == "plan":
-            from pipeline.planning.plan import build_plan
+            from pipeline.planning.plan import plan_into
 
-            plan = build_plan(args.paths, options.plan,
-                              partition_by=options.output.partition_by,
-                              max_partitions=options.output.max_partitions)
+            plan = plan_into(args.paths, options, args.out)
             _print(plan.to_json() if args.json else repr(plan))
             return 1 if any(f.error for f in plan.files) else 0
         from pipeline.runner import Runner

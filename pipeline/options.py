@@ -79,6 +79,13 @@ class PlanOptions:
     transform: Callable[[pa.Table], pa.Table] | None = None
     """A function applied in the worker to every parsed table (after derived columns)."""
 
+    # --- how text is read ---------------------------------------------------------------------
+    columns: tuple[str, ...] = ()
+    """Keep only these columns of CSV/TSV/JSON-lines tables (``--columns a,b,c``; empty: all)."""
+    encoding: str | None = None
+    """Character encoding of CSV/TSV/JSON-lines inputs, transcoded to UTF-8 while reading
+    (``--encoding latin-1``; None: UTF-8, and a file that is not UTF-8 fails)."""
+
     def __post_init__(self) -> None:
         if self.table is not None and table_name(self.table) != self.table:
             raise UsageError(
@@ -98,6 +105,13 @@ class PlanOptions:
             from pipeline.planning.derive import parse_derive
 
             object.__setattr__(self, "derive", parse_derive(self.derive))
+        object.__setattr__(self, "columns", _names(self.columns, "--columns"))
+        if self.encoding is not None:
+            object.__setattr__(self, "encoding", _encoding(self.encoding))
+        missing = [c for c in self.schema if self.columns and c not in self.columns]
+        if missing:
+            raise UsageError(f"--schema {missing[0]}: not among --columns "
+                             f"{','.join(self.columns)}")
         if self.transform is not None and not callable(self.transform):
             raise UsageError(f"transform= must be a function of a pyarrow.Table, not "
                              f"{type(self.transform).__name__}")
@@ -149,13 +163,50 @@ class PlanOptions:
             token.append([d.spec for d in self.derive])
         if self.transform is not None:
             token.append(transform_token(self.transform))
+        if self.columns:
+            token.append({"columns": list(self.columns)})
+        if self.encoding:
+            token.append({"encoding": self.encoding})
         return token
 
     def reader_settings(self, input_roots: Sequence[str]) -> dict[str, Any]:
         """The flat settings every reader picks its own options from (`Reader.configure`)."""
         return {"chunk_size": self.chunk_size, "max_record_bytes": self.max_record_bytes,
                 "header": self.header, "input_roots": tuple(input_roots),
-                "declared_columns": tuple(self.schema), **self.dialect_settings()}
+                "declared_columns": tuple(self.schema), "encoding": self.encoding,
+                **self.dialect_settings()}
+
+
+def _names(value: str | Sequence[str], flag: str) -> tuple[str, ...]:
+    """Column names from ``"a,b"``, ``["a", "b"]`` or repeated ``["a,b", "c"]`` (deduplicated,
+    in order)."""
+    parts = [value] if isinstance(value, str) else list(value)
+    names: list[str] = []
+    for part in parts:
+        if not isinstance(part, str):
+            raise UsageError(f"{flag}: column names are text, not {type(part).__name__}")
+        names += [n.strip() for n in part.split(",") if n.strip()]
+    if parts and not names:
+        raise UsageError(f"{flag}: no column name given")
+    return tuple(dict.fromkeys(names))
+
+
+def _encoding(name: str) -> str | None:
+    """The codec's canonical name (None for UTF-8, which needs no transcoding)."""
+    import codecs
+
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, TypeError):
+        raise UsageError(f"--encoding {name!r}: not an encoding Python knows (e.g. latin-1, "
+                         "cp1252, utf-16)") from None
+    if info.name in ("utf-8", "utf-8-sig"):  # a UTF-8 BOM is skipped anyway
+        return None
+    try:
+        "a,\n".encode(info.name).decode(info.name)
+    except (LookupError, UnicodeError, TypeError):
+        raise UsageError(f"--encoding {name!r}: not a text encoding") from None
+    return info.name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -60,7 +60,7 @@ from pipeline.output.store import open_store
 from pipeline.output.writer import SinkSpec
 from pipeline.planning.describe import PlannedFile
 from pipeline.planning.discover import Discovered
-from pipeline.planning.plan import Plan, build_plan
+from pipeline.planning.plan import Plan, build_plan, held_tables
 from pipeline.planning.schema import schema_change
 from pipeline.planning.tables import too_many_message
 from pipeline.report.progress import Progress
@@ -183,7 +183,9 @@ class Runner:
                                       partition_by=out.partition_by, skip=self._unchanged,
                                       known=known, unskip=self._discovered,
                                       max_partitions=out.max_partitions,
-                                      settle=self._settle_delta if self.delta else None)
+                                      settle=self._settle_delta if self.delta else None,
+                                      out=out.out, held=held_tables(self.state),
+                                      fresh=self.options.force)
         if self.delta is None:
             self._note_schema_changes(known, plan)
         else:
@@ -306,17 +308,17 @@ class Runner:
         if self.cluster is None:  # only unchanged files to read again (bundle mates)
             self.cluster = BackgroundCluster(self.options.cluster, self.layout)
         client = self.cluster.client()
-        self.watch.attach(client)
-        if self.options.cluster.dashboard or self.options.cluster.dashboard_address:
-            self.report.dashboard = dashboard_link(client)
-            log.warning("chunkmill: dashboard at %s", self.report.dashboard)
-        threads = sum(client.nthreads().values()) or 1
-        window = self.options.window or max(2, config.get("ingest.window-per-thread") * threads)
         members = [r for b in bundles for r in b.members]
         self.progress = Progress(len(alone) + len(members),
                                  sum(len(r.chunks.chunks) for r in alone + members),
                                  sum(r.size for r in alone + members),
                                  enabled=self.options.progress)
+        self.watch.attach(client, self.progress)
+        if self.options.cluster.dashboard or self.options.cluster.dashboard_address:
+            self.report.dashboard = dashboard_link(client)
+            log.warning("chunkmill: dashboard at %s", self.report.dashboard)
+        threads = sum(client.nthreads().values()) or 1
+        window = self.options.window or max(2, config.get("ingest.window-per-thread") * threads)
         self.scheduler = TaskScheduler(client, window, self.watch, self.options.chunk_timeout,
                                        self.options.retries)
         for run in alone:
@@ -335,7 +337,8 @@ class Runner:
                     self._check_partitions(None, reused.fragments)
                     self.report.chunks_reused += 1
                     run.chunks.record(reused)
-                    self.progress.update(chunks=1, nbytes=chunk.length)
+                    self.progress.update(chunks=1, nbytes=chunk.length, rows=reused.rows,
+                                         rejected=reused.error_count)
             self.scheduler.add(*jobs)
             if run.chunks.complete:
                 self._settle(run)
@@ -399,8 +402,10 @@ class Runner:
         if isinstance(payload, BundleRun):
             crash_point("before_commit")
             self._bundle_done(payload, result)
+            done = result.members if isinstance(result, BundleManifest) else []
             self.progress.update(chunks=len(payload.members), nbytes=payload.size,
-                                 files=len(payload.members))
+                                 files=len(payload.members), rows=sum(m.rows for m in done),
+                                 rejected=sum(m.error_count for m in done))
             return
         run, spec, token = payload
         if not isinstance(result, ChunkManifest):
@@ -412,8 +417,10 @@ class Runner:
         run.chunks.record(result)
         self.report.chunk_records.append(ChunkRecord(
             spec.id, run.planned.source.path, result.worker, result.started, result.finished,
-            result.rows, result.bytes_read, result.error_count, run.chunks.rounds))
-        self.progress.update(chunks=1, nbytes=spec.length)
+            result.rows, result.bytes_read, result.error_count, run.chunks.rounds,
+            result.thread))
+        self.progress.chunk_done(spec.id, result.started, nbytes=spec.length, rows=result.rows,
+                                 rejected=result.error_count)
         if run.chunks.complete:
             self._settle(run)
 
@@ -473,7 +480,7 @@ class Runner:
         self.report.chunk_records.append(ChunkRecord(
             f"bundle-{run.id}", f"{len(run.members)} files", result.worker, result.started,
             result.finished, sum(m.rows for m in result.members), run.size,
-            sum(m.error_count for m in result.members), run.attempts))
+            sum(m.error_count for m in result.members), run.attempts, result.thread))
         run.manifest = result
         self.ready_bundles.append(run)
 
@@ -649,6 +656,7 @@ class Runner:
         else:
             self._write_common_metadata()
         self._clean_staging(finished=True)
+        self.report.note_files(self.catalog)
         self.report.finished = time.time()
         self._save_report()
 

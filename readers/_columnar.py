@@ -272,6 +272,18 @@ def data_error(exc: BaseException) -> bool:
     return type(exc) is OSError and exc.errno is None
 
 
+@contextlib.contextmanager
+def unreadable(source: Source, error: type[ReaderError], what: str) -> Iterator[None]:
+    """Turn a data error inside the block into ``error`` ("<path>: not a readable <what>");
+    other exceptions pass on to the retry policy (see `data_error`)."""
+    try:
+        yield
+    except Exception as exc:
+        if not data_error(exc):
+            raise
+        raise error(f"{source.path}: {what} ({one_line(exc)})") from exc
+
+
 def damage_code(exc: BaseException) -> str:
     """``_errors.error_type`` of a unit that cannot be decoded: our own code, else
     ``BadStructure`` (pyarrow says ArrowInvalid or OSError for what is damage to the file)."""
@@ -319,6 +331,7 @@ class ColumnarReader(Reader):
     """A one-table format read unit by unit; subclasses open the file and decode one unit."""
 
     options_type = ColumnarOptions
+    single_table = True
     # pyarrow decodes outside the GIL and no Python code parses the bytes (a mutation fuzz
     # of each format crashed nothing), so threads in the client's process are fine.
     threads_ok = True
@@ -395,5 +408,5 @@ class ColumnarReader(Reader):
 
 __all__ = ["ColumnarOptions", "ColumnarReader", "ColumnarSelector", "ColumnarState", "Span",
            "group_units", "spans_of", "even_spans", "hive_partitions", "partition_type",
-           "plain_type", "table_schema", "assemble", "open_native", "data_error", "key_values",
-           "describe_table", "HIVE_NULL"]
+           "plain_type", "table_schema", "assemble", "open_native", "data_error", "unreadable",
+           "key_values", "describe_table", "HIVE_NULL"]

@@ -8,6 +8,7 @@ subclass's `_parse_block`, which must reject bad records into the chunk context 
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 import threading
@@ -31,6 +32,7 @@ from readers._boundaries import (
     transfer,
 )
 from readers._dialect import Dialect
+from readers._encoding import check_utf8, file_offset, single_byte, to_utf8, transcoded
 from readers.base import (
     RAW_CAP,
     ChunkContext,
@@ -95,6 +97,14 @@ class TextOptions(ReaderOptions):
     streaming: bool = True
     """Parse a chunk block by block into the writer; False holds the chunk's rows until the
     end (the CSV reader restarts a chunk that way when a value fails to convert half-way)."""
+    encoding: str | None = None
+    """The files' character encoding, transcoded to UTF-8 while reading (None: UTF-8, and a
+    file whose head is not UTF-8 fails naming ``--encoding``; see `readers._encoding`)."""
+
+    @property
+    def per_block(self) -> bool:
+        """Transcoded block by block, in parallel chunks (a single-byte encoding)."""
+        return self.encoding is not None and single_byte(self.encoding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +273,7 @@ class TextReader(Reader):
     """Base of the text readers: byte-range planning, boundary verification, streaming."""
 
     streams_compressed = True
+    single_table = True
     reconciles = True
     bundles = True
     quote: ClassVar[bytes | None] = b'"'
@@ -302,7 +313,7 @@ class TextReader(Reader):
                  ) -> tuple[list[pa.Table], bool]:
         """All rows of one block in memory, for blocks that may still be thrown away."""
         for attempt in range(2):
-            gen = self._parse_block(block, abs_offset, description, options, ctx, sentinel)
+            gen = self._parse_text(block, abs_offset, description, options, ctx, sentinel)
             tables: list[pa.Table] = []
             try:
                 while True:
@@ -314,6 +325,38 @@ class TextReader(Reader):
                     raise
                 options = options.but(**restart.changes)
         raise AssertionError("unreachable")
+
+    def _parse_text(self, block: memoryview, abs_offset: int, description: Description,
+                    options: TextOptions, ctx: ChunkContext, sentinel: bool
+                    ) -> Generator[pa.Table, None, bool]:
+        """`_parse_block` on UTF-8: a block of a single-byte encoding is transcoded first, and
+        the offsets of what it rejects are mapped back to the file's own bytes."""
+        if not options.per_block:
+            return (yield from self._parse_block(block, abs_offset, description, options, ctx,
+                                                 sentinel))
+        text = to_utf8(block, options.encoding)
+        before = len(ctx.rejected)
+        try:
+            return (yield from self._parse_block(memoryview(text), abs_offset, description,
+                                                 options, ctx, sentinel))
+        finally:
+            for i in range(before, len(ctx.rejected)):
+                r = ctx.rejected[i]
+                if r.byte_offset is not None and 0 <= r.byte_offset - abs_offset <= len(text):
+                    at = abs_offset + file_offset(text, r.byte_offset - abs_offset)
+                    ctx.rejected[i] = dataclasses.replace(r, byte_offset=at)
+
+    def _check_utf8(self, head: bytes, path: str, at_eof: bool) -> None:
+        """Fail a file read without ``--encoding`` whose head is not UTF-8 (`NotUTF8`)."""
+        check_utf8(head, path, at_eof)
+
+    @staticmethod
+    def _open(source: Source, options: TextOptions) -> Any:
+        """The file's bytes (decompressed); UTF-8 text for a multi-byte encoding."""
+        f = source.open(source.compression)
+        if options.encoding and not options.per_block:
+            return _Closing(transcoded(f, options.encoding), f)
+        return f
 
     def _sentinel(self, description: Description) -> bytes:
         """Sentinel bytes appended after a chunk (see `sentinel_text`)."""
@@ -336,14 +379,20 @@ class TextReader(Reader):
         limit = want = options.infer_bytes
         ceiling = options.max_record_bytes + limit
         while True:
-            with source.open(source.compression) as f:
+            with self._open(source, options) as f:
                 head = read_head(f, want + 1)  # a damaged stream keeps its readable head
             at_eof = len(head) <= want
             head = head[:want]
+            if options.per_block:
+                head = to_utf8(head, options.encoding)
+            elif options.encoding is None:
+                self._check_utf8(head, source.path, at_eof)
             bom = len(BOM) if head.startswith(BOM) else 0
             try:
                 dialect = self.dialect(head[bom:], at_eof, options)
                 schema, header_len, names = self._infer(head[bom:], at_eof, options, dialect)
+                if options.per_block:  # where the data starts in the file's own bytes
+                    header_len = file_offset(head[bom:], header_len)
                 break
             except RecordTooLong:
                 # A header longer than the head: it obeys the record limit, like any record.
@@ -354,6 +403,7 @@ class TextReader(Reader):
             raise RecordTooLong(f"the header is {header_len} bytes long, more than "
                                 f"max_record_bytes ({options.max_record_bytes})")
         metadata = {"compression": source.compression, "bom": bool(bom),
+                    **({"encoding": options.encoding} if options.encoding else {}),
                     "columns": list(names), "schema_inferred_from_bytes": len(head)}
         if dialect is not None:
             metadata["dialect"] = dialect.as_metadata()
@@ -372,8 +422,8 @@ class TextReader(Reader):
         """
         limit = options.infer_bytes
         out: list[Description | None] = [None] * len(sources)
-        if not self.groupable(options):
-            return out
+        if options.encoding or not self.groupable(options):
+            return out  # with an encoding, each file is transcoded on its own
         groups: dict[bytes, list[tuple[int, int, bool]]] = {}
         bodies: dict[int, bytes] = {}
         for i, source in enumerate(sources):
@@ -384,6 +434,8 @@ class TextReader(Reader):
             except Exception:  # noqa: BLE001 - describe() on its own reports it properly
                 continue
             split = self._split_header(data, options) if len(data) == source.size else None
+            if split is not None and not _is_utf8(data):
+                split = None  # describe() says it is not UTF-8
             if split is None:
                 continue
             header, start = split
@@ -410,6 +462,8 @@ class TextReader(Reader):
         the bad records). pyarrow's set-up per parse is most of a 10 KB file's cost.
         """
         groups: dict[tuple[Any, ...], list[tuple[int, bytes, int]]] = {}
+        if options.encoding:
+            return  # read one by one, each transcoded on its own
         for i, (source, chunk, description) in enumerate(members):
             state: TextState = description.state
             if (source.compression or (chunk.selector or TextSelector()).stream
@@ -508,7 +562,7 @@ class TextReader(Reader):
              options: TextOptions) -> list[ChunkSpec]:
         state: TextState = description.state
         start = state.data_start
-        if source.compression:
+        if source.compression or (options.encoding and not options.per_block):
             return [ChunkSpec(source.file_id, 0, start, source.size, selector=STREAM,
                               weight=source.size)]
         if start >= source.size:
@@ -729,8 +783,8 @@ class TextReader(Reader):
                 if sentinel:
                     buf[end:end + spare] = self._sentinel(description)
                 view = memoryview(buf)[start:end + (spare if sentinel else 0)]
-                facts.verified = yield from self._parse_block(view, at + start, description,
-                                                              options, ctx, sentinel=sentinel)
+                facts.verified = yield from self._parse_text(view, at + start, description,
+                                                             options, ctx, sentinel=sentinel)
         finally:
             READ_BUFFERS.give(buf)  # the last buffer read, also after an error or close()
 
@@ -767,7 +821,9 @@ class TextReader(Reader):
         max_record = options.max_record_bytes
         ratio = options.decompression_ratio_limit
         budget = max(1 << 30, int(ratio * max(source.size, 1))) if source.compression else None
-        planned = None if source.compression else source.size  # never read past it
+        recoded = options.encoding is not None and not options.per_block
+        # never read past the planned size (a transcoded stream has another size)
+        planned = None if source.compression or recoded else source.size
         position = state.data_start
         carry = bytearray()
         total = 0
@@ -777,7 +833,7 @@ class TextReader(Reader):
         """While skipping a record too long to keep: the quote state at ``carry[1]``
         (``carry[0]`` is the last byte already searched for the record's end)."""
         try:
-            with source.open(source.compression) as f:
+            with self._open(source, options) as f:
                 skip = state.data_start
                 while skip > 0:
                     got = f.read(min(skip, step))
@@ -850,6 +906,8 @@ class TextReader(Reader):
                     yield from tables
                     del carry[:cut_len]  # parsed from a copy: no view of carry can be alive
                     position += cut_len
+                    if planned is not None:  # a compressed file's positions are not its bytes
+                        ctx.advance(position)
             if broken is not None:
                 raise broken
         except RestartChunk:
@@ -906,6 +964,33 @@ def _lead(grammar: Grammar) -> int:
     a field; with an escape character, the escape run before it too (longer runs than this
     are left to the parser's verification)."""
     return 1 if grammar.escape is None else 256
+
+
+class _Closing:
+    """A transcoding stream that closes the file under it too."""
+
+    def __init__(self, stream: Any, under: Any) -> None:
+        self.stream, self.under = stream, under
+
+    def read(self, n: int = -1) -> bytes:
+        return self.stream.read(n if n is not None and n >= 0 else None)
+
+    def __enter__(self) -> _Closing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stream.close()
+        finally:
+            self.under.close()
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _is_stream(chunk: ChunkSpec) -> bool:

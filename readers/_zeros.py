@@ -44,6 +44,7 @@ def leading_zero_columns(table: pa.Table, columns: list[str]) -> list[str]:
             if pc.any(pc.match_substring_regex(table.column(c), PATTERN)).as_py()]
 
 
-def first_leading_zero(table: pa.Table, column: str) -> str:
-    hits = table.filter(pc.match_substring_regex(table.column(column), PATTERN))
-    return str(hits.column(column)[0])
+def leading_zero_mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Which of the text ``values`` start with a leading zero."""
+    hits = pc.fill_null(pc.match_substring_regex(values, PATTERN), False)
+    return np.asarray(hits.to_numpy(zero_copy_only=False), bool)

@@ -28,15 +28,15 @@ from readers._columnar import (
     ColumnarReader,
     ColumnarState,
     Span,
-    data_error,
     describe_table,
     even_spans,
     key_values,
     open_native,
+    unreadable,
 )
 from readers._deferred import deferred
 from readers.base import Description, Source
-from readers.errors import BadFile, Unsupported, one_line
+from readers.errors import BadFile, Unsupported
 
 feather = deferred("pyarrow.feather")
 
@@ -76,7 +76,7 @@ def _stream_score(head: bytes, path: str) -> int:
 
 
 def _open(f: pa.NativeFile, source: Source, kind: str) -> Any:
-    try:
+    with unreadable(source, ArrowFileError, f"not a readable Arrow IPC {kind}"):
         if kind == "file":
             return pa.ipc.open_file(f)
         if kind == "stream":
@@ -86,11 +86,6 @@ def _open(f: pa.NativeFile, source: Source, kind: str) -> Any:
                               f"(rewrite it as Feather v2 / Arrow IPC)")
         # Uncompressed and memory-mapped: the table's buffers point into the page cache.
         return feather.read_table(pa.memory_map(source.local_path), use_threads=False)
-    except Exception as exc:
-        if not data_error(exc):
-            raise
-        raise ArrowFileError(f"{source.path}: not a readable Arrow IPC {kind} "
-                             f"({one_line(exc)})") from exc
 
 
 class ArrowIPCReader(ColumnarReader):
@@ -114,13 +109,8 @@ class ArrowIPCReader(ColumnarReader):
                 raise ArrowFileError(f"{source.path}: no Arrow IPC magic at byte 0")
             f.seek(0)
             opened = _open(f, source, kind)
-            try:
+            with unreadable(source, ArrowFileError, f"unreadable Arrow IPC {kind}"):
                 schema, meta, state = self._footer(opened, kind, source, options)
-            except Exception as exc:
-                if not data_error(exc):
-                    raise
-                raise ArrowFileError(f"{source.path}: unreadable Arrow IPC {kind} "
-                                     f"({one_line(exc)})") from exc
         return describe_table(source, schema, options, meta, state)
 
     @staticmethod

@@ -168,6 +168,14 @@ class ChunkContext:
         self.facts: Any = None
         """The reader's own picklable record of what the chunk learnt, for its `reconcile`
         and `summarize` (None when it has nothing to say)."""
+        self.consumed = 0
+        """Bytes of the chunk's range the reader is done with, for a live progress line (see
+        `advance`); a chunk counts whole when it ends, whether or not this moved."""
+
+    def advance(self, offset: int) -> None:
+        """The reader is done with the file's bytes before ``offset``: optional, for readers
+        that parse a chunk block by block and can tell how far they got."""
+        self.consumed = max(self.consumed, min(self.chunk.length, offset - self.chunk.offset))
 
     def reject(self, *, error_type: str, message: str, byte_offset: int | None = None,
                raw: bytes | None = None, kind: str = "record") -> None:
@@ -239,6 +247,11 @@ class Reader(ABC):
     Only for readers whose single-chunk plans never need `reconcile` to run them again."""
     directory_markers: ClassVar[tuple[str, ...]] = ()
     """File names that make a whole directory one input of this format (``zarr.json``)."""
+    single_table: ClassVar[bool] = False
+    """True when every file holds one table named `Source.table` (text, columnar formats):
+    the pipeline then decides which files make one table, and its name, from their columns
+    (``pipeline.planning.grouping``). Readers whose tables come from the file's own structure
+    (HDF5 datasets, FITS HDUs) leave it False and keep their names."""
     options_type: ClassVar[type[ReaderOptions]] = ReaderOptions
     """The reader's typed options (a `ReaderOptions` subclass declaring its own fields)."""
     threads_ok: ClassVar[bool] = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from readers import _csv_rescue as rescue
 from readers._boundaries import (
     OUT,
     Grammar,
@@ -32,9 +33,9 @@ from readers._dialect import (
 )
 from readers._text import TextOptions, TextReader, TextState, bisect_records, sentinel_text
 from readers._zeros import (
-    first_leading_zero,
     is_numeric,
     leading_zero_columns,
+    leading_zero_mask,
     may_have_leading_zeros,
 )
 from readers.base import ChunkContext, Description, RestartChunk
@@ -50,15 +51,18 @@ _ASCII = bytes(range(128)) + b"x" * 128
 
 
 def convert_options(types: dict[str, pa.DataType] | None = None,
-                    null_values: tuple[str, ...] = ("",)) -> pacsv.ConvertOptions:
+                    null_values: tuple[str, ...] = ("",),
+                    include: list[str] | None = None) -> pacsv.ConvertOptions:
     """How text becomes values: an unquoted empty field is NULL, a quoted ``""`` is ``''``.
 
     Like DuckDB, Polars and Spark (pyarrow's default keeps empty strings and turns ``NA``,
     ``null``, ... into NULL, which would silently erase real text values). Other
-    ``null_values`` replace the empty one, as DuckDB's ``nullstr`` does.
+    ``null_values`` replace the empty one, as DuckDB's ``nullstr`` does. ``include``: only
+    these columns are converted (``--columns``; None: all).
     """
     return pacsv.ConvertOptions(column_types=types or {}, null_values=list(null_values),
-                                strings_can_be_null=True, quoted_strings_can_be_null=False)
+                                strings_can_be_null=True, quoted_strings_can_be_null=False,
+                                include_columns=include or [])
 
 
 def _unique_names(names: list[str]) -> tuple[str, ...]:
@@ -111,6 +115,13 @@ def _quiet_undecodable_rows() -> None:
     sys.unraisablehook = hook
 
 
+def _parsed_schema(names: list[str], types: dict[str, pa.DataType]) -> pa.Schema:
+    """What `CSVReader._parse` returns: every column, or only the ``--columns`` ones."""
+    if len(types) != len(names):
+        return pa.schema(list(types.items()))
+    return pa.schema([(n, types.get(n, pa.string())) for n in names])
+
+
 def _find_record(data: bytes, raw: bytes, cursor: int, starts: Any) -> int:
     """Offset of the first record at or after ``cursor`` whose text (without its line end)
     is ``raw``, -1 if none. ``starts``: every record start of ``data``, then its length."""
@@ -137,7 +148,9 @@ class CSVReader(TextReader):
     @classmethod
     def sniff(cls, head: bytes, path: str) -> int:
         if not _looks_like_text(head):
-            return 0
+            # Named as ours but not UTF-8: another encoding (describe() then asks for
+            # --encoding, or transcodes with it), not a binary to chunk and hash.
+            return 40 if any(path.endswith(s) for s in cls.suffixes) else 0
         body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
         first_line = body.split(b"\n", 1)[0].split(b"\r", 1)[0]  # CR: classic Mac files
         score = 0
@@ -314,7 +327,8 @@ class CSVReader(TextReader):
             if options.streaming:
                 # Parse block by block straight into the writer: memory stays at a few parse
                 # blocks instead of the whole chunk as one table.
-                for table in self._stream(block, job, bad, seen):
+                done = (lambda n: ctx.advance(abs_offset + n))  # noqa: E731
+                for table in self._stream(block, job, bad, seen, done):
                     yielded = True
                     yield table
             else:
@@ -323,14 +337,18 @@ class CSVReader(TextReader):
         except pa.ArrowInvalid:
             if yielded:  # rows of this chunk already went out: read it again as a whole
                 raise RestartChunk("a value did not convert", {"streaming": False}) from None
-            table, verified = self._rescue(block, abs_offset, job, ctx)
-            yield table
-            return verified
+            rescued = self._rescue_by_column(block, abs_offset, job, ctx)
+            if rescued is None:
+                rescued = self._rescue(block, abs_offset, job, ctx)
+            yield rescued[0]
+            return rescued[1]
         self._reject_rows(bytes(block) if bad else b"", abs_offset, bad, ctx, job.grammar)
         return seen[0] or not sentinel
 
     def _stream(self, data: Any, job: _Job, bad: list[tuple[str, int, int]],
-                seen: list[bool]) -> Iterator[pa.Table]:
+                seen: list[bool], done: Callable[[int], None] | None = None
+                ) -> Iterator[pa.Table]:
+        """Parse block by block; ``done(n)``: the first ``n`` bytes of ``data`` are parsed."""
         marker = job.marker
         padding = job.dialect.null_padding
         skipped: list[int] = []  # record numbers pyarrow left out (with null padding only)
@@ -351,27 +369,34 @@ class CSVReader(TextReader):
             data, job.dialect.delimiter, job.dialect.quote) else ()
         types = dict(job.types)
         types.update({n: pa.string() for n in check})  # checked, then converted
+        include = job.include
         reader = pacsv.open_csv(
             pa.BufferReader(pa.py_buffer(data)),
             read_options=pacsv.ReadOptions(column_names=job.names, use_threads=False,
                                            block_size=job.options.parse_block_bytes),
             parse_options=self._parse_options(job.dialect, handler),
-            convert_options=convert_options(types, job.dialect.null_values))
+            convert_options=convert_options(types, job.dialect.null_values, include))
         cursor = [1, 0]  # the next record number, and how many skipped ones are behind it
-        for batch in reader:
+        # Each batch is one parse block of the input (the reader takes the whole buffer at
+        # once, so its position says nothing): count blocks for the progress line.
+        block, size = job.options.parse_block_bytes, len(data)
+        for n, batch in enumerate(reader, 1):
+            if done is not None:
+                done(min(size, n * block))
             if not batch.num_rows:
                 continue
             table = pa.Table.from_batches([batch])
             if padding and skipped:
                 table = self._pad(table, cursor, skipped, padded, job, types)
             if check:
-                table = _checked(table, check, job.types)
-            yield table
+                table = _checked(table, check, job)
+            yield table if job.types or not include else table.select([])
         if padding and padded:  # short records after the last full one
             rest = sorted(n for n in padded if n >= cursor[0])
             if rest:
                 table = self._padded_rows([padded[n] for n in rest], job, types)
-                yield _checked(table, check, job.types) if check else table
+                table = _checked(table, check, job) if check else table
+                yield table if job.types or not include else table.select([])
 
     def _pad(self, table: pa.Table, cursor: list[int], skipped: list[int],
              padded: dict[int, tuple[str, int]], job: _Job, types: dict[str, pa.DataType]
@@ -422,7 +447,7 @@ class CSVReader(TextReader):
             pa.py_buffer((text + "\n").encode("utf-8", "surrogateescape")),
             read_options=pacsv.ReadOptions(column_names=job.names, use_threads=False),
             parse_options=self._parse_options(job.dialect),
-            convert_options=convert_options(types, nulls))
+            convert_options=convert_options(types, nulls, job.include))
         if table.num_rows != len(rows):
             raise pa.ArrowInvalid("CSV conversion error: a padded record did not parse")
         return table
@@ -433,7 +458,7 @@ class CSVReader(TextReader):
         bad: list[tuple[str, int, int]] = []
         seen = [False]
         tables = list(self._stream(data, job, bad, seen))
-        schema = pa.schema([(n, job.types.get(n, pa.string())) for n in job.names])
+        schema = _parsed_schema(job.names, job.types)
         return (pa.concat_tables(tables) if tables else schema.empty_table()), seen[0], bad
 
     def _reject_rows(self, data: bytes, abs_offset: int, bad: list[tuple[str, int, int]],
@@ -475,6 +500,95 @@ class CSVReader(TextReader):
         except pa.ArrowInvalid:
             return False
 
+    def _rescue_by_column(self, block: memoryview, abs_offset: int, job: _Job,
+                          ctx: ChunkContext) -> tuple[pa.Table, bool] | None:
+        """Values did not convert: parse the failing columns as text, reject the rows whose
+        values the converter refuses (`readers._csv_rescue`), keep every other row.
+
+        Costs about one more parse of the chunk, whatever the number of bad values, where
+        bisecting the records costs several. None when the rows cannot be matched to their
+        records (then `_rescue` bisects). A value with a leading zero in an inferred numeric
+        column (see `readers._zeros`) is refused like one that does not convert.
+        """
+        types, names = job.types, job.names
+        loose = job
+        failing: list[str] = []
+        while True:
+            try:
+                table, seen, bad = self._parse(block, loose)
+                break
+            except pa.ArrowInvalid as exc:
+                column = rescue.failing_column(exc, names)
+                if column is None or column in failing or column not in types:
+                    return None
+                failing.append(column)
+                loose = replace(loose, types={**loose.types, column: rescue.as_text(types[column])},
+                                numeric=tuple(n for n in loose.numeric if n != column))
+        data = bytes(block)
+        if job.marker is not None:
+            data = data[: len(data) - len(job.marker) - 2]
+        found = self._row_records(data, bad, job.grammar)
+        if found is None or len(found[1]) != table.num_rows:
+            return None
+        starts, records = found
+        reject = np.zeros(table.num_rows, bool)
+        why: dict[int, str] = {}
+        converted: dict[str, tuple[np.ndarray, pa.Array]] = {}
+        conv = convert_options(types, job.dialect.null_values)
+        for column in failing:
+            values = table.column(column)
+            zeros = None
+            if column in job.numeric and not pa.types.is_binary(values.type):
+                zeros = leading_zero_mask(values)
+                if zeros.any():  # refused below; NULL meanwhile so that the rest converts
+                    values = pc.if_else(pa.array(zeros), pa.nulls(1, values.type)[0], values)
+            mask, good, reasons = rescue.convert(values, types[column], conv)
+            if zeros is not None and zeros.any():
+                for i in np.flatnonzero(zeros):
+                    why.setdefault(int(i), f"In CSV column #{names.index(column)}: "
+                                           + _zero_message(table.column(column)[int(i)].as_py(),
+                                                           column, types[column]))
+                # the zero rows converted (to NULL): ``good`` keeps them, ``keep`` drops them
+            converted[column] = (mask, good)
+            for i, reason in zip(np.flatnonzero(mask), reasons, strict=True):
+                why.setdefault(int(i), f"In CSV column #{names.index(column)}: {reason}")
+            reject |= mask
+            if zeros is not None:
+                reject |= zeros
+        keep = ~reject
+        out = table.filter(pa.array(keep)) if reject.any() else table
+        for column, (mask, good) in converted.items():
+            values = good.filter(pa.array(keep[~mask])) if reject.any() else good
+            i = out.schema.get_field_index(column)
+            out = out.set_column(i, pa.field(column, types[column]), values)
+        self._reject_rows(data if bad else b"", abs_offset, bad, ctx, job.grammar)
+        for i in np.flatnonzero(reject):
+            a, b = int(starts[records[i]]), int(starts[records[i] + 1])
+            ctx.reject(error_type=ErrorCode.TYPE_MISMATCH, byte_offset=abs_offset + a,
+                       raw=data[a:b], message=f"{ctx.source.path}: {why[int(i)]}")
+        return out, seen or job.marker is None
+
+    def _row_records(self, data: bytes, bad: list[tuple[str, int, int]], grammar: Grammar
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(every record start and ``len(data)``, the indexes of the records that became rows:
+        not empty lines, not field-count rejects); None when a reject cannot be found."""
+        starts = record_starts_csv(data, grammar)
+        lengths = np.diff(starts)
+        records = starts[:-1]
+        rows = np.ones(len(records), bool)
+        for i in np.flatnonzero(lengths <= 2):  # a bare line end is no row (pyarrow skips it)
+            a = int(records[i])
+            rows[i] = data[a:a + int(lengths[i])] not in (b"\n", b"\r", b"\r\n")
+        cursor = 0
+        for text, _, _ in bad:
+            raw = text.encode("utf-8", "surrogateescape")
+            at = _find_record(data, raw, cursor, starts)
+            if at < 0:
+                return None
+            cursor = at + len(raw)
+            rows[int(np.searchsorted(records, at))] = False
+        return starts, np.flatnonzero(rows)
+
     def _rescue(self, block: memoryview, abs_offset: int, job: _Job, ctx: ChunkContext
                 ) -> tuple[pa.Table | None, bool]:
         """A value did not convert: isolate the bad records, keep every good one."""
@@ -498,7 +612,7 @@ class CSVReader(TextReader):
                        raw=data[a:b], message=f"{ctx.source.path}: {str(exc).splitlines()[0]}")
 
         pieces = list(bisect_records(data, starts, parse, on_bad))
-        schema = pa.schema([(n, job.types.get(n, pa.string())) for n in job.names])
+        schema = _parsed_schema(job.names, job.types)
         table = pa.concat_tables(pieces) if pieces else schema.empty_table()
         return table, seen
 
@@ -511,23 +625,38 @@ class _Job:
     grammar: Grammar
     names: list[str]
     types: dict[str, pa.DataType]
+    """The columns converted: all of them, or only the ``--columns`` ones."""
     marker: str | None
     """The sentinel record's text, when the block ends in one."""
     options: TextOptions
     numeric: tuple[str, ...] = ()
     """Inferred numeric columns, whose values must not start with a leading zero."""
 
+    @property
+    def include(self) -> list[str] | None:
+        """pyarrow's ``include_columns`` (None: every column)."""
+        if len(self.types) == len(self.names):
+            return None
+        return list(self.types) or self.names[:1]  # (an empty list would mean all of them)
 
-def _checked(table: pa.Table, columns: tuple[str, ...], types: dict[str, pa.DataType]
-             ) -> pa.Table:
+
+def _zero_message(value: str, column: str, kind: pa.DataType) -> str:
+    return (f"CSV conversion error to {kind}: invalid value '{value}' (a leading zero; "
+            f"column {column!r} was inferred as a number, declare it --schema {column}=varchar "
+            "to keep such values)")
+
+
+def _checked(table: pa.Table, columns: tuple[str, ...], job: _Job) -> pa.Table:
     """Numeric ``columns`` parsed as text, converted once none has a leading zero."""
     for column in columns:
         values = table.column(column)
-        if leading_zero_columns(table, [column]):
-            raise pa.ArrowInvalid(
-                f"CSV conversion error to {types[column]}: invalid value "
-                f"'{first_leading_zero(table, column)}' (a leading zero; column {column!r} was "
-                f"inferred as a number, declare it --schema {column}=string to keep such values)")
+        zeros = leading_zero_mask(values)
+        if zeros.any():
+            # Worded as pyarrow's conversion errors, so that the per-column rescue finds
+            # the column and rejects only the rows holding such values.
+            first = values[int(np.flatnonzero(zeros)[0])].as_py()
+            raise pa.ArrowInvalid(f"In CSV column #{job.names.index(column)}: "
+                                  + _zero_message(first, column, job.types[column]))
         table = table.set_column(table.schema.get_field_index(column), column,
-                                 pc.cast(values, types[column]))
+                                 pc.cast(values, job.types[column]))
     return table

@@ -23,8 +23,9 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.types as pt
 
+from readers._encoding import check_utf8
 from readers._jsonlines import MAX_DEPTH, Lines, blanked, object_lines, screen, too_deep
-from readers._text import TextOptions, TextReader, bisect_records
+from readers._text import TextOptions, TextReader, TextState, bisect_records
 from readers.base import ChunkContext, Description
 from readers.errors import ErrorCode
 from readers.widening import no_nulls, unify, widen
@@ -65,10 +66,17 @@ class JSONLReader(TextReader):
     def sniff(cls, head: bytes, path: str) -> int:
         body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
         first = body.lstrip()[:1]
-        score = 40 if any(path.endswith(s) for s in cls.suffixes) else 0
-        if first == b"{":
-            score += 30
-        return score if b"\x00" not in head[:4096] else 0
+        named = any(path.endswith(s) for s in cls.suffixes)
+        if b"\x00" in head[:4096]:  # UTF-16 or -32 when named so, else not JSON lines
+            return 40 if named else 0
+        return (40 if named else 0) + (30 if first == b"{" else 0)
+
+    def _check_utf8(self, head: bytes, path: str, at_eof: bool) -> None:
+        """JSON text is UTF-8 by definition (RFC 8259): stray invalid bytes are damage, each
+        line holding them an ``InvalidUTF8`` row. Only a head with NUL bytes (UTF-16/32) is
+        another encoding, and fails naming ``--encoding``."""
+        if b"\x00" in head:
+            check_utf8(head, path, at_eof, nul=False)
 
     def _read_json(self, data: Any, schema: pa.Schema | None, options: TextOptions,
                    unexpected: str = "error") -> pa.Table:
@@ -93,10 +101,13 @@ class JSONLReader(TextReader):
                 read_options=pajson.ReadOptions(use_threads=False, block_size=len(data) + 1))
 
     def _checked(self, data: Any, schema: pa.Schema | None, expected: int,
-                 options: TextOptions) -> pa.Table:
-        """Parse screened bytes into ``schema`` (None: infer) and check what came back."""
+                 options: TextOptions, unexpected: str = "error") -> pa.Table:
+        """Parse screened bytes into ``schema`` (None: infer) and check what came back.
+
+        ``unexpected="ignore"``: fields not in ``schema`` are skipped (``--columns``).
+        """
         parse_schema = None if schema is None else text_times(schema)
-        table = self._read_json(data, parse_schema, options)
+        table = self._read_json(data, parse_schema, options, unexpected)
         if table.num_rows != expected:
             where = "one line" if expected == 1 else f"{expected} lines"
             raise LineRejected(f"{table.num_rows} JSON values on {where} (one object per line)",
@@ -188,6 +199,9 @@ class JSONLReader(TextReader):
                      options: TextOptions, ctx: ChunkContext, sentinel: bool
                      ) -> Generator[pa.Table, None, bool]:
         schema = next(iter(description.tables.values()))
+        state: TextState = description.state
+        # --columns: only the chosen fields are parsed; the others are skipped unread.
+        unexpected = "ignore" if len(schema) != len(state.column_names) else "error"
         expected = object_lines(block)
         lines = None
         data: Any = block
@@ -202,17 +216,19 @@ class JSONLReader(TextReader):
             data = blanked(block, lines.bad)
             expected = lines.expected(0, len(data))
         try:
-            table = self._checked(data, schema, expected, options)
+            table = self._checked(data, schema, expected, options, unexpected)
         except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError):
             lines = lines or screen(data, depth=False)
-            table = self._rescue(data, lines, abs_offset, schema, options, ctx)
+            table = self._rescue(data, lines, abs_offset, schema, options, ctx, unexpected)
         yield table
         return True
 
     def _rescue(self, data: Any, lines: Lines, abs_offset: int, schema: pa.Schema,
-                options: TextOptions, ctx: ChunkContext) -> pa.Table:
+                options: TextOptions, ctx: ChunkContext, unexpected: str = "error"
+                ) -> pa.Table:
         """Some lines did not parse: isolate them, keep every good one."""
         plan = coercion_plan(schema)
+        keep_only = unexpected == "ignore"
 
         def on_bad(a: int, b: int, exc: Exception) -> None:
             line = bytes(data[a:b])
@@ -227,21 +243,22 @@ class JSONLReader(TextReader):
         def parse(piece: memoryview, at: int) -> pa.Table:
             expected = lines.expected(at, at + len(piece))
             try:
-                return self._checked(piece, schema, expected, options)
+                return self._checked(piece, schema, expected, options, unexpected)
             except pa.ArrowInvalid:
                 text = bytes(piece)
                 if expected == 1 and not text.rstrip(b"\r\n").count(b"\n"):
-                    return self._checked(_coerced_line(text, schema, plan), schema, 1, options)
+                    return self._checked(_coerced_line(text, schema, plan, keep_only), schema,
+                                         1, options, unexpected)
                 if expected > _COERCE_LINES:
                     raise  # let the bisection narrow it down
             # A few lines: re-serialise them all at once. Values that need their JSON text
             # (a column widened to string, an empty struct) are then one parse per piece, not
             # one per line; if any line is bad after all, the bisection goes on.
             try:
-                coerced = b"\n".join(_coerced_line(line, schema, plan)
+                coerced = b"\n".join(_coerced_line(line, schema, plan, keep_only)
                                      if line.strip(b" \t\r") else line
                                      for line in text.split(b"\n"))
-                return self._checked(coerced, schema, expected, options)
+                return self._checked(coerced, schema, expected, options, unexpected)
             except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError):
                 raise pa.ArrowInvalid("a line in this piece does not fit") from None
 
@@ -298,7 +315,8 @@ _LINE = json.JSONEncoder(separators=(",", ":")).encode
 _TEXT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 """A value's JSON text as a string column keeps it (compact, characters as they are)."""
 
-def _coerced_line(line: bytes, schema: pa.Schema, plan: dict | None = None) -> bytes:
+def _coerced_line(line: bytes, schema: pa.Schema, plan: dict | None = None,
+                  keep_only: bool = False) -> bytes:
     """One record whose values pyarrow.json will not put into a widened string column,
     written again with each such value as its JSON text (``1`` -> ``"1"``), at any depth
     (``[1]`` in a list of strings -> ``["1"]``). ``plan``: `coercion_plan` of ``schema``.
@@ -316,6 +334,8 @@ def _coerced_line(line: bytes, schema: pa.Schema, plan: dict | None = None) -> b
         if not isinstance(obj, dict):
             raise ValueError(f"a JSON line must be an object, not {type(obj).__name__}")
         fields = coercion_plan(schema) if plan is None else plan
+        if keep_only:  # --columns: the other fields are not read
+            obj = {k: v for k, v in obj.items() if k in fields}
         return _LINE(_coerce_struct(obj, fields)).encode()
     except RecursionError:  # screened lines nest at most MAX_DEPTH deep; be safe anyway
         raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None

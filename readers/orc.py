@@ -29,6 +29,7 @@ from readers._columnar import (
     even_spans,
     key_values,
     open_native,
+    unreadable,
 )
 from readers._deferred import deferred
 from readers.base import Description, Source
@@ -50,12 +51,8 @@ def _binary(head: bytes) -> bool:
 
 
 def open_orc(f: pa.NativeFile, source: Source) -> Any:
-    try:
+    with unreadable(source, ORCFileError, "not a readable ORC file"):
         return orc.ORCFile(f)
-    except Exception as exc:
-        if not data_error(exc):
-            raise
-        raise ORCFileError(f"{source.path}: not a readable ORC file ({one_line(exc)})") from exc
 
 
 class ORCReader(ColumnarReader):

@@ -26,15 +26,15 @@ from readers._columnar import (
     ColumnarOptions,
     ColumnarReader,
     ColumnarState,
-    data_error,
     describe_table,
     key_values,
     open_native,
     spans_of,
+    unreadable,
 )
 from readers._deferred import deferred
 from readers.base import Description, Source
-from readers.errors import BadFile, one_line
+from readers.errors import BadFile
 
 pq = deferred("pyarrow.parquet")
 
@@ -59,16 +59,11 @@ def _first_byte(rg: Any) -> int | None:
 
 def open_parquet(f: pa.NativeFile, source: Source) -> Any:
     """``pq.ParquetFile`` over ``f`` (the footer only), or a `ParquetFileError`."""
-    try:
+    with unreadable(source, ParquetFileError, "not a readable Parquet file"):
         # Local reads stream page by page; remote ones coalesce a row group's ranged requests.
         return pq.ParquetFile(f, pre_buffer=source.local_path is None,
                               buffer_size=0 if source.local_path is None else 1 << 20,
                               page_checksum_verification=True)
-    except Exception as exc:
-        if not data_error(exc):
-            raise
-        raise ParquetFileError(f"{source.path}: not a readable Parquet file "
-                               f"({one_line(exc)})") from exc
 
 
 class ParquetReader(ColumnarReader):
@@ -85,13 +80,8 @@ class ParquetReader(ColumnarReader):
     def describe(self, source: Source, options: ColumnarOptions) -> Description:
         with open_native(source) as f:
             pf = open_parquet(f, source)
-            try:
+            with unreadable(source, ParquetFileError, "unreadable Parquet footer"):
                 schema, meta, state = self._footer(pf, source, options)
-            except Exception as exc:
-                if not data_error(exc):
-                    raise
-                raise ParquetFileError(f"{source.path}: unreadable Parquet footer "
-                                       f"({one_line(exc)})") from exc
         return describe_table(source, schema, options, meta, state)
 
     @staticmethod

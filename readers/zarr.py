@@ -24,26 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from readers._arrays import (
-    TRANSIENT,
-    WIDE_FLOAT_NOTE,
-    ArrayInfo,
-    ArrayOptions,
-    ArraySelector,
-    Unit,
-    array_layout,
-    chunk_description,
-    has_wide_float,
-    is_absurd,
-    json_safe,
-    number_chunks,
-    read_rows,
-    row_blocks,
-    row_bytes,
-    selectors,
-    table_name,
-    unique_table,
-)
+from readers import _arrays as arrays
 from readers._deferred import deferred
 from readers.base import ChunkContext, ChunkSpec, Description, Reader, Source
 from readers.errors import BadFile, ErrorCode, Unsupported, error_code, one_line
@@ -122,7 +103,7 @@ class ZarrReader(Reader):
     """Zarr v2 and v3 stores: one table per array, row blocks of whole chunks or shards."""
 
     name = "zarr"
-    options_type = ArrayOptions
+    options_type = arrays.ArrayOptions
     suffixes = (".zarr",)
     directory_markers = ("zarr.json", ".zgroup", ".zarray")
 
@@ -131,28 +112,28 @@ class ZarrReader(Reader):
         return 0  # a store is a directory; discovery hands it over through directory_markers
 
     # --- describe -------------------------------------------------------------------------------
-    def describe(self, source: Source, options: ArrayOptions) -> Description:
+    def describe(self, source: Source, options: arrays.ArrayOptions) -> Description:
         try:
             node = zarr.open(store=open_store(source), mode="r")
-        except TRANSIENT:
+        except arrays.TRANSIENT:
             raise  # network trouble: planning retries
         except Exception as exc:
             raise ZarrStoreError(f"{source.path}: not a readable Zarr store "
                                  f"({one_line(exc)})") from exc
         try:  # zarr parses every member's metadata while listing: one broken document stops it
             meta: dict[str, Any] = {"zarr_format": node.metadata.zarr_format,
-                                    "attributes": json_safe(dict(node.attrs)), "arrays": {},
+                                    "attributes": arrays.json_safe(dict(node.attrs)), "arrays": {},
                                     "scalars": {}, "groups": {}, "refused": {}}
             if isinstance(node, zarr.Array):
                 members: list[tuple[str, Any]] = [("", node)]
             else:
                 members = list(node.members(max_depth=None))
-        except TRANSIENT:
+        except arrays.TRANSIENT:
             raise
         except Exception as exc:
             raise ZarrStoreError(f"{source.path}: damaged Zarr hierarchy "
                                  f"({one_line(exc)})") from exc
-        infos: dict[str, ArrayInfo] = {}
+        infos: dict[str, arrays.ArrayInfo] = {}
         tables: dict[str, pa.Schema] = {}
         limit = options.max_objects
         if len(members) > limit:
@@ -162,36 +143,38 @@ class ZarrReader(Reader):
         for path, obj in sorted(members, key=lambda m: m[0]):
             try:
                 if isinstance(obj, zarr.Group):
-                    attrs = json_safe(dict(obj.attrs))
+                    attrs = arrays.json_safe(dict(obj.attrs))
                     if attrs:
                         meta["groups"][path] = attrs
                 else:
                     self._array(source, path, obj, options, meta, tables, infos, taken)
-            except TRANSIENT:
+            except arrays.TRANSIENT:
                 raise
             except Exception as exc:  # metadata zarr accepted but we cannot use: this one only
                 reason = f"unusable metadata: {one_line(exc)}"
                 meta["refused"][path or "/"] = reason
-                infos[path] = ArrayInfo(path, "", "column", "row", 0, 1, 1, refused=reason)
+                infos[path] = arrays.ArrayInfo(path, "", "column", "row", 0, 1, 1, refused=reason)
         return Description(tables, meta, {"arrays": infos})
 
-    def _array(self, source: Source, path: str, arr: zarr.Array, options: ArrayOptions,
+    def _array(self, source: Source, path: str, arr: zarr.Array, options: arrays.ArrayOptions,
                meta: dict[str, Any], tables: dict[str, pa.Schema],
-               infos: dict[str, ArrayInfo], taken: set[str]) -> None:
+               infos: dict[str, arrays.ArrayInfo], taken: set[str]) -> None:
         shape = tuple(int(n) for n in arr.shape)
         entry: dict[str, Any] = {
             "shape": list(shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks),
             "shards": list(arr.shards) if getattr(arr, "shards", None) else None,
-            "fill_value": json_safe(arr.fill_value), "zarr_format": arr.metadata.zarr_format,
-            "codecs": json_safe(_codecs(arr)), "attributes": json_safe(dict(arr.attrs)),
+            "fill_value": arrays.json_safe(arr.fill_value),
+            "zarr_format": arr.metadata.zarr_format,
+            "codecs": arrays.json_safe(_codecs(arr)),
+            "attributes": arrays.json_safe(dict(arr.attrs)),
         }
         names = getattr(arr.metadata, "dimension_names", None)
         if names:
-            entry["dimension_names"] = json_safe(list(names))
+            entry["dimension_names"] = arrays.json_safe(list(names))
         if not shape:
             if arr.nbytes <= _SCALAR_READ_LIMIT:
                 try:
-                    entry["value"] = json_safe(arr[()])
+                    entry["value"] = arrays.json_safe(arr[()])
                 except Exception as exc:
                     entry["value_error"] = one_line(exc)
             meta["scalars"][path or "/"] = entry
@@ -200,39 +183,39 @@ class ZarrReader(Reader):
         if math.prod(shape) == 0:  # no values: a table without rows would have no fragment
             entry["empty"] = True
             return
-        if has_wide_float(arr.dtype):
-            entry["cast"] = WIDE_FLOAT_NOTE
-        nrows, per_row, grid = shape[0], row_bytes(arr.dtype, shape), _grid_rows(arr)
-        name = table_name(path) if path else table_name(
+        if arrays.has_wide_float(arr.dtype):
+            entry["cast"] = arrays.WIDE_FLOAT_NOTE
+        nrows, per_row, grid = shape[0], arrays.row_bytes(arr.dtype, shape), _grid_rows(arr)
+        name = arrays.table_name(path) if path else arrays.table_name(
             posixpath.basename(source.path.rstrip("/")).removesuffix(".zarr"))
         reason = None
         try:
-            schema, kind, index, value_shape = array_layout(path or name, arr.dtype, shape)
+            schema, kind, index, value_shape = arrays.array_layout(path or name, arr.dtype, shape)
         except Unsupported as exc:
             reason = str(exc)
-        sparse = reason is None and is_absurd(nrows * per_row, source.size, options)
+        sparse = reason is None and arrays.is_absurd(nrows * per_row, source.size, options)
         if reason is not None:
             meta["refused"][path or "/"] = reason
-            infos[path] = ArrayInfo(path, "", "column", "row", nrows, per_row, grid,
+            infos[path] = arrays.ArrayInfo(path, "", "column", "row", nrows, per_row, grid,
                                     refused=reason)
             return
-        table = unique_table(name, taken)
+        table = arrays.unique_table(name, taken)
         entry.update(table=table, columns=schema.names,
                      planning="sparse" if sparse else "dense")
         if kind == "value":
             entry["value_shape"] = list(value_shape)
         tables[table] = schema
-        infos[path] = ArrayInfo(path, table, kind, index, nrows, per_row, grid, sparse)
+        infos[path] = arrays.ArrayInfo(path, table, kind, index, nrows, per_row, grid, sparse)
 
     # --- plan -----------------------------------------------------------------------------------
     def plan(self, source: Source, description: Description,
-             options: ArrayOptions) -> list[ChunkSpec]:
-        infos: dict[str, ArrayInfo] = description.state["arrays"]
+             options: arrays.ArrayOptions) -> list[ChunkSpec]:
+        infos: dict[str, arrays.ArrayInfo] = description.state["arrays"]
         chunk_size = options.chunk_size
         limit = options.max_chunks_per_file
         cap = options.max_listed_chunks
         store = open_store(source) if any(i.sparse for i in infos.values()) else None
-        units: list[Unit] = []
+        units: list[arrays.Unit] = []
         for path, info in infos.items():
             reason, present = info.refused, None
             if reason is None and info.sparse:
@@ -243,42 +226,43 @@ class ZarrReader(Reader):
                               f"{source.size}-byte store and stores more than {cap} "
                               "objects to list; refused as absurd")
             if reason is not None:
-                units.append(Unit(ArraySelector(path, refused=reason), None, 0, 0, True))
+                units.append(arrays.Unit(arrays.ArraySelector(path, refused=reason), None, 0, 0,
+                                         True))
                 continue
-            blocks = row_blocks(info.nrows, info.grid_rows, info.row_bytes, chunk_size,
+            blocks = arrays.row_blocks(info.nrows, info.grid_rows, info.row_bytes, chunk_size,
                                 present, limit - len(units))
             whole = blocks == [(0, info.nrows)]
             for a, b in blocks:
                 logical = (b - a) * info.row_bytes
-                units.append(Unit(ArraySelector(path, a, b), info.table, logical, logical,
-                                  whole))
-        return number_chunks(source.file_id, units, options)
+                units.append(arrays.Unit(arrays.ArraySelector(path, a, b), info.table, logical,
+                                         logical, whole))
+        return arrays.number_chunks(source.file_id, units, options)
 
     def chunk_description(self, description: Description, chunk: ChunkSpec) -> Description:
-        return chunk_description(description, chunk)
+        return arrays.chunk_description(description, chunk)
 
     # --- read -----------------------------------------------------------------------------------
     def read(self, source: Source, chunk: ChunkSpec, description: Description,
-             options: ArrayOptions, ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
+             options: arrays.ArrayOptions, ctx: ChunkContext) -> Iterator[tuple[str, pa.Table]]:
         store = None
-        for sel in selectors(chunk):
+        for sel in arrays.selectors(chunk):
             path, a, b = sel.path, sel.start, sel.stop
             if sel.refused:
                 ctx.reject(kind="chunk", error_type=ErrorCode.REFUSED,
                            message=f"{source.path}: array {path or '/'}: {sel.refused}")
                 continue
-            info: ArrayInfo = description.state["arrays"][path]
+            info: arrays.ArrayInfo = description.state["arrays"][path]
             where = f"{source.path}: array {path or '/'}"
             try:
                 store = store or open_store(source)
                 arr = zarr.open_array(store=store, path=path, mode="r")
-            except TRANSIENT:
+            except arrays.TRANSIENT:
                 raise
             except Exception as exc:  # the store changed or broke since planning
                 ctx.reject(kind="chunk", error_type=error_code(exc),
                            message=f"{where} rows {a}:{b}: {one_line(exc)}")
                 continue
-            for table in read_rows(lambda lo, hi, arr=arr: np.asarray(arr[lo:hi]), info,
+            for table in arrays.read_rows(lambda lo, hi, arr=arr: np.asarray(arr[lo:hi]), info,
                                    description.tables[info.table], a, b, ctx, where):
                 yield info.table, table
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
+import pipeline
 from pipeline.report.progress import Progress
 
 
@@ -29,3 +32,58 @@ def test_quiet_when_not_a_tty() -> None:
     p.update(chunks=1, nbytes=10, files=1)
     p.close()
     assert out.getvalue() == ""
+
+
+def test_progress_line_counts_running_chunks_and_shows_rows_rejected_elapsed() -> None:
+    out = Tty()
+    p = Progress(1, 3, 30_000_000, stream=out, interval=0)
+    p.live("c0", 100.0, 4_000_000, 1000, 2)
+    p.live("c1", 100.0, 2_000_000, 500, 0)
+    line = p.line()
+    assert "chunks 0/3" in line and "6 MB/30 MB" in line and "1,500 rows" in line
+    assert "2 rejected" in line and "elapsed" in line and "ETA -" not in line
+    p.chunk_done("c0", 100.0, nbytes=10_000_000, rows=2500, rejected=3)
+    p.live("c0", 100.0, 4_000_000, 1000, 2)  # a report that arrives after the chunk ended
+    line = p.line()
+    assert "chunks 1/3" in line and "12 MB/30 MB" in line and "3,000 rows" in line
+    assert "3 rejected" in line
+    p.live("c0", 200.0, 1_000_000, 10, 0)  # the chunk runs again (a later attempt): it counts
+    assert "13 MB/30 MB" in p.line()
+
+
+def _slow(table):  # about 0.2 s per parse block: each chunk takes a while
+    import time
+
+    time.sleep(0.2)
+    return table
+
+
+def _big_csv(path, mb: int) -> int:
+    pad = "x" * 180
+    rows = 0
+    with open(path, "w") as f:
+        f.write("id,user,value,note\n")
+        while f.tell() < mb * 1_000_000:
+            f.write("".join(f"{rows + i},u{i % 97},{i},{pad}\n" for i in range(20_000)))
+            rows += 20_000
+        f.write("1,2,3,4,5,6\n")  # one rejected record, in the last chunk
+    return rows
+
+
+@pytest.mark.parametrize("where", ["threads", "scheduler"])
+def test_progress_moves_before_the_first_chunk_ends(tmp_path, capsys, request, where) -> None:
+    """Bytes and rows of running chunks show per parse block, on the in-process worker and on
+    an external cluster's worker processes (reports travel as scheduler events)."""
+    src = tmp_path / "big.csv"
+    rows = _big_csv(src, 17)  # chunks of two parse blocks, and a small one
+    extra = ({"scheduler": request.getfixturevalue("shared_scheduler")}
+             if where == "scheduler" else {"layout": "threads"})
+    report = pipeline.ingest(str(src), out=str(tmp_path / "out"), chunk_size="8MiB",
+                             transform=_slow, progress=True, **extra)
+    assert report.rows == rows and report.errors == 1 and report.chunks == 3
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").split("\n")
+             if line.startswith("\x1b[Kfiles")]
+    early = [line for line in lines if "chunks 0/3" in line and " 0 rows" not in line]
+    assert early, lines  # rows and bytes moved while no chunk had finished
+    assert not any(" 0 MB/" in line for line in early)
+    assert f"{rows:,} rows | 1 rejected" in lines[-1] and "elapsed" in lines[-1]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -95,6 +96,8 @@ class BundleManifest:
     finished: float = 0.0
     stop: TooManyPartitions | None = None
     """The whole run must stop (see `ChunkManifest.stop`); nothing was written then."""
+    thread: str = ""
+    """The worker thread that ran it."""
 
 
 def bundle_id(file_ids: Iterable[str]) -> str:
@@ -162,7 +165,7 @@ def _run_bundle(task: BundleTask) -> BundleManifest:
         fragments.append(stage_errors(task.sink, task.name, pa.concat_tables(errors)))
     pa.default_memory_pool().release_unused()
     return BundleManifest(task.bundle_id, manifests, fragments, carried, worker_name(),
-                          started, time.time())
+                          started, time.time(), thread=threading.current_thread().name)
 
 
 def _hooked(read: TogetherRead, hook: TableHook) -> TogetherRead:

@@ -81,8 +81,8 @@ def connect(options: ClusterOptions, layout: str = "processes") -> Iterator[Clie
             client.close()
         return
     # The pressure plugin pauses workers itself; Dask's own pause would un-pause them.
-    # The statistical profiler samples every thread's stack every 10 ms (about 3% of a
-    # worker's CPU here); only the dashboard shows what it collects.
+    # The statistical profiler samples every thread's stack all the time, at a cost in
+    # worker CPU; only the dashboard shows what it collects.
     dashboard = dashboard_address(options)
     with dask.config.set({"distributed.worker.memory.pause": False,
                           "distributed.scheduler.work-stealing": True,

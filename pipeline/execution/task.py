@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from pipeline.errors import OUTPUT_ERRNOS, OutputUnwritable
 from pipeline.execution.hook import TableHook
+from pipeline.execution.live import Reporter
 from pipeline.output.layout import table_name
 from pipeline.output.partition_guard import TooManyPartitions
 from pipeline.output.rejects import errors_table, stage_errors
@@ -84,6 +85,8 @@ class ChunkManifest:
     """The reader's own record of what the chunk learnt (`ChunkContext.facts`)."""
     attempts: int = 1
     worker: str = ""
+    thread: str = ""
+    """The worker thread that ran it (a worker has several in the threads layout)."""
     started: float = 0.0
     finished: float = 0.0
     failed: str | None = None
@@ -113,17 +116,19 @@ def worker_name() -> str:
 def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: Description,
                options: ReaderOptions, retries: int,
                write: Callable[[str, pa.Table], None], reset: Callable[[], None],
-               hook: TableHook | None = None) -> tuple[ChunkManifest, ChunkContext]:
+               hook: TableHook | None = None, progress: Callable[[int, int, int], None] | None
+               = None) -> tuple[ChunkManifest, ChunkContext]:
     """Read one chunk into ``write``; bad data never raises, it is reported in the context.
 
     Every batch goes through ``hook`` first. A `RestartChunk` from the reader drops what was
     written (``reset``) and reads once more with the changed options. Transient I/O failures
     restart the chunk the same way after a backoff, up to ``retries`` times; anything else
     becomes a ``chunk`` rejection (a failing transform too), except `TooManyPartitions`,
-    which drops the chunk's output and sets ``manifest.stop``.
+    which drops the chunk's output and sets ``manifest.stop``. After every written block,
+    ``progress(bytes parsed, rows, rejected)`` tells how far the chunk got.
     """
     manifest = ChunkManifest(chunk.id, chunk.file_id, chunk.index, worker=worker_name(),
-                             started=time.time())
+                             thread=threading.current_thread().name, started=time.time())
     ctx = ChunkContext(source, chunk)
     restarted: list[RestartChunk] = []
 
@@ -144,6 +149,8 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
                         raise _WriteFailed(exc) from exc
                     raise
                 manifest.rows += rows.num_rows
+                if progress is not None:
+                    progress(ctx.consumed, manifest.rows, len(ctx.rejected))
         except RestartChunk as restart:
             reset()
             if restarted:
@@ -197,11 +204,12 @@ def run_chunk(task: ChunkTask) -> ChunkManifest | OutputUnwritable:
     """
     chunk, source = task.chunk, task.source
     writer = FragmentWriter(task.sink, chunk.id, source.file_id)
+    progress = Reporter(task.sink.run_id, chunk.id, time.time())
     try:
         try:
             manifest, ctx = read_chunk(get_reader(task.reader)(), source, chunk,
                                        task.description, task.options, task.retries,
-                                       writer.write, writer.abort, task.hook)
+                                       writer.write, writer.abort, task.hook, progress)
             manifest.fragments = writer.close()
         except BaseException:
             writer.abort()

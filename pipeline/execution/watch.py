@@ -25,6 +25,7 @@ from typing import Any
 
 from distributed import Client
 
+from pipeline.execution.live import PROGRESS_TOPIC, ChunkProgress
 from pipeline.pressure import events
 from pipeline.pressure.events import PressureEvent, PressureLevel
 from pipeline.pressure.window import window_size
@@ -56,14 +57,32 @@ class ClusterWatch:
         """When each worker's latest record arrived (``time.monotonic()``)."""
         self._seen: set[tuple[Any, ...]] = set()
         self._detached = False
+        self.progress: Progress | None = None
+        """Where running chunks' per-block reports go (``chunkmill-progress`` events)."""
 
     # --- live ------------------------------------------------------------------------------------
-    def attach(self, client: Client) -> None:
-        """Subscribe to the plugins' records, then take those logged since the run started."""
+    def attach(self, client: Client, progress: Progress | None = None) -> None:
+        """Subscribe to the plugins' records, then take those logged since the run started;
+        with ``progress``, also to the running chunks' reports."""
+        self.progress = progress
         self._threads = sum(client.nthreads().values()) or 1
         for topic, handler in self._handlers().items():
             client.subscribe_topic(topic, handler)
         self._backfill(client, (events.EVENT_TOPIC, events.MEMORY_TOPIC, events.STALL_TOPIC))
+        self._memory_now(client)  # the timeline's first point: a short run has few others
+
+    def _memory_now(self, client: Client) -> dict[str, dict[str, Any]]:
+        """Each worker's plugin state, its memory now added to the timeline."""
+        from pipeline.pressure.plugin import pressure_state
+
+        try:
+            per_worker: dict[str, dict[str, Any]] = client.run(pressure_state)
+        except Exception:  # a worker that left, or a cluster without the plugin
+            return {}
+        for info in per_worker.values():
+            if info.get("memory"):
+                self._on_memory((time.time(), info["memory"]))
+        return per_worker
 
     def window(self, base: int) -> int:
         """Chunks allowed in flight now: the smallest window any worker's pressure allows."""
@@ -95,16 +114,9 @@ class ClusterWatch:
     # --- end of run ------------------------------------------------------------------------------
     def collect(self, client: Client) -> None:
         """The plugins' counters per worker, the last memory points, records still in flight."""
-        from pipeline.pressure.plugin import pressure_state
-
-        try:
-            per_worker: dict[str, dict[str, Any]] = client.run(pressure_state)
-        except Exception:  # a worker that left, or a cluster without the plugin
-            per_worker = {}
+        per_worker = self._memory_now(client)  # also the timeline's last point
         for addr, info in per_worker.items():
             self.report.pressure[addr] = _small(info)
-            if info.get("memory"):
-                self._on_memory((time.time(), info["memory"]))
         self.report.pauses = sum(int(i.get("pauses", 0) or 0) for i in per_worker.values())
         self.report.spilled_bytes = sum(int(i.get("dask_disk_write_bytes_total", 0) or 0)
                                         for i in per_worker.values())
@@ -131,7 +143,7 @@ class ClusterWatch:
     # --- records ---------------------------------------------------------------------------------
     def _handlers(self) -> dict[str, Callable[[tuple[float, Any]], None]]:
         return {events.EVENT_TOPIC: self._on_event, events.MEMORY_TOPIC: self._on_memory,
-                events.STALL_TOPIC: self._on_stall}
+                events.STALL_TOPIC: self._on_stall, PROGRESS_TOPIC: self._on_progress}
 
     def _backfill(self, client: Client, topics: tuple[str, ...]) -> None:
         handlers = self._handlers()
@@ -167,6 +179,14 @@ class ClusterWatch:
             if self._new(("memory", point.worker, point.time), point.time):
                 self.report.memory_timeline.append(point)
                 self._heard[point.worker] = time.monotonic()
+
+    def _on_progress(self, event: tuple[float, Any]) -> None:
+        progress = self.progress
+        if progress is None or self._detached:
+            return
+        p = ChunkProgress.from_dict(event[1])
+        if p.run == self.report.run_id:  # an external scheduler may run other jobs too
+            progress.live(p.chunk, p.started, p.bytes, p.rows, p.rejected)
 
     def _on_stall(self, event: tuple[float, Any]) -> None:
         warning = events.StallWarning.from_dict(event[1])

@@ -1,8 +1,20 @@
 """Turn the user's inputs (files, directories, globs, fsspec URLs) into fingerprinted sources.
 
 Directories are walked recursively; names starting with ``.`` or ``_`` are skipped (the Hive and
-Spark convention for hidden and metadata files, which also keeps a previous OUT out of the
-inputs). Local walks never follow symlinked directories, so symlink loops cannot trap a run.
+Spark convention for hidden and metadata files). The same holds for what a glob matches below
+its directory (unless the pattern itself names such files: ``'data/_*.csv'``) and for an input
+argument whose own name is hidden, so ``dir/``, ``'dir/*'`` and the shell's expansion of
+``dir/*`` give the same files. chunkmill's own output is never an input: OUT itself, and any
+directory holding ``_chunkmill/`` (an earlier OUT), wherever it lies, is skipped, and an input
+inside one is skipped too.
+
+Each file gets a *home*, the directory that names its table (`pipeline.planning.grouping`):
+the input directory for a walk, the directory above a glob's first pattern character, the
+file's own directory for a file named as an argument; hive partition directories
+(``day=2024-01-01``) are climbed out of. A file reached in several ways takes the shallowest
+home, so the order of the arguments does not matter.
+
+Local walks never follow symlinked directories, so symlink loops cannot trap a run.
 A file reached through a symbolic link is read only when the link leads inside the input
 roots (the directories of the input arguments), unless ``follow_symlinks``; an input argument
 that is itself a link is taken as given. A refused link and a directory that cannot be listed
@@ -12,11 +24,12 @@ are not skipped silently: each becomes a failed input (an ``_errors`` row, exit 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import posixpath
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -24,7 +37,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from pipeline.errors import SourceNotFound, UsageError
-from pipeline.output.layout import table_name
+from pipeline.output.layout import STATE_DIR, table_name
 from pipeline.retry import is_transient, retrying
 from readers import (
     COMPRESSION_SUFFIXES,
@@ -35,6 +48,8 @@ from readers import (
     strip_compression_suffix,
 )
 from readers.base import Source, read_head, stable_id
+
+log = logging.getLogger("chunkmill.discover")
 
 SNIFF_BYTES = 64 * 1024
 _GLOB_CHARS = set("*?[")
@@ -51,6 +66,10 @@ class Discovered:
     """Unchanged since its last ingest: not sniffed, not read."""
     transient: bool = False
     """The error may pass on retry (network trouble)."""
+    home: str = ""
+    """The directory that names the file's table (see the module docstring)."""
+    named: bool = False
+    """Given by name as an input argument (not found by a walk or a pattern)."""
 
 
 #: Called with (file_id, fingerprint): True skips the file before any of its bytes are read.
@@ -76,6 +95,11 @@ def _hidden(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
+def _is_partition_dir(name: str) -> bool:
+    key, eq, _ = name.partition("=")
+    return bool(eq and key)
+
+
 @dataclass(slots=True)
 class Expansion:
     """What one input argument stands for."""
@@ -87,6 +111,15 @@ class Expansion:
     refused: list[tuple[str, str]] = field(default_factory=list)
     """(path, why) of what was found but cannot be read: unlistable directories, links
     leading out of the input roots."""
+    home: str = ""
+    """The directory that names the files' table (a file argument: its directory)."""
+    named: bool = False
+    """The argument is a file named as such."""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """(path, why) of what is never an input: hidden names, chunkmill's own output."""
+    dropped: bool = False
+    """The argument itself is never an input (its own name is hidden, or it is chunkmill
+    output), or every file its pattern matched is not."""
 
 
 class _LinkRule:
@@ -109,8 +142,64 @@ class _LinkRule:
         return False
 
 
+class _Outputs:
+    """Where chunkmill's own output lies: the OUT of this run, and any directory that holds
+    ``_chunkmill/`` (an earlier OUT, under whatever name or path it is reached)."""
+
+    def __init__(self, outs: Iterable[str], storage_options: dict[str, Any]) -> None:
+        self.outs: set[str] = set()
+        for out in outs:
+            try:
+                fs, path = url_to_fs(out, **storage_options)
+            except (ValueError, ImportError):
+                continue
+            self.outs.add(self._key(fs, path))
+        self.known: dict[str, bool] = {}
+
+    @staticmethod
+    def _key(fs: fsspec.AbstractFileSystem, path: str) -> str:
+        if _is_local(fs):
+            return "file://" + os.path.realpath(path)
+        return fs.unstrip_protocol(path.rstrip("/"))
+
+    def is_output(self, fs: fsspec.AbstractFileSystem, path: str,
+                  entries: Iterable[str] | None = None) -> bool:
+        """``path`` is OUT or holds chunkmill's state (``entries``: its subdirectories' names,
+        when a walk has listed them already)."""
+        key = self._key(fs, path)
+        if key in self.outs:
+            return True
+        if entries is not None:
+            return STATE_DIR in entries
+        if key not in self.known:
+            try:
+                self.known[key] = bool(fs.isdir(posixpath.join(path, STATE_DIR)))
+            except Exception:  # noqa: BLE001 - cannot tell: not an output as far as we know
+                self.known[key] = False
+        return self.known[key]
+
+    def holding(self, fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+        """The output directory that ``path`` is or lies in, if any."""
+        here = os.path.abspath(path) if _is_local(fs) else path.rstrip("/")
+        while here:
+            if self.is_output(fs, here):
+                return here
+            parent = posixpath.dirname(here)
+            if parent == here:
+                return None
+            here = parent
+        return None
+
+    @staticmethod
+    def why(path: str, output: str) -> str:
+        where = "" if output.rstrip("/") == path.rstrip("/") else f" inside {output}"
+        return (f"{path}: chunkmill output{where} (it holds {STATE_DIR}/ or is --out): never "
+                "an input")
+
+
 def _walk(fs: fsspec.AbstractFileSystem, root: str, links: _LinkRule,
-          refused: list[tuple[str, str]]) -> Iterator[str]:
+          refused: list[tuple[str, str]], outputs: _Outputs,
+          skipped: list[tuple[str, str]]) -> Iterator[str]:
     """Files below ``root``, and whole directories that a reader claims (a Zarr store)."""
 
     def unlistable(exc: OSError) -> None:
@@ -124,6 +213,10 @@ def _walk(fs: fsspec.AbstractFileSystem, root: str, links: _LinkRule,
     else:
         walker = fs.walk(root, on_error=unlistable)
     for dirpath, dirnames, filenames in walker:
+        if outputs.is_output(fs, dirpath, dirnames):
+            dirnames[:] = []
+            skipped.append((dirpath, outputs.why(dirpath, dirpath)))
+            continue
         if detect_directory(set(filenames)) is not None:
             dirnames[:] = []
             yield dirpath
@@ -141,34 +234,100 @@ def _walk(fs: fsspec.AbstractFileSystem, root: str, links: _LinkRule,
                     yield full
 
 
-def expand(arg: str, storage_options: dict[str, Any] | None = None, *,
-           roots: Iterable[str] | None = None, follow_symlinks: bool = False) -> Expansion:
-    """The files of one input argument, their default table, and what was refused.
+def _glob_root(path: str) -> str:
+    """The directory above a pattern's first pattern character."""
+    while any(c in path for c in _GLOB_CHARS):
+        path = posixpath.dirname(path)
+    return path
 
-    ``roots``: the directories links may lead into (default: the argument's own root).
+
+def _hidden_below(match: str, root: str, pattern: str) -> bool:
+    """A match with a hidden name below the pattern's directory, which the pattern did not
+    ask for (``'data/*'`` skips ``data/_SUCCESS``; ``'data/_*'`` matches it)."""
+    below = posixpath.relpath(match, root) if root else match
+    asked = any(_hidden(part) for part in posixpath.relpath(pattern, root).split("/"))
+    return not asked and any(_hidden(part) for part in below.split("/"))
+
+
+def _home(fs: fsspec.AbstractFileSystem, directory: str) -> str:
+    """``directory`` as a home: out of hive partition directories, in the form of
+    `Source.path` (an absolute local path, or a URL)."""
+    if _is_local(fs):
+        directory = os.path.abspath(directory)
+    else:
+        directory = directory.rstrip("/")
+    while _is_partition_dir(posixpath.basename(directory)):
+        parent = posixpath.dirname(directory)
+        if parent == directory or not parent:
+            break
+        directory = parent
+    return directory if _is_local(fs) else fs.unstrip_protocol(directory)
+
+
+def _own_name(path: str) -> str:
+    """The name an argument gives itself (``.`` and ``..`` are not names)."""
+    name = posixpath.basename(path.rstrip("/"))
+    return "" if name in (".", "..") else name
+
+
+def expand(arg: str, storage_options: dict[str, Any] | None = None, *,
+           roots: Iterable[str] | None = None, follow_symlinks: bool = False,
+           outputs: Iterable[str] = ()) -> Expansion:
+    """The files of one input argument, their default table and home, and what was refused
+    or skipped.
+
+    ``roots``: the directories links may lead into (default: the argument's own root);
+    ``outputs``: OUT directories, never read (nor is any directory holding ``_chunkmill/``).
     """
+    storage_options = storage_options or {}
     try:
-        fs, path = url_to_fs(arg, **(storage_options or {}))
+        fs, path = url_to_fs(arg, **storage_options)
     except (ValueError, ImportError) as exc:
         raise UsageError(f"{arg}: cannot open this location ({exc})") from exc
+    own = outputs if isinstance(outputs, _Outputs) else _Outputs(outputs, storage_options)
     links = _LinkRule(roots if roots is not None else [input_root(arg, storage_options)],
                       follow_symlinks)
     # A path that exists is taken literally, even when its name holds [ ] * or ?.
     is_glob = any(c in path for c in _GLOB_CHARS) and not fs.exists(path)
     refused: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
     if is_glob:
-        files = sorted(p for p in fs.glob(path) if fs.isfile(p))
-        if not files:
+        root = _glob_root(path)
+        found = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        if not found:
             raise SourceNotFound(f"{arg}: the pattern matched no files")
+        files = []
+        for p in found:
+            output = own.holding(fs, posixpath.dirname(p))
+            if _hidden_below(p, root, path):
+                skipped.append((p, f"{p}: a hidden name (starting with '_' or '.'): never an "
+                                   "input"))
+            elif output is not None:
+                skipped.append((p, own.why(p, output)))
+            else:
+                files.append(p)
         if _is_local(fs):
             files = [p for p in files if links.allows(p, refused)]
-        return Expansion(fs, files, _table_name(arg, path, False, True), refused)
+        return Expansion(fs, files, _table_name(arg, path, False, True), refused,
+                         _home(fs, root), False, skipped, dropped=not files and not refused)
     if not fs.exists(path):
         raise SourceNotFound(f"{arg}: no such file or directory")
-    if fs.isdir(path):
-        files = list(_walk(fs, path, links, refused))
-        return Expansion(fs, files, _table_name(arg, path, True, False), refused)
-    return Expansion(fs, [path], _table_name(arg, path, False, False))
+    is_dir = fs.isdir(path)
+    directory = path if is_dir else posixpath.dirname(path)
+    home = _home(fs, directory)
+    table = _table_name(arg, path, is_dir, False)
+    if _hidden(_own_name(path)):
+        return Expansion(fs, [], table, home=home, dropped=True, skipped=[(
+            path, f"{path}: a hidden name (starting with '_' or '.'): never an input, as in "
+                  "directory walks")])
+    output = own.holding(fs, path)
+    if output is not None:
+        return Expansion(fs, [], table, home=home, dropped=True,
+                         skipped=[(path, own.why(path, output))])
+    if is_dir:
+        files = list(_walk(fs, path, links, refused, own, skipped))
+        return Expansion(fs, files, table, refused, home, False, skipped)
+    return Expansion(fs, [path], table, home=home, named=True)
 
 
 def input_root(arg: str, storage_options: dict[str, Any] | None = None) -> str:
@@ -267,7 +426,9 @@ def rediscover(found: Discovered, fmt: str | None, storage_options: dict[str, An
                ) -> Discovered:
     """A skipped file discovered again, sniffed this time."""
     fs, path = url_to_fs(found.source.url, **storage_options)
-    return describe_file(fs, path, found.source.table, fmt, storage_options)
+    again = describe_file(fs, path, found.source.table, fmt, storage_options)
+    again.home, again.named = found.home, found.named
+    return again
 
 
 def _describe_directory(fs: fsspec.AbstractFileSystem, path: str, url: str, file_id: str,
@@ -297,11 +458,13 @@ def _describe_directory(fs: fsspec.AbstractFileSystem, path: str, url: str, file
 def discover(inputs: Iterable[str], *, table: str | None = None, fmt: str | None = None,
              storage_options: dict[str, Any] | None = None, threads: int = 8,
              skip: SkipCheck | None = None, retries: int = 2,
-             follow_symlinks: bool = False) -> list[Discovered]:
+             follow_symlinks: bool = False, outputs: Iterable[str] = ()) -> list[Discovered]:
     """All input files, deduplicated, in input order; raises SourceNotFound for a bad input.
 
     What was found but cannot be read (a directory that cannot be listed, a link out of the
     input roots) comes back as a `Discovered` with its error, after the readable files.
+    ``outputs``: OUT directories, never read as inputs. Raises SourceNotFound too when every
+    argument is skipped (a hidden name, chunkmill output), since nothing would be read.
     """
     storage_options = storage_options or {}
     inputs = list(inputs)
@@ -311,35 +474,67 @@ def discover(inputs: Iterable[str], *, table: str | None = None, fmt: str | None
         except KeyError as exc:
             raise UsageError(str(exc.args[0])) from exc
     roots = [input_root(arg, storage_options) for arg in inputs]
-    jobs: list[tuple[fsspec.AbstractFileSystem, str, str]] = []
+    own = _Outputs(outputs, storage_options)
+    jobs: dict[str, _Job] = {}
     refused: list[Discovered] = []
     seen: set[str] = set()
+    skipped: list[tuple[str, str]] = []
+    args_left = 0
     for arg in inputs:
-        found = expand(arg, storage_options, roots=roots, follow_symlinks=follow_symlinks)
+        found = expand(arg, storage_options, roots=roots, follow_symlinks=follow_symlinks,
+                       outputs=own)
+        skipped += found.skipped
+        args_left += not found.dropped
         for path in found.files:
             key = _url(found.fs, path)
-            if key not in seen:
-                seen.add(key)
-                jobs.append((found.fs, path, table or found.table))
+            job = _Job(found.fs, path, table or found.table, found.home, found.named)
+            if key not in jobs:
+                jobs[key] = job
+            elif job.rank < jobs[key].rank:
+                # Reached twice (a file inside a directory also given): the shallowest home
+                # wins, whatever the order of the arguments.
+                jobs[key] = replace(jobs[key], home=job.home, named=job.named)
+            seen.add(key)
         for path, why in found.refused:
             key = _url(found.fs, path)
             if key not in seen:
                 seen.add(key)
                 refused.append(_refused(found.fs, path, table or found.table, why,
                                         storage_options))
+    for _, why in skipped:
+        log.info("chunkmill: skipped %s", why)
+    if inputs and not args_left:
+        raise SourceNotFound("no input left: " + "; ".join(why for _, why in skipped[:3])
+                             + ("; ..." if len(skipped) > 3 else ""))
+    work = list(jobs.values())
 
-    def batch(part: list[tuple[fsspec.AbstractFileSystem, str, str]]) -> list[Discovered]:
+    def batch(part: list[_Job]) -> list[Discovered]:
         return [_with_retries(job, fmt, storage_options, skip, retries) for job in part]
 
-    if all(_is_local(fs) for fs, _, _ in jobs):
-        # A local stat and 64 KiB read is ~0.1 ms of mostly Python: threads only fight for
-        # the GIL (10,000 small files took twice as long with 8 threads).
-        return batch(jobs) + refused
+    if all(_is_local(job.fs) for job in work):
+        # A local stat and 64 KiB read is mostly Python: threads only fight for the GIL
+        # (README, "Measurements behind design choices").
+        return batch(work) + refused
     # Threads hide remote latency; batches keep the hand-over cost down.
-    size = max(1, min(64, len(jobs) // max(1, threads * 4)))
+    size = max(1, min(64, len(work) // max(1, threads * 4)))
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        parts = pool.map(batch, [jobs[i:i + size] for i in range(0, len(jobs), size)])
+        parts = pool.map(batch, [work[i:i + size] for i in range(0, len(work), size)])
         return [found for part in parts for found in part] + refused
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One file to fingerprint and sniff, and where it was found."""
+
+    fs: fsspec.AbstractFileSystem
+    path: str
+    table: str
+    home: str
+    named: bool
+
+    @property
+    def rank(self) -> tuple[int, bool, str]:
+        return len(self.home), self.named, self.home
 
 
 def _refused(fs: fsspec.AbstractFileSystem, path: str, table: str, why: str,
@@ -348,24 +543,25 @@ def _refused(fs: fsspec.AbstractFileSystem, path: str, table: str, why: str,
     url = _url(fs, path)
     source = Source(url, 0, None, stable_id(url), "", table, None,
                     tuple(sorted(storage_options.items())))
-    return Discovered(source, None, why)
+    return Discovered(source, None, why, home=_home(fs, posixpath.dirname(path)))
 
 
-def _with_retries(job: tuple[fsspec.AbstractFileSystem, str, str], fmt: str | None,
-                  storage_options: dict[str, Any], skip: SkipCheck | None,
-                  retries: int) -> Discovered:
+def _with_retries(job: _Job, fmt: str | None, storage_options: dict[str, Any],
+                  skip: SkipCheck | None, retries: int) -> Discovered:
     """describe_file, again after a transient failure (it reports errors, never raises)."""
 
     def attempt() -> Discovered:
-        found = describe_file(*job, fmt, storage_options, skip)
+        found = describe_file(job.fs, job.path, job.table, fmt, storage_options, skip)
         if found.error is not None and found.transient:
             raise _TransientDiscovery(found)
         return found
 
     try:
-        return retrying(attempt, retries)
+        found = retrying(attempt, retries)
     except _TransientDiscovery as failed:
-        return failed.found
+        found = failed.found
+    found.home, found.named = job.home, job.named
+    return found
 
 
 class _TransientDiscovery(Exception):  # noqa: N818 - carries a result, not a program error

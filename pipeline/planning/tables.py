@@ -124,6 +124,32 @@ def declare(schemas: dict[str, pa.Schema], files: Sequence[PlannedFile],
     return out
 
 
+def select_columns(files: Sequence[PlannedFile], options: PlanOptions) -> None:
+    """Keep only the ``--columns`` of every text file's tables (in the order given).
+
+    The readers parse what their description names: the CSV reader converts only those
+    columns, the JSON lines reader parses only those fields. A column that no CSV, TSV or
+    JSON lines file has is a usage error (a typo would otherwise give a table of NULLs).
+    """
+    columns = options.columns
+    if not columns:
+        return
+    text = [f for f in _described(files) if is_text_reader(f.reader)]
+    present: dict[str, set[str]] = {}
+    for f in text:
+        for table, schema in f.description.tables.items():
+            present.setdefault(table, set()).update(schema.names)
+    for column in columns:
+        if not any(column in names for names in present.values()):
+            listing = "; ".join(f"{t}: {', '.join(sorted(n))}" for t, n in present.items())
+            raise UsageError(f"--columns {column}: no CSV, TSV or JSON lines table has a "
+                             f"column {column!r} ({listing or 'no such table in the inputs'})")
+    for f in text:
+        f.description.tables = {
+            t: pa.schema([s.field(c) for c in columns if c in s.names], metadata=s.metadata)
+            for t, s in f.description.tables.items()}
+
+
 def _remembered(column: str, remembered: Mapping[str, pa.Schema] | None) -> bool:
     return any(column in s.names for s in (remembered or {}).values())
 
@@ -347,5 +373,6 @@ def suggest_derive(partition_by: Sequence[str], schema: pa.Schema | None) -> str
     return bucket
 
 
-__all__ = ["TableShapes", "declare", "parse_schema", "shape_tables", "sample_rows",
-           "estimate_partitions", "too_many_message", "known_inputs", "is_text_reader"]
+__all__ = ["TableShapes", "declare", "select_columns", "parse_schema", "shape_tables",
+           "sample_rows", "estimate_partitions", "too_many_message", "known_inputs",
+           "is_text_reader"]

@@ -1,4 +1,5 @@
-"""Bokeh views of a saved run report: chunks per worker, throughput, memory and pressure.
+"""Bokeh views of a saved run report: chunks per worker thread, throughput, memory and
+pressure, and tables of the run's files and errors.
 
 Every function takes the report as the plain dict saved under ``OUT/_chunkmill/runs/`` (a
 `RunReport` works too) and tolerates missing parts: a report saved before any chunk finished,
@@ -6,8 +7,9 @@ or written by a version without ``memory_timeline``, still renders, with a note 
 Times are seconds since the run started, shared by all plots so they pan and zoom together.
 
     from pipeline.report import plots
-    report = plots.load_report("lake/")          # latest run
-    plots.save_html(report, "run.html")          # standalone page, works offline
+    report = plots.load_report("lake/")          # latest run that did work
+    errors = plots.load_errors("lake/", report["run_id"])
+    plots.save_html(report, "run.html", errors)  # standalone page, works offline
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import html
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +32,10 @@ from bokeh.models import (
     Div,
     HoverTool,
     Label,
+    Legend,
+    LegendItem,
     NumeralTickFormatter,
     Range1d,
-    Span,
 )
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
@@ -41,24 +44,27 @@ from bokeh.resources import INLINE
 from pipeline.errors import SourceNotFound
 from pipeline.pressure.events import MemoryPoint, PressureEvent, PressureLevel
 
-__all__ = ["load_report", "chunks_per_worker", "throughput", "memory_timeline",
-           "report_layout", "save_html"]
+__all__ = ["load_report", "list_runs", "format_runs", "load_errors", "did_work",
+           "chunks_per_worker", "throughput", "memory_timeline", "report_layout", "save_html"]
 
 RUNS_DIR = "_chunkmill/runs"
 LEVEL_COLORS = {PressureLevel.NORMAL: "#43a047", PressureLevel.ELEVATED: "#fdd835",
                 PressureLevel.HIGH: "#fb8c00", PressureLevel.CRITICAL: "#e53935"}
 NO_WORKER = "(no worker)"
+REJECTED_OUTLINE = "#d32f2f"
 TOOLS = "xpan,xwheel_zoom,box_zoom,reset,save"
 
 
 # --- loading ------------------------------------------------------------------------------------
-def load_report(out: str | os.PathLike[str], run_id: str | None = None,
-                storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The saved report of run ``run_id`` (default: the latest run) of output ``out``.
+def did_work(report: Mapping[str, Any]) -> bool:
+    """The run read, committed or failed something (not a re-run that found all unchanged)."""
+    files = report.get("files") or {}
+    return bool(report.get("chunk_records") or report.get("rows") or report.get("errors")
+                or any(n for status, n in files.items() if status != "unchanged"))
 
-    ``out`` is the ``--out`` of the run: a local directory or an fsspec URL. Raises
-    `SourceNotFound` (exit code 2 in the CLI) naming the runs available when there is no match.
-    """
+
+def _runs(out: str | os.PathLike[str], storage_options: dict[str, Any] | None
+          ) -> tuple[Any, str, list[str]]:
     from fsspec.core import url_to_fs
 
     fs, root = url_to_fs(os.fspath(out), **(storage_options or {}))
@@ -67,6 +73,31 @@ def load_report(out: str | os.PathLike[str], run_id: str | None = None,
     if not names:
         raise SourceNotFound(f"no run reports under {os.fspath(out)}/{RUNS_DIR} "
                              "(is this the --out of a chunkmill ingest?)")
+    return fs, runs, names
+
+
+def _newest_first(fs: Any, runs: str, names: list[str]) -> Iterator[dict[str, Any]]:
+    """Saved reports from the newest back, read one stamp at a time (run ids start with a
+    UTC stamp to the second; runs sharing one are ordered by their start times)."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(n.split("-", 1)[0], []).append(n)
+    for stamp in sorted(groups, reverse=True):
+        reports = [_read_json(fs, f"{runs}/{n}.json") for n in groups[stamp]]
+        yield from sorted(reports, key=lambda r: float(r.get("started") or 0.0), reverse=True)
+
+
+def load_report(out: str | os.PathLike[str], run_id: str | None = None,
+                storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The saved report of run ``run_id`` of output ``out``; by default the latest run that
+    did work (`did_work`), else the latest run.
+
+    Runs after the one returned (re-runs that found every file unchanged) are named in its
+    ``skipped_runs`` key. ``out`` is the ``--out`` of the run: a local directory or an fsspec
+    URL. Raises `SourceNotFound` (exit code 2 in the CLI) naming the runs available when there
+    is no match.
+    """
+    fs, runs, names = _runs(out, storage_options)
     if run_id is not None:
         run_id = run_id.removesuffix(".json")
         if run_id not in names:
@@ -74,11 +105,69 @@ def load_report(out: str | os.PathLike[str], run_id: str | None = None,
             raise SourceNotFound(f"no run {run_id!r} under {os.fspath(out)}/{RUNS_DIR} "
                                  f"(latest: {shown})")
         return _read_json(fs, f"{runs}/{run_id}.json")
-    # Run ids start with a UTC stamp to the second: only runs sharing the newest stamp need
-    # their start times compared, so a long history is not read in full.
-    stamp = names[-1].split("-", 1)[0]
-    newest = [_read_json(fs, f"{runs}/{n}.json") for n in names if n.split("-", 1)[0] == stamp]
-    return max(newest, key=lambda r: float(r.get("started") or 0.0))
+    skipped: list[dict[str, Any]] = []
+    for report in _newest_first(fs, runs, names):
+        if did_work(report):
+            if skipped:
+                report["skipped_runs"] = [str(r.get("run_id")) for r in skipped]
+            return report
+        skipped.append(report)
+    return skipped[0]  # no run did anything: the latest
+
+
+def list_runs(out: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+              ) -> list[dict[str, Any]]:
+    """Every run of ``out``, oldest first: run id, start, duration, files per status, rows,
+    rejected, whether it finished and whether it did work."""
+    fs, runs, names = _runs(out, storage_options)
+    listed = []
+    for r in reversed(list(_newest_first(fs, runs, names))):
+        started, finished = float(r.get("started") or 0), float(r.get("finished") or 0)
+        listed.append({"run_id": r.get("run_id"), "started": started,
+                       "duration_s": max(0.0, finished - started) if finished else None,
+                       "files": r.get("files") or {}, "rows": int(r.get("rows") or 0),
+                       "rejected": int(r.get("errors") or 0), "finished": finished > 0,
+                       "did_work": did_work(r)})
+    return listed
+
+
+def format_runs(runs: list[dict[str, Any]]) -> str:
+    """``--list``: one line per run; ``*`` marks the one ``report`` shows by default."""
+    shown = next((r["run_id"] for r in reversed(runs) if r["did_work"]),
+                 runs[-1]["run_id"] if runs else None)
+    lines = [f"  {'run':<24} {'started (UTC)':<20} {'duration':>9}  {'rows':>13}  files"]
+    for r in runs:
+        start = dt.datetime.fromtimestamp(r["started"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        took = f"{r['duration_s']:,.1f}s" if r["duration_s"] is not None else "unfinished"
+        files = ", ".join(f"{n} {s}" for s, n in sorted(r["files"].items()) if n) or "none"
+        mark = "*" if r["run_id"] == shown else " "
+        lines.append(f"{mark} {r['run_id']:<24} {start:<20} {took:>9}  {r['rows']:>13,}  {files}")
+    return "\n".join(lines)
+
+
+def load_errors(out: str | os.PathLike[str], run_id: str, storage_options:
+                dict[str, Any] | None = None, limit: int = 200) -> dict[str, Any]:
+    """The run's rows of ``OUT/_errors`` (as many as are still there: a later run that read a
+    file again replaced its rows): counts per file and error type, and the first ``limit``."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(os.fspath(out), **(storage_options or {}))
+    where = f"{root.rstrip('/')}/_errors"
+    empty: dict[str, Any] = {"counts": [], "rows": [], "total": 0}
+    if not fs.exists(where):
+        return empty
+    columns = ["path", "chunk", "byte_offset", "kind", "error_type", "message"]
+    try:
+        table = ds.dataset(where, filesystem=fs, format="parquet").to_table(
+            columns=columns, filter=pc.field("run_id") == run_id)
+    except (OSError, ValueError):  # nothing readable there
+        return empty
+    counts = table.group_by(["path", "error_type"]).aggregate([([], "count_all")])
+    counts = sorted(counts.to_pylist(), key=lambda r: -r["count_all"])
+    return {"counts": [(r["path"], r["error_type"], r["count_all"]) for r in counts],
+            "rows": table.slice(0, limit).to_pylist(), "total": table.num_rows}
 
 
 def _read_json(fs: Any, path: str) -> dict[str, Any]:
@@ -125,11 +214,43 @@ def _note(fig: Any, text: str) -> None:
 
 
 # --- figures ------------------------------------------------------------------------------------
-def chunks_per_worker(report: Mapping[str, Any] | Any, *, x_range: Range1d | None = None) -> Any:
-    """Gantt-like timeline: one row per worker, one bar per chunk task from start to finish.
+def _thread_label(thread: str) -> str:
+    """``thread 1`` for Dask's ``0-Dask-Default-Threads-1618-1``; other names as they are."""
+    tail = thread.rsplit("-", 1)[-1]
+    return f"thread {tail}" if "Dask" in thread and tail.isdigit() else thread
 
-    Bars are coloured by input file; chunks with rejected rows get a red outline. Hover shows
-    the chunk id, file, rows, bytes, rejected rows and attempt.
+
+def lanes(records: list[Mapping[str, Any]]) -> list[str]:
+    """One lane per worker thread for each chunk record: the worker's address, with the thread
+    when the worker ran chunks on several. Records without a thread (older reports) are packed
+    into as many lanes as the worker ran chunks at once."""
+    threads: dict[str, set[str]] = {}
+    for c in records:
+        threads.setdefault(str(c.get("worker") or NO_WORKER), set()).add(str(c.get("thread")
+                                                                           or ""))
+    out: list[str] = [""] * len(records)
+    free: dict[str, list[float]] = {}  # packing: when each lane of a worker is free again
+    order = sorted(range(len(records)), key=lambda i: float(records[i].get("started") or 0))
+    for i in order:
+        c = records[i]
+        worker, thread = str(c.get("worker") or NO_WORKER), str(c.get("thread") or "")
+        if thread:
+            out[i] = worker if len(threads[worker]) == 1 else f"{worker} {_thread_label(thread)}"
+            continue
+        ends = free.setdefault(worker, [])
+        start, end = float(c.get("started") or 0), float(c.get("finished") or 0)
+        lane = next((k for k, e in enumerate(ends) if e <= start), len(ends))
+        ends[lane:lane + 1] = [max(start, end)]
+        out[i] = worker if lane == 0 else f"{worker} lane {lane + 1}"
+    return out
+
+
+def chunks_per_worker(report: Mapping[str, Any] | Any, *, x_range: Range1d | None = None) -> Any:
+    """Gantt-like timeline: one lane per worker thread, one bar per chunk task from start to
+    finish.
+
+    Bars are coloured by input file; chunks with rejected records get a red outline (both in
+    the legend). Hover shows the chunk id, file, rows, bytes, rejected records and attempt.
     """
     report = _as_dict(report)
     t0, _ = _times(report)
@@ -137,8 +258,9 @@ def chunks_per_worker(report: Mapping[str, Any] | Any, *, x_range: Range1d | Non
     paths = sorted({str(c.get("path", "")) for c in records})
     color_of = {p: Category10_10[i % len(Category10_10)] for i, p in enumerate(paths)}
     data: dict[str, list[Any]] = {k: [] for k in (
-        "worker", "left", "right", "duration", "chunk_id", "path", "rows", "bytes", "errors",
-        "attempt", "color", "outline")}
+        "worker", "lane", "left", "right", "duration", "chunk_id", "path", "rows", "bytes",
+        "errors", "attempt", "color", "outline", "width")}
+    data["lane"] = lanes(records)
     for c in records:
         started, finished = float(c.get("started") or t0), float(c.get("finished") or t0)
         errors = int(c.get("errors") or 0)
@@ -153,20 +275,43 @@ def chunks_per_worker(report: Mapping[str, Any] | Any, *, x_range: Range1d | Non
         data["errors"].append(errors)
         data["attempt"].append(int(c.get("attempt") or 0))
         data["color"].append(color_of[str(c.get("path", ""))])
-        data["outline"].append("#d32f2f" if errors else "#424242")
-    workers = sorted(set(data["worker"])) or [NO_WORKER]
-    fig = _figure(f"Chunks per worker ({len(records)} chunk tasks)", x_range, report,
-                  height=max(160, 70 + 30 * len(workers)), y_range=workers[::-1])
-    bars = fig.hbar(y="worker", left="left", right="right", height=0.7, fill_color="color",
-                    fill_alpha=0.75, line_color="outline", source=ColumnDataSource(data))
+        data["outline"].append(REJECTED_OUTLINE if errors else "#424242")
+        data["width"].append(2.5 if errors else 1.0)
+    workers = sorted(set(data["lane"])) or [NO_WORKER]
+    fig = _figure(f"Chunks per worker thread ({len(records)} chunk tasks)", x_range, report,
+                  height=max(200, 110 + 30 * len(workers)), y_range=workers[::-1])
+    source = ColumnDataSource(data)
+    bars = fig.hbar(y="lane", left="left", right="right", height=0.7, fill_color="color",
+                    fill_alpha=0.75, line_color="outline", line_width="width", source=source)
     fig.add_tools(HoverTool(renderers=[bars], tooltips=[
-        ("chunk", "@chunk_id"), ("file", "@path"), ("worker", "@worker"),
+        ("chunk", "@chunk_id"), ("file", "@path"), ("worker", "@lane"),
         ("rows", "@rows{0,0}"), ("bytes", "@bytes{0.0 b}"), ("rejected", "@errors"),
         ("attempt", "@attempt"), ("took", "@duration{0.000} s")]))
-    fig.yaxis.axis_label = "worker"
+    items = [LegendItem(label=_short(p), renderers=[bars],
+                        index=data["path"].index(p)) for p in paths[:len(Category10_10)]]
+    if len(paths) > len(Category10_10):
+        items.append(LegendItem(label=f"(+{len(paths) - len(Category10_10)} files: colours "
+                                      "repeat; hover a bar)", renderers=[]))
+    outline = fig.hbar(y=[], left=[], right=[], height=0.7, fill_color="#ffffff",
+                       line_color=REJECTED_OUTLINE, line_width=2.5)
+    items.append(LegendItem(label="red outline: chunk with rejected records",
+                            renderers=[outline]))
+    _legend(fig, items)
+    fig.yaxis.axis_label = "worker thread"
     if not records:
         _note(fig, "no chunk tasks recorded")
     return fig
+
+
+def _short(path: str, keep: int = 48) -> str:
+    return path if len(path) <= keep else "…" + path[-(keep - 1):]
+
+
+def _legend(fig: Any, items: list[Any]) -> None:
+    """A legend beside the plot (not over the bars)."""
+    if items:
+        fig.add_layout(Legend(items=items, label_text_font_size="8pt", click_policy="hide"),
+                       "right")
 
 
 def _window(span_s: float) -> float:
@@ -205,11 +350,16 @@ def throughput(report: Mapping[str, Any] | Any, *, x_range: Range1d | None = Non
     line = fig.line(x="t", y="mb_s", source=source, line_color="#1e88e5", line_width=2)
     fig.add_tools(HoverTool(renderers=[line], mode="vline",
                             tooltips=[("t", "@t{0.0} s"), ("MB/s", "@mb_s{0,0.0}")]))
+    items = [LegendItem(label=f"MB/s finished in the trailing {window:g} s", renderers=[line])]
     if records and span > 0:
-        fig.add_layout(Span(location=float(size.sum()) / span / 1e6, dimension="width",
-                            line_dash="dashed", line_color="#616161"))
+        average = float(size.sum()) / span / 1e6
+        flat = fig.line(x=[0.0, span], y=[average, average], line_dash="dashed",
+                        line_color="#616161")
+        items.append(LegendItem(label=f"dashed: run average ({average:,.1f} MB/s)",
+                                renderers=[flat]))
     else:
         _note(fig, "no chunk tasks recorded")
+    _legend(fig, items)
     fig.yaxis.axis_label = "MB/s"
     fig.y_range.start = 0
     return fig
@@ -253,7 +403,8 @@ def memory_timeline(report: Mapping[str, Any] | Any, *, x_range: Range1d | None 
                if s.get("time") is not None]
     events = [PressureEvent.from_dict(e) for e in report.get("pressure_events") or []
               if e.get("time") is not None]
-    fig = _figure("Worker memory and pressure level", x_range, report, height=260)
+    fig = _figure("Worker memory and pressure level", x_range, report, height=300)
+    sources: list[tuple[ColumnDataSource, str, str]] = []
     by_worker: dict[str, list[MemoryPoint]] = {}
     for s in sorted(samples, key=lambda s: s.time):
         by_worker.setdefault(s.worker or NO_WORKER, []).append(s)
@@ -266,17 +417,14 @@ def memory_timeline(report: Mapping[str, Any] | Any, *, x_range: Range1d | None 
             "pressure": [s.pressure_fraction or 0.0 for s in rows],
             "level": [s.level.name for s in rows],
             "worker": [worker] * len(rows)})
-        lines.append(fig.line(x="t", y="memory", source=source, line_width=2,
-                              line_color=Category10_10[i % len(Category10_10)],
-                              legend_label=worker))
+        color = Category10_10[i % len(Category10_10)]
+        lines.append(fig.line(x="t", y="memory", source=source, line_width=2, line_color=color))
+        sources.append((source, color, worker))
     if lines:
         fig.add_tools(HoverTool(renderers=lines, tooltips=[
             ("worker", "@worker"), ("t", "@t{0.0} s"), ("memory", "@memory{0.0 b}"),
             ("of worker limit", "@fraction{0%}"), ("level", "@level"),
             ("memory used (level)", "@pressure{0%}")]))
-        fig.legend.location = "top_left"
-        fig.legend.click_policy = "hide"
-        fig.legend.label_text_font_size = "8pt"
     for start, stop, level in _level_spans(samples, events, end):
         fig.add_layout(BoxAnnotation(left=start - t0, right=stop - t0, fill_alpha=0.18,
                                      fill_color=LEVEL_COLORS[level], level="underlay"))
@@ -295,6 +443,18 @@ def memory_timeline(report: Mapping[str, Any] | Any, *, x_range: Range1d | None 
     fig.add_tools(HoverTool(renderers=[tri], tooltips=[
         ("worker", "@worker"), ("t", "@t{0.0} s"), ("pressure", "@old → @new"),
         ("paused", "@paused")]))
+    items = []
+    for (source, color, worker), line in zip(sources, lines, strict=True):
+        # a dot per sample: a run with a single sample still shows one
+        dots = fig.scatter(x="t", y="memory", source=source, size=5, color=color)
+        items.append(LegendItem(label=worker, renderers=[line, dots]))
+    for level in (PressureLevel.ELEVATED, PressureLevel.HIGH, PressureLevel.CRITICAL):
+        swatch = fig.quad(left=[], right=[], top=[], bottom=[], fill_alpha=0.18,
+                          fill_color=LEVEL_COLORS[level], line_color=None)
+        items.append(LegendItem(label=f"band: pressure {level.name} (any worker)",
+                                renderers=[swatch]))
+    items.append(LegendItem(label="triangle: pressure level change", renderers=[tri]))
+    _legend(fig, items)
     if not samples:
         _note(fig, "no memory samples recorded" +
               (f"; {len(events)} pressure change(s)" if events else ""))
@@ -347,30 +507,99 @@ def _summary(report: Mapping[str, Any]) -> Div:
     if len(failures) > 20:
         failed += f"<li>... {len(failures) - 20} more</li>"
     text = f"<h3>chunkmill run report</h3><table>{rows}</table>"
+    skipped = report.get("skipped_runs") or []
+    if skipped:
+        text += (f"<p>Showing the latest run that did work; {len(skipped)} later run(s) found "
+                 f"every file unchanged ({html.escape(', '.join(skipped[:5]))}). "
+                 "<code>chunkmill report OUT --list</code> lists every run.</p>")
     if failed:
         text += f"<p style='color:#c62828'><b>failed files</b></p><ul>{failed}</ul>"
     return Div(text=text, sizing_mode="stretch_width")
 
 
-def report_layout(report: Mapping[str, Any] | Any) -> Any:
-    """Summary header and the three plots in one column, their time axes linked."""
+TABLE_ROWS = 200
+"""Most rows of each table on the page."""
+
+
+def _table(css_class: str, head: list[str], rows: list[list[Any]], numeric: set[int]) -> str:
+    cell = "<td style='padding:1px 8px;{}'>{}</td>"
+    body = "".join(
+        "<tr>" + "".join(cell.format("text-align:right" if i in numeric else "",
+                                     html.escape(f"{v:,}" if isinstance(v, int) else str(v)))
+                         for i, v in enumerate(r)) + "</tr>" for r in rows[:TABLE_ROWS])
+    more = (f"<p>... {len(rows) - TABLE_ROWS:,} more</p>" if len(rows) > TABLE_ROWS else "")
+    header = "".join(f"<th style='text-align:left;padding:1px 8px'>{html.escape(h)}</th>"
+                     for h in head)
+    return (f"<table class='{css_class}' style='border-collapse:collapse;font-size:9pt'>"
+            f"<thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>{more}")
+
+
+def files_table(report: Mapping[str, Any] | Any) -> Div:
+    """One row per input file of the run: status, rows, rejected, chunks, size, seconds."""
+    report = _as_dict(report)
+    files = list(report.get("file_rows") or [])
+    text = "<h4>Files</h4>"
+    if files:
+        rows = [[f.get("path"), f.get("format") or "", f.get("status"), int(f.get("rows") or 0),
+                 int(f.get("rejected") or 0), int(f.get("chunks") or 0),
+                 _mb(int(f.get("bytes") or 0)), f"{float(f.get('seconds') or 0):,.2f}"]
+                for f in files]
+        text += _table("chunkmill-files", ["file", "format", "status", "rows", "rejected",
+                                           "chunks", "size", "seconds"], rows, {3, 4, 5, 6, 7})
+    else:
+        text += "<p>no per-file record in this report (an unfinished run, or an older version)</p>"
+    return Div(text=text, sizing_mode="stretch_width")
+
+
+def errors_table(report: Mapping[str, Any] | Any, errors: Mapping[str, Any] | None) -> Div:
+    """Rejected records and chunks of the run: counts per file and type, then the first ones
+    (``errors`` from `load_errors`; without it, the report's own counts and failures)."""
+    report = _as_dict(report)
+    text = f"<h4>Errors ({int(report.get('errors') or 0):,} rejected in this run)</h4>"
+    failures = report.get("failures") or []
+    if failures:
+        text += _table("chunkmill-failures", ["failed file"], [[f] for f in failures], set())
+    if errors is not None and errors.get("total"):
+        text += _table("chunkmill-error-counts", ["file", "error type", "rows"],
+                       [list(c) for c in errors["counts"]], {2})
+        text += "<p>first rows of <code>_errors</code> for this run:</p>" + _table(
+            "chunkmill-errors", ["file", "chunk", "byte offset", "kind", "error type", "message"],
+            [[r["path"], "" if r["chunk"] is None else r["chunk"],
+              "" if r["byte_offset"] is None else r["byte_offset"], r["kind"], r["error_type"],
+              r["message"]] for r in errors["rows"]], {1, 2})
+    elif int(report.get("errors") or 0):
+        counts = [[f.get("path"), int(f.get("rejected") or 0)]
+                  for f in report.get("file_rows") or [] if f.get("rejected")]
+        text += _table("chunkmill-error-counts", ["file", "rejected"], counts, {1})
+        text += "<p>the rows themselves are in <code>OUT/_errors</code></p>"
+    elif not failures:
+        text += "<p>none</p>"
+    return Div(text=text, sizing_mode="stretch_width")
+
+
+def report_layout(report: Mapping[str, Any] | Any, errors: Mapping[str, Any] | None = None
+                  ) -> Any:
+    """Summary header, the three plots (their time axes linked), the files and errors tables."""
     report = _as_dict(report)
     x_range = _x_range(report)
     return column(_summary(report), chunks_per_worker(report, x_range=x_range),
                   throughput(report, x_range=x_range), memory_timeline(report, x_range=x_range),
+                  files_table(report), errors_table(report, errors),
                   sizing_mode="stretch_width")
 
 
-def save_html(report: Mapping[str, Any] | Any, path: str | os.PathLike[str]) -> Path:
+def save_html(report: Mapping[str, Any] | Any, path: str | os.PathLike[str],
+              errors: Mapping[str, Any] | None = None) -> Path:
     """Write the report page as one standalone HTML file (BokehJS inlined: works offline).
 
-    Written to a temporary file beside ``path`` then renamed, so a reader never sees half a
-    page. Returns the path written.
+    ``errors``: the run's ``_errors`` rows (`load_errors`) for the errors table. Written to a
+    temporary file beside ``path`` then renamed, so a reader never sees half a page. Returns
+    the path written.
     """
     report = _as_dict(report)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    page = file_html(report_layout(report), resources=INLINE,
+    page = file_html(report_layout(report, errors), resources=INLINE,
                      title=f"chunkmill run {report.get('run_id', '')}")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:

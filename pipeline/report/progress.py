@@ -1,11 +1,14 @@
-"""Progress: files, chunks, bytes/s, ETA and memory pressure.
+"""Progress: files, chunks, bytes, rows, rejected records, elapsed time, ETA, memory pressure.
 
 A status line on a terminal, a tqdm widget in Jupyter, nothing otherwise (cron, CI, pipes).
+Running chunks count as far as they got (`live`, fed by the tasks' per-block reports, see
+`pipeline.execution.live`), so the line moves before the first chunk finishes.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -25,6 +28,15 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB" if n < 1e10 else f"{n / 1e9:,.1f} GB"
 
 
+def _clock(seconds: float) -> str:
+    """``42s``, ``3:07``, ``1:02:09``."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+
+
 class Progress:
     """Redraws one status line at most every ``interval`` seconds."""
 
@@ -39,38 +51,76 @@ class Progress:
             self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="chunkmill")
         self.files, self.chunks, self.total_bytes = files, chunks, total_bytes
         self.files_done = self.chunks_done = self.bytes_done = 0
+        self.rows_done = self.rejected_done = 0
         self.pressure = "NORMAL"
         self.started = time.monotonic()
         self.interval = interval
         self._last = 0.0
+        self._lock = threading.Lock()  # live reports arrive on the Dask client's thread
+        self._live: dict[str, tuple[float, int, int, int]] = {}
+        """Running chunk id -> (attempt start, bytes, rows, rejected) so far."""
+        self._ended: dict[str, float] = {}
+        """Finished chunk id -> start of its last attempt: later reports of it are stale."""
+        self._shown = 0
 
     def add_chunks(self, n: int) -> None:
         self.chunks += n
 
-    def _widget(self, nbytes: int) -> None:
-        self.bar.update(nbytes)
+    def _widget(self) -> None:
+        nbytes, rows, rejected = self.totals()
+        self.bar.update(max(0, nbytes - self._shown))
+        self._shown = max(self._shown, nbytes)
         self.bar.set_postfix_str(f"files {self.files_done}/{self.files} chunks "
-                                 f"{self.chunks_done}/{self.chunks} memory {self.pressure}",
-                                 refresh=False)
+                                 f"{self.chunks_done}/{self.chunks} rows {rows:,} rejected "
+                                 f"{rejected:,} memory {self.pressure}", refresh=False)
 
-    def update(self, *, chunks: int = 0, nbytes: int = 0, files: int = 0,
-               pressure: str | None = None) -> None:
-        self.chunks_done += chunks
-        self.bytes_done += nbytes
-        self.files_done += files
+    def update(self, *, chunks: int = 0, nbytes: int = 0, files: int = 0, rows: int = 0,
+               rejected: int = 0, pressure: str | None = None) -> None:
+        with self._lock:
+            self.chunks_done += chunks
+            self.bytes_done += nbytes
+            self.files_done += files
+            self.rows_done += rows
+            self.rejected_done += rejected
         if pressure:
             self.pressure = pressure
         if self.bar is not None:
-            self._widget(nbytes)
+            self._widget()
         self.draw()
+
+    def live(self, chunk: str, started: float, nbytes: int, rows: int, rejected: int) -> None:
+        """A running chunk's counts so far (the latest report of each chunk counts)."""
+        with self._lock:
+            if self._ended.get(chunk, float("-inf")) >= started:
+                return  # arrived after the chunk (this attempt of it) was counted as done
+            self._live[chunk] = (started, nbytes, rows, rejected)
+
+    def chunk_done(self, chunk: str, started: float, *, nbytes: int, rows: int,
+                   rejected: int) -> None:
+        """A chunk finished: its live counts give way to its final ones."""
+        with self._lock:
+            self._live.pop(chunk, None)
+            self._ended[chunk] = started
+        self.update(chunks=1, nbytes=nbytes, rows=rows, rejected=rejected)
+
+    def totals(self) -> tuple[int, int, int]:
+        """(bytes, rows, rejected) of finished chunks and of running ones so far."""
+        with self._lock:
+            live = list(self._live.values())
+            nbytes = self.bytes_done + sum(b for _, b, _, _ in live)
+            rows = self.rows_done + sum(r for _, _, r, _ in live)
+            rejected = self.rejected_done + sum(e for _, _, _, e in live)
+        return min(nbytes, max(self.total_bytes, self.bytes_done)), rows, rejected
 
     def line(self) -> str:
         elapsed = max(1e-6, time.monotonic() - self.started)
-        rate = self.bytes_done / elapsed
-        left = max(0, self.total_bytes - self.bytes_done)
-        eta = f"{left / rate:,.0f}s" if rate > 0 and left else "-"
+        nbytes, rows, rejected = self.totals()
+        rate = nbytes / elapsed
+        left = max(0, self.total_bytes - nbytes)
+        eta = _clock(left / rate) if rate > 0 and left else "-"
         return (f"files {self.files_done}/{self.files} | chunks {self.chunks_done}/{self.chunks}"
-                f" | {_mb(self.bytes_done)}/{_mb(self.total_bytes)} | {rate / 1e6:,.0f} MB/s"
+                f" | {_mb(nbytes)}/{_mb(self.total_bytes)} | {rate / 1e6:,.0f} MB/s"
+                f" | {rows:,} rows | {rejected:,} rejected | {_clock(elapsed)} elapsed"
                 f" | ETA {eta} | memory {self.pressure}")
 
     def draw(self, force: bool = False) -> None:

@@ -8,6 +8,9 @@ from typing import Any
 
 from pipeline.pressure.events import MemoryPoint, PressureEvent
 
+FILE_ROWS = 2000
+"""Most per-file rows a run report keeps (a run over millions of files keeps its report small)."""
+
 
 @dataclass
 class ChunkRecord:
@@ -22,6 +25,8 @@ class ChunkRecord:
     bytes: int
     errors: int
     attempt: int = 0
+    thread: str = ""
+    """The worker thread (a worker of the threads layout has several)."""
 
 
 @dataclass
@@ -58,6 +63,19 @@ class RunReport:
     """Each worker's memory and pressure level, once per ``chunkmill.pressure.interval`` and
     at least at the start and the end of the run."""
     chunk_records: list[ChunkRecord] = field(default_factory=list)
+    file_rows: list[dict[str, Any]] = field(default_factory=list)
+    """Per input file of the run (at most `FILE_ROWS`): path, format, status, rows, rejected,
+    chunks, bytes, seconds; the catalog has every file."""
+
+    def note_files(self, catalog: list[dict[str, Any]]) -> None:
+        """Keep the per-file summary of the run's catalog rows (failed and partial first)."""
+        order = {"failed": 0, "partial": 1}
+        rows = sorted(catalog, key=lambda r: (order.get(r.get("status"), 2), r.get("path")))
+        self.file_rows = [{"path": r.get("path"), "format": r.get("format"),
+                           "status": r.get("status"), "rows": r.get("rows", 0),
+                           "rejected": r.get("error_count", 0), "chunks": r.get("chunks", 0),
+                           "bytes": r.get("size_bytes", 0), "seconds": r.get("duration_s", 0)}
+                          for r in rows[:FILE_ROWS]]
 
     @property
     def duration_s(self) -> float:
