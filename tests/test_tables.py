@@ -257,6 +257,17 @@ def test_a_file_named_later_keeps_its_own_name(tmp_path: Path,
     assert tables_in(tmp_path / "lake") == {"logs", "big"}
 
 
+def test_files_named_one_per_run_keep_their_own_names(tmp_path: Path) -> None:
+    # Same directory, nested columns, one file per run: still one table per named file.
+    write(tmp_path / "t.csv", "a,b,c\n1,2,3\n")
+    write(tmp_path / "j.csv", "a,b\n4,5\n")
+    for name in ("t.csv", "j.csv"):
+        assert pipeline.ingest(str(tmp_path / name), out=str(tmp_path / "lake"),
+                               progress=False).exit_code == 0
+    assert tables_in(tmp_path / "lake") == {"t", "j"}
+    assert count(tmp_path / "lake", "t") == 1 and count(tmp_path / "lake", "j") == 1
+
+
 def test_table_names_that_clash_get_a_suffix(tmp_path: Path) -> None:
     write(tmp_path / "a" / "data.csv", "x,y\n1,2\n")
     write(tmp_path / "b" / "data.csv", "p,q\n1,2\n")

@@ -20,7 +20,7 @@ The rule, in order:
    files of this home in counts as one), or starts a new table.
 4. Names: when the home's files make one table, it is named after the home directory
    (``logs/`` -> ``logs``), except a file given on its own by name, which is named after its
-   stem (``big.csv`` -> ``big``). When a home splits into several tables, each new one is named
+   stem (``big.csv`` -> ``big``) and joins no other table OUT holds of its directory. When a home splits into several tables, each new one is named
    after its files' common stem, trailing digits, dates and separators dropped
    (``orders_2024-01.csv``, ``orders_2024-02.csv`` -> ``orders``); with no common stem, its
    first file's; a stem of digits only (``2024-01-01.csv``) falls back to the directory.
@@ -237,8 +237,14 @@ def group_tables(members: Iterable[Member], *, forced: str | None = None,
         # A walk's or a pattern's home holds its subdirectories' files; a file named on its
         # own does not join the table of a directory below its own.
         deep = not all(m.named for m in files)
+        held = sorted(history.under(home, deep))
+        if len(files) == 1 and files[0].named:
+            # A file given on its own is its own table (``big.csv`` -> ``big``), whatever
+            # else OUT holds of its directory: it joins only a table of that name.
+            own = table_name(_stem_or_directory([files[0].path], home)[0])
+            held = [t for t in held if t == own]
         groups = [_Group(t, set(tables.get(t, ())), i, existing=True)
-                  for i, t in enumerate(sorted(history.under(home, deep)))]
+                  for i, t in enumerate(held)]
         for m in sorted(files, key=lambda m: (-len(set(m.columns)), m.path)):
             fits = [g for g in groups if _nests(m.columns, m.exact, g.columns)]
             if fits:
