@@ -173,7 +173,7 @@ class PlanOptions:
         """The flat settings every reader picks its own options from (`Reader.configure`)."""
         return {"chunk_size": self.chunk_size, "max_record_bytes": self.max_record_bytes,
                 "header": self.header, "input_roots": tuple(input_roots),
-                "declared_columns": tuple(self.schema), "encoding": self.encoding,
+                "encoding": self.encoding,
                 **self.dialect_settings()}
 
 

@@ -83,9 +83,6 @@ class TextOptions(ReaderOptions):
     """Lines starting with this character are skipped."""
     null_padding: bool = False
     """Records with missing trailing fields get NULLs instead of being rejected."""
-    declared_columns: tuple[str, ...] = ()
-    """Columns whose type the user declared: their values convert as declared (a leading
-    zero included), while inferred numeric columns reject values like ``007``."""
     infer_bytes: int = 1 << 20
     """Bytes from the head of a file its column types are inferred from."""
     stream_block_bytes: int = 8 << 20

@@ -1,13 +1,11 @@
 """Numbers written with a leading zero (``007``, ``01420``) are identifiers, not numbers.
 
 Inference keeps such a column as text, as DuckDB's sniffer does (``0``, ``-0`` and ``0.5``
-stay numbers). A chunk read after inference, in a column typed as a number, rejects a value
-with a leading zero into ``_errors`` like any value that does not convert, instead of
-silently writing ``1420``; a type the user declares (``--schema zip=int64``) converts it.
-
-pyarrow's CSV converter drops the zeros before we could see them, so a byte scan of each block
-(RE2) decides whether its numeric columns are parsed as text and checked (rare), or parsed
-straight into numbers (the rest).
+stay numbers): the head's numeric columns are parsed once more as text and checked, which costs
+a describe, never a chunk. As in DuckDB, the types come from the head: a later value with a
+leading zero in a column typed there as a number converts (``0042`` -> 42). ``--schema
+zip=varchar`` keeps every value of such a column as text. (A check of every parse block costs
+more than its worth: a byte scan of a numeric block alone costs a quarter of its parse.)
 """
 
 from __future__ import annotations
@@ -42,9 +40,3 @@ def leading_zero_columns(table: pa.Table, columns: list[str]) -> list[str]:
     """The ``columns`` (text) of ``table`` holding a value with a leading zero."""
     return [c for c in columns
             if pc.any(pc.match_substring_regex(table.column(c), PATTERN)).as_py()]
-
-
-def leading_zero_mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Which of the text ``values`` start with a leading zero."""
-    hits = pc.fill_null(pc.match_substring_regex(values, PATTERN), False)
-    return np.asarray(hits.to_numpy(zero_copy_only=False), bool)

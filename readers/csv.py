@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from readers import _csv_rescue as rescue
@@ -32,12 +31,7 @@ from readers._dialect import (
     sniff_delimiter,
 )
 from readers._text import TextOptions, TextReader, TextState, bisect_records, sentinel_text
-from readers._zeros import (
-    is_numeric,
-    leading_zero_columns,
-    leading_zero_mask,
-    may_have_leading_zeros,
-)
+from readers._zeros import is_numeric, leading_zero_columns, may_have_leading_zeros
 from readers.base import ChunkContext, Description, RestartChunk
 from readers.errors import BadFile, ErrorCode, RecordTooLong
 from readers.widening import no_nulls
@@ -312,10 +306,8 @@ class CSVReader(TextReader):
         names = list(state.column_names)
         wanted = set(names)  # a set: ``n in schema.names`` per column was quadratic
         types = {f.name: f.type for f in schema if f.name in wanted}
-        declared = set(options.declared_columns)
         job = _Job(dialect, dialect.grammar(), names, types,
-                   sentinel_text(dialect.delimiter, len(names)) if sentinel else None, options,
-                   tuple(n for n, t in types.items() if is_numeric(t) and n not in declared))
+                   sentinel_text(dialect.delimiter, len(names)) if sentinel else None, options)
         if dialect.comment:
             blanked = blank_comments(block, job.grammar, dialect.comment)
             if blanked is not None:
@@ -365,10 +357,7 @@ class CSVReader(TextReader):
                 skipped.append(row.number)
             return "skip"
 
-        check = job.numeric if job.numeric and may_have_leading_zeros(
-            data, job.dialect.delimiter, job.dialect.quote) else ()
-        types = dict(job.types)
-        types.update({n: pa.string() for n in check})  # checked, then converted
+        types = job.types
         include = job.include
         reader = pacsv.open_csv(
             pa.BufferReader(pa.py_buffer(data)),
@@ -388,14 +377,11 @@ class CSVReader(TextReader):
             table = pa.Table.from_batches([batch])
             if padding and skipped:
                 table = self._pad(table, cursor, skipped, padded, job, types)
-            if check:
-                table = _checked(table, check, job)
             yield table if job.types or not include else table.select([])
         if padding and padded:  # short records after the last full one
             rest = sorted(n for n in padded if n >= cursor[0])
             if rest:
                 table = self._padded_rows([padded[n] for n in rest], job, types)
-                table = _checked(table, check, job) if check else table
                 yield table if job.types or not include else table.select([])
 
     def _pad(self, table: pa.Table, cursor: list[int], skipped: list[int],
@@ -494,7 +480,7 @@ class CSVReader(TextReader):
         if job.marker is None:
             return True
         sentinel_bytes = b"\n" + job.marker.encode() + b"\n"
-        text = replace(job, types={n: pa.string() for n in job.names}, numeric=())
+        text = replace(job, types={n: pa.string() for n in job.names})
         try:
             return self._parse(data.translate(_ASCII) + sentinel_bytes, text)[1]
         except pa.ArrowInvalid:
@@ -507,8 +493,7 @@ class CSVReader(TextReader):
 
         Costs about one more parse of the chunk, whatever the number of bad values, where
         bisecting the records costs several. None when the rows cannot be matched to their
-        records (then `_rescue` bisects). A value with a leading zero in an inferred numeric
-        column (see `readers._zeros`) is refused like one that does not convert.
+        records (then `_rescue` bisects).
         """
         types, names = job.types, job.names
         loose = job
@@ -522,8 +507,8 @@ class CSVReader(TextReader):
                 if column is None or column in failing or column not in types:
                     return None
                 failing.append(column)
-                loose = replace(loose, types={**loose.types, column: rescue.as_text(types[column])},
-                                numeric=tuple(n for n in loose.numeric if n != column))
+                loose = replace(loose, types={**loose.types,
+                                              column: rescue.as_text(types[column])})
         data = bytes(block)
         if job.marker is not None:
             data = data[: len(data) - len(job.marker) - 2]
@@ -536,25 +521,11 @@ class CSVReader(TextReader):
         converted: dict[str, tuple[np.ndarray, pa.Array]] = {}
         conv = convert_options(types, job.dialect.null_values)
         for column in failing:
-            values = table.column(column)
-            zeros = None
-            if column in job.numeric and not pa.types.is_binary(values.type):
-                zeros = leading_zero_mask(values)
-                if zeros.any():  # refused below; NULL meanwhile so that the rest converts
-                    values = pc.if_else(pa.array(zeros), pa.nulls(1, values.type)[0], values)
-            mask, good, reasons = rescue.convert(values, types[column], conv)
-            if zeros is not None and zeros.any():
-                for i in np.flatnonzero(zeros):
-                    why.setdefault(int(i), f"In CSV column #{names.index(column)}: "
-                                           + _zero_message(table.column(column)[int(i)].as_py(),
-                                                           column, types[column]))
-                # the zero rows converted (to NULL): ``good`` keeps them, ``keep`` drops them
+            mask, good, reasons = rescue.convert(table.column(column), types[column], conv)
             converted[column] = (mask, good)
             for i, reason in zip(np.flatnonzero(mask), reasons, strict=True):
                 why.setdefault(int(i), f"In CSV column #{names.index(column)}: {reason}")
             reject |= mask
-            if zeros is not None:
-                reject |= zeros
         keep = ~reject
         out = table.filter(pa.array(keep)) if reject.any() else table
         for column, (mask, good) in converted.items():
@@ -629,8 +600,6 @@ class _Job:
     marker: str | None
     """The sentinel record's text, when the block ends in one."""
     options: TextOptions
-    numeric: tuple[str, ...] = ()
-    """Inferred numeric columns, whose values must not start with a leading zero."""
 
     @property
     def include(self) -> list[str] | None:
@@ -639,24 +608,3 @@ class _Job:
             return None
         return list(self.types) or self.names[:1]  # (an empty list would mean all of them)
 
-
-def _zero_message(value: str, column: str, kind: pa.DataType) -> str:
-    return (f"CSV conversion error to {kind}: invalid value '{value}' (a leading zero; "
-            f"column {column!r} was inferred as a number, declare it --schema {column}=varchar "
-            "to keep such values)")
-
-
-def _checked(table: pa.Table, columns: tuple[str, ...], job: _Job) -> pa.Table:
-    """Numeric ``columns`` parsed as text, converted once none has a leading zero."""
-    for column in columns:
-        values = table.column(column)
-        zeros = leading_zero_mask(values)
-        if zeros.any():
-            # Worded as pyarrow's conversion errors, so that the per-column rescue finds
-            # the column and rejects only the rows holding such values.
-            first = values[int(np.flatnonzero(zeros)[0])].as_py()
-            raise pa.ArrowInvalid(f"In CSV column #{job.names.index(column)}: "
-                                  + _zero_message(first, column, job.types[column]))
-        table = table.set_column(table.schema.get_field_index(column), column,
-                                 pc.cast(values, job.types[column]))
-    return table
