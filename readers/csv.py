@@ -519,7 +519,9 @@ class CSVReader(TextReader):
         reject = np.zeros(table.num_rows, bool)
         why: dict[int, str] = {}
         converted: dict[str, tuple[np.ndarray, pa.Array]] = {}
-        conv = convert_options(types, job.dialect.null_values)
+        # The text parse above already read the file's null values as NULL, which the
+        # one-column CSV writes as an empty field: that is its only null value.
+        conv = convert_options(types)
         for column in failing:
             mask, good, reasons = rescue.convert(table.column(column), types[column], conv)
             converted[column] = (mask, good)

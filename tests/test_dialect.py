@@ -187,3 +187,16 @@ def test_signed_and_decimal_leading_zeros_are_text(tmp_path) -> None:
     got, _, _ = run_reader(str(src))
     assert got.schema.types == [pa.string(), pa.string(), pa.int64(), pa.int64()]
     assert got.to_pylist()[0] == {"a": "-007", "b": "00.5", "c": 0, "d": 0}
+
+
+def test_per_column_rescue_keeps_the_files_dialect(tmp_path) -> None:
+    """A value that does not convert in a ';' file with NA as NULL: only its row is rejected,
+    the NA stays NULL and the quoted ';' stays in its value (the rescue parses as the file)."""
+    src = tmp_path / "r.csv"
+    src.write_bytes(b"a;b\n" + b'1;"x;y"\n' * 40 + b"NA;z\n3.5;w\n2;v\n")
+    got, rejected, _ = run_reader(str(src), chunk_size=1 << 20, infer_bytes=64,
+                                  null_values=("NA",))
+    assert [r.error_type for r in rejected] == ["TypeMismatch"]
+    assert rejected[0].raw == b"3.5;w\n"
+    assert got.column("a").to_pylist()[-2:] == [None, 2]
+    assert got.column("b").to_pylist()[0] == "x;y" and got.num_rows == 42
