@@ -55,6 +55,27 @@ def _default(key: str) -> str:
     return str(config.get(f"ingest.{key}"))
 
 
+def _dialect(p: argparse.ArgumentParser) -> None:
+    """CSV/TSV dialect options (DuckDB's read_csv names in brackets)."""
+    p.add_argument("--delimiter", metavar="CHAR",
+                   help="field delimiter (default: sniffed among , ; tab | from the head) "
+                        "[delim]; e.g. --delimiter ';' or --delimiter $'\\t'")
+    p.add_argument("--quote", metavar="CHAR",
+                   help="quote character (default \"; '' turns quoting off) [quote]")
+    p.add_argument("--escape", metavar="CHAR",
+                   help="escape character, e.g. '\\' (default: none, quotes are escaped "
+                        "by doubling) [escape]")
+    p.add_argument("--null-values", metavar="TOKEN[,TOKEN]",
+                   help="values read as NULL, replacing the default empty value [nullstr]")
+    p.add_argument("--skip-rows", type=int, metavar="N",
+                   help="lines to skip before the header [skip]")
+    p.add_argument("--comment", metavar="CHAR",
+                   help="skip lines starting with this character [comment]")
+    p.add_argument("--null-padding", action="store_true", default=None,
+                   help="records with missing trailing fields get NULLs instead of going "
+                        "to _errors [null_padding]")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="INPUT",
                    help="files, directories (recursive), globs or fsspec URLs")
@@ -62,6 +83,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="force a reader (csv, tsv, jsonl, ...) instead of sniffing")
     p.add_argument("--no-header", dest="header", action="store_false",
                    help="CSV/TSV files have no header row (columns are f0, f1, ...)")
+    _dialect(p)
     p.add_argument("--chunk-size", type=_size,
                    help="bytes per chunk task, e.g. 64MB, 256MiB (default "
                         f"{_default('chunk-size')}; {_default('partitioned-chunk-size')} with "

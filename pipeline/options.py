@@ -49,6 +49,16 @@ class PlanOptions:
     """Force a reader instead of sniffing."""
     header: bool = True
     """CSV/TSV files start with a header row."""
+    # --- CSV/TSV dialect (readers._dialect): None sniffs (delimiter) or keeps the default --
+    delimiter: str | None = None
+    quote: str | None = None
+    """Quote character ("" turns quoting off)."""
+    escape: str | None = None
+    null_values: tuple[str, ...] | None = None
+    """Values read as NULL (``"NA,null"`` or a sequence); default: the empty value."""
+    skip_rows: int = 0
+    comment: str | None = None
+    null_padding: bool = False
     chunk_size: int = _size("chunk-size")
     small_file_size: int = _size("small-file-size")
     """Files up to this size share tasks and fragments with others (0: never)."""
@@ -86,6 +96,7 @@ class PlanOptions:
             object.__setattr__(self, name, config.parse_size(getattr(self, name)))
         if self.chunk_size < 1:
             raise UsageError("--chunk-size must be at least 1 byte")
+        self._check_dialect()
         if not (isinstance(self.schema, dict) and not self.schema):  # {} needs no pyarrow
             from pipeline.planning.types import parse_schema
 
@@ -105,10 +116,43 @@ class PlanOptions:
             raise UsageError(f"transform= must be a function of a pyarrow.Table, not "
                              f"{type(self.transform).__name__}")
 
+    def _check_dialect(self) -> None:
+        from readers._dialect import check_char
+
+        if self.delimiter in ("\\t", "tab"):
+            object.__setattr__(self, "delimiter", "\t")
+        try:
+            for name in ("delimiter", "escape", "comment"):
+                check_char(name, getattr(self, name))
+            check_char("quote", self.quote, allow_empty=True)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        quote = '"' if self.quote is None else self.quote
+        if self.delimiter is not None and self.delimiter in (quote, self.escape):
+            raise UsageError(f"--delimiter {self.delimiter!r} is also the quote or escape "
+                             "character")
+        if isinstance(self.null_values, str):
+            object.__setattr__(self, "null_values", tuple(self.null_values.split(",")))
+        elif self.null_values is not None:
+            object.__setattr__(self, "null_values", tuple(str(v) for v in self.null_values))
+        if self.skip_rows < 0:
+            raise UsageError("--skip-rows must be 0 or more")
+
+    def dialect_settings(self) -> dict[str, Any]:
+        """The CSV dialect options given (none: every file's own default or sniffed one)."""
+        given = {"delimiter": self.delimiter, "quote": self.quote, "escape": self.escape,
+                 "null_values": self.null_values, "skip_rows": self.skip_rows or None,
+                 "comment": self.comment, "null_padding": self.null_padding or None}
+        return {k: v for k, v in given.items() if v is not None}
+
     def output_token(self) -> list[Any]:
         """The settings above that change what is written (empty when none is given), so a
         file ingested under others is read again rather than taken as unchanged."""
         token: list[Any] = []
+        dialect = self.dialect_settings()
+        if dialect:
+            token.append({k: list(v) if isinstance(v, tuple) else v
+                          for k, v in dialect.items()})
         if self.schema:
             from pipeline.planning.types import type_name
 
@@ -129,7 +173,8 @@ class PlanOptions:
         """The flat settings every reader picks its own options from (`Reader.configure`)."""
         return {"chunk_size": self.chunk_size, "max_record_bytes": self.max_record_bytes,
                 "header": self.header, "input_roots": tuple(input_roots),
-                "encoding": self.encoding}
+                "encoding": self.encoding,
+                **self.dialect_settings()}
 
 
 def _names(value: str | Sequence[str], flag: str) -> tuple[str, ...]:

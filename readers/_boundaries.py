@@ -58,6 +58,11 @@ class Grammar:
     """The field delimiter (a quote run after it opens a field)."""
     cr: bool = True
     """A lone ``\\r`` ends a record (CSV/TSV, as pyarrow reads them)."""
+    escape: int | None = None
+    """The escape byte: the byte after it is literal (a quote, delimiter or line end it
+    escapes does nothing), inside quotes and outside, as pyarrow's parser reads it. Whether a
+    byte is escaped depends only on the run of escape bytes before it, so it is settled
+    locally and the quote-state `Transfer` model still holds."""
 
 
 CSV = Grammar()
@@ -110,6 +115,39 @@ def _has(buf: Buffer, byte: int, start: int, end: int) -> bool:
     return bool(np.any(np.frombuffer(buf, np.uint8)[start:end] == byte))
 
 
+def _escaped(arr: np.ndarray, lo: int, hi: int, escape: int) -> np.ndarray:
+    """Whether each byte of ``arr[lo:hi]`` is escaped (follows an odd run of escape bytes).
+
+    A run crossing ``lo`` is counted whole (from the buffer's start at most: a run reaching
+    position 0 is taken to start there).
+    """
+    base = lo
+    step = 64
+    while base > 0:  # back to the first byte of the escape run ending at lo - 1
+        a = max(0, base - step)
+        other = np.flatnonzero(arr[a:base] != escape)
+        if other.size:
+            base = a + int(other[-1]) + 1
+            break
+        base, step = a, step * 16
+    e = arr[base:hi] == escape
+    if not e.any():
+        return np.zeros(hi - lo, bool)
+    idx = np.arange(e.size)
+    last_other = np.maximum.accumulate(np.where(e, -1, idx))
+    escaping = e & (((idx - last_other) & 1) == 1)  # odd position within the run, 1-based
+    out = np.zeros(e.size, bool)
+    out[1:] = escaping[:-1]
+    return out[lo - base:]
+
+
+def _escapes(buf: Buffer, grammar: Grammar, start: int, end: int) -> bool:
+    """Does ``buf[start:end]`` hold an escape byte (or follow one)?"""
+    if grammar.escape is None:
+        return False
+    return _has(buf, grammar.escape, max(start - 1, 0), end)
+
+
 def _run_end(arr: np.ndarray, p: int, end: int, quote: int) -> int:
     """First position at or after ``p`` (before ``end``) that is not a quote, else ``end``."""
     step = 256
@@ -136,6 +174,13 @@ def _runs(arr: np.ndarray, lo: int, hi: int, end: int, grammar: Grammar
     if not q.size:
         return q, q, False
     q += lo
+    esc = None
+    if grammar.escape is not None:
+        from_ = max(lo - 1, 0)  # the byte before a run decides what the run does
+        esc = _escaped(arr, from_, hi, grammar.escape)
+        q = q[~esc[q - from_]]
+        if not q.size:
+            return q, q, False
     prev = np.empty(q.size, np.uint8)
     if q[0] == 0:
         prev[0] = NEWLINE
@@ -143,6 +188,12 @@ def _runs(arr: np.ndarray, lo: int, hi: int, end: int, grammar: Grammar
     else:
         prev[:] = arr[q - 1]
     first = prev != quote
+    prev_escaped = None
+    if esc is not None:
+        prev_escaped = np.zeros(q.size, bool)
+        inside = q - 1 >= from_
+        prev_escaped[inside] = esc[q[inside] - 1 - from_]
+        first |= prev_escaped  # after an escaped quote a new run starts
     ids = np.cumsum(first) - 1  # -1: the quotes continuing a run from before lo
     starts = q[first]
     if not starts.size:
@@ -155,6 +206,8 @@ def _runs(arr: np.ndarray, lo: int, hi: int, end: int, grammar: Grammar
         is_open = stop >= end
     before = prev[first]
     opens = (before == grammar.delimiter) | (before == NEWLINE) | (before == CR)
+    if prev_escaped is not None:
+        opens &= ~prev_escaped[first]  # an escaped delimiter or line end starts no field
     kinds = np.where(lengths & 1, np.where(opens, 1, 2), 0).astype(np.int8)
     return starts, kinds, is_open
 
@@ -193,9 +246,17 @@ def transfer(buf: Buffer, lo: int, hi: int, grammar: Grammar = CSV,
     return Transfer(False, flips)
 
 
-def _line_ends(arr: np.ndarray, lo: int, hi: int, end: int, final: bool, cr: bool
-               ) -> np.ndarray:
+def _line_ends(arr: np.ndarray, lo: int, hi: int, end: int, final: bool, cr: bool,
+               escape: int | None = None) -> np.ndarray:
     """Positions in ``[lo, hi)`` that end a line (quotes aside), sorted."""
+    ends = _raw_line_ends(arr, lo, hi, end, final, cr)
+    if escape is not None and ends.size:
+        ends = ends[~_escaped(arr, lo, hi, escape)[ends - lo]]
+    return ends
+
+
+def _raw_line_ends(arr: np.ndarray, lo: int, hi: int, end: int, final: bool, cr: bool
+                   ) -> np.ndarray:
     seg = arr[lo:hi]
     ends = np.flatnonzero(seg == NEWLINE)
     if not cr:
@@ -226,7 +287,7 @@ def record_ends(buf: Buffer, lo: int, hi: int, state: int, grammar: Grammar = CS
     end = len(buf) if end is None else end
     hi = min(hi, end)
     arr = np.frombuffer(buf, np.uint8)
-    lines = _line_ends(arr, lo, hi, end, final, grammar.cr)
+    lines = _line_ends(arr, lo, hi, end, final, grammar.cr, grammar.escape)
     if grammar.quote is None:
         return lines, state
     starts, kinds, is_open = _runs(arr, lo, hi, end, grammar)
@@ -268,8 +329,9 @@ def first_record_end(buf: Buffer, start: int, state: int = OUT, grammar: Grammar
     end = len(buf) if end is None else end
     if state == OUT or grammar.quote is None:
         nl = _next_line_end(buf, start, end, final, grammar.cr)
-        if grammar.quote is None or not _has(buf, grammar.quote, start,
-                                             nl if nl >= 0 else end):
+        stop = nl + 1 if nl >= 0 else end
+        if grammar.quote is None or not (_has(buf, grammar.quote, start, stop)
+                                         or _escapes(buf, grammar, start, stop)):
             return nl
     pos, width = start, _FIRST_WINDOW
     while pos < end:
@@ -291,7 +353,8 @@ def last_record_end(buf: Buffer, grammar: Grammar = CSV, end: int | None = None,
     from a backward `transfer` that stops at the last reset.
     """
     end = len(buf) if end is None else end
-    if grammar.quote is None or not _has(buf, grammar.quote, start, end):
+    if grammar.quote is None or not (_has(buf, grammar.quote, start, end)
+                                     or _escapes(buf, grammar, start, end)):
         return _prev_line_end(buf, start, end, final, grammar.cr)
     width = 1 << 16
     while True:

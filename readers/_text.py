@@ -32,6 +32,7 @@ from readers._boundaries import (
     last_record_end,
     transfer,
 )
+from readers._dialect import Dialect
 from readers._encoding import check_utf8, file_offset, single_byte, to_utf8, transcoded
 from readers.base import (
     RAW_CAP,
@@ -70,6 +71,19 @@ class TextOptions(ReaderOptions):
 
     header: bool = True
     """CSV/TSV: the first record names the columns."""
+    # --- CSV/TSV dialect (see `readers._dialect`); None: the format's default or sniffed --
+    delimiter: str | None = None
+    quote: str | None = None
+    """Quote character; "" turns quoting off."""
+    escape: str | None = None
+    null_values: tuple[str, ...] | None = None
+    """Unquoted values read as NULL (default: the empty value)."""
+    skip_rows: int = 0
+    """Lines skipped before the header."""
+    comment: str | None = None
+    """Lines starting with this character are skipped."""
+    null_padding: bool = False
+    """Records with missing trailing fields get NULLs instead of being rejected."""
     infer_bytes: int = 1 << 20
     """Bytes from the head of a file its column types are inferred from."""
     stream_block_bytes: int = 8 << 20
@@ -146,6 +160,8 @@ class TextState:
     """Byte offset of the first data record (after BOM and header)."""
     column_names: tuple[str, ...] = ()
     """Column names from the header (or generated), in file order."""
+    dialect: Dialect | None = None
+    """CSV/TSV: the file's dialect (None for formats without one)."""
 
 
 class ReadBuffers:
@@ -273,9 +289,17 @@ class TextReader(Reader):
 
     # --- subclass hooks -------------------------------------------------------------------------
     @abstractmethod
-    def _infer(self, head: bytes, at_eof: bool, options: TextOptions
-               ) -> tuple[pa.Schema, int, tuple[str, ...]]:
+    def _infer(self, head: bytes, at_eof: bool, options: TextOptions,
+               dialect: Dialect | None = None) -> tuple[pa.Schema, int, tuple[str, ...]]:
         """(schema, header length in bytes, column names) from the first bytes of the file."""
+
+    def dialect(self, head: bytes, at_eof: bool, options: TextOptions) -> Dialect | None:
+        """The file's dialect, from the options and its head (None: the format has none)."""
+        return None
+
+    def groupable(self, options: TextOptions) -> bool:
+        """Whether small files may be described together (see `describe_many`)."""
+        return True
 
     @abstractmethod
     def _parse_block(self, block: memoryview, abs_offset: int, description: Description,
@@ -349,6 +373,11 @@ class TextReader(Reader):
             return LINES
         return Grammar(quote=self.quote[0], delimiter=ord(self.delimiter))
 
+    def grammar_of(self, description: Description) -> Grammar:
+        """What ends a record in this file (its dialect's grammar, else the format's)."""
+        dialect = getattr(description.state, "dialect", None)
+        return dialect.grammar() if dialect is not None else self.grammar
+
     # --- Reader API -----------------------------------------------------------------------------
     def describe(self, source: Source, options: TextOptions) -> Description:
         limit = want = options.infer_bytes
@@ -364,7 +393,8 @@ class TextReader(Reader):
                 self._check_utf8(head, source.path, at_eof)
             bom = len(BOM) if head.startswith(BOM) else 0
             try:
-                schema, header_len, names = self._infer(head[bom:], at_eof, options)
+                dialect = self.dialect(head[bom:], at_eof, options)
+                schema, header_len, names = self._infer(head[bom:], at_eof, options, dialect)
                 if options.per_block:  # where the data starts in the file's own bytes
                     header_len = file_offset(head[bom:], header_len)
                 break
@@ -379,8 +409,11 @@ class TextReader(Reader):
         metadata = {"compression": source.compression, "bom": bool(bom),
                     **({"encoding": options.encoding} if options.encoding else {}),
                     "columns": list(names), "schema_inferred_from_bytes": len(head)}
+        if dialect is not None:
+            metadata["dialect"] = dialect.as_metadata()
         return Description({source.table: schema}, metadata,
-                           TextState(data_start=bom + header_len, column_names=names))
+                           TextState(data_start=bom + header_len, column_names=names,
+                                     dialect=dialect))
 
     def describe_many(self, sources: Sequence[Source], options: TextOptions
                       ) -> list[Description | None]:
@@ -393,8 +426,8 @@ class TextReader(Reader):
         """
         limit = options.infer_bytes
         out: list[Description | None] = [None] * len(sources)
-        if options.recoded:
-            return out  # each file is transcoded on its own
+        if options.recoded or not self.groupable(options):
+            return out  # with an encoding, each file is transcoded on its own
         groups: dict[bytes, list[tuple[int, int, bool]]] = {}
         bodies: dict[int, bytes] = {}
         for i, source in enumerate(sources):
@@ -445,17 +478,19 @@ class TextReader(Reader):
                 body = source.read_range(chunk.offset, source.size)
             except Exception:  # noqa: BLE001 - read() on its own retries and reports it
                 continue
-            if (len(body) != chunk.length or (self.quote is not None and self.quote in body)
+            grammar = self.grammar_of(description)
+            if (len(body) != chunk.length
+                    or (grammar.quote is not None and bytes((grammar.quote,)) in body)
                     or b"\n\n" in body or b"\n\r\n" in body or body[:1] in (b"\n", b"\r")
-                    or (self.grammar.cr and body.count(b"\r") != body.count(b"\r\n"))):
+                    or (grammar.cr and body.count(b"\r") != body.count(b"\r\n"))):
                 continue  # a lone CR ends a line too: the newline count would be wrong
             if not body.endswith(b"\n"):
                 body += b"\n"
             table = next(iter(description.tables))
-            key = (table, state.column_names, str(description.tables[table]))
+            key = (table, state.column_names, str(description.tables[table]), state.dialect)
             groups.setdefault(key, []).append((i, body, body.count(b"\n")))
         limit = options.stream_block_bytes
-        for (table, _, _), group in groups.items():
+        for (table, _, _, _), group in groups.items():
             start = 0
             while start < len(group):
                 end, size = start, 0
@@ -485,18 +520,23 @@ class TextReader(Reader):
 
     def _split_header(self, data: bytes, options: TextOptions) -> tuple[bytes, int] | None:
         """(header record, where the body starts) of a whole small file, or None to skip it."""
-        if self.quote is not None and self.quote in data:
+        grammar = self.options_grammar(options)
+        if grammar.quote is not None and bytes((grammar.quote,)) in data:
             return None
         bom = len(BOM) if data.startswith(BOM) else 0
         header = b""
         start = bom
         if self.has_header(options):
             start = len(data) - len(data[bom:].lstrip(b"\r\n"))
-            end = first_record_end(data, start, OUT, self.grammar)
+            end = first_record_end(data, start, OUT, grammar)
             if end < 0:
                 return None
             header, start = data[start:end + 1], end + 1
         return (header, start) if data[start:].strip() else None
+
+    def options_grammar(self, options: TextOptions) -> Grammar:
+        """The grammar the options give before any file is sniffed (quotes, line ends)."""
+        return self.grammar
 
     def has_header(self, options: TextOptions) -> bool:
         """Whether the first record names the columns (CSV and TSV by default; JSON never)."""
@@ -507,7 +547,8 @@ class TextReader(Reader):
                         options: TextOptions, out: list[Description | None]) -> None:
         head = header + b"".join(bodies[i] for i, _, _ in batch)
         try:
-            schema, _, names = self._infer(head, True, options)
+            dialect = self.dialect(head, True, options)
+            schema, _, names = self._infer(head, True, options, dialect)
         except Exception:  # noqa: BLE001 - each file is then described on its own
             return
         for i, start, bom in batch:
@@ -515,8 +556,11 @@ class TextReader(Reader):
             metadata = {"compression": None, "bom": bom, "columns": list(names),
                         "schema_inferred_from_bytes": source.size,
                         "schema_inferred_with_files": len(batch)}
+            if dialect is not None:
+                metadata["dialect"] = dialect.as_metadata()
             out[i] = Description({source.table: schema}, metadata,
-                                 TextState(data_start=start, column_names=names))
+                                 TextState(data_start=start, column_names=names,
+                                           dialect=dialect))
 
     def plan(self, source: Source, description: Description,
              options: TextOptions) -> list[ChunkSpec]:
@@ -598,28 +642,30 @@ class TextReader(Reader):
         Costs one read of the file (quote-free stretches are skipped at memchr speed), so
         that lazily read partitions need no reconciliation afterwards.
         """
-        if self.quote is None or not chunks or _is_stream(chunks[0]):
+        grammar = self.grammar_of(description)
+        if grammar.quote is None or not chunks or _is_stream(chunks[0]):
             return chunks
         out, state = [], OUT
         for spec in chunks:
             out.append(ChunkSpec(spec.file_id, spec.index, spec.offset, spec.length, spec.table,
                                  TextSelector(parity=state), spec.weight))
             state = self._file_transfer(source, spec.offset, spec.offset + spec.length,
-                                        record_start=spec.index == 0).apply(state)
+                                        spec.index == 0, grammar).apply(state)
         return out
 
-    def _file_transfer(self, source: Source, lo: int, hi: int, record_start: bool) -> Transfer:
+    def _file_transfer(self, source: Source, lo: int, hi: int, record_start: bool,
+                       grammar: Grammar) -> Transfer:
         """The quote-state `Transfer` of the file's bytes ``[lo, hi)``, read piece by piece."""
         total = IDENTITY
         at = lo
         while at < hi:
             b = min(hi, at + (16 << 20))
-            lead = 0 if at == lo and record_start else min(at, 1)
+            lead = 0 if at == lo and record_start else min(at, _lead(grammar))
             extra = 1 << 12
             while True:  # read on while a quote run crosses the piece's end
                 data = source.read_range(at - lead, b + extra)
                 final = b + extra >= source.size
-                part = transfer(data, lead, lead + b - at, self.grammar, len(data), final)
+                part = transfer(data, lead, lead + b - at, grammar, len(data), final)
                 if part is not None:
                     break
                 extra *= 16
@@ -646,9 +692,9 @@ class TextReader(Reader):
         with no end within ``max_record_bytes`` past the range is `RecordTooLong`; the
         records before either are kept.
         """
-        grammar = self.grammar
+        grammar = self.grammar_of(description)
         max_record = options.max_record_bytes
-        lead = 1 if chunk.index > 0 and chunk.offset > 0 else 0
+        lead = min(chunk.offset, _lead(grammar)) if chunk.index > 0 else 0
         at = chunk.offset - lead  # file offset of buf[0]
         lo, hi = lead, lead + chunk.length  # the nominal range within the buffer
         spare = len(SENTINEL)
@@ -680,12 +726,13 @@ class TextReader(Reader):
             elif hypothesis is not None:
                 h = hypothesis
             else:
-                h = guess_parity(buf[lo:min(got, lo + (1 << 16))]) if self.quote else OUT
+                h = (guess_parity(buf[lo:min(got, lo + (1 << 16))], quote=grammar.quote)
+                     if grammar.quote is not None else OUT)
             ctx.facts = facts = TextFacts(flips=moves.value, resets=moves.reset, parity=h)
             if chunk.index == 0:
                 start = 0
             else:
-                p = self._record_end(buf, lo, h, got, final)
+                p = first_record_end(buf, lo, h, grammar, got, final)
                 if p < 0 or p >= hi or (short and p + 1 >= got):
                     return  # no record starts inside this range (before the file's end)
                 start = p + 1
@@ -696,7 +743,7 @@ class TextReader(Reader):
             else:
                 state = moves.apply(h)
                 while True:
-                    p = self._record_end(buf, hi, state, got, final)
+                    p = first_record_end(buf, hi, state, grammar, got, final)
                     if p >= 0:
                         end = p + 1
                         break
@@ -718,7 +765,7 @@ class TextReader(Reader):
             facts.start = at + start
             facts.end = None if too_long else at + end
             facts.last = to_eof
-            facts.open_quote_at_eof = bool(to_eof and self.quote is not None
+            facts.open_quote_at_eof = bool(to_eof and grammar.quote is not None
                                            and moves.apply(h) != OUT)
             if too_long:
                 ctx.reject(error_type=ErrorCode.RECORD_TOO_LONG, byte_offset=at + end, raw=rest,
@@ -736,7 +783,7 @@ class TextReader(Reader):
                 # sentinel instead of copying the whole chunk to append it. A chunk running to
                 # the end of the file has nothing to verify (a file ending inside an open quote
                 # keeps it as one last value, as a whole-file parse does).
-                sentinel = self.quote is not None and not to_eof
+                sentinel = grammar.quote is not None and not to_eof
                 if sentinel:
                     buf[end:end + spare] = self._sentinel(description)
                 view = memoryview(buf)[start:end + (spare if sentinel else 0)]
@@ -762,11 +809,6 @@ class TextReader(Reader):
                            "read?)" + (f"; the cut record at offset {cut} ({eof - cut} bytes) "
                                        "is in raw" if eof > cut else ""))
 
-    def _record_end(self, buf: Any, start: int, state: int, end: int, final: bool) -> int:
-        """First record end at or after ``start`` given the quote ``state`` there, -1 if none
-        (or none known before ``end``, where the data read so far stops)."""
-        return first_record_end(buf, start, state, self.grammar, end, final)
-
     # --- whole-file streams ---------------------------------------------------------------------
     def _read_stream(self, source: Source, description: Description,
                      options: TextOptions, ctx: ChunkContext) -> Iterator[pa.Table | None]:
@@ -778,7 +820,7 @@ class TextReader(Reader):
         planned size is `Truncated` (its cut last record goes to ``_errors``).
         """
         state: TextState = description.state
-        grammar = self.grammar
+        grammar = self.grammar_of(description)
         block = options.stream_block_bytes
         max_record = options.max_record_bytes
         ratio = options.decompression_ratio_limit
@@ -825,7 +867,7 @@ class TextReader(Reader):
                     if skipping is not None:
                         p = first_record_end(carry, 1, skipping, grammar, len(carry), eof)
                         if p < 0 and not eof:
-                            skipping, dropped = self._drop_searched(carry, 1, skipping)
+                            skipping, dropped = self._drop_searched(carry, 1, skipping, grammar)
                             position += dropped
                             continue
                         done = p + 1 if p >= 0 else len(carry)  # the record ends, or the file
@@ -861,7 +903,7 @@ class TextReader(Reader):
                                        message=f"{source.path}: the record at offset {position} "
                                                f"has no end within {max_record} bytes (raise "
                                                "max_record_bytes?)")
-                            skipping, dropped = self._drop_searched(carry, 0, OUT)
+                            skipping, dropped = self._drop_searched(carry, 0, OUT, grammar)
                             position += dropped
                         continue
                     cut_len, tables = cut
@@ -881,7 +923,8 @@ class TextReader(Reader):
                        if source.compression else f"{source.path}: {exc} (at offset {position})",
                        byte_offset=position, raw=bytes(carry[:4096]))
 
-    def _drop_searched(self, carry: bytearray, start: int, state: int) -> tuple[int, int]:
+    def _drop_searched(self, carry: bytearray, start: int, state: int, grammar: Grammar
+                       ) -> tuple[int, int]:
         """Forget the searched bytes of a record being skipped, keeping the carry bounded.
 
         ``carry[start:]`` holds no record end (given the quote ``state`` at ``start``). Keeps
@@ -889,12 +932,13 @@ class TextReader(Reader):
         as ``carry[0]``; returns (the quote state at the new ``carry[1]``, bytes dropped).
         """
         keep = len(carry) - 1
-        unsafe = (0x0D, self.quote[0] if self.quote else 0x0D)
+        # A quote run or an escape run may go on; a CR may be half of CRLF.
+        unsafe = {0x0D, grammar.quote or 0x0D, grammar.escape or 0x0D}
         while keep > start and carry[keep] in unsafe:
             keep -= 1
         if keep <= start:
             return state, 0  # nothing safe to drop yet
-        moves = transfer(carry, start, keep + 1, self.grammar, len(carry), True)
+        moves = transfer(carry, start, keep + 1, grammar, len(carry), True)
         assert moves is not None  # carry[keep] is not a quote: no run crosses it
         del carry[:keep]
         return moves.apply(state), keep
@@ -903,12 +947,13 @@ class TextReader(Reader):
                       options: TextOptions, ctx: ChunkContext
                       ) -> tuple[int, list[pa.Table]] | None:
         """Parse ``carry`` up to its last record end, if the parser agrees that it is one."""
-        nl = last_record_end(carry, self.grammar, len(carry), False)
+        grammar = self.grammar_of(description)
+        nl = last_record_end(carry, grammar, len(carry), False)
         if nl < 0:
             return None
         cut = nl + 1
         trial = ChunkContext(ctx.source, ctx.chunk)
-        sentinel = self.quote is not None
+        sentinel = grammar.quote is not None
         block = bytes(carry[:cut]) + (self._sentinel(description) if sentinel else b"")
         tables, verified = self._collect(memoryview(block), position, description,
                                          options, trial, sentinel=sentinel)
@@ -916,6 +961,13 @@ class TextReader(Reader):
             return None
         ctx.rejected.extend(trial.rejected)
         return cut, tables
+
+
+def _lead(grammar: Grammar) -> int:
+    """Bytes read before a range: the byte before it tells whether a quote at its start opens
+    a field; with an escape character, the escape run before it too (longer runs than this
+    are left to the parser's verification)."""
+    return 1 if grammar.escape is None else 256
 
 
 class _Closing:

@@ -6,6 +6,7 @@ import csv
 import io
 import sys
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,15 +16,28 @@ import pyarrow.csv as pacsv
 from readers import _csv_rescue as rescue
 from readers._boundaries import (
     OUT,
+    Grammar,
     first_record_end,
     last_record_end,
     record_starts_csv,
     transfer,
 )
+from readers._dialect import (
+    Dialect,
+    blank_comments,
+    check_char,
+    skip_blank_and_comments,
+    skip_lines,
+    sniff_delimiter,
+)
 from readers._text import TextOptions, TextReader, TextState, bisect_records, sentinel_text
+from readers._zeros import is_numeric, leading_zero_columns, may_have_leading_zeros
 from readers.base import ChunkContext, Description, RestartChunk
 from readers.errors import BadFile, ErrorCode, RecordTooLong
 from readers.widening import no_nulls
+
+#: Bytes of the head (after skipped lines) the delimiter is sniffed from.
+SNIFF_BYTES = 64 << 10
 
 _TEXTISH_SUFFIXES = (".csv", ".txt", ".log", ".dat")
 _ASCII = bytes(range(128)) + b"x" * 128
@@ -31,14 +45,16 @@ _ASCII = bytes(range(128)) + b"x" * 128
 
 
 def convert_options(types: dict[str, pa.DataType] | None = None,
+                    null_values: tuple[str, ...] = ("",),
                     include: list[str] | None = None) -> pacsv.ConvertOptions:
     """How text becomes values: an unquoted empty field is NULL, a quoted ``""`` is ``''``.
 
     Like DuckDB, Polars and Spark (pyarrow's default keeps empty strings and turns ``NA``,
-    ``null``, ... into NULL, which would silently erase real text values). ``include``: only
+    ``null``, ... into NULL, which would silently erase real text values). Other
+    ``null_values`` replace the empty one, as DuckDB's ``nullstr`` does. ``include``: only
     these columns are converted (``--columns``; None: all).
     """
-    return pacsv.ConvertOptions(column_types=types or {}, null_values=[""],
+    return pacsv.ConvertOptions(column_types=types or {}, null_values=list(null_values),
                                 strings_can_be_null=True, quoted_strings_can_be_null=False,
                                 include_columns=include or [])
 
@@ -134,6 +150,8 @@ class CSVReader(TextReader):
     name = "csv"
     suffixes = (".csv",)
     delimiter: ClassVar[str] = ","
+    sniffs_delimiter: ClassVar[bool] = True
+    """Choose the delimiter from the head when none is given (TSV files are tab-separated)."""
 
     @classmethod
     def sniff(cls, head: bytes, path: str) -> int:
@@ -155,23 +173,66 @@ class CSVReader(TextReader):
     def has_header(self, options: TextOptions) -> bool:
         return options.header
 
+    # --- dialect --------------------------------------------------------------------------------
+    def _given(self, options: TextOptions) -> Dialect:
+        """The dialect the options give (the delimiter may still be sniffed)."""
+        quote = check_char("quote", options.quote, allow_empty=True)
+        return Dialect(
+            delimiter=check_char("delimiter", options.delimiter) or self.delimiter,
+            quote='"' if quote is None else (quote or None),
+            escape=check_char("escape", options.escape) or None,
+            header=options.header, skip_rows=max(0, options.skip_rows),
+            comment=check_char("comment", options.comment) or None,
+            null_values=("",) if options.null_values is None else tuple(options.null_values),
+            null_padding=options.null_padding)
+
+    def options_grammar(self, options: TextOptions) -> Grammar:
+        return self._given(options).grammar()
+
+    def groupable(self, options: TextOptions) -> bool:
+        return not options.skip_rows and not options.comment
+
+    def dialect(self, head: bytes, at_eof: bool, options: TextOptions) -> Dialect:
+        given = self._given(options)
+        if options.delimiter is not None or not self.sniffs_delimiter:
+            return given
+        start = skip_lines(head, given.skip_rows)
+        start += skip_blank_and_comments(head[start:], given.comment)
+        sample = head[start:start + SNIFF_BYTES]
+        if not at_eof or len(head) > start + SNIFF_BYTES:
+            sample = sample[:max(sample.rfind(b"\n"), sample.rfind(b"\r")) + 1]
+        found = sniff_delimiter(sample, given.quote, given.escape, given.comment,
+                                given.delimiter)
+        if found is None:
+            return given
+        return replace(given, delimiter=found, sniffed=("delimiter",))
+
+    @staticmethod
+    def _state_dialect(description: Description) -> Dialect:
+        state: TextState = description.state
+        return state.dialect or Dialect()
+
     # --- inference ------------------------------------------------------------------------------
-    def _parse_options(self, handler: Any = None) -> pacsv.ParseOptions:
+    def _parse_options(self, dialect: Dialect, handler: Any = None) -> pacsv.ParseOptions:
         if handler is not None:
             _quiet_undecodable_rows()
-        return pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
+        return pacsv.ParseOptions(delimiter=dialect.delimiter, newlines_in_values=True,
+                                  quote_char=dialect.quote or False,
+                                  escape_char=dialect.escape or False,
                                   invalid_row_handler=handler)
 
-    def _infer(self, head: bytes, at_eof: bool, options: TextOptions
-               ) -> tuple[pa.Schema, int, tuple[str, ...]]:
-        # Empty lines before the header are skipped, as pyarrow and DuckDB do.
-        skipped = len(head) - len(head.lstrip(b"\r\n"))
-        schema, header_len, names = self._infer_from(head[skipped:], at_eof, options)
+    def _infer(self, head: bytes, at_eof: bool, options: TextOptions,
+               dialect: Dialect | None = None) -> tuple[pa.Schema, int, tuple[str, ...]]:
+        dialect = dialect or self._given(options)
+        # Skipped lines first, then empty lines and comments before the header (as DuckDB).
+        skipped = skip_lines(head, dialect.skip_rows)
+        skipped += skip_blank_and_comments(head[skipped:], dialect.comment)
+        schema, header_len, names = self._infer_from(head[skipped:], at_eof, options, dialect)
         return schema, skipped + header_len, names
 
-    def _infer_from(self, head: bytes, at_eof: bool, options: TextOptions
+    def _infer_from(self, head: bytes, at_eof: bool, options: TextOptions, dialect: Dialect
                     ) -> tuple[pa.Schema, int, tuple[str, ...]]:
-        grammar = self.grammar
+        grammar = dialect.grammar()
         end = first_record_end(head, 0, OUT, grammar, len(head), at_eof)
         if end < 0:
             if not at_eof:
@@ -186,8 +247,8 @@ class CSVReader(TextReader):
         first = head[: end + 1]
         if not first.strip(b"\r\n"):  # only line ends: whitespace is a field
             return pa.schema([]), len(first), ()
-        has_header = self.has_header(options)
-        fields = self._fields(first)
+        has_header = dialect.header
+        fields = self._fields(first, dialect)
         if has_header:
             header_len = end + 1 if first else 0
             names = _unique_names(fields)
@@ -199,29 +260,45 @@ class CSVReader(TextReader):
         if not at_eof or len(head) > header_len + options.infer_bytes:
             last = last_record_end(body, grammar, len(body), False)
             body = body[: last + 1] if last >= 0 else b""
-        schema = self._infer_types(body, names)
+        if dialect.comment:
+            body = blank_comments(body, grammar, dialect.comment) or body
+        schema = self._infer_types(body, names, dialect, options)
         return schema, header_len, names
 
-    def _fields(self, record: bytes) -> list[str]:
+    def _fields(self, record: bytes, dialect: Dialect) -> list[str]:
         """One record's fields as text, exactly as written (a header of numbers stays "1.50").
 
         Python's csv module: a pyarrow parse costs ~0.4 ms of set-up, which is most of the
         describe time of a small file.
         """
         text = record.decode("utf-8", "replace").rstrip("\r\n")
-        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter,
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=dialect.delimiter,
+                               quotechar=dialect.quote or None, escapechar=dialect.escape,
+                               quoting=csv.QUOTE_MINIMAL if dialect.quote else csv.QUOTE_NONE,
                                strict=False))
         return rows[0] if rows else []
 
-    def _infer_types(self, body: bytes, names: tuple[str, ...]) -> pa.Schema:
+    def _infer_types(self, body: bytes, names: tuple[str, ...], dialect: Dialect,
+                     options: TextOptions) -> pa.Schema:
         if not body.strip():  # no rows to go by: the other files of the table decide
             return pa.schema([(n, pa.null()) for n in names])
-        try:
-            table = pacsv.read_csv(
+
+        def read(types: dict[str, pa.DataType]) -> pa.Table:
+            return pacsv.read_csv(
                 pa.py_buffer(body),
                 read_options=pacsv.ReadOptions(column_names=list(names), use_threads=False),
-                parse_options=self._parse_options(lambda row: "skip"),
-                convert_options=convert_options())
+                parse_options=self._parse_options(dialect, lambda row: "skip"),
+                convert_options=convert_options(types, dialect.null_values))
+
+        try:
+            table = read({})
+            numeric = [f.name for f in table.schema if is_numeric(f.type)]
+            if numeric and may_have_leading_zeros(body, dialect.delimiter, dialect.quote):
+                # 007 and 01420 are identifiers: such a column stays text (as DuckDB's sniffer)
+                text = read({n: pa.string() for n in numeric})
+                zeros = leading_zero_columns(text, numeric)
+                if zeros:
+                    table = read({n: pa.string() for n in zeros})
         except pa.ArrowInvalid:  # e.g. invalid UTF-8 in the sample: keep everything as text
             return pa.schema([(n, pa.string()) for n in names])
         # pyarrow infers binary for a column with invalid UTF-8; in a file read as UTF-8
@@ -232,7 +309,8 @@ class CSVReader(TextReader):
     # --- parsing --------------------------------------------------------------------------------
     def _sentinel(self, description: Description) -> bytes:
         state: TextState = description.state
-        return b"\n" + sentinel_text(self.delimiter, len(state.column_names)).encode() + b"\n"
+        delimiter = self._state_dialect(description).delimiter
+        return b"\n" + sentinel_text(delimiter, len(state.column_names)).encode() + b"\n"
 
     def _parse_block(self, block: memoryview, abs_offset: int, description: Description,
                      options: TextOptions, ctx: ChunkContext, sentinel: bool
@@ -240,11 +318,17 @@ class CSVReader(TextReader):
         state: TextState = description.state
         if not state.column_names:
             return True  # no header, no columns: the file holds nothing
+        dialect = self._state_dialect(description)
         schema = next(iter(description.tables.values()))
         names = list(state.column_names)
         wanted = set(names)  # a set: ``n in schema.names`` per column was quadratic
         types = {f.name: f.type for f in schema if f.name in wanted}
-        marker = sentinel_text(self.delimiter, len(names)) if sentinel else None
+        job = _Job(dialect, dialect.grammar(), names, types,
+                   sentinel_text(dialect.delimiter, len(names)) if sentinel else None, options)
+        if dialect.comment:
+            blanked = blank_comments(block, job.grammar, dialect.comment)
+            if blanked is not None:
+                block = memoryview(blanked)
         bad: list[tuple[str, int, int]] = []
         seen = [False]
         yielded = False
@@ -253,75 +337,142 @@ class CSVReader(TextReader):
                 # Parse block by block straight into the writer: memory stays at a few parse
                 # blocks instead of the whole chunk as one table.
                 done = (lambda n: ctx.advance(abs_offset + n))  # noqa: E731
-                for table in self._stream(block, names, types, marker, options, bad, seen,
-                                          done):
+                for table in self._stream(block, job, bad, seen, done):
                     yielded = True
                     yield table
             else:
-                table, seen[0], bad = self._parse(block, names, types, marker, options)
+                table, seen[0], bad = self._parse(block, job)
                 yield table
         except pa.ArrowInvalid:
             if yielded:  # rows of this chunk already went out: read it again as a whole
                 raise RestartChunk("a value did not convert", {"streaming": False}) from None
-            rescued = self._rescue_by_column(block, abs_offset, names, types, marker, options,
-                                             ctx)
+            rescued = self._rescue_by_column(block, abs_offset, job, ctx)
             if rescued is None:
-                rescued = self._rescue(block, abs_offset, names, types, marker, options, ctx)
+                rescued = self._rescue(block, abs_offset, job, ctx)
             yield rescued[0]
             return rescued[1]
-        self._reject_rows(bytes(block) if bad else b"", abs_offset, bad, ctx)
+        self._reject_rows(bytes(block) if bad else b"", abs_offset, bad, ctx, job.grammar)
         return seen[0] or not sentinel
 
-    def _stream(self, data: Any, names: list[str], types: dict[str, pa.DataType],
-                marker: str | None, options: TextOptions,
-                bad: list[tuple[str, int, int]], seen: list[bool],
-                done: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
+    def _stream(self, data: Any, job: _Job, bad: list[tuple[str, int, int]],
+                seen: list[bool], done: Callable[[int], None] | None = None
+                ) -> Iterator[pa.Table]:
         """Parse block by block; ``done(n)``: the first ``n`` bytes of ``data`` are parsed."""
+        marker = job.marker
+        padding = job.dialect.null_padding
+        skipped: list[int] = []  # record numbers pyarrow left out (with null padding only)
+        padded: dict[int, tuple[str, int]] = {}
+
         def handler(row: Any) -> str:
             if marker is not None and row.text == marker:
                 seen[0] = True
+            elif padding and row.actual_columns < row.expected_columns:
+                padded[row.number] = (row.text, row.expected_columns - row.actual_columns)
             else:
                 bad.append((row.text, row.expected_columns, row.actual_columns))
+            if padding:
+                skipped.append(row.number)
             return "skip"
 
-        include = None
-        if len(types) != len(names):  # --columns: only those are converted
-            include = list(types) or names[:1]  # (an empty list would mean all of them)
+        types = job.types
+        include = job.include
         reader = pacsv.open_csv(
             pa.BufferReader(pa.py_buffer(data)),
-            read_options=pacsv.ReadOptions(column_names=names, use_threads=False,
-                                           block_size=options.parse_block_bytes),
-            parse_options=self._parse_options(handler),
-            convert_options=convert_options(types, include))
+            read_options=pacsv.ReadOptions(column_names=job.names, use_threads=False,
+                                           block_size=job.options.parse_block_bytes),
+            parse_options=self._parse_options(job.dialect, handler),
+            convert_options=convert_options(types, job.dialect.null_values, include))
+        cursor = [1, 0]  # the next record number, and how many skipped ones are behind it
         # Each batch is one parse block of the input (the reader takes the whole buffer at
         # once, so its position says nothing): count blocks for the progress line.
-        block, size = options.parse_block_bytes, len(data)
+        block, size = job.options.parse_block_bytes, len(data)
         for n, batch in enumerate(reader, 1):
             if done is not None:
                 done(min(size, n * block))
-            if batch.num_rows:
-                table = pa.Table.from_batches([batch])
-                yield table if types or not include else table.select([])
+            if not batch.num_rows:
+                continue
+            table = pa.Table.from_batches([batch])
+            if padding and skipped:
+                table = self._pad(table, cursor, skipped, padded, job, types)
+            yield table if job.types or not include else table.select([])
+        if padding and padded:  # short records after the last full one
+            rest = sorted(n for n in padded if n >= cursor[0])
+            if rest:
+                table = self._padded_rows([padded[n] for n in rest], job, types)
+                yield table if job.types or not include else table.select([])
 
-    def _parse(self, data: Any, names: list[str], types: dict[str, pa.DataType],
-               marker: str | None, options: TextOptions
+    def _pad(self, table: pa.Table, cursor: list[int], skipped: list[int],
+             padded: dict[int, tuple[str, int]], job: _Job, types: dict[str, pa.DataType]
+             ) -> pa.Table:
+        """The batch with the short records that fall among its rows put back in place.
+
+        pyarrow numbers records (empty lines aside) from 1 and counts the ones it hands to
+        the invalid-row hook; the batch's rows are the other numbers, in order.
+        """
+        plan: list[tuple[int, int] | int] = []  # (row, count) of the batch, or a padded number
+        number, k = cursor
+        row, n = 0, table.num_rows
+        while row < n or (k < len(skipped) and skipped[k] == number and number in padded):
+            nxt = skipped[k] if k < len(skipped) else None
+            if nxt == number:
+                if number in padded:
+                    plan.append(number)
+                number, k = number + 1, k + 1
+                continue
+            if row >= n:
+                break
+            take = n - row if nxt is None else min(n - row, nxt - number)
+            plan.append((row, take))
+            row, number = row + take, number + take
+        cursor[0], cursor[1] = number, k
+        numbers = [p for p in plan if isinstance(p, int)]
+        if not numbers:
+            return table
+        extra = self._padded_rows([padded.pop(p) for p in numbers], job, types)
+        extra = extra.cast(table.schema)
+        pieces, at = [], 0
+        for p in plan:
+            if isinstance(p, int):
+                pieces.append(extra.slice(at, 1))
+                at += 1
+            else:
+                pieces.append(table.slice(*p))
+        return pa.concat_tables(pieces).combine_chunks()
+
+    def _padded_rows(self, rows: list[tuple[str, int]], job: _Job,
+                     types: dict[str, pa.DataType]) -> pa.Table:
+        """Short records with empty fields appended, parsed (empty is NULL unless the null
+        values say otherwise, so the appended fields are NULL as DuckDB's null_padding)."""
+        nulls = job.dialect.null_values
+        filler = "" if "" in nulls or not nulls else nulls[0]
+        text = "\n".join(t + (job.dialect.delimiter + filler) * missing for t, missing in rows)
+        table = pacsv.read_csv(
+            pa.py_buffer((text + "\n").encode("utf-8", "surrogateescape")),
+            read_options=pacsv.ReadOptions(column_names=job.names, use_threads=False),
+            parse_options=self._parse_options(job.dialect),
+            convert_options=convert_options(types, nulls, job.include))
+        if table.num_rows != len(rows):
+            raise pa.ArrowInvalid("CSV conversion error: a padded record did not parse")
+        return table
+
+    def _parse(self, data: Any, job: _Job
                ) -> tuple[pa.Table, bool, list[tuple[str, int, int]]]:
         """The whole block as one table: (rows, sentinel seen, field-count rejects)."""
         bad: list[tuple[str, int, int]] = []
         seen = [False]
-        tables = list(self._stream(data, names, types, marker, options, bad, seen))
-        schema = _parsed_schema(names, types)
+        tables = list(self._stream(data, job, bad, seen))
+        schema = _parsed_schema(job.names, job.types)
         return (pa.concat_tables(tables) if tables else schema.empty_table()), seen[0], bad
 
     def _reject_rows(self, data: bytes, abs_offset: int, bad: list[tuple[str, int, int]],
-                     ctx: ChunkContext) -> None:
+                     ctx: ChunkContext, grammar: Grammar) -> None:
         """Field-count rejects, each at the offset of its own record.
 
         pyarrow hands over a bad row's text, not where it is: the offset is the first record
         (after the previous reject) whose bytes are exactly that text, so a short row such as
         ``1`` is never placed inside an earlier record that merely contains it.
         """
-        starts = record_starts_csv(data, self.grammar) if bad else None
+        starts = record_starts_csv(data, grammar) if bad else None
         cursor = 0
         for text, expected, actual in bad:
             raw = text.encode("utf-8", "surrogateescape")
@@ -330,31 +481,30 @@ class CSVReader(TextReader):
             if at >= 0:
                 cursor = at + len(raw)
                 offset = abs_offset + at
+            hint = " (--null-padding reads missing trailing fields as NULL)" if (
+                actual < expected) else ""
             ctx.reject(error_type=ErrorCode.FIELD_COUNT_MISMATCH, byte_offset=offset, raw=raw,
-                       message=f"{ctx.source.path}: expected {expected} fields, got {actual}")
+                       message=f"{ctx.source.path}: expected {expected} fields, got {actual}"
+                               + hint)
 
-    def _ends_on_boundary(self, data: bytes, names: list[str], marker: str | None,
-                          options: TextOptions) -> bool:
+    def _ends_on_boundary(self, data: bytes, job: _Job) -> bool:
         """Does the block end outside quotes? Parse it once as plain strings to know.
 
         Bytes over 0x7F are read as ``x``: the structure (quotes, delimiters, line ends) is
         ASCII and stays, while pyarrow cannot fail decoding a row (it cannot hand a row with
         invalid UTF-8 *and* a wrong field count to the invalid-row hook).
         """
-        if marker is None:
+        if job.marker is None:
             return True
-        sentinel_bytes = b"\n" + marker.encode() + b"\n"
-        text = {n: pa.string() for n in names}
+        sentinel_bytes = b"\n" + job.marker.encode() + b"\n"
+        text = replace(job, types={n: pa.string() for n in job.names})
         try:
-            return self._parse(data.translate(_ASCII) + sentinel_bytes, names, text, marker,
-                               options)[1]
+            return self._parse(data.translate(_ASCII) + sentinel_bytes, text)[1]
         except pa.ArrowInvalid:
             return False
 
-    def _rescue_by_column(self, block: memoryview, abs_offset: int, names: list[str],
-                          types: dict[str, pa.DataType], marker: str | None,
-                          options: TextOptions, ctx: ChunkContext
-                          ) -> tuple[pa.Table, bool] | None:
+    def _rescue_by_column(self, block: memoryview, abs_offset: int, job: _Job,
+                          ctx: ChunkContext) -> tuple[pa.Table, bool] | None:
         """Values did not convert: parse the failing columns as text, reject the rows whose
         values the converter refuses (`readers._csv_rescue`), keep every other row.
 
@@ -362,28 +512,32 @@ class CSVReader(TextReader):
         bisecting the records costs several. None when the rows cannot be matched to their
         records (then `_rescue` bisects).
         """
-        loose = dict(types)
+        types, names = job.types, job.names
+        loose = job
         failing: list[str] = []
         while True:
             try:
-                table, seen, bad = self._parse(block, names, loose, marker, options)
+                table, seen, bad = self._parse(block, loose)
                 break
             except pa.ArrowInvalid as exc:
                 column = rescue.failing_column(exc, names)
                 if column is None or column in failing or column not in types:
                     return None
                 failing.append(column)
-                loose[column] = rescue.as_text(types[column])
+                loose = replace(loose, types={**loose.types,
+                                              column: rescue.as_text(types[column])})
         data = bytes(block)
-        if marker is not None:
-            data = data[: len(data) - len(marker) - 2]
-        found = self._row_records(data, bad)
+        if job.marker is not None:
+            data = data[: len(data) - len(job.marker) - 2]
+        found = self._row_records(data, bad, job.grammar)
         if found is None or len(found[1]) != table.num_rows:
             return None
         starts, records = found
         reject = np.zeros(table.num_rows, bool)
         why: dict[int, str] = {}
         converted: dict[str, tuple[np.ndarray, pa.Array]] = {}
+        # The text parse above already read the file's null values as NULL, which the
+        # one-column CSV writes as an empty field: that is its only null value.
         conv = convert_options(types)
         for column in failing:
             mask, good, reasons = rescue.convert(table.column(column), types[column], conv)
@@ -398,19 +552,19 @@ class CSVReader(TextReader):
             i = out.schema.get_field_index(column)
             out = out.set_column(i, pa.field(column, types[column]), values)
         before = len(ctx.rejected)
-        self._reject_rows(data if bad else b"", abs_offset, bad, ctx)
+        self._reject_rows(data if bad else b"", abs_offset, bad, ctx, job.grammar)
         for i in np.flatnonzero(reject):
             a, b = int(starts[records[i]]), int(starts[records[i] + 1])
             ctx.reject(error_type=conversion_code(why[int(i)]), byte_offset=abs_offset + a,
                        raw=data[a:b], message=f"{ctx.source.path}: {why[int(i)]}")
         in_file_order(ctx, before)
-        return out, seen or marker is None
+        return out, seen or job.marker is None
 
-    def _row_records(self, data: bytes, bad: list[tuple[str, int, int]]
+    def _row_records(self, data: bytes, bad: list[tuple[str, int, int]], grammar: Grammar
                      ) -> tuple[np.ndarray, np.ndarray] | None:
         """(every record start and ``len(data)``, the indexes of the records that became rows:
         not empty lines, not field-count rejects); None when a reject cannot be found."""
-        starts = record_starts_csv(data, self.grammar)
+        starts = record_starts_csv(data, grammar)
         lengths = np.diff(starts)
         records = starts[:-1]
         rows = np.ones(len(records), bool)
@@ -427,23 +581,22 @@ class CSVReader(TextReader):
             rows[int(np.searchsorted(records, at))] = False
         return starts, np.flatnonzero(rows)
 
-    def _rescue(self, block: memoryview, abs_offset: int, names: list[str],
-                types: dict[str, pa.DataType], marker: str | None, options: TextOptions,
-                ctx: ChunkContext) -> tuple[pa.Table | None, bool]:
+    def _rescue(self, block: memoryview, abs_offset: int, job: _Job, ctx: ChunkContext
+                ) -> tuple[pa.Table | None, bool]:
         """A value did not convert: isolate the bad records, keep every good one."""
         data = bytes(block)
         sentinel_bytes = b""
-        if marker is not None:
-            sentinel_bytes = b"\n" + marker.encode() + b"\n"
+        if job.marker is not None:
+            sentinel_bytes = b"\n" + job.marker.encode() + b"\n"
             data = data[: len(data) - len(sentinel_bytes)]
-        starts = record_starts_csv(data, self.grammar)
-        seen = self._ends_on_boundary(data, names, marker, options)
+        starts = record_starts_csv(data, job.grammar)
+        seen = self._ends_on_boundary(data, job)
 
         def parse(piece: bytes, at: int) -> pa.Table:
-            table, ok, bad = self._parse(piece + sentinel_bytes, names, types, marker, options)
-            if marker is not None and not ok:
+            table, ok, bad = self._parse(piece + sentinel_bytes, job)
+            if job.marker is not None and not ok:
                 raise ValueError("piece does not end on a record boundary")
-            self._reject_rows(piece, abs_offset + at, bad, ctx)
+            self._reject_rows(piece, abs_offset + at, bad, ctx, job.grammar)
             return table
 
         def on_bad(a: int, b: int, exc: Exception) -> None:
@@ -454,6 +607,28 @@ class CSVReader(TextReader):
         before = len(ctx.rejected)
         pieces = list(bisect_records(data, starts, parse, on_bad))
         in_file_order(ctx, before)
-        schema = _parsed_schema(names, types)
+        schema = _parsed_schema(job.names, job.types)
         table = pa.concat_tables(pieces) if pieces else schema.empty_table()
         return table, seen
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """How one block is parsed."""
+
+    dialect: Dialect
+    grammar: Grammar
+    names: list[str]
+    types: dict[str, pa.DataType]
+    """The columns converted: all of them, or only the ``--columns`` ones."""
+    marker: str | None
+    """The sentinel record's text, when the block ends in one."""
+    options: TextOptions
+
+    @property
+    def include(self) -> list[str] | None:
+        """pyarrow's ``include_columns`` (None: every column)."""
+        if len(self.types) == len(self.names):
+            return None
+        return list(self.types) or self.names[:1]  # (an empty list would mean all of them)
+

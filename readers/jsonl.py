@@ -132,7 +132,7 @@ class JSONLReader(TextReader):
                 raise LineRejected(str(exc).splitlines()[0], ErrorCode.TYPE_MISMATCH) from None
         return table
 
-    def _infer(self, head: bytes, at_eof: bool, options: TextOptions
+    def _infer(self, head: bytes, at_eof: bool, options: TextOptions, dialect: Any = None
                ) -> tuple[pa.Schema, int, tuple[str, ...]]:
         if not at_eof:
             head = head[: head.rfind(b"\n") + 1]

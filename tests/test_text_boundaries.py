@@ -147,6 +147,84 @@ def test_stray_quotes_stay_exact_and_parallel(tmp_path, data: bytes, chunk: int,
     assert _rows(got) == expected.to_pylist()
     assert info["serial"] is None
 
+
+@st.composite
+def dialect_files(draw: st.DrawFn) -> tuple[bytes, dict]:
+    """CSV in another dialect: ``;``/``|``/tab delimiters, ``'`` quotes, a backslash escape
+    (escaped quotes, delimiters, line ends and escapes, inside quotes and out)."""
+    delimiter = draw(st.sampled_from([",", ";", "|", "\t"]))
+    quote = draw(st.sampled_from(['"', "'"]))
+    escape = draw(st.sampled_from([None, "\\"]))
+    specials = [delimiter, quote, "\n", "\r\n", "x", " ", "\\" if escape is None else "y"]
+    tokens = ["a", "1", "é", *specials]
+    if escape:
+        tokens += [escape + c for c in (delimiter, quote, "\n", escape, "z")]
+    ncols = draw(st.integers(1, 4))
+    lines = [delimiter.join(f"c{i}" for i in range(ncols))]
+    for _ in range(draw(st.integers(0, 10))):
+        cells = []
+        for _ in range(ncols):
+            parts = draw(st.lists(st.sampled_from(tokens), max_size=5))
+            if draw(st.booleans()):  # quoted: quotes doubled or escaped
+                doubled = quote + quote if not escape or draw(st.booleans()) else escape + quote
+                cells.append(quote + "".join(doubled if p == quote else p for p in parts)
+                             + quote)
+            else:  # unquoted: only escaped specials
+                cells.append("".join(p for p in parts if p not in specials or p in "x "))
+        lines.append(delimiter.join(cells))
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    text = newline.join(lines) + (newline if draw(st.booleans()) else "")
+    return text.encode(), {"delimiter": delimiter, "quote": quote, "escape": escape}
+
+
+def _whole_dialect(path: str, d: dict) -> pa.Table:
+    parse = pacsv.ParseOptions(delimiter=d["delimiter"], quote_char=d["quote"],
+                               escape_char=d["escape"] or False, newlines_in_values=True)
+    try:
+        names = pacsv.read_csv(path, parse_options=parse).column_names
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):  # a header without a newline: no rows at all
+            return pa.table({})
+        raise
+    return pacsv.read_csv(path, parse_options=parse,
+                          convert_options=convert_options({n: pa.string() for n in names}))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(case=dialect_files(), chunk=st.sampled_from(CHUNK_SIZES))
+def test_explicit_dialects_chunked_equal_whole_file(tmp_path, case, chunk: int) -> None:
+    """Issue 16 item 3: exact parallel boundaries hold for every given dialect."""
+    _poison_read_buffers()
+    data, dialect = case
+    path = tmp_path / "d.csv"
+    path.write_bytes(data)
+    expected = _whole_dialect(str(path), dialect)
+    got, rejected, info = run_reader(str(path), "csv", chunk_size=chunk, string_columns=True,
+                                     **{k: v for k, v in dialect.items() if v})
+    assert not rejected
+    assert _rows(got) == expected.to_pylist()
+    assert info["serial"] is None  # exact without falling back to one stream
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(case=dialect_files().filter(lambda c: c[1]["quote"] == '"' and not c[1]["escape"]),
+       chunk=st.sampled_from(CHUNK_SIZES))
+def test_sniffed_dialects_chunked_equal_one_chunk(tmp_path, case, chunk: int) -> None:
+    """Whatever delimiter the sniffer picks, every chunk size gives the rows and errors of
+    one chunk (and, when it picks the file's own, pyarrow's whole-file parse)."""
+    _poison_read_buffers()
+    data, dialect = case
+    path = tmp_path / "s.csv"
+    path.write_bytes(data)
+    whole = _outcome(run_reader(str(path), "csv", chunk_size=1 << 20, string_columns=True))
+    got = run_reader(str(path), "csv", chunk_size=chunk, string_columns=True)
+    assert _outcome(got) == whole and got[2]["serial"] is None
+    if data.count(dialect["delimiter"].encode()) > 2 * data.count(b"\n") and not whole[1]:
+        assert whole[0] == _whole_dialect(str(path), dialect).to_pylist()
+
+
 messy_text = st.lists(st.sampled_from([b"a", b"1", b",", b'"', b'""', b"\n", b"\r", b"\r\n",
                                         b"\xff", b"\xc3", b"\xc3\xa9", b" "]),
                       max_size=30).map(b"".join)
@@ -245,13 +323,15 @@ def test_last_record_end_and_guess() -> None:
     assert guess_parity(b'inside", next\n') == 1
 
 
-def arrow_grammar(data: bytes, delimiter: int = 0x2C) -> tuple[list[int], list[int]]:
+def arrow_grammar(data: bytes, delimiter: int = 0x2C, quote: int = 0x22,
+                  escape: int | None = None) -> tuple[list[int], list[int]]:
     """pyarrow's CSV grammar, byte by byte: the reference the vectorised scans must match.
 
     Returns (record ends: the index of each record's last line-end byte, the quote state
     before every byte plus the state at the end). A quote opens a field only at a field
     start; inside, a doubled quote is one quote and a single one closes the field; text after
-    a closing quote, or a quote in the middle of a field, is literal (``a"b``).
+    a closing quote, or a quote in the middle of a field, is literal (``a"b``). An ``escape``
+    byte makes the next byte literal, inside quotes and outside.
     """
     ends: list[int] = []
     states = [0] * (len(data) + 1)
@@ -260,14 +340,19 @@ def arrow_grammar(data: bytes, delimiter: int = 0x2C) -> tuple[list[int], list[i
     while i < len(data):
         c = data[i]
         states[i] = 1 if mode == "quoted" else 0
+        if c == escape and i + 1 < len(data):
+            states[i + 1] = states[i]
+            mode = "quoted" if mode == "quoted" else "field"
+            i += 2
+            continue
         if mode == "quoted":
-            if c == 0x22 and i + 1 < len(data) and data[i + 1] == 0x22:
+            if c == quote and i + 1 < len(data) and data[i + 1] == quote:
                 states[i + 1] = 1
                 i += 2
                 continue
-            if c == 0x22:
+            if c == quote:
                 mode = "field"
-        elif c == 0x22 and mode == "start":
+        elif c == quote and mode == "start":
             mode = "quoted"
         elif c == delimiter:
             mode = "start"
@@ -319,6 +404,37 @@ def test_boundary_scans_follow_the_parser_grammar(data: bytes, delimiter: str) -
     if data.endswith(b"\r"):
         known = [e for e in ends if e != len(data) - 1]
         assert last_record_end(data, grammar, None, False) == (known[-1] if known else -1)
+
+
+escape_bytes = st.lists(st.sampled_from([b"a", b";", b"|", b"'", b"''", b"\\", b"\\\\", b"\n",
+                                         b"\r", b"\r\n"]), max_size=50).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=escape_bytes, delimiter=st.sampled_from([";", "|"]),
+       escape=st.sampled_from([None, "\\"]))
+def test_boundary_scans_follow_the_parser_grammar_in_other_dialects(
+        data: bytes, delimiter: str, escape: str | None) -> None:
+    """Another quote character, other delimiters and an escape character: record ends and
+    composed transfers still match the parser's grammar (``\\`` escapes line ends too)."""
+    esc = ord(escape) if escape else None
+    grammar = Grammar(quote=ord("'"), delimiter=ord(delimiter), escape=esc)
+    ends, states = arrow_grammar(data, ord(delimiter), ord("'"), esc)
+    if esc is not None and (len(data) - len(data.rstrip(b"\\"))) % 2:
+        return  # a dangling escape at the end of the file: the parser's business
+    got, after = record_ends(data, 0, len(data), OUT, grammar, None, True)
+    assert list(got) == ends and after == states[-1]
+    assert last_record_end(data, grammar, None, True) == (ends[-1] if ends else -1)
+    assert first_record_end(data, 0, OUT, grammar, None, True) == (ends[0] if ends else -1)
+    whole = transfer(data, 0, len(data), grammar, None, True)
+    assert whole.apply(OUT) == states[-1]
+    for k in range(len(data) + 1):
+        left = transfer(data, 0, k, grammar, None, True)
+        right = transfer(data, k, len(data), grammar, None, True)
+        assert [left.then(right).apply(s) for s in (0, 1)] == [whole.apply(s) for s in (0, 1)]
+        first, state = record_ends(data, 0, k, OUT, grammar, None, True)
+        rest, _ = record_ends(data, k, len(data), state, grammar, None, True)
+        assert list(first) + list(rest) == ends
 
 
 @settings(max_examples=25, deadline=None)

@@ -20,11 +20,11 @@ The rule, in order:
    files of this home in counts as one), or starts a new table.
 4. Names: when the home's files make one table, it is named after the home directory
    (``logs/`` -> ``logs``), except a file given on its own by name, which is named after its
-   stem (``big.csv`` -> ``big``) and joins no other table OUT holds of its directory. When
-   a home splits into several tables, each new one is named after its files' common stem,
-   trailing digits, dates and separators dropped
-   (``orders_2024-01.csv``, ``orders_2024-02.csv`` -> ``orders``); with no common stem, its
-   first file's; a stem of digits only (``2024-01-01.csv``) falls back to the directory.
+   stem (``big.csv`` -> ``big``) and joins no other table OUT holds of its directory. When a
+   home splits into several tables, each new one is named after its files' common stem,
+   trailing digits, dates and separators dropped (``orders_2024-01.csv``,
+   ``orders_2024-02.csv`` -> ``orders``); with no common stem, its first file's; a stem of
+   digits only (``2024-01-01.csv``) falls back to the directory.
 5. A name another table already has (in this run, or in OUT) is shared when the columns
    nest, else the new table is ``NAME_2`` (``_3``, ...): columns that do not nest never end up
    NULL-padded in one table unless ``--table`` says so.

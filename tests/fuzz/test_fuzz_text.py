@@ -1,6 +1,7 @@
 """Fuzzing harness for the delimited-text readers (CSV, TSV): generated files, every promise.
 
-Hypothesis generates files from the pieces that broke chunkmill before: dialects (comma, tab),
+Hypothesis generates files from the pieces that broke chunkmill before: dialects (comma, tab;
+``;`` and ``|`` with ``"`` or ``'`` quotes and a backslash escape, given as options),
 quoted fields with doubled quotes and embedded LF/CR/CRLF, stray quotes (``a"b``, text after a
 closing quote, a quote never closed), invalid UTF-8, LF/CRLF/lone-CR line ends mixed in one
 file, empty lines, a BOM, no final line end, records longer than ``max_record_bytes``, files
@@ -57,15 +58,19 @@ LINE_ENDS = [b"\n", b"\r\n", b"\r"]
 
 
 # --- generated files ------------------------------------------------------------------------
-def _field(delimiter: bytes) -> st.SearchStrategy[bytes]:
+def _field(delimiter: bytes, quote: bytes = b'"', escape: bytes | None = None
+           ) -> st.SearchStrategy[bytes]:
     text = st.text(alphabet="ab1 -é€", max_size=6).map(str.encode)
-    inner = st.lists(st.sampled_from([b"x", b"1", b" ", b'""', b"\n", b"\r", b"\r\n", delimiter,
-                                      b"\xc3\xa9"]), max_size=6).map(b"".join)
+    pieces = [b"x", b"1", b" ", quote + quote, b"\n", b"\r", b"\r\n", delimiter, b"\xc3\xa9"]
+    escaped = [escape + c for c in (quote, delimiter, b"\n", escape)] if escape else []
+    inner = st.lists(st.sampled_from(pieces + escaped), max_size=6).map(b"".join)
+    stray = [v.replace(b'"', quote) for v in (b'a"b', b'"ab"cd', b'x"', b'"', b'""x', b'"a""')]
     return st.one_of(
         text,                                                 # plain
-        inner.map(lambda v: b'"' + v + b'"'),                 # quoted (RFC 4180)
-        st.sampled_from([b'a"b', b'"ab"cd', b'x"', b'"', b'""x', b'"a""']),  # stray quotes
+        inner.map(lambda v: quote + v + quote),               # quoted (RFC 4180)
+        st.sampled_from(stray),                               # stray quotes
         st.sampled_from([b"\xff", b"a\xc3", b"\xc3", b"\xe2\x82", b"\x00"]),  # invalid UTF-8
+        st.sampled_from(escaped or [b""]),                    # escapes outside quotes
         st.just(b""),
     )
 
@@ -75,7 +80,15 @@ def text_files(draw: st.DrawFn) -> tuple[bytes, str, dict]:
     """(file bytes, reader, options) of one generated delimited-text file."""
     reader = draw(st.sampled_from(["csv", "tsv"]))
     delimiter = b"," if reader == "csv" else b"\t"
-    field = _field(delimiter)
+    dialect: dict = {}
+    if reader == "csv" and draw(st.booleans()):  # another dialect, given explicitly
+        delimiter = draw(st.sampled_from([b",", b";", b"|"]))
+        dialect = {"delimiter": delimiter.decode(),
+                   "quote": draw(st.sampled_from(['"', "'"])),
+                   "escape": draw(st.sampled_from([None, "\\"]))}
+    quote = dialect.get("quote", '"').encode()
+    escape = dialect["escape"].encode() if dialect.get("escape") else None
+    field = _field(delimiter, quote, escape)
     ncols = draw(st.integers(1, 4))
     one_ending = draw(st.booleans())
     ending = st.just(draw(st.sampled_from(LINE_ENDS))) if one_ending else st.sampled_from(
@@ -102,25 +115,30 @@ def text_files(draw: st.DrawFn) -> tuple[bytes, str, dict]:
         parts.append(record(cols))
     if draw(st.booleans()):
         parts.append(draw(ending))
-    options: dict = {"header": header}
+    options: dict = {"header": header, **{k: v for k, v in dialect.items() if v}}
     if long_records:
         options["max_record_bytes"] = MAX_RECORD
     return b"".join(parts), reader, options
 
 
 # --- an independent model of what the file holds ------------------------------------------------
-def grammar_records(data: bytes, delimiter: int) -> list[tuple[int, int]]:
+def grammar_records(data: bytes, delimiter: int, quote: int = 0x22,
+                    escape: int | None = None) -> list[tuple[int, int]]:
     """(start, end without the line end) of every record, by pyarrow's grammar byte by byte."""
     records, start, mode, i = [], 0, "start", 0
     while i < len(data):
         c = data[i]
+        if c == escape and i + 1 < len(data):  # the next byte is literal, in quotes or out
+            mode = "quoted" if mode == "quoted" else "field"
+            i += 2
+            continue
         if mode == "quoted":
-            if c == 0x22 and i + 1 < len(data) and data[i + 1] == 0x22:
+            if c == quote and i + 1 < len(data) and data[i + 1] == quote:
                 i += 2
                 continue
-            if c == 0x22:
+            if c == quote:
                 mode = "field"
-        elif c == 0x22 and mode == "start":
+        elif c == quote and mode == "start":
             mode = "quoted"
         elif c == delimiter:
             mode = "start"
@@ -138,10 +156,12 @@ def grammar_records(data: bytes, delimiter: int) -> list[tuple[int, int]]:
     return records
 
 
-def data_records(data: bytes, delimiter: int, header: bool) -> list[tuple[int, int]]:
+def data_records(data: bytes, delimiter: int, header: bool, quote: int = 0x22,
+                 escape: int | None = None) -> list[tuple[int, int]]:
     """The non-empty records after the BOM and the header (empty lines are skipped)."""
     bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-    records = [(bom + a, bom + b) for a, b in grammar_records(data[bom:], delimiter) if b > a]
+    records = [(bom + a, bom + b) for a, b in grammar_records(data[bom:], delimiter, quote, escape)
+               if b > a]
     return records[1:] if header else records
 
 
@@ -188,11 +208,13 @@ def check_accounting(data: bytes, reader: str, options: dict, result: tuple) -> 
     if result[0] == "refused":
         return
     rows, errors = result
-    delimiter = 0x2C if reader == "csv" else 0x09
-    records = data_records(data, delimiter, options["header"])
+    delimiter = ord(options.get("delimiter", "," if reader == "csv" else "\t"))
+    quote = ord(options.get("quote", '"'))
+    escape = ord(options["escape"]) if "escape" in options else None
+    records = data_records(data, delimiter, options["header"], quote, escape)
     bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-    boundaries = {bom + a for a, _ in grammar_records(data[bom:], delimiter)} | {len(data)}
-    boundaries |= {bom + b + 1 for _, b in grammar_records(data[bom:], delimiter)}
+    model = grammar_records(data[bom:], delimiter, quote, escape)
+    boundaries = {bom + a for a, _ in model} | {len(data)} | {bom + b + 1 for _, b in model}
     for kind, _type, offset, raw in errors:
         if kind == "record":
             assert offset in {a for a, _ in records}, (_type, offset, records)
