@@ -106,9 +106,19 @@ def _storage(p: argparse.ArgumentParser) -> None:
                         "AWS_ENDPOINT_URL")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chunkmill")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chunkmill", description="Very large files -> hive-partitioned Parquet on Dask.")
+    parser.add_argument("--version", action="version", version=f"chunkmill {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ingest = sub.add_parser("ingest", help="ingest inputs into OUT")

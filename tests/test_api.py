@@ -58,6 +58,13 @@ def test_read_is_lazy_and_matches_the_source(sample, tmp_path) -> None:
     assert got["note"].fillna("<null>").tolist() == whole["note"].fillna("<null>").tolist()
 
 
+def test_out_naming_a_file_is_a_usage_error(tmp_path) -> None:
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    with pytest.raises(pipeline.UsageError, match="is a file"):
+        pipeline.ingest([str(tmp_path / "a.csv")], out=str(tmp_path / "a.csv"))
+    assert (tmp_path / "a.csv").read_text() == "x\n1\n"
+
+
 def test_read_several_tables_needs_a_name(sample) -> None:
     with pytest.raises(pipeline.UsageError, match="several tables"):
         pipeline.read([str(sample / "events.jsonl"), str(sample / "users.tsv")])

@@ -68,6 +68,8 @@ def test_bad_row_that_is_not_utf8_prints_no_traceback(tmp_path, layout) -> None:
     (["ingest", "x.csv", "--out", "o", "--format", "nosuch"], "no reader named 'nosuch'"),
     (["ingest", "x.csv", "--out", "o", "--partition-by", "nocol"], "--partition-by nocol"),
     (["ingest", "x.csv", "--out", "o", "--scheduler", "tcp://127.0.0.1:1"], "cannot connect"),
+    (["ingest", "x.csv", "--out", "x.csv"], "--out x.csv is a file"),
+    (["ingest", "x.csv", "--out", "x.csv/sub"], "which is a file"),
 ])
 def test_user_mistakes_get_one_clear_line(tmp_path, args, needle) -> None:
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
@@ -75,6 +77,13 @@ def test_user_mistakes_get_one_clear_line(tmp_path, args, needle) -> None:
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert needle in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    res = chunkmill("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"chunkmill {version('chunkmill')}"
 
 
 def test_failed_file_exits_nonzero_with_summary(tmp_path, shared_scheduler) -> None:
