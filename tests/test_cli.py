@@ -137,3 +137,21 @@ def test_status_and_report_commands(tmp_path, shared_scheduler) -> None:
     assert "2 rows" in res.stdout and (tmp_path / "r.html").stat().st_size > 10_000
     res = chunkmill("status", str(tmp_path / "nothing-here"))
     assert res.returncode == 2 and "not a chunkmill output directory" in res.stderr
+
+
+def test_status_imports_neither_dask_nor_pandas(tmp_path, shared_scheduler) -> None:
+    """``chunkmill status`` only reads OUT: importing distributed (or dask, or pandas through
+    pyarrow.dataset) would cost it seconds of start-up."""
+    import pipeline
+
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    out = str(tmp_path / "o")
+    pipeline.ingest([str(tmp_path / "a.csv")], out=out, scheduler=shared_scheduler)
+    code = ("import sys; from pipeline import cli; code = cli.run(['status', sys.argv[1]]); "
+            "print([m for m in ('distributed', 'dask', 'pandas') if m in sys.modules]); "
+            "sys.exit(code)")
+    res = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "1 done, 0 pending, 0 failed" in res.stdout
+    assert res.stdout.splitlines()[-1] == "[]"

@@ -6,12 +6,15 @@ import json
 from collections import Counter
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
 from pipeline.output.journal import Journal
 from pipeline.output.layout import CATALOG_DIR, STATE_DIR, path_text
 from pipeline.output.store import open_store
+
+CATALOG_COLUMNS = ["file_id", "path", "status", "rows", "tables", "error_count"]
 
 
 def status(out: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -28,10 +31,13 @@ def status(out: str, storage_options: dict[str, Any] | None = None) -> dict[str,
     catalog: list[dict[str, Any]] = []
     path = store.path(CATALOG_DIR, "catalog.parquet")
     if store.exists(path):
-        # Without pyarrow's thread pool: a read of anything but a path on it can abort the
-        # interpreter at exit (apache/arrow#50482, #34314); the catalog is small anyway.
-        with store.open_read(path) as f:
-            catalog = pq.read_table(f, use_threads=False).to_pylist()
+        # From bytes in memory, without pyarrow's thread pool: a read of a Python file object
+        # on it can abort the interpreter at exit (apache/arrow#50482, #34314); the catalog
+        # is small. ParquetFile, not read_table (which imports pyarrow.dataset), and no
+        # timestamp column (their time zones import pandas): either costs more than the rest
+        # of the command.
+        data = pa.BufferReader(store.read_bytes(path))
+        catalog = pq.ParquetFile(data).read(CATALOG_COLUMNS, use_threads=False).to_pylist()
     files: dict[str, dict[str, Any]] = {}
     for row in catalog:
         state = "failed" if row["status"] == "failed" else "done"
