@@ -148,7 +148,8 @@ class Runner:
             self.delta = DeltaOut(self.store, out.partition_by)
         # Delta tables settle concurrent writers through their log (see pipeline.output.delta);
         # hive output has only chunkmill's journal: one run at a time.
-        lock = OutputLock(self.store) if self.delta is None else contextlib.nullcontext()
+        lock = (OutputLock(self.store, self.run_id) if self.delta is None
+                else contextlib.nullcontext())
         try:
             with lock:
                 self._check_format()

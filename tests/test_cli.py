@@ -155,3 +155,50 @@ def test_status_imports_neither_dask_nor_pandas(tmp_path, shared_scheduler) -> N
     assert res.returncode == 0, res.stderr
     assert "1 done, 0 pending, 0 failed" in res.stdout
     assert res.stdout.splitlines()[-1] == "[]"
+
+
+def test_status_of_a_live_run_says_it_is_live(tmp_path) -> None:
+    """``chunkmill status`` during a run: live (pid, host, start, progress), no advice to
+    re-run; then the run finishes as if nobody had looked."""
+    import os
+    import signal
+    import time
+
+    from pipeline.report.status import status
+
+    src, out = tmp_path / "big.csv", tmp_path / "o"
+    src.write_text("id,event,note\n" + "".join(f'{i},{"abc"[i % 3]},"n {i}"\n'
+                                                for i in range(60000)))
+    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ingest", str(src), "--out",
+                            str(out), "--chunk-size", "32KiB", "--no-progress"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        live = None
+        while run.poll() is None and not (live and live["chunks_staged"]):
+            if (out / "_chunkmill").exists():
+                live = status(str(out))["live"]
+            time.sleep(0.02)
+        assert live and live["chunks_staged"], ("the run ended before status saw it",
+                                                run.communicate())
+        os.killpg(run.pid, signal.SIGSTOP)  # hold it still while we look
+        try:
+            res = chunkmill("status", str(out))
+            info = json.loads(chunkmill("status", str(out), "--json").stdout)
+            again = chunkmill("ingest", str(src), "--out", str(out), "--chunk-size", "32KiB")
+        finally:
+            os.killpg(run.pid, signal.SIGCONT)
+        assert res.returncode == 1, res.stderr  # not finished yet
+        assert f"is live: pid {run.pid} on " in res.stdout, res.stdout
+        assert "chunk(s) staged" in res.stdout and "re-run" not in res.stdout, res.stdout
+        lock = json.loads((out / "_chunkmill" / "lock.json").read_text())
+        assert info["live"]["pid"] == run.pid and info["live"]["run_id"] == lock["run"]
+        assert info["live"]["files_planned"] == 1 and info["live"]["chunks_staged"] >= 1
+        assert again.returncode == 4 and f"pid {run.pid}" in again.stderr  # what status said
+        assert run.wait(timeout=120) == 0, run.communicate()
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    res = chunkmill("status", str(out))
+    assert res.returncode == 0 and "is live" not in res.stdout and "finished" in res.stdout
+    assert json.loads(chunkmill("status", str(out), "--json").stdout)["live"] is None
