@@ -30,7 +30,7 @@ def test_plan_is_inspectable(sample) -> None:
     plan = pipeline.plan([str(sample / "logs")], chunk_size="16KB")
     assert len(plan.files) == 2 and len(plan.chunks) > 5
     assert {f["format"] for f in plan.summary()} == {"csv"}
-    assert "logs: id: int64" in repr(plan).replace("table ", "")
+    assert "table logs (2 file(s), " in repr(plan) and "): id: int64" in repr(plan)
     assert "<table>" in plan._repr_html_()
 
 

@@ -110,7 +110,31 @@ def test_plan_is_a_dry_run(tmp_path) -> None:
     assert f["format"] == "csv" and f["chunks"] == 4 and f["tables"] == ["in"]
     assert not (tmp_path / "out").exists()
     res = chunkmill("plan", str(tmp_path / "in"), "--chunk-size", "1KB")
-    assert "1 file(s), 4 chunk(s)" in res.stdout and "table in: a: int64, b: int64" in res.stdout
+    assert "1 file(s), 4.0 KB, 4 chunk(s)\n" in res.stdout
+    assert "table in (1 file(s), 4.0 KB): a: int64, b: int64" in res.stdout
+    assert "->" not in res.stdout  # no OUT was given
+
+
+def test_plan_of_many_small_files_is_a_summary(tmp_path) -> None:
+    """2,000 small files: totals per format and table, the tasks bundling makes of them,
+    and 20 files by name; --json keeps every file."""
+    src = tmp_path / "logs"
+    src.mkdir()
+    for i in range(2000):
+        (src / f"f{i:04d}.csv").write_text(f"a,b\n{i},x\n")
+    (src / "x.jsonl").write_text('{"c": 1}\n')
+    res = chunkmill("plan", str(src))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) < 30, res.stdout
+    head = lines[0]
+    assert head.startswith("Plan: 2001 file(s), ") and "2001 chunk(s) in " in head, head
+    assert int(head.split(" in ")[1].split()[0]) < 20  # bundled into a few tasks
+    assert "  format csv: 2000 file(s)" in res.stdout and "  format jsonl: 1 file(s)" in res.stdout
+    assert "table logs (2001 file(s)" in res.stdout
+    assert lines[-1] == "  ... 1981 more file(s) (--json lists all)"
+    plan = json.loads(chunkmill("plan", str(src), "--json").stdout)
+    assert len(plan["files"]) == 2001 and plan["chunks"] == 2001 and plan["tasks"] < 20
 
 
 def test_output_lock_refuses_second_run(tmp_path) -> None:
