@@ -246,8 +246,9 @@ def _demo(args: argparse.Namespace) -> int:
         report = Runner(inputs, options).run()
         _print(report)
         code = max(code, report.exit_code)
-    _print(f"\nquery it: duckdb -c \"select event, count(*) from read_parquet("
-          f"'{args.out}/logs/**/*.parquet', hive_partitioning=true) group by event\"")
+    _print(f"\nquery it: python3 -c \"import duckdb; print(duckdb.sql(\\\"select event, "
+           f"count(*) from read_parquet('{args.out}/logs/**/*.parquet', "
+           f"hive_partitioning=true) group by event\\\"))\"")
     return code
 
 
