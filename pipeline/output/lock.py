@@ -20,8 +20,6 @@ import socket
 import time
 from typing import Any
 
-import psutil
-
 from pipeline.errors import OutputLocked
 from pipeline.output.layout import STATE_DIR
 from pipeline.output.store import Store
@@ -131,6 +129,8 @@ class OutputLock:
         cannot be seen: their locks are trusted)."""
         if owner.get("host") != socket.gethostname():
             return False
+        import psutil  # only here: `chunkmill status` imports this module
+
         try:
             pid = int(owner.get("pid", -1))
             proc = psutil.Process(pid)
