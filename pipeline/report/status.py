@@ -27,11 +27,14 @@ def status(out: str, storage_options: dict[str, Any] | None = None) -> dict[str,
     entries = list(Journal(store).entries())
     journal = Journal(store).load(entries)
     done, interrupted = journal.done, journal.interrupted
-    live = OutputLock(store).live()
     runs = store.glob(store.path(STATE_DIR, "runs", "*.json"))
     last: dict[str, Any] = {}
     if runs:
         last = json.loads(store.read_bytes(runs[-1]))
+    # After the last report: a run that ends in between leaves an unfinished report and a
+    # free lock, and the advice to re-run is then right; the other order could advise a
+    # re-run while a run that just started holds the lock (exit 4).
+    live = OutputLock(store).live()
     catalog: list[dict[str, Any]] = []
     path = store.path(CATALOG_DIR, "catalog.parquet")
     if store.exists(path):
