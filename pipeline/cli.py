@@ -14,8 +14,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 from pipeline import config
 from pipeline.errors import ChunkmillError
@@ -76,7 +76,11 @@ def _dialect(p: argparse.ArgumentParser) -> None:
                         "to _errors [null_padding]")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _no_default(key: str) -> str:
+    return "in chunkmill.yaml"
+
+
+def _common(p: argparse.ArgumentParser, default: Callable[[str], str] = _default) -> None:
     p.add_argument("paths", nargs="+", metavar="INPUT",
                    help="files, directories (recursive), globs or fsspec URLs")
     p.add_argument("--table", help="table name for text inputs (default: input's name)")
@@ -86,15 +90,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     _dialect(p)
     p.add_argument("--chunk-size", type=_size,
                    help="bytes per chunk task, e.g. 64MB, 256MiB (default "
-                        f"{_default('chunk-size')}; {_default('partitioned-chunk-size')} with "
+                        f"{default('chunk-size')}; {default('partitioned-chunk-size')} with "
                         "--partition-by)")
     p.add_argument("--small-file-size", type=_size,
                    help="files up to this size are read many to a task and share output "
-                        f"fragments (default {_default('small-file-size')}; 0 turns bundling "
+                        f"fragments (default {default('small-file-size')}; 0 turns bundling "
                         "off)")
     p.add_argument("--max-record-bytes", type=_size,
                    help="longest record accepted when seeking boundaries (default "
-                        f"{_default('max-record-bytes')})")
+                        f"{default('max-record-bytes')})")
     p.add_argument("--partition-by", default="", metavar="COL[,COL]",
                    help="hive-partition the output by these columns")
     p.add_argument("--follow-symlinks", action="store_true", default=None,
@@ -102,7 +106,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "directories (default: such links are refused and reported)")
     p.add_argument("--max-partitions", type=int, metavar="N",
                    help="stop (exit 2) before --partition-by writes more than N partitions "
-                        f"per table in one run (default {_default('max-partitions')}; 0: no "
+                        f"per table in one run (default {default('max-partitions')}; 0: no "
                         "limit)")
     p.add_argument("--schema", action="append", metavar="COL=TYPE[,COL=TYPE]",
                    help="declare column types of CSV/TSV/JSON-lines tables (repeatable): "
@@ -135,20 +139,41 @@ def _storage(p: argparse.ArgumentParser) -> None:
                         "AWS_ENDPOINT_URL")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("chunkmill")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            text = "unknown (not installed)"
+        _print(f"chunkmill {text}")
+        parser.exit()
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; for ``command`` status or report, without the defaults in the help of
+    ingest and plan (reading them loads Dask's config, which those commands never show)."""
+    default = _no_default if command in ("status", "report") else _default
     parser = argparse.ArgumentParser(
         prog="chunkmill", description="Very large files -> hive-partitioned Parquet on Dask.")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
 
     ingest = sub.add_parser("ingest", help="ingest inputs into OUT")
-    _common(ingest)
+    _common(ingest, default)
     ingest.add_argument("--out", required=True, help="output directory or fsspec URL")
     ingest.add_argument("--compression", choices=COMPRESSIONS,
-                        help=f"Parquet codec (default {_default('compression')})")
+                        help=f"Parquet codec (default {default('compression')})")
     ingest.add_argument("--table-format", choices=TABLE_FORMATS,
                         help="hive: Parquet fragments in hive directories; delta: Delta Lake "
                              "tables, each file committed in one transaction (default "
-                             f"{_default('table-format')})")
+                             f"{default('table-format')})")
     ingest.add_argument("--scheduler", metavar="ADDR",
                         help="use a running Dask scheduler (tcp://host:8786) instead of an "
                              "embedded cluster")
@@ -163,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "--workers/--threads-per-worker are not given")
     ingest.add_argument("--memory-limit",
                         help="embedded cluster: memory per worker, e.g. 2GB (default "
-                             f"{_default('memory-limit')})")
+                             f"{default('memory-limit')})")
     ingest.add_argument("--dashboard", action="store_true",
                         help="start the Dask dashboard (on 127.0.0.1:8787) and print its "
                              "address; without it no HTTP server is started")
@@ -172,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "serve it to other machines)")
     ingest.add_argument("--retries", type=int,
                         help="retries of a chunk after a transient failure or a lost worker "
-                             f"(default {_default('retries')})")
+                             f"(default {default('retries')})")
     ingest.add_argument("--force", action="store_true",
                         help="re-ingest files even when unchanged since the last run")
     ingest.add_argument("--prune", action="store_true",
@@ -185,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="dry run: files, formats, chunks, bytes, tables; "
                                        "writes nothing")
-    _common(plan)
+    _common(plan, default)
     plan.add_argument("--out", help="plan an ingest into this output directory: it is not "
                                     "read as input, and files it holds keep their tables")
     plan.add_argument("--force", action="store_true", default=None,
@@ -267,8 +292,9 @@ def _demo(args: argparse.Namespace) -> int:
         report = Runner(inputs, options).run()
         _print(report)
         code = max(code, report.exit_code)
-    _print(f"\nquery it: duckdb -c \"select event, count(*) from read_parquet("
-          f"'{args.out}/logs/**/*.parquet', hive_partitioning=true) group by event\"")
+    _print(f"\nquery it: python3 -c \"import duckdb; print(duckdb.sql(\\\"select event, "
+           f"count(*) from read_parquet('{args.out}/logs/**/*.parquet', "
+           f"hive_partitioning=true) group by event\\\"))\"")
     return code
 
 
@@ -283,7 +309,10 @@ def _options(args: argparse.Namespace) -> IngestOptions:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    import distributed  # noqa: F401 - it sets its loggers up on import: do that before we do
+    if args.command in ("ingest", "demo", "plan"):
+        # distributed sets its loggers up on import: let it, then set ours. Commands that only
+        # read OUT (status, report) never import it (it costs seconds of start-up).
+        import distributed  # noqa: F401
 
     level = logging.WARNING + 10 * (args.quiet - args.verbose)
     logging.basicConfig(level=max(logging.DEBUG, level), format="%(message)s")
@@ -317,7 +346,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     if getattr(sys.stdout, "errors", None) == "strict":
         # File names are bytes: one that is not UTF-8 is printed as its bytes, as ls does.
         sys.stdout.reconfigure(errors="surrogateescape")
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     _configure_logging(args)
     if args.command in ("ingest", "demo"):

@@ -1,35 +1,51 @@
 """chunkmill's settings inside Dask's configuration, and byte sizes as users write them.
 
 The defaults ship in ``chunkmill.yaml`` next to this module and are merged into Dask's config on
-import (``dask.config.update_defaults``), so the usual Dask ways of overriding a setting apply:
+first use (``dask.config.update_defaults``), so the usual Dask ways of overriding a setting apply:
 a YAML file, ``DASK_CHUNKMILL__...`` environment variables, ``dask.config.set``. Values are
 read when an options object is built, never at import time.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
-
-import dask.config
-import yaml
-from dask.utils import format_bytes, parse_bytes
 
 from pipeline.errors import UsageError
 
 _YAML = os.path.join(os.path.dirname(__file__), "chunkmill.yaml")
 
-with open(_YAML) as _f:
-    dask.config.update_defaults(yaml.safe_load(_f))
+
+@functools.cache
+def _shipped() -> dict[str, Any]:
+    """chunkmill.yaml, merged into Dask's config on first use: importing dask costs more than
+    a whole ``chunkmill status``, which needs no setting. (Merged defaults never override what
+    the user set, whenever they set it.)"""
+    import dask.config
+    import yaml
+
+    with open(_YAML) as f:
+        shipped = yaml.safe_load(f)
+    dask.config.update_defaults(shipped)
+    return shipped
 
 
 def get(key: str) -> Any:
     """The current value of ``chunkmill.<key>`` (``ingest.chunk-size``, ``pressure.high``)."""
-    return dask.config.get(f"chunkmill.{key}")
+    import dask.config
+
+    shipped = _shipped()
+    try:
+        return dask.config.get(f"chunkmill.{key}")
+    except KeyError:  # merged inside a dask.config.set block, which took the key away on exit
+        return dask.config.get(f"chunkmill.{key}", config=shipped)
 
 
 def parse_size(value: str | int | float) -> int:
     """Bytes from ``64MB`` (10**6), ``64MiB`` (2**20), ``1.5G`` or a number."""
+    from dask.utils import parse_bytes
+
     try:
         return int(parse_bytes(value))
     except (ValueError, TypeError) as exc:
@@ -38,6 +54,8 @@ def parse_size(value: str | int | float) -> int:
 
 def format_size(nbytes: float) -> str:
     """``33554432`` -> ``32.00 MiB``."""
+    from dask.utils import format_bytes
+
     return format_bytes(int(nbytes))
 
 

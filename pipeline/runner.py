@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -56,7 +57,7 @@ from pipeline.output.staging import (
     reuse,
     staged_entry,
 )
-from pipeline.output.store import open_store
+from pipeline.output.store import Store, open_store
 from pipeline.output.writer import SinkSpec
 from pipeline.planning.describe import PlannedFile
 from pipeline.planning.discover import Discovered
@@ -90,6 +91,19 @@ def config_token(options: IngestOptions) -> str:
     return hashlib.blake2b(json.dumps(relevant).encode(), digest_size=8).hexdigest()
 
 
+def _check_out(store: Store, out: str) -> None:
+    """OUT must be a directory or not exist yet: naming a file (or a path under a file) is a
+    user's mistake, not an I/O failure half-way through the run."""
+    if not store.local:
+        return
+    path = store.root
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        what = "is a file" if path == store.root else f"is under {path}, which is a file"
+        raise UsageError(f"--out {out} {what}; give a directory (it is created if missing)")
+
+
 def new_run_id() -> str:
     """A UTC stamp to the second (runs sort by time) and a random suffix."""
     return f"{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -102,6 +116,7 @@ class Runner:
         self.paths = list(paths)
         self.options = options
         self.store = open_store(options.output.out, dict(options.output.storage_options))
+        _check_out(self.store, options.output.out)
         self.run_id = new_run_id()
         self.report = RunReport(self.run_id, options.output.out, time.time())
         self.config = config_token(options)
@@ -133,7 +148,8 @@ class Runner:
             self.delta = DeltaOut(self.store, out.partition_by)
         # Delta tables settle concurrent writers through their log (see pipeline.output.delta);
         # hive output has only chunkmill's journal: one run at a time.
-        lock = OutputLock(self.store) if self.delta is None else contextlib.nullcontext()
+        lock = (OutputLock(self.store, self.run_id) if self.delta is None
+                else contextlib.nullcontext())
         try:
             with lock:
                 self._check_format()

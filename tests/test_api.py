@@ -30,7 +30,7 @@ def test_plan_is_inspectable(sample) -> None:
     plan = pipeline.plan([str(sample / "logs")], chunk_size="16KB")
     assert len(plan.files) == 2 and len(plan.chunks) > 5
     assert {f["format"] for f in plan.summary()} == {"csv"}
-    assert "logs: id: int64" in repr(plan).replace("table ", "")
+    assert "table logs (2 file(s), " in repr(plan) and "): id: int64" in repr(plan)
     assert "<table>" in plan._repr_html_()
 
 
@@ -56,6 +56,13 @@ def test_read_is_lazy_and_matches_the_source(sample, tmp_path) -> None:
                                quoted_strings_can_be_null=False)).to_pandas()
     assert len(got) == len(whole)
     assert got["note"].fillna("<null>").tolist() == whole["note"].fillna("<null>").tolist()
+
+
+def test_out_naming_a_file_is_a_usage_error(tmp_path) -> None:
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    with pytest.raises(pipeline.UsageError, match="is a file"):
+        pipeline.ingest([str(tmp_path / "a.csv")], out=str(tmp_path / "a.csv"))
+    assert (tmp_path / "a.csv").read_text() == "x\n1\n"
 
 
 def test_read_several_tables_needs_a_name(sample) -> None:

@@ -68,6 +68,8 @@ def test_bad_row_that_is_not_utf8_prints_no_traceback(tmp_path, layout) -> None:
     (["ingest", "x.csv", "--out", "o", "--format", "nosuch"], "no reader named 'nosuch'"),
     (["ingest", "x.csv", "--out", "o", "--partition-by", "nocol"], "--partition-by nocol"),
     (["ingest", "x.csv", "--out", "o", "--scheduler", "tcp://127.0.0.1:1"], "cannot connect"),
+    (["ingest", "x.csv", "--out", "x.csv"], "--out x.csv is a file"),
+    (["ingest", "x.csv", "--out", "x.csv/sub"], "which is a file"),
 ])
 def test_user_mistakes_get_one_clear_line(tmp_path, args, needle) -> None:
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
@@ -75,6 +77,13 @@ def test_user_mistakes_get_one_clear_line(tmp_path, args, needle) -> None:
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert needle in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    res = chunkmill("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"chunkmill {version('chunkmill')}"
 
 
 def test_failed_file_exits_nonzero_with_summary(tmp_path, shared_scheduler) -> None:
@@ -101,7 +110,31 @@ def test_plan_is_a_dry_run(tmp_path) -> None:
     assert f["format"] == "csv" and f["chunks"] == 4 and f["tables"] == ["in"]
     assert not (tmp_path / "out").exists()
     res = chunkmill("plan", str(tmp_path / "in"), "--chunk-size", "1KB")
-    assert "1 file(s), 4 chunk(s)" in res.stdout and "table in: a: int64, b: int64" in res.stdout
+    assert "1 file(s), 4.0 KB, 4 chunk(s)\n" in res.stdout
+    assert "table in (1 file(s), 4.0 KB): a: int64, b: int64" in res.stdout
+    assert "->" not in res.stdout  # no OUT was given
+
+
+def test_plan_of_many_small_files_is_a_summary(tmp_path) -> None:
+    """2,000 small files: totals per format and table, the tasks bundling makes of them,
+    and 20 files by name; --json keeps every file."""
+    src = tmp_path / "logs"
+    src.mkdir()
+    for i in range(2000):
+        (src / f"f{i:04d}.csv").write_text(f"a,b\n{i},x\n")
+    (src / "x.jsonl").write_text('{"c": 1}\n')
+    res = chunkmill("plan", str(src))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) < 30, res.stdout
+    head = lines[0]
+    assert head.startswith("Plan: 2001 file(s), ") and "2001 chunk(s) in " in head, head
+    assert int(head.split(" in ")[1].split()[0]) < 20  # bundled into a few tasks
+    assert "  format csv: 2000 file(s)" in res.stdout and "  format jsonl: 1 file(s)" in res.stdout
+    assert "table logs (2001 file(s)" in res.stdout
+    assert lines[-1] == "  ... 1981 more file(s) (--json lists all)"
+    plan = json.loads(chunkmill("plan", str(src), "--json").stdout)
+    assert len(plan["files"]) == 2001 and plan["chunks"] == 2001 and plan["tasks"] < 20
 
 
 def test_output_lock_refuses_second_run(tmp_path) -> None:
@@ -128,3 +161,68 @@ def test_status_and_report_commands(tmp_path, shared_scheduler) -> None:
     assert "2 rows" in res.stdout and (tmp_path / "r.html").stat().st_size > 10_000
     res = chunkmill("status", str(tmp_path / "nothing-here"))
     assert res.returncode == 2 and "not a chunkmill output directory" in res.stderr
+
+
+def test_status_imports_neither_dask_nor_pandas(tmp_path, shared_scheduler) -> None:
+    """``chunkmill status`` only reads OUT: importing distributed (or dask, or pandas through
+    pyarrow.dataset) would cost it seconds of start-up."""
+    import pipeline
+
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    out = str(tmp_path / "o")
+    pipeline.ingest([str(tmp_path / "a.csv")], out=out, scheduler=shared_scheduler)
+    code = ("import sys; from pipeline import cli; code = cli.run(['status', sys.argv[1]]); "
+            "print([m for m in ('distributed', 'dask', 'pandas') if m in sys.modules]); "
+            "sys.exit(code)")
+    res = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "1 done, 0 pending, 0 failed" in res.stdout
+    assert res.stdout.splitlines()[-1] == "[]"
+
+
+def test_status_of_a_live_run_says_it_is_live(tmp_path) -> None:
+    """``chunkmill status`` during a run: live (pid, host, start, progress), no advice to
+    re-run; then the run finishes as if nobody had looked."""
+    import os
+    import signal
+    import time
+
+    from pipeline.report.status import status
+
+    src, out = tmp_path / "big.csv", tmp_path / "o"
+    src.write_text("id,event,note\n" + "".join(f'{i},{"abc"[i % 3]},"n {i}"\n'
+                                                for i in range(60000)))
+    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ingest", str(src), "--out",
+                            str(out), "--chunk-size", "32KiB", "--no-progress"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        live = None
+        while run.poll() is None and not (live and live["chunks_staged"]):
+            if (out / "_chunkmill").exists():
+                live = status(str(out))["live"]
+            time.sleep(0.02)
+        assert live and live["chunks_staged"], ("the run ended before status saw it",
+                                                run.communicate())
+        os.killpg(run.pid, signal.SIGSTOP)  # hold it still while we look
+        try:
+            res = chunkmill("status", str(out))
+            info = json.loads(chunkmill("status", str(out), "--json").stdout)
+            again = chunkmill("ingest", str(src), "--out", str(out), "--chunk-size", "32KiB")
+        finally:
+            os.killpg(run.pid, signal.SIGCONT)
+        assert res.returncode == 1, res.stderr  # not finished yet
+        assert f"is live: pid {run.pid} on " in res.stdout, res.stdout
+        assert "chunk(s) staged" in res.stdout and "re-run" not in res.stdout, res.stdout
+        lock = json.loads((out / "_chunkmill" / "lock.json").read_text())
+        assert info["live"]["pid"] == run.pid and info["live"]["run_id"] == lock["run"]
+        assert info["live"]["files_planned"] == 1 and info["live"]["chunks_staged"] >= 1
+        assert again.returncode == 4 and f"pid {run.pid}" in again.stderr  # what status said
+        assert run.wait(timeout=120) == 0, run.communicate()
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    res = chunkmill("status", str(out))
+    assert res.returncode == 0 and "is live" not in res.stdout and "finished" in res.stdout
+    assert json.loads(chunkmill("status", str(out), "--json").stdout)["live"] is None

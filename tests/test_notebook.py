@@ -94,3 +94,8 @@ def test_quickstart_runs(tmp_path, shared_scheduler) -> None:
     assert any(raw.startswith(b"900003,") for (raw,) in raws), raws
     # the second run skipped every file
     assert any("(3 unchanged)" in o.get("text", "") for o in outputs)
+    # the progress bar is a widget (the notebook extra), not tqdm's warning about its absence
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "TqdmWarning" not in text and "IProgress not found" not in text, text
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for o in outputs)

@@ -420,7 +420,7 @@ def test_damaged_units_cost_only_themselves(inputs: Path, tmp_path: Path) -> Non
     assert set(errs) == {"corrupt.parquet", "cut.parquet", "batches.arrow"}
     bad = errs["corrupt.parquet"]
     assert (bad["kind"], bad["error_type"], bad["byte_offset"]) == ("chunk", "BadStructure", offset)
-    assert "row group 2 cannot be decoded" in bad["message"] and str(src) in bad["message"]
+    assert "row group 2 cannot be decoded" in bad["message"] and str(src) not in bad["message"]
     assert errs["cut.parquet"]["kind"] == "file"
     assert "not a readable Parquet file" in errs["cut.parquet"]["message"]
     assert "record batch" in errs["batches.arrow"]["message"]

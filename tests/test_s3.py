@@ -235,6 +235,9 @@ def test_hive_output_on_s3_is_locked_by_an_object(bucket) -> None:
     fs.pipe_file(lock, json.dumps({"pid": 1, "host": "elsewhere", "started": 0}).encode())
     with pytest.raises(OutputLocked, match="in use by another chunkmill run"):
         pipeline.ingest([f"s3://{name}/in"], out=out, progress=False)
+    from pipeline.report.status import status
+
+    assert status(out)["live"]["host"] == "elsewhere"  # status says who holds it
     # a lock left by a dead process of this host is taken over, and released after the run
     fs.pipe_file(lock, json.dumps({"pid": 2 ** 22 + 7, "host": socket.gethostname(),
                                    "started": 0}).encode())

@@ -156,18 +156,19 @@ class Journal:
             self.store.remove(posixpath.join(self.dir, covered))
         return len(segments)
 
-    def load(self) -> JournalState:
+    def load(self, entries: Iterable[dict[str, Any]] | None = None) -> JournalState:
         """Committed files by id, the fragments of interrupted commits by id, and the staged
         chunks of files not committed yet.
 
-        A file whose last word is ``failed`` keeps its fragments (nothing written is lost) but
-        is not done: its record has an empty fingerprint, so the next run tries it again.
+        ``entries``: the journal's, if already read. A file whose last word is ``failed``
+        keeps its fragments (nothing written is lost) but is not done: its record has an
+        empty fingerprint, so the next run tries it again.
         """
         done: dict[str, FileRecord] = {}
         pending: dict[str, list[str]] = {}
         staged: dict[str, dict[int, dict[str, Any]]] = {}
         delta: dict[tuple[str, str], int] = {}
-        for e in self.entries():
+        for e in self.entries() if entries is None else entries:
             fid = e.get("file_id")
             event = e.get("event")
             for table, version in (e.get("delta") or {}).items():

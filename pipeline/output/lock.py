@@ -20,8 +20,6 @@ import socket
 import time
 from typing import Any
 
-import psutil
-
 from pipeline.errors import OutputLocked
 from pipeline.output.layout import STATE_DIR
 from pipeline.output.store import Store
@@ -32,8 +30,9 @@ LOCK = "lock.json"
 class OutputLock:
     """One live run per OUT: `acquire` raises `OutputLocked` while another run holds it."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, run_id: str | None = None) -> None:
         self.store = store
+        self.run_id = run_id
         self.path = store.path(STATE_DIR, LOCK)
         self.held = False
         self._fd: int | None = None
@@ -49,6 +48,27 @@ class OutputLock:
             return None
         return owner if isinstance(owner, dict) else None
 
+    def _me_record(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                "run": self.run_id}
+
+    def live(self) -> dict[str, Any] | None:
+        """The holder's record while a run holds the lock, else None; takes nothing a run
+        could notice (see `_probe`)."""
+        if not self.store.local:
+            owner = self._remote_owner()
+            return owner if owner and not self._stale(owner) else None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            if _probe(fd):
+                return None
+        finally:
+            os.close(fd)
+        return self.owner() or {}
+
     def acquire(self) -> None:
         if not self.store.local:
             self._acquire_remote()
@@ -57,7 +77,7 @@ class OutputLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock(fd)
             except BlockingIOError:
                 os.close(fd)
                 raise OutputLocked(self._busy_message()) from None
@@ -67,7 +87,7 @@ class OutputLock:
             if self._still_the_file(fd):
                 break
             os.close(fd)  # the holder removed it between our open and lock: lock the new one
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        me = self._me_record()
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         self._fd = fd
@@ -75,7 +95,7 @@ class OutputLock:
 
     def _acquire_remote(self) -> None:
         """An object written with a conditional create (S3 ``If-None-Match: *``)."""
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        me = self._me_record()
         for _ in range(2):
             try:
                 self.store.create_exclusive(self.path, json.dumps(me).encode())
@@ -109,6 +129,8 @@ class OutputLock:
         cannot be seen: their locks are trusted)."""
         if owner.get("host") != socket.gethostname():
             return False
+        import psutil  # only here: `chunkmill status` imports this module
+
         try:
             pid = int(owner.get("pid", -1))
             proc = psutil.Process(pid)
@@ -157,3 +179,32 @@ class OutputLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+PROBE_RETRIES = 10
+"""Tries of a run to lock, ``PROBE_WAIT`` apart, before it calls OUT locked: a ``status``
+probing the lock holds it (shared) for a few microseconds."""
+PROBE_WAIT = 0.01
+
+
+def _lock(fd: int) -> None:
+    """Lock ``fd`` exclusively; `BlockingIOError` if another run holds it."""
+    for attempt in range(PROBE_RETRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == PROBE_RETRIES - 1:
+                raise
+            time.sleep(PROBE_WAIT)
+
+
+def _probe(fd: int) -> bool:
+    """True if no run holds the lock of ``fd``. flock has no "test" call: this takes a shared
+    lock and drops it at once; a run starting in that instant retries (`_lock`)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True

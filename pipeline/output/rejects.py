@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import uuid
 from collections.abc import Iterable
 
@@ -21,6 +22,15 @@ ERRORS_SCHEMA = pa.schema([
 ])
 
 
+def without_path(message: str, path: str) -> str:
+    """``message`` without ``path``, which the row's ``path`` column holds: readers and the
+    runner name the file (``/data/x.csv: chunk 3 at offset 96: ...``) for logs and the run
+    summary, where it is needed. A path quoted inside a message becomes its file name."""
+    if not path:
+        return message
+    message = message.replace(f"{path}: ", "")
+    return message.replace(path, posixpath.basename(path.rstrip("/")) or path)
+
 
 def errors_table(rows: Iterable[tuple[str, str, int | None, Rejected]], run_id: str) -> pa.Table:
     """The ``_errors`` rows for (file_id, path, chunk index, rejection) tuples."""
@@ -30,7 +40,7 @@ def errors_table(rows: Iterable[tuple[str, str, int | None, Rejected]], run_id: 
         text_array([r[0] for r in rows]), text_array([path_text(r[1]) for r in rows]),
         int64_array([r[2] for r in rows]), int64_array([r[3].byte_offset for r in rows]),
         text_array([r[3].kind for r in rows]), text_array([r[3].error_type for r in rows]),
-        text_array([path_text(r[3].message) for r in rows]),
+        text_array([path_text(without_path(r[3].message, r[1])) for r in rows]),
         text_array([r[3].raw for r in rows], pa.binary()),
         repeated_text(run_id, len(rows)),
     ], schema=ERRORS_SCHEMA)

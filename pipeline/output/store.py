@@ -18,7 +18,6 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
 from pipeline.faults import crash_point
 
@@ -249,6 +248,12 @@ class FsspecStore(Store):
 def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Store:
     """The store for ``url`` (a directory or an fsspec URL)."""
     options = dict(storage_options or {})
+    if "://" not in url and "::" not in url:
+        # A plain path, as fsspec's local filesystem reads it, without importing fsspec
+        # (and asyncio with it): `chunkmill status` of a local OUT needs neither.
+        return LocalStore(url, os.path.abspath(os.path.expanduser(url)), options)
+    from fsspec.core import url_to_fs
+
     fs, root = url_to_fs(url, **options)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("file", "local"):

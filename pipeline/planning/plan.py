@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,8 @@ from readers.options import ReaderOptions
 from readers.widening import no_nulls, unify
 
 log = logging.getLogger("chunkmill.plan")
+LISTED_FILES = 20
+"""Files a plan lists by name (``--json`` and `Plan.summary` give all)."""
 
 
 @dataclass(slots=True)
@@ -60,6 +63,9 @@ class Plan:
     """What the workers do to every parsed batch (`execution.hook`)."""
     homes: list[HomeTables] = field(default_factory=list)
     """Which tables the files of each input directory make (`pipeline.planning.grouping`)."""
+    chunk_size: int = 0
+    small_file_size: int = 0
+    """The options that decide how small files are bundled into tasks (`tasks`)."""
 
     @property
     def chunks(self) -> list[ChunkSpec]:
@@ -91,42 +97,97 @@ class Plan:
                 if rule not in entry["rules"]:
                     entry["rules"].append(rule)
         return out
+    def tasks(self, threads: int | None = None) -> int:
+        """Tasks an ingest would run: a chunk each, except that small files share a task
+        (bundles; at least two per worker thread, ``threads`` of them: default one per core,
+        as the embedded cluster has)."""
+        from pipeline.execution.bundles import pack
+
+        small, tasks = [], 0
+        for f in self.files:
+            if f.skipped or f.error:
+                continue
+            if (self.small_file_size > 0 and len(f.chunks) == 1 and f.reader
+                    and get_reader(f.reader).bundles and f.source.size <= self.small_file_size):
+                small.append(([f], f.source.size + 1))
+            else:
+                tasks += len(f.chunks)
+        min_bundles = 2 * (threads or os.cpu_count() or 1)
+        return tasks + len(pack(small, max(1, self.chunk_size), min_bundles))
 
     def to_json(self) -> str:
         return json.dumps({"files": self.summary(),
                            "tables": {t: str(s) for t, s in self.schemas.items()},
                            "table_files": self.table_summary(),
-                           "chunks": len(self.chunks), "bytes": self.total_bytes}, indent=2)
+                           "chunks": len(self.chunks), "tasks": self.tasks(),
+                           "bytes": self.total_bytes}, indent=2)
 
     def __repr__(self) -> str:
-        lines = [f"Plan: {len(self.files)} file(s), {len(self.chunks)} chunk(s), "
-                 f"{_human(self.total_bytes)}"]
-        for row in self.summary():
+        return self.describe()
+
+    def describe(self, max_files: int = LISTED_FILES) -> str:
+        """Totals, then per format and per table, then at most ``max_files`` files (the
+        failed ones first)."""
+        rows = self.summary()
+        chunks, tasks = len(self.chunks), self.tasks()
+        lines = [f"Plan: {len(rows)} file(s), {_human(self.total_bytes)}, {chunks} chunk(s)"
+                 + (f" in {tasks} task(s) (small files are read many to a task)"
+                    if tasks != chunks else "")]
+        skipped = sum(1 for r in rows if r["skipped"])
+        failed = sum(1 for r in rows if r["error"])
+        if skipped or failed:
+            lines.append(f"  {skipped} unchanged since the last run, {failed} with errors")
+        formats: dict[str, list[int]] = {}
+        for r in rows:
+            count = formats.setdefault(r["format"] or "?", [0, 0, 0])
+            count[0] += 1
+            count[1] += r["size_bytes"]
+            count[2] += r["chunks"]
+        for name, (n, size, nchunks) in sorted(formats.items()):
+            lines.append(f"  format {name}: {n} file(s), {_human(size)}, {nchunks} chunk(s)")
+        per_table: dict[str, list[int]] = {}
+        for r in rows:
+            for table in r["tables"]:
+                count = per_table.setdefault(table, [0, 0])
+                count[0] += 1
+                count[1] += r["size_bytes"]
+        for table, schema in self.schemas.items():
+            n, size = per_table.get(table, (0, 0))
+            cols = ", ".join(f"{f.name}: {f.type}" for f in schema)
+            lines.append(f"  table {table} ({n} file(s), {_human(size)}): {cols}")
+        ordered = sorted(rows, key=lambda r: not r["error"])  # errors are never cut off
+        shown = ordered if len(ordered) <= max_files else ordered[:max_files]
+        for row in shown:
             if row["skipped"]:
                 status = "unchanged since the last run"
             elif row["error"]:
                 status = f"ERROR {row['error']}"
             else:
-                status = f"{row['chunks']} chunk(s) -> {', '.join(row['tables'])}"
+                status = f"{row['chunks']} chunk(s), table {', '.join(row['tables'])}"
             comp = f" [{row['compression']}]" if row["compression"] else ""
             lines.append(f"  {row['path']}  {row['format'] or '?'}{comp}  "
                          f"{_human(row['size_bytes'])}  {status}")
+        if len(shown) < len(rows):
+            lines.append(f"  ... {len(rows) - len(shown)} more file(s) (--json lists all)")
         for table, info in self.table_summary().items():
-            lines.append(f"  table {table}: {', '.join(info['columns'])}")
             if info["files"]:
-                lines.append(f"    {len(info['files'])} file(s) ({'; '.join(info['rules'])}): "
-                             f"{_some(info['files'])}")
+                lines.append(f"  table {table}: {len(info['files'])} file(s) "
+                             f"({'; '.join(info['rules'])}): {_some(info['files'])}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         rows = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
                 r["path"], r["format"], _human(r["size_bytes"]), r["chunks"],
-                ", ".join(r["tables"]), r["error"] or "")) + "</tr>" for r in self.summary())
+                ", ".join(r["tables"]), r["error"] or "")) + "</tr>"
+            for r in sorted(self.summary(), key=lambda r: not r["error"])[:LISTED_FILES])
+        more = len(self.files) - LISTED_FILES
+        rows += f"<tr><td colspan=6>... {more} more file(s)</td></tr>" if more > 0 else ""
         head = "".join(f"<th>{h}</th>" for h in
                        ("path", "format", "size", "chunks", "tables", "error"))
-        return (f"<p><b>chunkmill plan</b>: {len(self.files)} files, {len(self.chunks)} chunks, "
-                f"{_human(self.total_bytes)}</p><table><tr>{head}</tr>{rows}</table>")
+        return (f"<p><b>chunkmill plan</b>: {len(self.files)} files, {len(self.chunks)} chunks "
+                f"in {self.tasks()} tasks, {_human(self.total_bytes)}</p>"
+                f"<table><tr>{head}</tr>{rows}</table>")
 
 
 def _some(paths: list[str], shown: int = 3) -> str:
@@ -227,7 +288,8 @@ def build_plan(paths: Sequence[str], options: PlanOptions, *,
     shapes = shape_tables(schemas, files, reader_options, options, remembered)
     _check_partitioning(shapes.outputs, tuple(partition_by))
     estimate_partitions(shapes, files, reader_options, tuple(partition_by), max_partitions)
-    return Plan(files, shapes.outputs, reader_options, shapes.hook, homes)
+    return Plan(files, shapes.outputs, reader_options, shapes.hook, homes,
+                options.chunk_size, options.small_file_size)
 
 
 def held_tables(state: JournalState) -> dict[str, tuple[str, str]]:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
 from pipeline.output.journal import Journal
 from pipeline.output.layout import CATALOG_DIR, STATE_DIR, path_text
+from pipeline.output.lock import OutputLock
 from pipeline.output.store import open_store
+
+CATALOG_COLUMNS = ["file_id", "path", "status", "rows", "tables", "error_count"]
 
 
 def status(out: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -19,19 +24,27 @@ def status(out: str, storage_options: dict[str, Any] | None = None) -> dict[str,
     store = open_store(out, storage_options)
     if not store.exists(store.path(STATE_DIR)):
         raise UsageError(f"{out}: not a chunkmill output directory (no {STATE_DIR}/)")
-    journal = Journal(store).load()
+    entries = list(Journal(store).entries())
+    journal = Journal(store).load(entries)
     done, interrupted = journal.done, journal.interrupted
     runs = store.glob(store.path(STATE_DIR, "runs", "*.json"))
     last: dict[str, Any] = {}
     if runs:
         last = json.loads(store.read_bytes(runs[-1]))
+    # After the last report: a run that ends in between leaves an unfinished report and a
+    # free lock, and the advice to re-run is then right; the other order could advise a
+    # re-run while a run that just started holds the lock (exit 4).
+    live = OutputLock(store).live()
     catalog: list[dict[str, Any]] = []
     path = store.path(CATALOG_DIR, "catalog.parquet")
     if store.exists(path):
-        # Without pyarrow's thread pool: a read of anything but a path on it can abort the
-        # interpreter at exit (apache/arrow#50482, #34314); the catalog is small anyway.
-        with store.open_read(path) as f:
-            catalog = pq.read_table(f, use_threads=False).to_pylist()
+        # From bytes in memory, without pyarrow's thread pool: a read of a Python file object
+        # on it can abort the interpreter at exit (apache/arrow#50482, #34314); the catalog
+        # is small. ParquetFile, not read_table (which imports pyarrow.dataset), and no
+        # timestamp column (their time zones import pandas): either costs more than the rest
+        # of the command.
+        data = pa.BufferReader(store.read_bytes(path))
+        catalog = pq.ParquetFile(data).read(CATALOG_COLUMNS, use_threads=False).to_pylist()
     files: dict[str, dict[str, Any]] = {}
     for row in catalog:
         state = "failed" if row["status"] == "failed" else "done"
@@ -47,6 +60,8 @@ def status(out: str, storage_options: dict[str, Any] | None = None) -> dict[str,
                             "rows": record.catalog.get("rows"),
                             "tables": record.catalog.get("tables"),
                             "errors": record.catalog.get("error_count")}
+    if live is not None:
+        live = _live_progress(live, entries, last)
     unfinished = not last.get("finished")
     for path_ in [path_text(p) for p in last.get("planned", [])] if unfinished else []:
         if path_ not in files or files[path_]["state"] != "done":
@@ -54,23 +69,66 @@ def status(out: str, storage_options: dict[str, Any] | None = None) -> dict[str,
             files[path_]["state"] = "pending"
     tables: dict[str, Counter] = {}
     for info in files.values():
-        for table in info.get("tables") or ["?"]:
+        for table in info.get("tables") or [NOT_READ]:
             tables.setdefault(table, Counter())[info["state"]] += 1
     return {"out": out, "files": files, "tables": {t: dict(c) for t, c in tables.items()},
             "totals": dict(Counter(i["state"] for i in files.values())),
             "last_run": {k: last.get(k) for k in ("run_id", "started", "finished", "rows",
                                                   "errors", "files", "failures")},
-            "last_run_finished": not unfinished}
+            "last_run_finished": not unfinished, "live": live}
+
+
+NOT_READ = "(not read yet)"
+"""The table of a planned file that no run has read yet."""
+
+
+def _live_progress(owner: dict[str, Any], entries: list[dict[str, Any]],
+                   last: dict[str, Any]) -> dict[str, Any]:
+    """What the live run (holder of the lock) has done so far, from the journal."""
+    run = owner.get("run")
+    committed = [e for e in entries if e.get("event") == "committed" and e.get("run") == run
+                 and run is not None]
+    staged = {(e.get("file_id"), e.get("index")) for e in entries
+              if e.get("event") == "staged" and e.get("run") == run and run is not None}
+    planned = last.get("planned") if run is not None and last.get("run_id") == run else None
+    return {"pid": owner.get("pid"), "host": owner.get("host"),
+            "started": owner.get("started"), "run_id": run,
+            "files_planned": None if planned is None else len(planned),
+            "files_committed": len(committed),
+            "chunks_committed": sum(int(e.get("catalog", {}).get("chunks") or 0)
+                                    for e in committed),
+            "rows_committed": sum(int(e.get("catalog", {}).get("rows") or 0)
+                                  for e in committed),
+            "chunks_staged": len(staged)}
+
+
+def _live_line(live: dict[str, Any]) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(live.get("started") or 0))
+    planned = live["files_planned"]
+    files = (f"{live['files_committed']} of {planned} file(s)" if planned is not None
+             else f"{live['files_committed']} file(s)")
+    return (f"run {live.get('run_id') or '?'} is live: pid {live.get('pid')} on "
+            f"{live.get('host')}, started {started}\n"
+            f"  so far {files} committed ({live['chunks_committed']} chunk(s), "
+            f"{live['rows_committed']:,} rows), {live['chunks_staged']} chunk(s) staged\n"
+            "  wait for it to finish (or stop it) before starting another run into this OUT")
 
 
 def format_status(info: dict[str, Any]) -> str:
     totals = info["totals"]
     last = info["last_run"]
+    live = info.get("live")
     lines = [f"{info['out']}: {totals.get('done', 0)} done, {totals.get('pending', 0)} pending, "
-             f"{totals.get('failed', 0)} failed",
-             f"last run {last.get('run_id')}: "
-             + ("finished" if info["last_run_finished"] else "did not finish (re-run to resume)")
-             + f", {last.get('rows') or 0:,} rows, {last.get('errors') or 0:,} rejected"]
+             f"{totals.get('failed', 0)} failed"]
+    if live is not None:
+        lines.append(_live_line(live))
+    if live is None or live.get("run_id") != last.get("run_id"):
+        lines.append(f"last run {last.get('run_id')}: "
+                     + ("finished" if info["last_run_finished"] else
+                        "did not finish (the live run resumes it)" if live is not None else
+                        "did not finish (re-run to resume)")
+                     + f", {last.get('rows') or 0:,} rows, {last.get('errors') or 0:,} "
+                       "rejected")
     for table, counts in sorted(info["tables"].items()):
         lines.append(f"  table {table}: " + ", ".join(f"{n} {s}" for s, n in
                                                       sorted(counts.items())))
