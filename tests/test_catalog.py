@@ -80,7 +80,8 @@ def _bad_inputs(root) -> dict[str, str]:
     (root / "fields.csv").write_text("a,b\n1,2\n3\n4,5\n")
     (root / "fields.tsv").write_text("a\tb\n1\t2\n3\n")
     (root / "bad.jsonl").write_text('{"a": 1}\nnot json\n{"a": 2}\n')
-    (root / "utf8.csv").write_bytes(b"a,b\n1,x\n2,\xff\xfe\n")
+    # one damaged record in a thousand lines: a bad record, not another encoding
+    (root / "utf8.csv").write_bytes(b"a,b\n" + b"1,x\n" * 1000 + b"2,\xff\xfe\n")
     data = gzip.compress(b"a,b\n" + b"".join(b"%d,%d\n" % (i, i) for i in range(20000)))
     (root / "cut.csv.gz").write_bytes(data[: len(data) // 2])
     with h5py.File(root / "cut.h5", "w") as f:

@@ -122,7 +122,7 @@ def test_plan_of_many_small_files_is_a_summary(tmp_path) -> None:
     src.mkdir()
     for i in range(2000):
         (src / f"f{i:04d}.csv").write_text(f"a,b\n{i},x\n")
-    (src / "x.jsonl").write_text('{"c": 1}\n')
+    (src / "x.jsonl").write_text('{"a": 1, "b": "y"}\n')  # same columns: one table
     res = chunkmill("plan", str(src))
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
@@ -132,7 +132,7 @@ def test_plan_of_many_small_files_is_a_summary(tmp_path) -> None:
     assert int(head.split(" in ")[1].split()[0]) < 20  # bundled into a few tasks
     assert "  format csv: 2000 file(s)" in res.stdout and "  format jsonl: 1 file(s)" in res.stdout
     assert "table logs (2001 file(s)" in res.stdout
-    assert lines[-1] == "  ... 1981 more file(s) (--json lists all)"
+    assert "  ... 1981 more file(s) (--json lists all)" in lines
     plan = json.loads(chunkmill("plan", str(src), "--json").stdout)
     assert len(plan["files"]) == 2001 and plan["chunks"] == 2001 and plan["tasks"] < 20
 

@@ -207,7 +207,7 @@ def test_plan_shows_the_grouping(exports: Path, monkeypatch: pytest.MonkeyPatch,
     assert cli.run(["plan", "exports", "-q"]) == 0
     text = capsys.readouterr().out
     assert "-> out" not in text
-    assert "table customers: id: int64, name: string, email: string" in text
+    assert "table customers (1 file(s), 46 B): id: int64, name: string, email: string" in text
     assert "1 file(s) (own columns: stem orders)" in text
     # Without --out there is no OUT: a directory called out is an input like any other.
     write(Path("out") / "more.csv", "id,customer_id,amount\n99,1,1.0\n")
