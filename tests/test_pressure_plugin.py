@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import dask
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -107,7 +108,10 @@ def scrape_metrics(client: Client, addr: str) -> str:
 @pytest.fixture
 def inproc() -> Iterator[Client]:
     FAKE.update(used=100, limit=1000, process=None)
+    # The in-process worker's memory is this test process's, which grows over a whole suite:
+    # Dask's own spilling by process memory would evict what these tests hold and count.
     with (
+        dask.config.set({"distributed.worker.memory.spill": False}),
         LocalCluster(
             n_workers=1,
             threads_per_worker=1,
@@ -348,7 +352,10 @@ def test_install_on_your_own_cluster_for_a_persisted_read(tmp_path: Any) -> None
     src.write_text("id,event,value\n" + "".join(f"{i},{'abc'[i % 3]},{i * 0.5}\n"
                                                  for i in range(30_000)))
     FAKE.update(used=100, limit=1000, process=None)
+    # The in-process worker's memory is this test process's, which grows over a whole suite:
+    # Dask's own spilling by process memory would evict what these tests hold and count.
     with (
+        dask.config.set({"distributed.worker.memory.spill": False}),
         LocalCluster(n_workers=2, threads_per_worker=1, processes=False, memory_limit="1GB",
                      dashboard_address=None) as cluster,
         Client(cluster) as c,
@@ -379,7 +386,10 @@ def test_plugin_without_worker_memory_limit() -> None:
     # No limit: worker.data is a plain dict (nothing to spill); only the machine-wide
     # reading applies and pausing still works.
     FAKE.update(used=100, limit=1000, process=None)
+    # The in-process worker's memory is this test process's, which grows over a whole suite:
+    # Dask's own spilling by process memory would evict what these tests hold and count.
     with (
+        dask.config.set({"distributed.worker.memory.spill": False}),
         LocalCluster(
             n_workers=1,
             threads_per_worker=1,
