@@ -15,6 +15,13 @@ from readers.base import ChunkContext, ChunkSpec, Rejected
 from readers.settle import FileChunks, read_settled
 
 
+def thorough() -> bool:
+    """``CHUNKMILL_THOROUGH=1``: the crash tests kill at every point they know, not a sample
+    (the suite must stay under ten minutes on two cores; the commit protocol's every step is
+    also covered in memory by tests/test_commit_plan.py)."""
+    return os.environ.get("CHUNKMILL_THOROUGH") == "1"
+
+
 def run_reader(path: str, reader: str | None = None, *, chunk_size: int = 1 << 20,
                string_columns: bool = False, **options: object
                ) -> tuple[pa.Table | None, list[Rejected], dict]:

@@ -9,6 +9,7 @@ import re
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from conftest import thorough
 
 import pipeline
 from tests.test_resume import run_cli
@@ -148,7 +149,7 @@ def test_killed_bundle_commit_resumes_exactly_once(tmp_path) -> None:
     (src / changed).write_text("id,event,value\n1,a,1.0\n2,b,2.0\n")
     rows[changed] = [(1, "a", 1.0), (2, "b", 2.0)]
     (src / deleted).unlink()  # carried: its rows must survive the crashes too
-    for crash_at in ("mid_commit", "before_commit"):
+    for crash_at in ("mid_commit", "before_commit") if thorough() else ("mid_commit",):
         assert run_cli(args, crash_at=crash_at) != 0
         assert all(BUNDLE.match(n) for n in fragments(out, "logs"))
     assert run_cli(args) == 0

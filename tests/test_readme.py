@@ -21,6 +21,12 @@ def test_readme_steps_run_after_the_demo(tmp_path) -> None:
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert demo.returncode == 0, demo.stderr
     query = demo.stdout.split("query it: ", 1)[1].strip()
+    # The report a newcomer opens first is the run the README queries: the logs.
+    from pipeline.report.plots import load_report
+
+    shown = load_report(tmp_path / "lake")
+    paths = {r["path"] for r in shown["chunk_records"]}
+    assert paths and all("/logs/" in p for p in paths), paths
     (line,) = [ln for b in blocks("bash") for ln in b.splitlines()
                if ln.startswith('python3 -c "import duckdb')]
     for command in (line, query):  # the README's and the one the demo prints
