@@ -238,7 +238,7 @@ def test_hung_chunk_times_out_and_the_run_goes_on(tmp_path, flaky, threads_clust
     flaky.hang = 0.0
     plan_ok = pipeline.plan([f"flaky://{tmp_path}/"])
     assert len(plan_ok.files) == 2
-    flaky.hang = 6.0
+    flaky.hang = 3.0
     report = pipeline.ingest([f"flaky://{tmp_path}/fine.csv", f"flaky://{tmp_path}/hang.csv"],
                              out=str(tmp_path / "o"), table="t", scheduler=threads_cluster,
                              chunk_timeout=1.0)

@@ -94,7 +94,7 @@ def _rows(table: pa.Table | None) -> list[dict]:
     return [] if table is None else table.to_pylist()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(data=csv_files(), chunk=st.sampled_from(CHUNK_SIZES))
 def test_csv_chunked_equals_whole_file(tmp_path, data: bytes, chunk: int) -> None:
@@ -121,7 +121,7 @@ def test_tsv_chunked_equals_whole_file(tmp_path, data: bytes, chunk: int) -> Non
     assert _rows(got) == expected.to_pylist()
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(data=csv_files(), chunk=st.sampled_from(CHUNK_SIZES), seed=st.integers(0, 1000))
 def test_stray_quotes_stay_exact_and_parallel(tmp_path, data: bytes, chunk: int,
@@ -190,7 +190,7 @@ def _whole_dialect(path: str, d: dict) -> pa.Table:
                           convert_options=convert_options({n: pa.string() for n in names}))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(case=dialect_files(), chunk=st.sampled_from(CHUNK_SIZES))
 def test_explicit_dialects_chunked_equal_whole_file(tmp_path, case, chunk: int) -> None:
@@ -271,7 +271,7 @@ def test_quoted_newlines_stay_parallel(tmp_path) -> None:
     assert info["reruns"] <= info["chunks"] // 10
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(records=st.lists(st.dictionaries(st.sampled_from(["a", "b", "c"]),
                                         st.one_of(st.integers(-5, 5), st.text(max_size=5)),

@@ -71,7 +71,7 @@ def connect(options: ClusterOptions, layout: str = "processes") -> Iterator[Clie
     """
     if options.scheduler:
         try:
-            client = Client(options.scheduler, timeout="10s")
+            client = Client(options.scheduler, timeout="5s")  # a scheduler answers in ms
         except (OSError, TimeoutError) as exc:
             raise UsageError(f"--scheduler {options.scheduler}: cannot connect ({exc})") from exc
         try:
