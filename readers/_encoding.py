@@ -81,7 +81,7 @@ def check_utf8(head: bytes, path: str, at_eof: bool, nul: bool = True) -> None:
             lines = head.split(b"\n")
             if not at_eof and len(lines) > 1:
                 lines.pop()  # it may end inside a character
-            bad = sum(1 for line in lines if not _is_utf8(line))
+            bad = sum(1 for line in lines if not is_utf8(line))
             if bad * 1000 > len(lines) * BAD_LINES_PER_MILLE:
                 at = exc.start if at < 0 else min(at, exc.start)
     if at >= 0:
@@ -90,7 +90,7 @@ def check_utf8(head: bytes, path: str, at_eof: bool, nul: bool = True) -> None:
                       "utf-16 (encoding= in Python)", at)
 
 
-def _is_utf8(data: bytes) -> bool:
+def is_utf8(data: bytes) -> bool:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
@@ -98,4 +98,5 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-__all__ = ["single_byte", "to_utf8", "file_offset", "transcoded", "NotUTF8", "check_utf8"]
+__all__ = ["is_utf8", "single_byte", "to_utf8", "file_offset", "transcoded", "NotUTF8",
+           "check_utf8"]

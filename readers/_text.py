@@ -33,7 +33,7 @@ from readers._boundaries import (
     transfer,
 )
 from readers._dialect import Dialect
-from readers._encoding import check_utf8, file_offset, single_byte, to_utf8, transcoded
+from readers._encoding import check_utf8, file_offset, is_utf8, single_byte, to_utf8, transcoded
 from readers.base import (
     RAW_CAP,
     ChunkContext,
@@ -438,7 +438,7 @@ class TextReader(Reader):
             except Exception:  # noqa: BLE001 - describe() on its own reports it properly
                 continue
             split = self._split_header(data, options) if len(data) == source.size else None
-            if split is not None and not _is_utf8(data):
+            if split is not None and not is_utf8(data):
                 split = None  # describe() says it is not UTF-8
             if split is None:
                 continue
@@ -987,14 +987,6 @@ class _Closing:
             self.stream.close()
         finally:
             self.under.close()
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _is_stream(chunk: ChunkSpec) -> bool:
