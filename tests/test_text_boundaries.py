@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from readers._boundaries import (
     OUT,
     Grammar,
+    Transfer,
     count_byte,
     first_record_end,
     guess_parity,
@@ -373,6 +374,24 @@ grammar_bytes = st.lists(st.sampled_from([b"a", b",", b"\t", b'"', b'""', b"\n",
                                           b"\r\n", b" "]), max_size=50).map(b"".join)
 
 
+def _splits_compose(data: bytes, grammar: Grammar, ends: list[int], states: list[int]
+                    ) -> list[Transfer]:
+    """At every split of ``data``, the two halves' transfers compose into the whole's and
+    their record ends add up to ``ends``; returns the transfer of each prefix."""
+    whole = transfer(data, 0, len(data), grammar, None, True)
+    assert whole.apply(OUT) == states[-1]
+    prefixes = []
+    for k in range(len(data) + 1):
+        left = transfer(data, 0, k, grammar, None, True)
+        right = transfer(data, k, len(data), grammar, None, True)
+        assert [left.then(right).apply(s) for s in (0, 1)] == [whole.apply(s) for s in (0, 1)]
+        first, state = record_ends(data, 0, k, OUT, grammar, None, True)
+        rest, _ = record_ends(data, k, len(data), state, grammar, None, True)
+        assert list(first) + list(rest) == ends
+        prefixes.append(left)
+    return prefixes
+
+
 @settings(max_examples=300, deadline=None)
 @given(data=grammar_bytes, delimiter=st.sampled_from([",", "\t"]))
 def test_boundary_scans_follow_the_parser_grammar(data: bytes, delimiter: str) -> None:
@@ -386,15 +405,7 @@ def test_boundary_scans_follow_the_parser_grammar(data: bytes, delimiter: str) -
     assert first_record_end(data, 0, OUT, grammar, None, True) == (ends[0] if ends else -1)
     assert list(record_starts_csv(data, grammar)) == sorted(
         {0, *[e + 1 for e in ends if e + 1 < len(data)], len(data)})
-    whole = transfer(data, 0, len(data), grammar, None, True)
-    assert whole.apply(OUT) == states[-1]
-    for k in range(len(data) + 1):
-        left = transfer(data, 0, k, grammar, None, True)
-        right = transfer(data, k, len(data), grammar, None, True)
-        assert [left.then(right).apply(s) for s in (0, 1)] == [whole.apply(s) for s in (0, 1)]
-        first, state = record_ends(data, 0, k, OUT, grammar, None, True)
-        rest, _ = record_ends(data, k, len(data), state, grammar, None, True)
-        assert list(first) + list(rest) == ends
+    for k, left in enumerate(_splits_compose(data, grammar, ends, states)):
         if k and data[k - 1:k + 1] == b'""':
             continue  # inside a run of quotes: no state of its own
         assert left.apply(OUT) == states[k]
@@ -426,15 +437,7 @@ def test_boundary_scans_follow_the_parser_grammar_in_other_dialects(
     assert list(got) == ends and after == states[-1]
     assert last_record_end(data, grammar, None, True) == (ends[-1] if ends else -1)
     assert first_record_end(data, 0, OUT, grammar, None, True) == (ends[0] if ends else -1)
-    whole = transfer(data, 0, len(data), grammar, None, True)
-    assert whole.apply(OUT) == states[-1]
-    for k in range(len(data) + 1):
-        left = transfer(data, 0, k, grammar, None, True)
-        right = transfer(data, k, len(data), grammar, None, True)
-        assert [left.then(right).apply(s) for s in (0, 1)] == [whole.apply(s) for s in (0, 1)]
-        first, state = record_ends(data, 0, k, OUT, grammar, None, True)
-        rest, _ = record_ends(data, k, len(data), state, grammar, None, True)
-        assert list(first) + list(rest) == ends
+    _splits_compose(data, grammar, ends, states)
 
 
 @settings(max_examples=25, deadline=None)
