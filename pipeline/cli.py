@@ -321,8 +321,14 @@ def _configure_logging(args: argparse.Namespace) -> None:
     # restarted) come with tracebacks and are not the user's business: chunkmill reports what
     # they cost (failed chunks, _errors rows). -v shows them.
     quiet_deps = logging.CRITICAL if args.verbose < 1 else max(logging.DEBUG, level)
-    for noisy in ("distributed", "bokeh", "tornado", "asyncio", "fsspec"):
-        logging.getLogger(noisy).setLevel(quiet_deps)
+    noisy = ("distributed", "bokeh", "tornado", "asyncio", "fsspec")
+    # Children too: distributed's logging config gives some their own level
+    # (tornado.application: error), which would let a Ctrl-C race inside distributed.sync
+    # print tornado's "Exception in callback" traceback.
+    named = [name for name in logging.root.manager.loggerDict
+             if name.split(".", 1)[0] in noisy]
+    for name in (*noisy, *named):
+        logging.getLogger(name).setLevel(quiet_deps)
 
 
 def _stop_on_ctrl_c() -> None:

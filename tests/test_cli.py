@@ -95,6 +95,25 @@ def test_a_user_mistake_from_the_command_line_is_one_line(tmp_path) -> None:
         "nope/missing.csv: no such file" in res.stderr and "Traceback" not in res.stderr)
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_dask_and_tornado_errors_show_only_with_verbose(verbose) -> None:
+    # distributed's own logging config gives tornado.application a level of its own; a Ctrl-C
+    # racing distributed.sync once printed tornado's "Exception in callback" traceback there.
+    code = f"""
+import logging
+from pipeline.cli import _configure_logging, build_parser
+args = build_parser().parse_args(["ingest", "x.csv", "--out", "o"] + {["-v"] if verbose else []})
+_configure_logging(args)
+for name in ("tornado.application", "distributed.client", "distributed.worker", "bokeh"):
+    logging.getLogger(name).error("noise from %s", name)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert ("noise from tornado.application" in res.stderr) is verbose, res.stderr
+    assert ("noise from distributed.client" in res.stderr) is verbose, res.stderr
+
+
 def test_version() -> None:
     from importlib.metadata import version
 
