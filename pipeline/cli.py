@@ -127,6 +127,10 @@ def _common(p: argparse.ArgumentParser, default: Callable[[str], str] = _default
                         "hour of a timestamp/date, or bucket(COL, N); e.g. --derive "
                         "day=date(ts) --partition-by day")
     _storage(p)
+    _verbosity(p)
+
+
+def _verbosity(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("-q", "--quiet", action="count", default=0)
 
@@ -221,8 +225,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     st.add_argument("out", help="the --out directory of earlier runs")
     st.add_argument("--json", action="store_true")
     _storage(st)
-    st.add_argument("-v", "--verbose", action="count", default=0)
-    st.add_argument("-q", "--quiet", action="count", default=0)
+    _verbosity(st)
 
     rep = sub.add_parser("report", help="a run's summary; --html writes its plots as one page")
     rep.add_argument("out", metavar="OUT", help="the --out directory of the run")
@@ -232,15 +235,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     rep.add_argument("--html", metavar="FILE", help="standalone HTML page (works offline)")
     rep.add_argument("--json", action="store_true")
     _storage(rep)
-    rep.add_argument("-v", "--verbose", action="count", default=0)
-    rep.add_argument("-q", "--quiet", action="count", default=0)
+    _verbosity(rep)
 
     demo = sub.add_parser("demo", help="write sample data and ingest it on an embedded cluster")
     demo.add_argument("--dir", default="sample_data", help="where to write the sample inputs")
     demo.add_argument("--out", default="lake", help="output directory (default: lake)")
     demo.add_argument("--rows", type=int, default=200_000)
-    demo.add_argument("-v", "--verbose", action="count", default=0)
-    demo.add_argument("-q", "--quiet", action="count", default=0)
+    _verbosity(demo)
     return parser
 
 

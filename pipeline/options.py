@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline import config
 from pipeline.errors import UsageError
 from pipeline.output.layout import MAX_TABLE_BYTES, table_name
+from readers.options import DialectOptions
 
 if TYPE_CHECKING:  # pyarrow loads with the first option that needs it, not with the CLI
     import pyarrow as pa
@@ -40,25 +41,14 @@ def _setting(key: str) -> Any:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PlanOptions:
-    """What the inputs are and how they are split into chunks (planning)."""
+class PlanOptions(DialectOptions):
+    """What the inputs are and how they are split into chunks (planning); the CSV/TSV dialect
+    fields come from `readers.options.DialectOptions`."""
 
     table: str | None = None
     """Table name for single-table inputs (default: the input's name)."""
     format: str | None = None
     """Force a reader instead of sniffing."""
-    header: bool = True
-    """CSV/TSV files start with a header row."""
-    # --- CSV/TSV dialect (readers._dialect): None sniffs (delimiter) or keeps the default --
-    delimiter: str | None = None
-    quote: str | None = None
-    """Quote character ("" turns quoting off)."""
-    escape: str | None = None
-    null_values: tuple[str, ...] | None = None
-    """Values read as NULL (``"NA,null"`` or a sequence); default: the empty value."""
-    skip_rows: int = 0
-    comment: str | None = None
-    null_padding: bool = False
     chunk_size: int = _size("chunk-size")
     small_file_size: int = _size("small-file-size")
     """Files up to this size share tasks and fragments with others (0: never)."""
@@ -117,33 +107,12 @@ class PlanOptions:
                              f"{type(self.transform).__name__}")
 
     def _check_dialect(self) -> None:
-        from readers._dialect import check_char
-
-        if self.delimiter in ("\\t", "tab"):
-            object.__setattr__(self, "delimiter", "\t")
         try:
-            for name in ("delimiter", "escape", "comment"):
-                check_char(name, getattr(self, name))
-            check_char("quote", self.quote, allow_empty=True)
+            normalised = self.checked_dialect()
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        quote = '"' if self.quote is None else self.quote
-        if self.delimiter is not None and self.delimiter in (quote, self.escape):
-            raise UsageError(f"--delimiter {self.delimiter!r} is also the quote or escape "
-                             "character")
-        if isinstance(self.null_values, str):
-            object.__setattr__(self, "null_values", tuple(self.null_values.split(",")))
-        elif self.null_values is not None:
-            object.__setattr__(self, "null_values", tuple(str(v) for v in self.null_values))
-        if self.skip_rows < 0:
-            raise UsageError("--skip-rows must be 0 or more")
-
-    def dialect_settings(self) -> dict[str, Any]:
-        """The CSV dialect options given (none: every file's own default or sniffed one)."""
-        given = {"delimiter": self.delimiter, "quote": self.quote, "escape": self.escape,
-                 "null_values": self.null_values, "skip_rows": self.skip_rows or None,
-                 "comment": self.comment, "null_padding": self.null_padding or None}
-        return {k: v for k, v in given.items() if v is not None}
+        for name, value in normalised.items():
+            object.__setattr__(self, name, value)
 
     def output_token(self) -> list[Any]:
         """The settings above that change what is written (empty when none is given), so a

@@ -49,7 +49,7 @@ from readers.base import (
     read_head,
 )
 from readers.errors import DecompressionLimit, ErrorCode, RecordTooLong, Truncated
-from readers.options import ReaderOptions
+from readers.options import DialectOptions, ReaderOptions
 
 BOM = b"\xef\xbb\xbf"
 #: A record no real file contains; parsed after a chunk to prove the chunk ended outside quotes.
@@ -66,24 +66,10 @@ def sentinel_text(delimiter: str, ncols: int) -> str:
     return SENTINEL_TEXT if ncols != 1 else "\x1fchunkmill" + delimiter + "end\x1f"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TextOptions(ReaderOptions):
-    """Options of the line-oriented text readers."""
+class TextOptions(ReaderOptions, DialectOptions):
+    """Options of the line-oriented text readers (the CSV/TSV dialect fields come from
+    `DialectOptions`)."""
 
-    header: bool = True
-    """CSV/TSV: the first record names the columns."""
-    # --- CSV/TSV dialect (see `readers._dialect`); None: the format's default or sniffed --
-    delimiter: str | None = None
-    quote: str | None = None
-    """Quote character; "" turns quoting off."""
-    escape: str | None = None
-    null_values: tuple[str, ...] | None = None
-    """Unquoted values read as NULL (default: the empty value)."""
-    skip_rows: int = 0
-    """Lines skipped before the header."""
-    comment: str | None = None
-    """Lines starting with this character are skipped."""
-    null_padding: bool = False
-    """Records with missing trailing fields get NULLs instead of being rejected."""
     infer_bytes: int = 1 << 20
     """Bytes from the head of a file its column types are inferred from."""
     stream_block_bytes: int = 8 << 20

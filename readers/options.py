@@ -37,4 +37,58 @@ class ReaderOptions:
         return replace(self, **changes)
 
 
-__all__ = ["ReaderOptions"]
+@dataclass(frozen=True, kw_only=True)
+class DialectOptions:
+    """The CSV/TSV dialect a user gives (DuckDB's ``read_csv`` names in brackets; None: the
+    format's default, or sniffed). One definition for the pipeline's `PlanOptions` and the text
+    readers' `TextOptions`: a mixin without ``__slots__``, so slotted option classes can combine
+    it with `ReaderOptions`."""
+
+    header: bool = True
+    """The first record names the columns (``header``)."""
+    delimiter: str | None = None
+    """Field delimiter (``delim``); None: sniffed among ``,`` ``;`` tab ``|``."""
+    quote: str | None = None
+    """Quote character (``quote``); "" turns quoting off."""
+    escape: str | None = None
+    """Makes the next character literal (``escape``); None: quotes are escaped by doubling."""
+    null_values: tuple[str, ...] | None = None
+    """Unquoted values read as NULL (``nullstr``); default: the empty value."""
+    skip_rows: int = 0
+    """Lines skipped before the header (``skip``)."""
+    comment: str | None = None
+    """Lines starting with this character are skipped (``comment``)."""
+    null_padding: bool = False
+    """Records with missing trailing fields get NULLs instead of being rejected."""
+
+    def checked_dialect(self) -> dict[str, Any]:
+        """The dialect fields normalised (``"\\t"`` is a tab, ``"NA,null"`` two null values);
+        ValueError names the option when one is not usable."""
+        from readers._dialect import check_char
+
+        delimiter = "\t" if self.delimiter in ("\\t", "tab") else self.delimiter
+        for name, value in (("delimiter", delimiter), ("escape", self.escape),
+                            ("comment", self.comment)):
+            check_char(name, value)
+        check_char("quote", self.quote, allow_empty=True)
+        quote = '"' if self.quote is None else self.quote
+        if delimiter is not None and delimiter in (quote, self.escape):
+            raise ValueError(f"--delimiter {delimiter!r} is also the quote or escape character")
+        null_values = self.null_values
+        if isinstance(null_values, str):
+            null_values = tuple(null_values.split(","))
+        elif null_values is not None:
+            null_values = tuple(str(v) for v in null_values)
+        if self.skip_rows < 0:
+            raise ValueError("--skip-rows must be 0 or more")
+        return {"delimiter": delimiter, "null_values": null_values}
+
+    def dialect_settings(self) -> dict[str, Any]:
+        """The dialect options given (none: every file's own default or sniffed one)."""
+        given = {"delimiter": self.delimiter, "quote": self.quote, "escape": self.escape,
+                 "null_values": self.null_values, "skip_rows": self.skip_rows or None,
+                 "comment": self.comment, "null_padding": self.null_padding or None}
+        return {k: v for k, v in given.items() if v is not None}
+
+
+__all__ = ["DialectOptions", "ReaderOptions"]
