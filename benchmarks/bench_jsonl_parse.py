@@ -11,13 +11,16 @@ several block sizes; chunkmill's chunk parse today (`JSONLReader._checked`: pyar
 validation, the strict date/time cast); ``polars.read_ndjson`` given the same schema, alone and
 with what a chunk task would need to hand the writer the same table (``to_arrow`` + a cast to
 the reader's types); and, for scale, the Parquet zstd write of the chunk with the writer's
-options. Polars runs on one thread (``POLARS_MAX_THREADS=1``, set before it is imported), as
-one chunk task per core would; importing it is timed in a child process.
+options. DuckDB's ``read_json`` (the reference for chunkmill's types) is measured too, given the
+same columns and the bytes as a file object. Polars and DuckDB run on one thread
+(``POLARS_MAX_THREADS=1``, set before it is imported; DuckDB's ``threads=1``), as one chunk task
+per core would; importing each is timed in a child process.
 
-``--probe`` (on by default) then parses hostile lines both ways: chunkmill's real chunk path
-(rows and ``_errors``) against ``polars.read_ndjson`` with the same schema. A line is exact when
-polars gives the same rows and chunkmill rejected nothing, or polars raises (a chunk task
-could then fall back to pyarrow); otherwise polars would silently write other data.
+``--probe`` (on by default) then parses hostile lines three ways: chunkmill's real chunk path
+(rows and ``_errors``) against ``polars.read_ndjson`` and DuckDB's ``read_json`` given the same
+schema. A line is exact when the candidate gives the same rows and chunkmill rejected nothing,
+or the candidate raises (a chunk task could then fall back to pyarrow); otherwise it would
+silently write other data.
 
     python benchmarks/bench_jsonl_parse.py                      # 0.2 GB input, 64 MiB, 5 rounds
     python benchmarks/bench_jsonl_parse.py --input big.jsonl --repeat 9
@@ -26,6 +29,7 @@ could then fall back to pyarrow); otherwise polars would silently write other da
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import subprocess
@@ -68,6 +72,8 @@ PROBES = {
     "a lone surrogate escape": b'{"b":"\\ud800"}',
     "a float in an int column": b'{"a":1.5}',
     "a string in an int column": b'{"a":"1"}',
+    "a boolean in an int column": b'{"a":true}',
+    "a numeric string in a float column": b'{"c":"1.5"}',
     "invalid UTF-8": b'{"b":"\xff"}',
     "two objects on a line": b'{"a":1} {"a":2}',
     "a list element of another type": b'{"f":["x"]}',
@@ -121,6 +127,8 @@ def candidates(data: bytes, schema: pa.Schema) -> tuple[dict[str, Callable[[], A
         table = pl.read_ndjson(bytes(view), schema=pl_schema).to_arrow().cast(parse_schema)
         return table.cast(schema) if parse_schema is not schema else table
 
+    duck = duckdb_reader(parse_schema)
+
     def parquet_write() -> int:
         sink = pa.BufferOutputStream()
         writer = pq.ParquetWriter(sink, today.schema, compression="zstd",
@@ -138,11 +146,35 @@ def candidates(data: bytes, schema: pa.Schema) -> tuple[dict[str, Callable[[], A
             lambda: reader._checked(view, schema, expected, options),
         "polars.read_ndjson": lambda: pl.read_ndjson(bytes(view), schema=pl_schema),
         "polars.read_ndjson + to_arrow + cast": polars_to_arrow,
+        "duckdb read_json (threads=1) + cast": lambda: duck(bytes(view)).cast(schema),
         "Parquet zstd write (writer's options)": parquet_write,
     }
     checks = {"pyarrow.json, 1 MiB blocks": runs["pyarrow.json, 1 MiB blocks"]().cast(schema),
-              "polars.read_ndjson + to_arrow + cast": polars_to_arrow()}
+              "polars.read_ndjson + to_arrow + cast": polars_to_arrow(),
+              "duckdb read_json": duck(data).cast(schema)}
     return runs, {k: t.equals(today) for k, t in checks.items()}
+
+
+def duckdb_type(typ: pa.DataType) -> str:
+    """DuckDB's name for an Arrow type of a JSON schema (dates and times arrive as text)."""
+    if pa.types.is_struct(typ):
+        return "STRUCT(" + ", ".join(f'"{f.name}" {duckdb_type(f.type)}' for f in typ) + ")"
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        return duckdb_type(typ.value_type) + "[]"
+    names = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN",
+             pa.string(): "VARCHAR"}
+    return names[typ]
+
+
+def duckdb_reader(parse_schema: pa.Schema) -> Callable[[bytes], pa.Table]:
+    """DuckDB's ``read_json`` of newline-delimited bytes into ``parse_schema``'s columns."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET threads = 1")
+    columns = {f.name: duckdb_type(f.type) for f in parse_schema}
+    return lambda data: con.read_json(io.BytesIO(data), format="newline_delimited",
+                                      columns=columns).to_arrow_table().cast(parse_schema)
 
 
 def import_cpu_s(module: str) -> float:
@@ -175,8 +207,15 @@ def chunkmill_read(path: Path) -> tuple[list[dict], list[str], pa.Schema]:
 
 
 def probe(scratch: Path) -> list[tuple[str, str, str, str]]:
-    """(case, chunkmill's outcome, polars' outcome, verdict) per hostile line."""
+    """(case, chunkmill's outcome, a candidate's outcome, verdict) per hostile line."""
     import polars as pl
+
+    def polars(data: bytes, parse_schema: pa.Schema) -> pa.Table:
+        schema = pl.from_arrow(parse_schema.empty_table()).schema
+        return pl.read_ndjson(data, schema=schema).to_arrow().cast(parse_schema)
+
+    def duck(data: bytes, parse_schema: pa.Schema) -> pa.Table:
+        return duckdb_reader(parse_schema)(data)
 
     out = []
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
@@ -184,19 +223,18 @@ def probe(scratch: Path) -> list[tuple[str, str, str, str]]:
             path = Path(tmp) / "probe.jsonl"
             path.write_bytes(_HEAD + line + b"\n")
             rows, errors, schema = chunkmill_read(path)
-            parse_schema = text_times(schema)
-            try:
-                got = pl.read_ndjson(path.read_bytes(),
-                                     schema=pl.from_arrow(parse_schema.empty_table()).schema)
-                theirs = got.to_arrow().cast(parse_schema).cast(schema).to_pylist()
-            except Exception as exc:  # noqa: BLE001 - any polars error: fall back to pyarrow
-                theirs, said = None, f"raises {type(exc).__name__}"
-            else:
-                said = f"row {theirs[-1]}" if len(theirs) == len(rows) + len(errors) \
-                    else f"{len(theirs) - 3} rows"
             mine = f"_errors {errors[0]}" if errors else f"row {rows[-1]}"
-            exact = theirs is None or (not errors and theirs == rows)
-            out.append((name, mine, said, "exact" if exact else "NOT EXACT"))
+            for who, parse in (("polars", polars), ("duckdb", duck)):
+                try:
+                    theirs = parse(path.read_bytes(), text_times(schema)).cast(schema).to_pylist()
+                except Exception as exc:  # noqa: BLE001 - any error: fall back to pyarrow
+                    theirs, said = None, f"raises {type(exc).__name__}"
+                else:
+                    said = f"row {theirs[-1]}" if len(theirs) == len(rows) + len(errors) \
+                        else f"{len(theirs) - 3} rows"
+                exact = theirs is None or (not errors and theirs == rows)
+                out.append((f"{who}: {name}", mine, f"{who} {said}",
+                            "exact" if exact else "NOT EXACT"))
     return out
 
 
@@ -219,14 +257,14 @@ def main() -> None:
     for name, values in seconds.items():
         print(f"  {name:40s} {statistics.median(values):6.3f}   "
               f"(min {min(values):.3f}, max {max(values):.3f})")
-    for module in ("pyarrow", "polars"):
+    for module in ("pyarrow", "polars", "duckdb"):
         print(f"  import {module:33s} {import_cpu_s(module):6.3f}   (once per process)")
     for name, same in equal.items():
         print(f"  table of {name}: {'equal to' if same else 'DIFFERS from'} chunkmill's")
     if args.probe:
-        print("hostile lines, chunkmill's chunk path against polars given the same schema:")
+        print("hostile lines, chunkmill's chunk path against candidates given the same schema:")
         for name, mine, theirs, verdict in probe(c.check_scratch(args.scratch)):
-            print(f"  {verdict:9s} {name}: chunkmill {mine}; polars {theirs}")
+            print(f"  {verdict:9s} {name}: chunkmill {mine}; {theirs}")
 
 
 if __name__ == "__main__":
