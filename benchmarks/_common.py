@@ -629,6 +629,7 @@ class RowCheck:
     rows: int | None = None
     files: int = 0
     error_rows: int | None = None  # rows in chunkmill's _errors table, if any
+    data_bytes: int = 0  # bytes of the data Parquet files (not _catalog, _errors, logs)
     error: str | None = None
 
 
@@ -657,6 +658,7 @@ def count_parquet_rows(out: Path) -> RowCheck:
         return check
     files = parquet_files(out)
     check.files = len(files)
+    check.data_bytes = sum(os.path.getsize(f) for f in files)
     con = duckdb.connect()
     try:
         if files:
@@ -798,6 +800,7 @@ class Summary:
     rows: int | None = None
     expected_rows: int = 0
     rows_ok: bool = False
+    output_mib: float | None = None  # data Parquet bytes written (median)
     notes: list[str] = field(default_factory=list)
 
 
@@ -823,6 +826,8 @@ def summarise(records: Sequence[RunRecord]) -> Summary:
         counts = sorted({r.check.rows for r in good if r.check and r.check.rows is not None})
         s.rows = counts[0] if len(counts) == 1 else None
         s.rows_ok = all(r.rows_ok for r in good)
+        sizes = [r.check.data_bytes for r in good if r.check and r.check.data_bytes]
+        s.output_mib = mib(median(sizes)) if sizes else None
         if len(counts) > 1:
             s.notes.append(f"row counts differ between runs: {counts}")
         for r in good:

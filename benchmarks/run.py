@@ -242,8 +242,9 @@ def render(results: list[dict[str, Any]], host: dict[str, Any], args: argparse.N
     for name, ds in inputs.items():
         lines.append(f"- input {name}: {ds.path} ({ds.bytes / c.GB:.3g} GB, {ds.rows:,} rows"
                      + (f", {ds.files:,} files" if ds.files > 1 else "") + ")")
-    lines += ["", "| case | tool | wall s | CPU s | peak RSS MiB (summed) | rows ok? "
-              "| wall vs polars | RSS vs polars | notes |", "|---|---|--:|--:|--:|---|--:|--:|---|"]
+    lines += ["", "| case | tool | wall s | CPU s | peak RSS MiB (summed) | output MiB | rows ok? "
+              "| wall vs polars | RSS vs polars | output vs polars | notes |",
+              "|---|---|--:|--:|--:|--:|---|--:|--:|--:|---|"]
     by_case: dict[str, dict[str, c.Summary]] = {}
     for r in results:
         by_case.setdefault(r["case"], {})[r["tool"]] = r["summary_obj"]
@@ -255,15 +256,19 @@ def render(results: list[dict[str, Any]], host: dict[str, Any], args: argparse.N
             cpu = "n/a" if s.status == "n/a" else c.fmt_num(s.cpu_s, ".1f")
             base_wall = polars.wall_s if polars else None
             base_rss = polars.peak_rss_mib if polars else None
+            base_out = polars.output_mib if polars else None
+            size = "n/a" if s.status == "n/a" else c.fmt_num(s.output_mib, ".0f")
             notes = "; ".join(c.md_cell(n) for n in s.notes)
             label = c.TOOL_LABELS.get(tool, tool)
             if s.status not in ("ok", "n/a", "rows mismatch"):
                 notes = f"**{s.status}**: {notes}"
             lines.append(
-                f"| {case} | {label} | {wall} | {cpu} | {rss} | {_rows_cell(s)} | "
-                f"{_ratio(s.wall_s, base_wall)} | {_ratio(s.peak_rss_mib, base_rss)} | {notes} |")
+                f"| {case} | {label} | {wall} | {cpu} | {rss} | {size} | {_rows_cell(s)} | "
+                f"{_ratio(s.wall_s, base_wall)} | {_ratio(s.peak_rss_mib, base_rss)} | "
+                f"{_ratio(s.output_mib, base_out)} | {notes} |")
     lines += ["", "Ratios are tool / polars on the same case (> 1: slower or bigger). CPU s is "
-              "user + system time of the whole process tree. Logs of every run: "
+              "user + system time of the whole process tree; output MiB counts the data Parquet "
+              "files only (not chunkmill's _catalog and _errors). Logs of every run: "
               + str(args.scratch_resolved / "logs")]
     if any(r["tool"] == "pyarrow" for r in results):
         lines += ["", f"{c.TOOL_LABELS['pyarrow']}: a hand-written reference point, not a "

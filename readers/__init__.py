@@ -16,9 +16,10 @@ import importlib
 import logging
 import warnings
 from functools import cache
-from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
-from readers.base import ChunkContext, ChunkSpec, Description, Reader, Rejected, Source
+if TYPE_CHECKING:
+    from readers.base import Reader
 
 __all__ = [
     "ChunkContext", "ChunkSpec", "Description", "Reader", "Rejected", "Source",
@@ -27,6 +28,18 @@ __all__ = [
 ]
 
 log = logging.getLogger("chunkmill.readers")
+
+#: Re-exported from `readers.base` on first use: importing a light module of the package
+#: (`readers.options`, which the CLI's options need) must not load pyarrow and fsspec.
+_FROM_BASE = {"ChunkContext", "ChunkSpec", "Description", "Reader", "Rejected", "Source"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_BASE:
+        from readers import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'readers' has no attribute {name!r}")
 
 ENTRY_POINT_GROUP = "chunkmill.readers"
 
@@ -57,6 +70,8 @@ COMPRESSION_SUFFIXES: dict[str, str] = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz
 
 
 def _load(name: str, target: str) -> type[Reader] | None:
+    from readers.base import Reader
+
     module, _, attr = target.partition(":")
     try:
         cls = getattr(importlib.import_module(module), attr)
@@ -75,6 +90,8 @@ def _load(name: str, target: str) -> type[Reader] | None:
 def _targets() -> dict[str, str]:
     """name -> "module:Class": built-ins first, then entry points (a plugin may override)."""
     targets = dict(BUILTIN)
+    from importlib.metadata import entry_points
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         targets[ep.name] = ep.value
     return targets

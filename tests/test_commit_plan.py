@@ -187,3 +187,29 @@ def test_a_commit_killed_at_any_step_is_finished_exactly_once(s: dict) -> None:
                 assert rows[fid] == sum(fid in o for o in expected.values())
                 assert fid in state.done
                 assert all(store.exists(store.path(rel)) for rel in state.done[fid].fragments)
+
+
+def test_two_runs_committing_one_file_at_once_both_count_as_previous() -> None:
+    # Two Delta runs commit the same input file: run A's Delta commit wins, and run B reads
+    # the journal again before A's "committed" line is there. B's new commit must replace
+    # A's fragments too (they were lost from the journal's view once, and the file's rows
+    # were in the table twice).
+    store = open_store(f"memory://race-{uuid.uuid4().hex}")
+    journal = Journal(store)
+    journal.append({"event": "committing", "file_id": "f", "run": "A", "fragments": ["t/a"],
+                    "previous": [], "delta": {"t": 0}})
+    journal.append({"event": "committing", "file_id": "f", "run": "B", "fragments": ["t/b"],
+                    "previous": [], "delta": {"t": 0}})
+    state = journal.load()
+    assert state.previous("f") == ["t/a", "t/b"] and state.delta["t", "f"] == 0
+    journal.append({"event": "committing", "file_id": "f", "run": "B", "fragments": ["t/b"],
+                    "previous": ["t/a", "t/b"], "delta": {"t": 1}})
+    journal.append({"event": "committed", "file_id": "f", "run": "A", "fingerprint": "x",
+                    "config": "c", "fragments": ["t/a"]})
+    state = journal.load()
+    # A is done; B's commit, journaled after A's, is still unfinished
+    assert state.done["f"].fragments == ["t/a"] and state.interrupted["f"] == ["t/b", "t/a"]
+    journal.append({"event": "committed", "file_id": "f", "run": "B", "fingerprint": "x",
+                    "config": "c", "fragments": ["t/b"]})
+    state = journal.load()
+    assert state.done["f"].fragments == ["t/b"] and "f" not in state.interrupted

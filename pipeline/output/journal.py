@@ -165,7 +165,7 @@ class Journal:
         empty fingerprint, so the next run tries it again.
         """
         done: dict[str, FileRecord] = {}
-        pending: dict[str, list[str]] = {}
+        pending: dict[str, dict[str | None, list[str]]] = {}
         staged: dict[str, dict[int, dict[str, Any]]] = {}
         delta: dict[tuple[str, str], int] = {}
         for e in self.entries() if entries is None else entries:
@@ -178,9 +178,20 @@ class Journal:
             elif event in ("committed", "failed", "forget"):
                 staged.pop(fid, None)
             if event == "committing":
-                pending[fid] = list(e.get("fragments", [])) + list(e.get("previous", []))
-            elif event == "committed" and fid in pending:
-                pending.pop(fid)
+                # Per run: two Delta runs may be committing one file at the same time, and
+                # the loser must still see (and replace) the winner's fragments.
+                runs = pending.setdefault(fid, {})
+                runs.pop(e.get("run"), None)
+                runs[e.get("run")] = [*e.get("fragments", []), *e.get("previous", [])]
+            elif event == "committed" and e.get("run") in pending.get(fid, {}):
+                # This commit replaced what the commits journaled before its own listed;
+                # commits journaled after it (another run's, racing) are still unfinished.
+                runs = pending[fid]
+                order = list(runs)
+                for run in order[:order.index(e.get("run")) + 1]:
+                    runs.pop(run)
+                if not runs:
+                    pending.pop(fid)
                 done[fid] = FileRecord(fid, e["fingerprint"], e["config"], e["fragments"],
                                        e.get("catalog", {}))
             elif event == "failed":
@@ -189,7 +200,9 @@ class Journal:
                                        e.get("catalog", {}))
             elif event == "forget":
                 done.pop(fid, None)
-        return JournalState(done, pending, staged, delta)
+        interrupted = {fid: list(dict.fromkeys(rel for rels in runs.values() for rel in rels))
+                       for fid, runs in pending.items()}
+        return JournalState(done, interrupted, staged, delta)
 
     def append(self, *entries: dict[str, Any]) -> None:
         """Add ``entries`` durably, in one write (one object on an object store)."""

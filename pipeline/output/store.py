@@ -14,12 +14,12 @@ import posixpath
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from typing import Any, BinaryIO
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pipeline.faults import crash_point
+
+if TYPE_CHECKING:  # imported where tables are written: `chunkmill status` needs no pyarrow
+    import pyarrow as pa
 
 
 def codec(compression: str) -> str | None:
@@ -113,6 +113,8 @@ class Store(ABC):
         self.replace(tmp, path)
 
     def write_table_atomic(self, path: str, table: pa.Table, compression: str = "zstd") -> None:
+        import pyarrow.parquet as pq
+
         tmp = self.temp_name(path)
         with self.open_write(tmp) as f:
             pq.write_table(table, f, compression=codec(compression))
@@ -131,6 +133,8 @@ class LocalStore(Store):
         # Arrow's own buffered file, not a Python one: pyarrow's Parquet writer then writes
         # without the GIL, where a Python file object made every page write wait for it.
         self.makedirs(posixpath.dirname(path))
+        import pyarrow as pa
+
         return pa.output_stream(path, compression=None, buffer_size=1 << 20)
 
     def open_read(self, path: str) -> BinaryIO:

@@ -7,16 +7,11 @@ import time
 from collections import Counter
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from pipeline.errors import UsageError
 from pipeline.output.journal import Journal
-from pipeline.output.layout import CATALOG_DIR, STATE_DIR, path_text
+from pipeline.output.layout import STATE_DIR, path_text
 from pipeline.output.lock import OutputLock
 from pipeline.output.store import open_store
-
-CATALOG_COLUMNS = ["file_id", "path", "status", "rows", "tables", "error_count"]
 
 
 def status(out: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -35,31 +30,19 @@ def status(out: str, storage_options: dict[str, Any] | None = None) -> dict[str,
     # free lock, and the advice to re-run is then right; the other order could advise a
     # re-run while a run that just started holds the lock (exit 4).
     live = OutputLock(store).live()
-    catalog: list[dict[str, Any]] = []
-    path = store.path(CATALOG_DIR, "catalog.parquet")
-    if store.exists(path):
-        # From bytes in memory, without pyarrow's thread pool: a read of a Python file object
-        # on it can abort the interpreter at exit (apache/arrow#50482, #34314); the catalog
-        # is small. ParquetFile, not read_table (which imports pyarrow.dataset), and no
-        # timestamp column (their time zones import pandas): either costs more than the rest
-        # of the command.
-        data = pa.BufferReader(store.read_bytes(path))
-        catalog = pq.ParquetFile(data).read(CATALOG_COLUMNS, use_threads=False).to_pylist()
+    # From the journal, which holds every file's catalog row as of its last ingest (the
+    # catalog is written from it): no pyarrow to import, which was most of the command's time.
     files: dict[str, dict[str, Any]] = {}
-    for row in catalog:
-        state = "failed" if row["status"] == "failed" else "done"
-        if row["file_id"] in interrupted:
+    for record in sorted(done.values(), key=lambda r: str(r.catalog.get("path", ""))):
+        row = record.catalog
+        if not row.get("path"):
+            continue
+        state = "failed" if row.get("status") == "failed" else "done"
+        if record.file_id in interrupted:
             state = "pending"
-        files[row["path"]] = {"state": state, "status": row["status"], "rows": row["rows"],
-                              "tables": row["tables"], "errors": row["error_count"]}
-    for record in done.values():  # committed, but the catalog was not written (killed run)
-        path_ = record.catalog.get("path")
-        path_ = path_text(path_) if path_ else path_  # as the catalog shows it
-        if path_ and path_ not in files:
-            files[path_] = {"state": "done", "status": record.catalog.get("status"),
-                            "rows": record.catalog.get("rows"),
-                            "tables": record.catalog.get("tables"),
-                            "errors": record.catalog.get("error_count")}
+        files[path_text(row["path"])] = {
+            "state": state, "status": row.get("status"), "rows": row.get("rows"),
+            "tables": row.get("tables"), "errors": row.get("error_count")}
     if live is not None:
         live = _live_progress(live, entries, last)
     unfinished = not last.get("finished")
