@@ -330,9 +330,11 @@ def _configure_logging(args: argparse.Namespace) -> None:
              if name.split(".", 1)[0] in noisy]
     for name in (*noisy, *named):
         logging.getLogger(name).setLevel(quiet_deps)
+    if args.command not in ("ingest", "demo", "plan"):
+        return  # status and report never import Dask (it costs start-up)
     # distributed sets its loggers' levels from Dask's "logging" config when it is imported,
-    # which only a run that starts a cluster does (a small job, status and report never do):
-    # its own defaults name these children, so give each the same level.
+    # which only a run that starts a cluster does (a small job never does): its own
+    # defaults name these children, so give each the same level.
     import dask.config
 
     own = ("distributed.client", "distributed.gc", "tornado.application")
