@@ -172,6 +172,8 @@ class Runner:
                 finally:
                     if self.local is not None:
                         self.local.close(fast=CANCEL.is_set())
+                    if self.local_pressure is not None:
+                        self.local_pressure.close()
                     if self.cluster is not None:
                         self.cluster.close(fast=CANCEL.is_set())
         except OSError as exc:  # disk full, read-only, no permission: the run cannot go on
@@ -255,6 +257,8 @@ class Runner:
                      and (not f.skipped or f.source.file_id in again))
         if in_process(self.options.cluster, self.layout, nbytes):
             self.layout = IN_PROCESS
+            if self.local_pressure is None:  # now: Arrow's pool for describing, as a worker's
+                self.local_pressure = LocalPressure(worker_name(), self.watch.receive)
         elif self.cluster is None and any(not f.skipped and f.error is None for f in found):
             self.cluster = self._start_cluster()
         return again
@@ -406,7 +410,8 @@ class Runner:
         log.info("chunkmill: a small job: %d thread(s) in this process, no cluster", threads)
         self.watch.attach_local(threads, self.progress)
         listen(self.run_id, lambda record: self.watch.receive(PROGRESS_TOPIC, record))
-        self.local_pressure = LocalPressure(worker_name(), self.watch.receive)
+        if self.local_pressure is None:
+            self.local_pressure = LocalPressure(worker_name(), self.watch.receive)
         self.local_pressure.tick()  # before the first chunk, as the plugin's first sample
         return self.local
 
