@@ -171,7 +171,7 @@ class Runner:
                     raise
                 finally:
                     if self.local is not None:
-                        self.local.close(fast=CANCEL.is_set())
+                        self.local.close()
                     if self.local_pressure is not None:
                         self.local_pressure.close()
                     if self.cluster is not None:

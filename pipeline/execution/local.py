@@ -48,10 +48,12 @@ class LocalExecutor:
     def pending(self, future: cf.Future[Any]) -> bool:
         return not future.done()
 
-    def close(self, fast: bool = False) -> None:
-        """Stop: queued tasks are dropped; ``fast`` (interrupted) does not wait for running
-        ones (they stop at their next parse block, see `pipeline.execution.task.CANCEL`)."""
-        self.pool.shutdown(wait=not fast, cancel_futures=True)
+    def close(self) -> None:
+        """Stop: queued tasks are dropped, running ones are not waited for. After a normal
+        run none is left; after an interrupt they stop at their next parse block (see
+        `pipeline.execution.task.CANCEL`); one given up by ``--chunk-timeout`` may still
+        hold its thread, which the interpreter waits for at exit (Python cannot kill it)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 __all__ = ["LocalExecutor"]
