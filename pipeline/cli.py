@@ -189,7 +189,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ingest.add_argument("--layout", choices=LAYOUTS,
                         help="embedded cluster: worker processes, or threads of this process; "
                              "auto (default) picks threads when every input is text and "
-                             "--workers/--threads-per-worker are not given")
+                             "--workers/--threads-per-worker are not given, and runs a small "
+                             "text job (--small-job-size) in this process without a cluster")
+    ingest.add_argument("--small-job-size", type=_size,
+                        help="--layout auto: a text job reading at most this many bytes runs "
+                             "in this process without starting a Dask cluster (default "
+                             f"{default('small-job-size')}; 0: always start the cluster)")
     ingest.add_argument("--memory-limit",
                         help="embedded cluster: memory per worker, e.g. 2GB (default "
                              f"{default('memory-limit')})")
@@ -311,11 +316,6 @@ def _options(args: argparse.Namespace) -> IngestOptions:
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    if args.command in ("ingest", "demo", "plan"):
-        # distributed sets its loggers up on import: let it, then set ours. Commands that only
-        # read OUT (status, report) never import it (it costs seconds of start-up).
-        import distributed  # noqa: F401
-
     level = logging.WARNING + 10 * (args.quiet - args.verbose)
     logging.basicConfig(level=max(logging.DEBUG, level), format="%(message)s")
     # Dask's own errors (a heartbeat that fails while the cluster shuts down, a worker
@@ -330,6 +330,16 @@ def _configure_logging(args: argparse.Namespace) -> None:
              if name.split(".", 1)[0] in noisy]
     for name in (*noisy, *named):
         logging.getLogger(name).setLevel(quiet_deps)
+    if args.command not in ("ingest", "demo", "plan"):
+        return  # status and report never import Dask (it costs start-up)
+    # distributed sets its loggers' levels from Dask's "logging" config when it is imported,
+    # which only a run that starts a cluster does (a small job never does): its own
+    # defaults name these children, so give each the same level.
+    import dask.config
+
+    own = ("distributed.client", "distributed.gc", "tornado.application")
+    dask.config.set({"logging": {**(dask.config.get("logging", default=None) or {}),
+                                 **dict.fromkeys((*noisy, *own, *named), quiet_deps)}})
 
 
 def _stop_on_ctrl_c() -> None:

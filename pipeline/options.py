@@ -192,8 +192,12 @@ class ClusterOptions:
     dashboard: bool = False
     dashboard_address: str | None = None
     """Where the dashboard listens (default 127.0.0.1:8787); giving it starts the dashboard."""
+    small_job_size: int = _size("small-job-size")
+    """A text job reading at most this many bytes runs in this process, with no Dask cluster
+    (0: never; see `pipeline.execution.placement`)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "small_job_size", config.parse_size(self.small_job_size))
         if self.workers is not None and self.workers < 1:
             raise UsageError("--workers must be at least 1")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,14 +28,11 @@ from pipeline import config
 from pipeline.errors import OutputUnwritable, UsageError
 from pipeline.execution.bundle_task import BundleManifest, BundleTask, Member, run_bundle
 from pipeline.execution.bundles import carry_source, group_bundles, riders
-from pipeline.execution.cluster import (
-    BackgroundCluster,
-    choose_layout,
-    dashboard_link,
-    worker_shape,
-)
-from pipeline.execution.scheduler import Job, TaskScheduler
-from pipeline.execution.task import CANCEL, ChunkManifest, ChunkTask, run_chunk
+from pipeline.execution.live import PROGRESS_TOPIC, listen
+from pipeline.execution.local import LocalExecutor
+from pipeline.execution.placement import IN_PROCESS, choose_layout, in_process, worker_shape
+from pipeline.execution.scheduler import DaskExecutor, Executor, Job, TaskScheduler
+from pipeline.execution.task import CANCEL, ChunkManifest, ChunkTask, run_chunk, worker_name
 from pipeline.execution.watch import ClusterWatch
 from pipeline.execution.work import BundleRun, FileRun
 from pipeline.faults import crash_point
@@ -64,11 +61,15 @@ from pipeline.planning.discover import Discovered
 from pipeline.planning.plan import Plan, build_plan, held_tables
 from pipeline.planning.schema import schema_change
 from pipeline.planning.tables import too_many_message
+from pipeline.pressure.local import LocalPressure
 from pipeline.report.progress import Progress
 from pipeline.report.run_report import ChunkRecord, RunReport
 from readers import get_reader
 from readers.base import ChunkSpec, Rejected
 from readers.errors import ErrorCode, error_code, one_line
+
+if TYPE_CHECKING:  # distributed is imported only when a run starts a cluster
+    from pipeline.execution.cluster import BackgroundCluster
 
 log = logging.getLogger("chunkmill.run")
 
@@ -131,6 +132,9 @@ class Runner:
         self.sink: SinkSpec | None = None
         self.cluster: BackgroundCluster | None = None
         self.layout = "processes"
+        """The embedded cluster's layout, or `IN_PROCESS` (a small job: no cluster)."""
+        self.local: LocalExecutor | None = None
+        self.local_pressure: LocalPressure | None = None
         self.catalog: list[dict[str, Any]] = []
         self.ready: list[FileRun] = []
         self.ready_bundles: list[BundleRun] = []
@@ -166,6 +170,10 @@ class Runner:
                     CANCEL.set()
                     raise
                 finally:
+                    if self.local is not None:
+                        self.local.close()
+                    if self.local_pressure is not None:
+                        self.local_pressure.close()
                     if self.cluster is not None:
                         self.cluster.close(fast=CANCEL.is_set())
         except OSError as exc:  # disk full, read-only, no permission: the run cannot go on
@@ -236,16 +244,29 @@ class Runner:
         self._finish()
 
     def _discovered(self, found: list[Discovered]) -> set[str]:
-        """Right after discovery: start the cluster if anything needs reading, while the
-        files are described; and name the unchanged files to read again (bundle mates)."""
+        """Right after discovery: name the unchanged files to read again (bundle mates), and
+        decide where tasks run: in this process (a small job, see
+        `pipeline.execution.placement`), or on a cluster, started now if anything needs
+        reading, while the files are described."""
         self.layout = choose_layout(self.options.cluster, {
             get_reader(f.reader) for f in found if f.reader is not None and f.error is None})
-        if self.cluster is None and any(not f.skipped and f.error is None for f in found):
-            self.cluster = BackgroundCluster(self.options.cluster, self.layout)
         self.group, again = riders(self.state, {f.source.file_id for f in found},
                                    {f.source.file_id for f in found if not f.skipped},
                                    self.options.prune)
+        nbytes = sum(f.source.size for f in found if f.error is None
+                     and (not f.skipped or f.source.file_id in again))
+        if in_process(self.options.cluster, self.layout, nbytes):
+            self.layout = IN_PROCESS
+            if self.local_pressure is None:  # now: Arrow's pool for describing, as a worker's
+                self.local_pressure = LocalPressure(worker_name(), self.watch.receive)
+        elif self.cluster is None and any(not f.skipped and f.error is None for f in found):
+            self.cluster = self._start_cluster()
         return again
+
+    def _start_cluster(self) -> BackgroundCluster:
+        from pipeline.execution.cluster import BackgroundCluster
+
+        return BackgroundCluster(self.options.cluster, self.layout)
 
     def _unchanged(self, file_id: str, fingerprint: str) -> bool:
         prev = self.state.done.get(file_id)
@@ -321,21 +342,29 @@ class Runner:
 
     # --- execution ------------------------------------------------------------------------------
     def _execute(self, alone: list[FileRun], bundles: list[BundleRun]) -> None:
-        if self.cluster is None:  # only unchanged files to read again (bundle mates)
-            self.cluster = BackgroundCluster(self.options.cluster, self.layout)
-        client = self.cluster.client()
         members = [r for b in bundles for r in b.members]
         self.progress = Progress(len(alone) + len(members),
                                  sum(len(r.chunks.chunks) for r in alone + members),
                                  sum(r.size for r in alone + members),
                                  enabled=self.options.progress)
-        self.watch.attach(client, self.progress)
-        if self.options.cluster.dashboard or self.options.cluster.dashboard_address:
-            self.report.dashboard = dashboard_link(client)
-            log.warning("chunkmill: dashboard at %s", self.report.dashboard)
-        threads = sum(client.nthreads().values()) or 1
+        if self.layout == IN_PROCESS:
+            local = self._start_local()
+            executor: Executor = local
+            client, threads = None, local.threads
+        else:
+            if self.cluster is None:  # only unchanged files to read again (bundle mates)
+                self.cluster = self._start_cluster()
+            client = self.cluster.client()
+            executor = DaskExecutor(client)
+            self.watch.attach(client, self.progress)
+            if self.options.cluster.dashboard or self.options.cluster.dashboard_address:
+                from pipeline.execution.cluster import dashboard_link
+
+                self.report.dashboard = dashboard_link(client)
+                log.warning("chunkmill: dashboard at %s", self.report.dashboard)
+            threads = sum(client.nthreads().values()) or 1
         window = self.options.window or max(2, config.get("ingest.window-per-thread") * threads)
-        self.scheduler = TaskScheduler(client, window, self.watch, self.options.chunk_timeout,
+        self.scheduler = TaskScheduler(executor, window, self.watch, self.options.chunk_timeout,
                                        self.options.retries)
         for run in alone:
             if not run.chunks.chunks:  # an empty file (or header only): nothing to run
@@ -362,15 +391,35 @@ class Runner:
         try:
             self.scheduler.run(self._done, self._tick)
             self._tick()
-            self.watch.collect(client)
+            if client is not None:
+                self.watch.collect(client)
+            elif self.local_pressure is not None:
+                self.watch.finish({self.local_pressure.worker: self.local_pressure.state()})
         finally:
-            self.watch.detach(client)
+            if client is not None:
+                self.watch.detach(client)
+            listen(self.run_id, None)
             self._journal_staged()  # interrupted: what is staged stays usable
             self.progress.close()
+
+    def _start_local(self) -> LocalExecutor:
+        """A small job's thread pool in this process, with its pressure sampling and progress
+        reports going straight to the watch (no cluster, see `pipeline.execution.local`)."""
+        _, threads = worker_shape(self.options.cluster, IN_PROCESS)
+        self.local = LocalExecutor(threads)
+        log.info("chunkmill: a small job: %d thread(s) in this process, no cluster", threads)
+        self.watch.attach_local(threads, self.progress)
+        listen(self.run_id, lambda record: self.watch.receive(PROGRESS_TOPIC, record))
+        if self.local_pressure is None:
+            self.local_pressure = LocalPressure(worker_name(), self.watch.receive)
+        self.local_pressure.tick()  # before the first chunk, as the plugin's first sample
+        return self.local
 
     def _tick(self) -> None:
         self._journal_staged()
         self._commit_ready()
+        if self.local_pressure is not None:
+            self.local_pressure.tick()
         self.watch.tick(self.progress)
 
     def _journal_staged(self) -> None:

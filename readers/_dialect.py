@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from readers._boundaries import OUT, Grammar, _next_line_end, transfer
@@ -51,7 +51,8 @@ class Dialect:
                        escape=ord(self.escape) if self.escape else None)
 
     def as_metadata(self) -> dict[str, Any]:
-        out = asdict(self)
+        # Not dataclasses.asdict (a deep copy per field): called once per small file.
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["null_values"] = list(self.null_values)
         out["sniffed"] = list(self.sniffed)
         return out

@@ -224,8 +224,9 @@ def test_layout_auto_runs_text_in_threads_and_other_formats_in_processes(sample,
         return {r.worker.partition("://")[0] for r in report.chunk_records}
 
     logs = str(sample / "logs")
+    # (a small text job runs without a cluster: see tests/test_small_jobs.py)
     text = pipeline.ingest([logs], out=str(tmp_path / "text"), chunk_size="64KB",
-                           progress=False)
+                           progress=False, small_job_size=0)
     assert transports(text) == {"inproc"}
     expected = duckdb.sql(f"select count(*), sum(id) from read_parquet('{tmp_path}/text/logs/"
                           "**/*.parquet')").fetchall()

@@ -20,6 +20,7 @@ from balloon import Balloon
 
 import pipeline
 from pipeline.execution import cluster
+from pipeline.pressure import local as pressure_local
 from pipeline.pressure import plugin as pressure_plugin
 from pipeline.pressure.events import PressureLevel
 from pipeline.pressure.monitor import read_memory_usage
@@ -80,21 +81,25 @@ def test_outside_pressure_pauses_then_resumes(tmp_path, caplog, monkeypatch) -> 
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("small_job_size", [None, 0])  # in this process, or on the cluster
 def test_outside_pressure_with_room_to_spare_slows_the_job_instead_of_stopping_it(
-        tmp_path, monkeypatch) -> None:
+        tmp_path, monkeypatch, small_job_size) -> None:
     """Issue 20 item 10: another process holds 88 % of the memory, but what is free is many
     times what the job holds: the job runs throttled (one chunk per worker thread) to the end
     instead of waiting for that process to go."""
     make_csv(tmp_path / "in.csv", 20_000)
     reading = {"used": int(0.88 * TiB)}
-    # The threads layout runs the worker in this process: its machine reading is replaced.
+    # The threads layout runs the worker in this process, and a small job has no worker:
+    # either way this process's machine reading is replaced.
     monkeypatch.setattr(pressure_plugin, "read_memory_usage", lambda: (reading["used"], TiB))
+    monkeypatch.setattr(pressure_local, "read_memory_usage", lambda: (reading["used"], TiB))
     relief = threading.Timer(20.0, reading.update, kwargs={"used": 0})
     relief.start()  # the old behaviour paused until "the other process" went
     try:
         started = time.monotonic()
         report = pipeline.ingest([str(tmp_path / "in.csv")], out=str(tmp_path / "o"),
-                                 chunk_size="64KB", progress=False)
+                                 chunk_size="64KB", progress=False,
+                                 small_job_size=small_job_size)
         elapsed = time.monotonic() - started
     finally:
         relief.cancel()

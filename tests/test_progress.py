@@ -70,14 +70,15 @@ def _big_csv(path, mb: int) -> int:
     return rows
 
 
-@pytest.mark.parametrize("where", ["threads", "scheduler"])
+@pytest.mark.parametrize("where", ["threads", "scheduler", "small job"])
 def test_progress_moves_before_the_first_chunk_ends(tmp_path, capsys, request, where) -> None:
-    """Bytes and rows of running chunks show per parse block, on the in-process worker and on
-    an external cluster's worker processes (reports travel as scheduler events)."""
+    """Bytes and rows of running chunks show per parse block, on the in-process worker, on
+    an external cluster's worker processes (reports travel as scheduler events) and in a
+    small job without a cluster (reports go straight to the client's progress line)."""
     src = tmp_path / "big.csv"
     rows = _big_csv(src, 17)  # chunks of two parse blocks, and a small one
     extra = ({"scheduler": request.getfixturevalue("shared_scheduler")}
-             if where == "scheduler" else {"layout": "threads"})
+             if where == "scheduler" else {"layout": "threads"} if where == "threads" else {})
     report = pipeline.ingest(str(src), out=str(tmp_path / "out"), chunk_size="8MiB",
                              transform=_slow, progress=True, **extra)
     assert report.rows == rows and report.errors == 1 and report.chunks == 3

@@ -19,47 +19,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import dask
 from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
 from distributed.security import Security
 
 from pipeline.errors import UsageError
+from pipeline.execution.placement import worker_shape
 from pipeline.options import ClusterOptions
 from pipeline.pressure.plugin import install_pressure_plugin
-from readers.base import Reader
 
 log = logging.getLogger("chunkmill.cluster")
-
-
-def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
-def choose_layout(options: ClusterOptions, readers: Iterable[type[Reader]]) -> str:
-    """"threads" or "processes" for an embedded cluster that will run ``readers``' chunks.
-
-    "auto" picks threads only when every reader allows it and the user asked for nothing
-    about workers: ``--workers 2`` means two processes.
-    """
-    if options.layout != "auto":
-        return options.layout
-    if options.workers is not None or options.threads_per_worker is not None:
-        return "processes"
-    readers = list(readers)
-    return "threads" if readers and all(r.threads_ok for r in readers) else "processes"
-
-
-def worker_shape(options: ClusterOptions, layout: str) -> tuple[int, int]:
-    """(workers, threads per worker) of the embedded cluster in ``layout``."""
-    if layout == "threads":
-        return options.workers or 1, options.threads_per_worker or default_workers()
-    return options.workers or default_workers(), options.threads_per_worker or 1
 
 
 @contextlib.contextmanager

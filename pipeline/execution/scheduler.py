@@ -5,6 +5,10 @@ The client and the scheduler track a bounded number of tasks whatever the input 
 by priority (the largest file first: shortest makespan), and each finished task is handed to
 the caller's ``on_done`` with its result or the exception it died of. A task running longer
 than ``timeout`` is given up (Python cannot kill a worker thread: we stop waiting for it).
+
+The tasks go to an `Executor`: `DaskExecutor` (a Dask client: the embedded cluster or
+``--scheduler``) or `pipeline.execution.local.LocalExecutor` (a small job's thread pool in
+this process). Both take the same functions and tasks and hand back the same manifests.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from distributed import Client, Future, wait
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.execution.watch import ClusterWatch
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 class ChunkTimeout(TimeoutError):
@@ -38,19 +43,60 @@ class Job:
     payload: Any
 
 
-class TaskScheduler:
-    """Runs jobs on ``client`` through a window; `run` returns when every job is done."""
+class Executor(Protocol):
+    """Where `TaskScheduler` runs its jobs; futures are the executor's own."""
 
-    def __init__(self, client: Client, window: int, watch: ClusterWatch,
-                 timeout: float | None = None, retries: int = 0) -> None:
+    def submit(self, job: Job, retries: int) -> Any:
+        """Start ``job.fn(job.task)``; an exception is retried up to ``retries`` times."""
+
+    def wait(self, futures: list[Any], timeout: float) -> None:
+        """Return when one of ``futures`` is done, or after ``timeout`` seconds."""
+
+    def release(self, future: Any) -> None:
+        """The result was taken: forget it."""
+
+    def pending(self, future: Any) -> bool:
+        """Not finished yet (queued or running)."""
+
+
+class DaskExecutor:
+    """Jobs as Dask tasks on ``client``'s cluster, ordered there by their priority."""
+
+    def __init__(self, client: Client) -> None:
         self.client = client
+
+    def submit(self, job: Job, retries: int) -> Any:
+        return self.client.submit(job.fn, job.task, key=job.key, pure=False,
+                                  priority=job.priority, retries=retries)
+
+    def wait(self, futures: list[Any], timeout: float) -> None:
+        from distributed import wait
+
+        try:
+            wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            pass  # nothing finished yet
+
+    def release(self, future: Any) -> None:
+        future.release()
+
+    def pending(self, future: Any) -> bool:
+        return future.status == "pending"
+
+
+class TaskScheduler:
+    """Runs jobs on ``executor`` through a window; `run` returns when every job is done."""
+
+    def __init__(self, executor: Executor, window: int, watch: ClusterWatch,
+                 timeout: float | None = None, retries: int = 0) -> None:
+        self.executor = executor
         self.window = window
         self.watch = watch
         self.timeout = timeout
         self.retries = retries
         self.queue: list[tuple[int, int, Job]] = []
         self._order = itertools.count()
-        self.running: dict[Future, tuple[Job, float]] = {}
+        self.running: dict[Any, tuple[Job, float]] = {}
 
     def add(self, *jobs: Job) -> None:
         """Queue jobs; higher priority runs first, equal ones in the order added."""
@@ -58,8 +104,7 @@ class TaskScheduler:
             heapq.heappush(self.queue, (-job.priority, next(self._order), job))
 
     def _submit(self, job: Job) -> None:
-        fut = self.client.submit(job.fn, job.task, key=job.key, pure=False,
-                                 priority=job.priority, retries=self.retries)
+        fut = self.executor.submit(job, self.retries)
         self.running[fut] = (job, time.monotonic())
 
     def run(self, on_done: Callable[[Any, Any], None], on_tick: Callable[[], None]) -> None:
@@ -76,17 +121,15 @@ class TaskScheduler:
                 time.sleep(0.1)  # paused by memory pressure: wait for it to ease
                 on_tick()
                 continue
-            try:
-                wait(list(self.running), timeout=0.25, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                pass  # nothing finished yet: look at timeouts and pressure, then wait again
+            # Nothing finished within the timeout: look at timeouts and pressure, then again.
+            self.executor.wait(list(self.running), timeout=0.25)
             for fut in [f for f in self.running if f.done()]:
                 job, _ = self.running.pop(fut)
                 try:
                     result = fut.result()
                 except Exception as exc:  # worker lost too often, out of memory, ...
                     result = exc
-                fut.release()
+                self.executor.release(fut)
                 on_done(job.payload, result)
             if self.timeout:
                 self._expire(on_done)
@@ -95,10 +138,10 @@ class TaskScheduler:
     def _expire(self, on_done: Callable[[Any, Any], None]) -> None:
         now = time.monotonic()
         for fut, (job, began) in list(self.running.items()):
-            if now - began > self.timeout and fut.status == "pending":
+            if now - began > self.timeout and self.executor.pending(fut):
                 self.running.pop(fut)
                 fut.cancel()
                 on_done(job.payload, ChunkTimeout(f"timed out after {self.timeout:g}s"))
 
 
-__all__ = ["TaskScheduler", "Job", "ChunkTimeout"]
+__all__ = ["TaskScheduler", "Job", "ChunkTimeout", "Executor", "DaskExecutor"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -105,12 +106,16 @@ class ChunkManifest:
 
 
 def worker_name() -> str:
-    try:
+    """The Dask worker's address; else (this process runs the task: a small job,
+    `pipeline.read`) ``host:pid``."""
+    if "distributed" in sys.modules:  # never imported just to ask
         from distributed import get_worker
 
-        return get_worker().address
-    except (ImportError, ValueError):
-        return f"{socket.gethostname()}:{os.getpid()}"
+        try:
+            return get_worker().address
+        except ValueError:
+            pass
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: Description,

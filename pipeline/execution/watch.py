@@ -10,6 +10,10 @@ subscribed, or still on their way when the run ends, come from the scheduler's r
 (``client.get_events``). At the end it asks each worker once for the counters only the
 plugin keeps (pauses, bytes spilled) and for its memory then (the timeline's last point).
 
+A job run in this process without a cluster has no worker and no scheduler: its
+`pipeline.pressure.local.LocalPressure` and its tasks' progress reports hand the same records
+to `receive`, and `finish` takes the end state that `collect` would have asked the workers for.
+
 A worker heard from neither by a level change nor by a memory point for ``STALE_S`` seconds (it
 sends a point every ``chunkmill.pressure.interval``) no longer counts: one that died paused
 must not stop submission for good.
@@ -21,9 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
-
-from distributed import Client
+from typing import TYPE_CHECKING, Any
 
 from pipeline.execution.live import PROGRESS_TOPIC, ChunkProgress
 from pipeline.pressure import events
@@ -31,6 +33,9 @@ from pipeline.pressure.events import PressureEvent, PressureLevel
 from pipeline.pressure.window import window_size
 from pipeline.report.progress import Progress
 from pipeline.report.run_report import RunReport
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger("chunkmill.pressure")
 
@@ -70,6 +75,15 @@ class ClusterWatch:
             client.subscribe_topic(topic, handler)
         self._backfill(client, (events.EVENT_TOPIC, events.MEMORY_TOPIC, events.STALL_TOPIC))
         self._memory_now(client)  # the timeline's first point: a short run has few others
+
+    def attach_local(self, threads: int, progress: Progress | None = None) -> None:
+        """`attach` for a job run in this process: records come through `receive`."""
+        self.progress = progress
+        self._threads = threads
+
+    def receive(self, topic: str, record: dict[str, Any]) -> None:
+        """A record on ``topic`` as a worker would have pushed it (a job in this process)."""
+        self._handlers()[topic]((time.time(), record))
 
     def _memory_now(self, client: Client) -> dict[str, dict[str, Any]]:
         """Each worker's plugin state, its memory now added to the timeline."""
@@ -115,11 +129,7 @@ class ClusterWatch:
     def collect(self, client: Client) -> None:
         """The plugins' counters per worker, the last memory points, records still in flight."""
         per_worker = self._memory_now(client)  # also the timeline's last point
-        for addr, info in per_worker.items():
-            self.report.pressure[addr] = _small(info)
-        self.report.pauses = sum(int(i.get("pauses", 0) or 0) for i in per_worker.values())
-        self.report.spilled_bytes = sum(int(i.get("dask_disk_write_bytes_total", 0) or 0)
-                                        for i in per_worker.values())
+        self._counters(per_worker)
         expected = {addr: sum(1 for c in info.get("level_changes") or ()
                               if float(c["time"]) >= self.report.started)
                     for addr, info in per_worker.items()}
@@ -132,6 +142,25 @@ class ClusterWatch:
         with self._lock:
             self.report.pressure_events.sort(key=lambda e: e.time)
             self.report.memory_timeline.sort(key=lambda p: p.time)
+
+    def finish(self, per_worker: dict[str, dict[str, Any]]) -> None:
+        """`collect` for a job run in this process: ``per_worker`` is its pressure state
+        (`pipeline.pressure.local.LocalPressure.state`); then `detach`."""
+        for info in per_worker.values():
+            if info.get("memory"):
+                self._on_memory((time.time(), info["memory"]))
+        self._counters(per_worker)
+        self._detached = True
+        with self._lock:
+            self.report.pressure_events.sort(key=lambda e: e.time)
+            self.report.memory_timeline.sort(key=lambda p: p.time)
+
+    def _counters(self, per_worker: dict[str, dict[str, Any]]) -> None:
+        for addr, info in per_worker.items():
+            self.report.pressure[addr] = _small(info)
+        self.report.pauses = sum(int(i.get("pauses", 0) or 0) for i in per_worker.values())
+        self.report.spilled_bytes = sum(int(i.get("dask_disk_write_bytes_total", 0) or 0)
+                                        for i in per_worker.values())
 
     def _has(self, expected: dict[str, int]) -> bool:
         with self._lock:

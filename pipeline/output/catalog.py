@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,11 @@ class CatalogRow:
     """The outcome of the latest ingest (default: ``status``, unless that is ``unchanged``)."""
 
     def asdict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: its deep copy of every value was most of the commit's
+        # time for 10,000 small files. The row owns its list and mapping; copy those.
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        row["tables"], row["metadata"] = list(self.tables), dict(self.metadata)
+        return row
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CatalogRow:

@@ -388,10 +388,11 @@ def describe_file(fs: fsspec.AbstractFileSystem, path: str, table: str, forced: 
     url = _url(fs, path)
     file_id = stable_id(url)
     options = tuple(sorted(storage_options.items()))
-    if fs.isdir(path):
-        return _describe_directory(fs, path, url, file_id, table, forced, storage_options)
     try:
+        # One stat: ``fs.isdir`` is ``info`` again (a stat per small file adds up).
         info = fs.info(path)
+        if info.get("type") == "directory":
+            return _describe_directory(fs, path, url, file_id, table, forced, storage_options)
         size = int(info.get("size") or 0)
         mtime = _mtime(info)
         fp = fingerprint(info)

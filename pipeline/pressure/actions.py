@@ -34,7 +34,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import psutil
-from distributed.core import Status
 
 from pipeline.pressure.events import EVENT_TOPIC, PressureEvent, PressureLevel, ProcessMemory
 
@@ -188,6 +187,8 @@ def release_arrow_memory(counters: dict[str, Any]) -> None:
 
 def pause_worker(worker: Worker, counters: dict[str, Any]) -> bool:
     """Pause a running worker; True if this call paused it."""
+    from distributed.core import Status  # a job run in this process has no worker to pause
+
     if worker.status == Status.running:
         worker.status = Status.paused
         counters["pauses"] += 1
@@ -197,6 +198,8 @@ def pause_worker(worker: Worker, counters: dict[str, Any]) -> bool:
 
 def resume_worker(worker: Worker, counters: dict[str, Any]) -> None:
     """Resume ``worker`` if it is (still) paused."""
+    from distributed.core import Status
+
     if worker.status == Status.paused:
         worker.status = Status.running
         counters["resumes"] += 1

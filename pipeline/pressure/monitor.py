@@ -17,7 +17,10 @@ Thresholds come from ``chunkmill.pressure.*`` in Dask's config (defaults in
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,6 +193,26 @@ def read_cgroup_memory(root: str | os.PathLike[str] = DEFAULT_CGROUP_ROOT) -> Cg
     return None
 
 
+@functools.cache
+def system_memory_limit() -> int:
+    """:data:`distributed.system.MEMORY_LIMIT` (host RAM capped by cgroup v1/v2 limits and
+    RLIMIT_RSS), without importing distributed when it is not imported yet.
+
+    Importing ``distributed.system`` imports all of distributed (a large share of a small
+    job's start-up), so its module file, which needs only psutil, is loaded on its own.
+    """
+    loaded = sys.modules.get("distributed.system")
+    if loaded is None:
+        spec = importlib.util.find_spec("distributed")  # finds it without importing it
+        assert spec is not None and spec.origin is not None
+        path = os.path.join(os.path.dirname(spec.origin), "system.py")
+        own = importlib.util.spec_from_file_location("_chunkmill_distributed_system", path)
+        assert own is not None and own.loader is not None
+        loaded = importlib.util.module_from_spec(own)
+        own.loader.exec_module(loaded)
+    return int(loaded.MEMORY_LIMIT)
+
+
 def read_memory_usage(
     *,
     cgroup_root: str | os.PathLike[str] = DEFAULT_CGROUP_ROOT,
@@ -205,9 +228,7 @@ def read_memory_usage(
     """
     vm = psutil.virtual_memory()
     if system_limit is None:
-        from distributed.system import MEMORY_LIMIT
-
-        system_limit = MEMORY_LIMIT
+        system_limit = system_memory_limit()
     limit = int(system_limit)
 
     cg = read_cgroup_memory(cgroup_root)
@@ -257,9 +278,7 @@ class MemoryPressureMonitor:
         if self.limit_bytes is not None:
             limit = self.limit_bytes
         elif limit is None:
-            from distributed.system import MEMORY_LIMIT
-
-            limit = MEMORY_LIMIT
+            limit = system_memory_limit()
         return int(used), int(limit), None if process is None else int(process)
 
     def snapshot(self) -> MemorySample:

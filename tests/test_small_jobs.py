@@ -1,0 +1,131 @@
+"""Small jobs run in this process without a Dask cluster (issue 21 item 4): the same output
+as on the embedded cluster, and distributed is never imported for them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+import pipeline
+from pipeline.execution.task import worker_name
+from pipeline.report import plots
+
+
+def _inputs(root) -> list[str]:
+    """Small files (bundled), a file of several chunks, bad records, JSON lines, an empty
+    file and one that is not text at all."""
+    logs = root / "logs"
+    logs.mkdir()
+    for n in range(6):
+        (logs / f"part-{n}.csv").write_text(
+            "id,event,note\n" + "".join(f'{n * 100 + i},{"ab"[i % 2]},"x{i}"\n'
+                                        for i in range(100)))
+    (logs / "bad.csv").write_text("id,event,note\n1,a,ok\n2,b\n3,a,ok,extra\n4,b,fine\n")
+    (logs / "empty.csv").write_text("")
+    big = root / "big.csv"
+    big.write_text("id,event,text\n" + "".join(f'{i},{"abc"[i % 3]},"row\n{i}"\n'
+                                               for i in range(6000)))
+    events = root / "events.jsonl"
+    events.write_text("".join(json.dumps({"k": i, "v": f"s{i}"}) + "\n" for i in range(500))
+                      + "{broken\n")
+    return [str(logs), str(big), str(events)]
+
+
+def _outputs(out) -> dict[str, object]:
+    """What a run wrote, minus what differs between any two runs (run ids, times)."""
+    files = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out)
+                   for f in fs if not os.path.relpath(d, out).startswith("_chunkmill"))
+    tables = {}
+    for table in ("logs", "big", "events"):
+        tables[table] = duckdb.sql(
+            f"select * exclude (_file_id), _file_id from read_parquet('{out}/{table}/**/"
+            "*.parquet', hive_partitioning=true, union_by_name=true) order by all").fetchall()
+    catalog = duckdb.sql(
+        f"select * exclude (run_id, ingested_at, duration_s, metadata), metadata from "
+        f"read_parquet('{out}/_catalog/*.parquet') order by path").fetchall()
+    errors = duckdb.sql(
+        f"select * exclude (run_id) from read_parquet('{out}/_errors/*.parquet') "
+        "order by all").fetchall()
+    return {"files": files, "tables": tables, "catalog": catalog, "errors": errors}
+
+
+@pytest.mark.timeout(240)
+def test_small_job_in_process_writes_what_the_cluster_writes(tmp_path) -> None:
+    inputs = _inputs(tmp_path)
+    kwargs = {"chunk_size": "32KB", "partition_by": ["event"], "progress": False}
+    alone = pipeline.ingest(inputs, out=str(tmp_path / "alone"), **kwargs)
+    cluster = pipeline.ingest(inputs, out=str(tmp_path / "cluster"), small_job_size=0,
+                              **kwargs)
+    # where the tasks ran: this process's threads, or the in-process Dask worker
+    assert {r.worker for r in alone.chunk_records} == {worker_name()}
+    assert {r.worker.partition("://")[0] for r in cluster.chunk_records} == {"inproc"}
+    assert {r.thread for r in alone.chunk_records} <= {f"chunkmill_{i}" for i in range(64)}
+
+    a, c = _outputs(tmp_path / "alone"), _outputs(tmp_path / "cluster")
+    assert a == c
+    assert len(a["tables"]["big"]) == 6000 and len(a["tables"]["events"]) == 500
+    assert len(a["errors"]) == 3  # two bad CSV records, one bad JSON line
+    assert any(f.startswith("logs/") and "bundle-" in f for f in a["files"])
+    for report in (alone, cluster):
+        assert (report.rows, report.errors, report.chunks) == (alone.rows, 3, alone.chunks)
+        assert report.files == alone.files and report.exit_code == 0
+
+    # the run record the HTML report reads: memory points around every chunk, pressure
+    saved = plots.load_report(tmp_path / "alone")
+    assert set(saved) == set(plots.load_report(tmp_path / "cluster"))
+    times = [p.time for p in alone.memory_timeline if p.worker == worker_name()]
+    assert len(times) >= 2 and min(times) <= min(r.started for r in alone.chunk_records)
+    assert max(times) >= max(r.finished for r in alone.chunk_records)
+    assert set(alone.pressure) == {worker_name()} and alone.pauses == 0
+    plots.save_html(saved, tmp_path / "run.html")
+    assert (tmp_path / "run.html").stat().st_size > 0
+
+    # resume and unchanged files work the same way in process
+    again = pipeline.ingest(inputs, out=str(tmp_path / "alone"), **kwargs)
+    assert again.files == {"unchanged": sum(alone.files.values())} and not again.chunk_records
+
+
+def _modules_after(code: str) -> set[str]:
+    run = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(sorted(m for m in"
+                          " ('distributed', 'distributed.deploy') if m in sys.modules))"],
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    return set(eval(run.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.timeout(240)
+def test_a_small_job_does_not_import_distributed(tmp_path) -> None:
+    """Neither the CLI nor the API imports distributed for a small text job; a job above
+    ``--small-job-size`` (here: any) starts the cluster as before."""
+    (tmp_path / "in.csv").write_text("a,b\n" + "".join(f"{i},{i * 2}\n" for i in range(1000)))
+    cli = ("from pipeline.cli import run\n"
+           f"assert run(['ingest', {str(tmp_path / 'in.csv')!r}, '--out', "
+           f"{str(tmp_path / 'o1')!r}, '-q']) == 0")
+    assert _modules_after(cli) == set()
+    api = ("import pipeline\n"
+           f"r = pipeline.ingest({str(tmp_path / 'in.csv')!r}, out={str(tmp_path / 'o2')!r})\n"
+           "assert r.ok and r.rows == 1000")
+    assert _modules_after(api) == set()
+    big = ("from pipeline.cli import run\n"
+           f"assert run(['ingest', {str(tmp_path / 'in.csv')!r}, '--out', "
+           f"{str(tmp_path / 'o3')!r}, '-q', '--small-job-size', '1KB']) == 0")
+    assert _modules_after(big) == {"distributed", "distributed.deploy"}
+
+
+@pytest.mark.parametrize(("options", "alone"), [
+    ({}, True),
+    ({"small_job_size": "100B"}, False),   # more bytes than that: the cluster
+    ({"layout": "threads"}, False),        # an explicit layout: the cluster
+    ({"workers": 1}, False),               # worker processes asked for
+])
+def test_which_jobs_run_in_process(tmp_path, options, alone) -> None:
+    (tmp_path / "in.csv").write_text("a,b\n" + "".join(f"{i},{i * 2}\n" for i in range(100)))
+    report = pipeline.ingest(str(tmp_path / "in.csv"), out=str(tmp_path / "o"),
+                             progress=False, **options)
+    assert report.ok and report.rows == 100
+    assert ({r.worker for r in report.chunk_records} == {worker_name()}) is alone
