@@ -104,6 +104,7 @@ import logging
 from pipeline.cli import _configure_logging, build_parser
 args = build_parser().parse_args(["ingest", "x.csv", "--out", "o"] + {["-v"] if verbose else []})
 _configure_logging(args)
+import distributed  # a run that starts a cluster imports it after the logging is set up
 for name in ("tornado.application", "distributed.client", "distributed.worker", "bokeh"):
     logging.getLogger(name).error("noise from %s", name)
 """
