@@ -590,6 +590,8 @@ class Runner:
         pruned = [self.state.done[fid].catalog.get("path", fid) for fid in forgets
                   if fid in self.state.done]
         failure = self._apply_commit(items, forgets)
+        for run in runs:  # done with: a run of a million chunks keeps no manifest per chunk
+            run.chunks.results.clear()
         for item in items:
             if item.listed:  # a carried file is not an input of this run: its row stays
                 row = item.catalog
