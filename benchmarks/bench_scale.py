@@ -210,13 +210,14 @@ def run(mode: str, files: int, chunks_per_file: int, chunk_size: int, scratch: P
         "chunk_size": chunk_size, "inputs_s": round(made, 2),
         "rss_after_imports_mib": round(_rss_mib(), 1)}
     if mode == "plan":
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), _cpu_s()
         plan = pipeline.plan(str(inputs), format=scale_reader.NAME, chunk_size=chunk_size)
-        took = time.perf_counter() - t
+        took, cpu = time.perf_counter() - t, _cpu_s() - cpu
         chunks = sum(len(f.chunks) for f in plan.files)
         result.update(chunks=chunks, plan_s=round(took, 2),
-                      plan_chunks_per_s=round(chunks / took), errors=sum(
-                          1 for f in plan.files if f.error))
+                      plan_chunks_per_s=round(chunks / took), plan_cpu_s=round(cpu, 2),
+                      plan_chunks_per_cpu_s=round(chunks / max(1e-9, cpu)),
+                      errors=sum(1 for f in plan.files if f.error))
     else:
         timer = _Timer()
         out = Path(tempfile.mkdtemp(prefix="out-", dir=scratch))
@@ -241,6 +242,7 @@ def run(mode: str, files: int, chunks_per_file: int, chunk_size: int, scratch: P
                 failures=len(report.failures),
                 plan_s=round(timer.plan_s, 2),
                 plan_chunks_per_s=round(chunks / timer.plan_s) if timer.plan_s else None,
+                plan_cpu_s=round(timer.plan_cpu_s, 2),
                 execute_s=round(run_s, 2), execute_chunks_per_s=round(chunks / run_s),
                 execute_cpu_s=round(cpu - timer.plan_cpu_s, 2),
                 execute_chunks_per_cpu_s=round(chunks / max(1e-9, cpu - timer.plan_cpu_s)),
