@@ -17,7 +17,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -142,6 +142,8 @@ class Runner:
         self.staged: list[dict[str, Any]] = []
         """``staged`` journal entries of chunks finished since the last tick."""
         self.scheduler: TaskScheduler | None = None
+        self._sinks: dict[frozenset[str], SinkSpec] = {}
+        """The sink of each set of tables a chunk writes (a chunk task carries only its own)."""
         self.guard = PartitionGuard(options.output.max_partitions, self._too_many)
 
     # --- top level ------------------------------------------------------------------------------
@@ -371,11 +373,14 @@ class Runner:
                 self.ready.append(run)
                 self.progress.update(files=1)
                 continue
+            staged_chunks = self.state.staged.get(run.file_id)
+            if not staged_chunks:  # nothing to reuse: tasks are made as the window takes them
+                self.scheduler.add_lazy(self._chunk_jobs(run))
+                continue
             jobs = []
             for chunk in run.chunks.chunks:
                 job = self._chunk_job(run, chunk)
-                staged = self.state.staged.get(run.file_id, {}).get(chunk.index)
-                reused = reuse(staged, job.payload[2], self.store)
+                reused = reuse(staged_chunks.get(chunk.index), job.payload[2], self.store)
                 if reused is None:
                     jobs.append(job)
                 else:  # staged and verified by an interrupted run: not read again
@@ -432,6 +437,10 @@ class Runner:
             self.state.staged.setdefault(entry["file_id"], {})[entry["index"]] = entry
             crash_point("staged")
 
+    def _chunk_jobs(self, run: FileRun) -> Iterator[Job]:
+        for spec in list(run.chunks.chunks):
+            yield self._chunk_job(run, spec)
+
     def _chunk_job(self, run: FileRun, spec: ChunkSpec) -> Job:
         assert self.plan is not None and self.sink is not None
         planned = run.planned
@@ -439,12 +448,15 @@ class Runner:
         # Only what this chunk reads travels with it (and goes into its token): a file of
         # thousands of tables would otherwise put every table's schema into each of its tasks.
         description = get_reader(planned.reader)().chunk_description(planned.description, spec)
-        names = {table_name(t) for t in description.tables}  # the sink knows OUT's names
-        sink = replace(self.sink, schemas={t: self.sink.schemas[t] for t in names})
+        names = frozenset(table_name(t) for t in description.tables)  # OUT's names
+        sink = self._sinks.get(names)
+        if sink is None:  # one per set of tables, shared by the chunks that write them
+            sink = self._sinks[names] = replace(
+                self.sink, schemas={t: self.sink.schemas[t] for t in sorted(names)})
         task = ChunkTask(planned.source, planned.reader, spec, description, options, sink,
                          self.options.retries, self.plan.hook or None)
         token = chunk_token(planned.source, planned.reader, spec, description, options, sink,
-                            self.config)
+                            self.config, run.tokens)
         return Job(run.size, f"chunkmill-chunk-{self.run_id}-{spec.id}-{run.chunks.rounds}",
                    run_chunk, task, (run, spec, token))
 
@@ -480,7 +492,7 @@ class Runner:
             if result.failed is None:
                 self.staged.append(staged_entry(result, token, self.store, self.run_id))
         run.chunks.record(result)
-        self.report.chunk_records.append(ChunkRecord(
+        self.report.add_chunk(ChunkRecord(
             spec.id, run.planned.source.path, result.worker, result.started, result.finished,
             result.rows, result.bytes_read, result.error_count, run.chunks.rounds,
             result.thread))
@@ -542,7 +554,7 @@ class Runner:
             m.fragments = list(result.fragments)  # shared: renamed once at commit
             if member.chunks.chunks:  # an empty file has no chunk, and no rows
                 member.chunks.record(m)
-        self.report.chunk_records.append(ChunkRecord(
+        self.report.add_chunk(ChunkRecord(
             f"bundle-{run.id}", f"{len(run.members)} files", result.worker, result.started,
             result.finished, sum(m.rows for m in result.members), run.size,
             sum(m.error_count for m in result.members), run.attempts, result.thread))
@@ -627,6 +639,8 @@ class Runner:
         pruned = [self.state.done[fid].catalog.get("path", fid) for fid in forgets
                   if fid in self.state.done]
         failure = self._apply_commit(items, forgets)
+        for run in runs:  # done with: a run of a million chunks keeps no manifest per chunk
+            run.chunks.results.clear()
         for item in items:
             if item.listed:  # a carried file is not an input of this run: its row stays
                 row = item.catalog

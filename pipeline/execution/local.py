@@ -39,9 +39,6 @@ class LocalExecutor:
     def submit(self, job: Job, retries: int) -> cf.Future[Any]:
         return self.pool.submit(_attempts, job.fn, job.task, retries)
 
-    def wait(self, futures: list[cf.Future[Any]], timeout: float) -> None:
-        cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
-
     def release(self, future: cf.Future[Any]) -> None:
         pass  # nothing is held anywhere but in the future itself
 

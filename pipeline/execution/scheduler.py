@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -49,9 +50,6 @@ class Executor(Protocol):
     def submit(self, job: Job, retries: int) -> Any:
         """Start ``job.fn(job.task)``; an exception is retried up to ``retries`` times."""
 
-    def wait(self, futures: list[Any], timeout: float) -> None:
-        """Return when one of ``futures`` is done, or after ``timeout`` seconds."""
-
     def release(self, future: Any) -> None:
         """The result was taken: forget it."""
 
@@ -68,14 +66,6 @@ class DaskExecutor:
     def submit(self, job: Job, retries: int) -> Any:
         return self.client.submit(job.fn, job.task, key=job.key, pure=False,
                                   priority=job.priority, retries=retries)
-
-    def wait(self, futures: list[Any], timeout: float) -> None:
-        from distributed import wait
-
-        try:
-            wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            pass  # nothing finished yet
 
     def release(self, future: Any) -> None:
         future.release()
@@ -94,18 +84,56 @@ class TaskScheduler:
         self.watch = watch
         self.timeout = timeout
         self.retries = retries
-        self.queue: list[tuple[int, int, Job]] = []
+        self.queue: list[tuple[int, int, Job, Iterator[Job] | None]] = []
+        """(-priority, order added, job, the jobs queued after it in one `add_lazy`)."""
         self._order = itertools.count()
         self.running: dict[Any, tuple[Job, float]] = {}
+        self._finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        """Futures put here by their done callbacks (from the executor's threads)."""
 
     def add(self, *jobs: Job) -> None:
         """Queue jobs; higher priority runs first, equal ones in the order added."""
         for job in jobs:
-            heapq.heappush(self.queue, (-job.priority, next(self._order), job))
+            heapq.heappush(self.queue, (-job.priority, next(self._order), job, None))
+
+    def add_lazy(self, jobs: Iterable[Job]) -> None:
+        """Queue jobs of one priority that are made only when their turn comes: they run as
+        if `add`-ed one by one, but a file of a million chunks is not a million tasks held
+        on the client before the first is submitted."""
+        rest = iter(jobs)
+        first = next(rest, None)
+        if first is not None:
+            heapq.heappush(self.queue, (-first.priority, next(self._order), first, rest))
+
+    def _next(self) -> Job:
+        priority, order, job, rest = heapq.heappop(self.queue)
+        following = next(rest, None) if rest is not None else None
+        if following is not None:  # keeps its place: equal priorities stay in order added
+            heapq.heappush(self.queue, (priority, order, following, rest))
+        return job
 
     def _submit(self, job: Job) -> None:
         fut = self.executor.submit(job, self.retries)
         self.running[fut] = (job, time.monotonic())
+        fut.add_done_callback(self._finished.put)
+
+    def _finished_since(self, timeout: float) -> list[Any]:
+        """Futures that finished since the last call, waiting up to ``timeout`` for one.
+
+        Each future reports itself once (its done callback), so a round costs what finished,
+        not the whole window: ``distributed.wait`` over the window would cost every running
+        future on every round, which a window of thousands (a big cluster) makes the
+        client's bottleneck.
+        """
+        try:
+            done = [self._finished.get(timeout=timeout)]
+        except queue.Empty:
+            return []  # nothing finished yet: look at timeouts and pressure, then wait again
+        while True:
+            try:
+                done.append(self._finished.get_nowait())
+            except queue.Empty:
+                return done
 
     def run(self, on_done: Callable[[Any, Any], None], on_tick: Callable[[], None]) -> None:
         """Submit and collect until nothing is queued or running.
@@ -116,15 +144,16 @@ class TaskScheduler:
         while self.queue or self.running:
             allowed = self.watch.window(self.window)
             while self.queue and len(self.running) < allowed:
-                self._submit(heapq.heappop(self.queue)[2])
+                self._submit(self._next())
             if not self.running:
                 time.sleep(0.1)  # paused by memory pressure: wait for it to ease
                 on_tick()
                 continue
-            # Nothing finished within the timeout: look at timeouts and pressure, then again.
-            self.executor.wait(list(self.running), timeout=0.25)
-            for fut in [f for f in self.running if f.done()]:
-                job, _ = self.running.pop(fut)
+            for fut in self._finished_since(0.25):
+                entry = self.running.pop(fut, None)
+                if entry is None:  # given up on (timed out) before it finished
+                    continue
+                job, _ = entry
                 try:
                     result = fut.result()
                 except Exception as exc:  # worker lost too often, out of memory, ...

@@ -19,6 +19,8 @@ class FileRun:
     planned: PlannedFile
     chunks: FileChunks[ChunkManifest]
     started: float = field(default_factory=time.time)
+    tokens: dict[tuple[str, ...], str] = field(default_factory=dict)
+    """The file's part of its chunks' tokens, by the tables they write (`chunk_token`)."""
 
     @classmethod
     def of(cls, planned: PlannedFile) -> FileRun:

@@ -31,14 +31,29 @@ STAGING = "staging"
 
 
 def chunk_token(source: Source, reader: str, chunk: ChunkSpec, description: Description,
-                options: ReaderOptions, sink: SinkSpec, config: str) -> str:
-    """What decides the bytes of a chunk's fragments; equal tokens mean reusable fragments."""
-    schemas = {table: schema.serialize().to_pybytes().hex() for table, schema in
-               sorted(description.tables.items()) if chunk.table in (None, table)}
-    blob = json.dumps([source.fingerprint, config, reader, repr(options), chunk.index,
-                       chunk.offset, chunk.length, chunk.table, repr(chunk.selector), schemas,
-                       list(sink.partition_by), sink.compression, sink.row_group_rows,
-                       sink.table_format])
+                options: ReaderOptions, sink: SinkSpec, config: str,
+                cache: dict[tuple[str, ...], str] | None = None) -> str:
+    """What decides the bytes of a chunk's fragments; equal tokens mean reusable fragments.
+
+    ``cache``: one per file (its source, reader options, sink and config are the same for all
+    its chunks), so the file's part, with its schemas serialized, is hashed once per set of
+    tables rather than once per chunk.
+    """
+    if chunk.table is None:
+        tables = tuple(sorted(description.tables))
+    else:
+        tables = (chunk.table,) if chunk.table in description.tables else ()
+    base = cache.get(tables) if cache is not None else None
+    if base is None:
+        schemas = {t: description.tables[t].serialize().to_pybytes().hex() for t in tables}
+        blob = json.dumps([source.fingerprint, config, reader, repr(options), schemas,
+                           list(sink.partition_by), sink.compression, sink.row_group_rows,
+                           sink.table_format])
+        base = hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+        if cache is not None:
+            cache[tables] = base
+    blob = f"{base}|{chunk.index}|{chunk.offset}|{chunk.length}|{chunk.table!r}|" \
+        f"{chunk.selector!r}"
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 

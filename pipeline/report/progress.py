@@ -7,10 +7,16 @@ Running chunks count as far as they got (`live`, fed by the tasks' per-block rep
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
 from typing import TextIO
+
+ENDED_KEPT = 20_000
+"""Finished chunks whose late per-block reports are still recognised as stale: far more than
+run at once on any cluster (a report trails its chunk's end by moments, not by thousands of
+chunks), and a run of a million chunks keeps no entry per chunk."""
 
 
 def in_notebook() -> bool:
@@ -101,6 +107,9 @@ class Progress:
         with self._lock:
             self._live.pop(chunk, None)
             self._ended[chunk] = started
+            if len(self._ended) > ENDED_KEPT:  # the oldest half: their reports came long ago
+                for old in list(itertools.islice(self._ended, ENDED_KEPT // 2)):
+                    del self._ended[old]
         self.update(chunks=1, nbytes=nbytes, rows=rows, rejected=rejected)
 
     def totals(self) -> tuple[int, int, int]:

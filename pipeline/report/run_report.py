@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -10,6 +11,9 @@ from pipeline.pressure.events import MemoryPoint, PressureEvent
 
 FILE_ROWS = 2000
 """Most per-file rows a run report keeps (a run over millions of files keeps its report small)."""
+CHUNK_RECORDS = 20_000
+"""Most chunk records a run report keeps: beyond, a uniform sample of the run's chunks (a run
+of a million chunks keeps its report, and the client, small; `chunks` has the count)."""
 
 
 @dataclass
@@ -63,9 +67,26 @@ class RunReport:
     """Each worker's memory and pressure level, once per ``chunkmill.pressure.interval`` and
     at least at the start and the end of the run."""
     chunk_records: list[ChunkRecord] = field(default_factory=list)
+    """At most `CHUNK_RECORDS` finished chunk tasks (see `add_chunk`)."""
+    chunk_tasks: int = 0
+    """Chunk tasks that finished (``chunk_records`` may hold a sample of them)."""
     file_rows: list[dict[str, Any]] = field(default_factory=list)
     """Per input file of the run (at most `FILE_ROWS`): path, format, status, rows, rejected,
     chunks, bytes, seconds; the catalog has every file."""
+    _sampler: random.Random | None = field(default=None, repr=False, compare=False)
+
+    def add_chunk(self, record: ChunkRecord) -> None:
+        """Keep ``record``: all of them up to `CHUNK_RECORDS`, then a uniform sample of that
+        many (reservoir sampling, seeded by the run id so a report is reproducible)."""
+        self.chunk_tasks += 1
+        if len(self.chunk_records) < CHUNK_RECORDS:
+            self.chunk_records.append(record)
+            return
+        if self._sampler is None:
+            self._sampler = random.Random(self.run_id)
+        slot = self._sampler.randrange(self.chunk_tasks)
+        if slot < CHUNK_RECORDS:
+            self.chunk_records[slot] = record
 
     def note_files(self, catalog: list[dict[str, Any]]) -> None:
         """Keep the per-file summary of the run's catalog rows (failed and partial first)."""
@@ -108,6 +129,7 @@ class RunReport:
 
     def asdict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["_sampler"]
         data.update(pressure_events=[e.asdict() for e in self.pressure_events],
                     memory_timeline=[p.asdict() for p in self.memory_timeline])
         data.update(duration_s=self.duration_s, throughput_mb_s=self.throughput_mb_s,
