@@ -68,23 +68,27 @@ class NotUTF8(BadFile):
 BAD_LINES_PER_MILLE = 1
 
 
-def check_utf8(head: bytes, path: str, at_eof: bool, nul: bool = True) -> None:
+def check_utf8(head: bytes, path: str, at_eof: bool, nul_ok: bool = True) -> None:
     """Raise `NotUTF8` naming ``--encoding`` when ``head`` is not UTF-8: more than
-    `BAD_LINES_PER_MILLE` of its lines are not (a character cut at the end of a head that is
-    not the whole file is fine); ``nul=False``: a NUL byte (valid UTF-8, but UTF-16 or -32 in
-    a text file) counts as not UTF-8 too."""
-    at = -1 if nul else head.find(b"\x00")
+    `BAD_LINES_PER_MILLE` of its lines hold bytes that are not UTF-8 or, with ``nul_ok=False``,
+    a NUL byte (valid UTF-8, but in a text file the mark of UTF-16 or -32). A character cut at
+    the end of a head that is not the whole file is fine; fewer bad lines are damaged
+    records, rejected one by one."""
+    nul = -1 if nul_ok else head.find(b"\x00")
     try:
         head.decode("utf-8")
+        invalid = -1
     except UnicodeDecodeError as exc:
-        if at_eof or exc.reason != "unexpected end of data":
-            lines = head.split(b"\n")
-            if not at_eof and len(lines) > 1:
-                lines.pop()  # it may end inside a character
-            bad = sum(1 for line in lines if not is_utf8(line))
-            if bad * 1000 > len(lines) * BAD_LINES_PER_MILLE:
-                at = exc.start if at < 0 else min(at, exc.start)
-    if at >= 0:
+        cut = not at_eof and exc.reason == "unexpected end of data"
+        invalid = -1 if cut else exc.start
+    if invalid < 0 and nul < 0:
+        return
+    lines = head.split(b"\n")
+    if not at_eof and len(lines) > 1:
+        lines.pop()  # it may end inside a character
+    bad = sum(1 for line in lines if not is_utf8(line) or (not nul_ok and b"\x00" in line))
+    if bad * 1000 > len(lines) * BAD_LINES_PER_MILLE:
+        at = min(a for a in (invalid, nul) if a >= 0)
         raise NotUTF8(f"{path}: not UTF-8 (byte 0x{head[at]:02X} at offset {at}); give its "
                       "encoding, e.g. --encoding latin-1, --encoding cp1252 or --encoding "
                       "utf-16 (encoding= in Python)", at)

@@ -73,10 +73,10 @@ class JSONLReader(TextReader):
 
     def _check_utf8(self, head: bytes, path: str, at_eof: bool) -> None:
         """JSON text is UTF-8 by definition (RFC 8259): stray invalid bytes are damage, each
-        line holding them an ``InvalidUTF8`` row. Only a head with NUL bytes (UTF-16/32) is
-        another encoding, and fails naming ``--encoding``."""
+        line holding them an ``InvalidUTF8`` row. Only a head with NUL bytes in more than one line
+        in a thousand (UTF-16/32) is another encoding, and fails naming ``--encoding``."""
         if b"\x00" in head:
-            check_utf8(head, path, at_eof, nul=False)
+            check_utf8(head, path, at_eof, nul_ok=False)
 
     def _read_json(self, data: Any, schema: pa.Schema | None, options: TextOptions,
                    unexpected: str = "error") -> pa.Table:

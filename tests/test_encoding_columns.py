@@ -147,6 +147,18 @@ def test_utf16_json_lines_without_encoding_fails(tmp_path, capsys) -> None:
     assert code == 1 and "--encoding" in capsys.readouterr().err
 
 
+def test_a_nul_byte_in_one_json_line_rejects_that_line_only(tmp_path) -> None:
+    # One damaged record among thousands is not UTF-16: it fails alone, with its offset.
+    good = b'{"id": 1}\n' * 3000
+    (tmp_path / "v.jsonl").write_bytes(good + b'{"id": \x002}\n' + b'{"id": 3}\n')
+    report = pipeline.ingest([str(tmp_path / "v.jsonl")], out=str(tmp_path / "out"),
+                             progress=False)
+    assert (report.rows, report.errors) == (3001, 1)
+    offsets = duckdb.sql(f"select byte_offset from '{tmp_path}/out/_errors/**/*.parquet'"
+                         ).fetchall()
+    assert offsets == [(len(good),)]
+
+
 def test_unknown_encoding_is_a_usage_error(tmp_path, capsys) -> None:
     (tmp_path / "t.csv").write_text(CSV)
     code = cli(["ingest", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out"),

@@ -40,10 +40,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pipeline
+from readers._encoding import NotUTF8, is_utf8
 from readers._jsonlines import MAX_DEPTH
 
 EXAMPLES = int(os.environ.get("CHUNKMILL_FUZZ_EXAMPLES", "60"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
+#: The suite replays the same examples every run (a CI result must not depend on luck); a
+#: budget given on demand (or a seed) explores new ones.
+EXPLORE = "CHUNKMILL_FUZZ_EXAMPLES" in os.environ or "CHUNKMILL_FUZZ_SEED" in os.environ
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not EXPLORE,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 END_TO_END = settings(FUZZ, max_examples=max(2, EXAMPLES // 20))
@@ -196,8 +200,13 @@ def test_reader_keeps_every_line_as_a_row_or_an_error(file: JSONFile, chunk: int
                 f.write(file.data)
             # tiny chunks, but at most ~40 per file: chunk tasks cost milliseconds each
             chunk = max(chunk, len(file.data) // 40)
-            table, rejected, _ = run_reader(path, "jsonl", chunk_size=chunk,
-                                            infer_bytes=infer)
+            try:
+                table, rejected, _ = run_reader(path, "jsonl", chunk_size=chunk,
+                                                infer_bytes=infer)
+            except NotUTF8:
+                # the whole file fails only when its lines are not UTF-8 (NUL: UTF-16/32)
+                assert b"\x00" in file.data or not is_utf8(file.data), file
+                return
             rows = 0 if table is None else table.num_rows
             check_rejected(file, rejected, rows, all_inferred=infer >= len(file.data))
             if table is not None and table.num_columns:
