@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
+import sys
+import threading
 import time
 
 import duckdb
@@ -22,7 +25,7 @@ import pytest
 from conftest import read_all, read_catalog
 
 import pipeline
-from readers import detect
+from readers import detect, get_reader
 from readers._arrays import convert, json_safe, row_blocks, table_name
 from readers.base import Source
 from readers.hdf5 import HDF5Reader
@@ -521,3 +524,44 @@ def test_many_small_datasets_ingest(tmp_path, shared_scheduler, monkeypatch):
     # the lazy frame reads only the chunks holding the table asked for
     frame = pipeline.read([str(tmp_path / "many.h5")], table="g0.d00007")
     assert frame.npartitions == 1 and frame.compute()["d00007"].tolist() == [7.0]
+
+
+def _flat(path, n: int) -> None:
+    with h5py.File(path, "w") as f:
+        for i in range(n):
+            f[f"d{i:05d}"] = np.array([i], dtype="i8")
+
+
+def _planning_work(path) -> tuple[int, int]:
+    """(function calls, in every thread, made planning ``path``; bytes its tasks carry)."""
+    calls = [0]
+
+    def count(frame, event, arg):
+        if event in ("call", "c_call"):
+            calls[0] += 1
+
+    threading.setprofile(count)  # describe runs on a pool thread
+    sys.setprofile(count)
+    try:
+        plan = pipeline.plan([str(path)])
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    (planned,) = plan.files
+    reader = get_reader(planned.reader)()
+    needs = getattr(reader, "chunk_description", lambda description, chunk: description)
+    shipped = sum(len(pickle.dumps((c, needs(planned.description, c)))) for c in planned.chunks)
+    return calls[0], shipped
+
+
+def test_many_small_datasets_plan_in_linear_work(tmp_path):
+    # Issue 20 item 27: 4x the datasets must cost 4x the work, not 16x. Counted, not timed:
+    # Python calls in every thread (describe, plan, grouping, bundling) and the bytes the
+    # chunk tasks would carry to the workers (each its own datasets, not the whole file).
+    for n in (200, 800):
+        _flat(tmp_path / f"f{n}.h5", n)
+    _planning_work(tmp_path / "f200.h5")  # imports and caches out of the count
+    (small_calls, small_bytes), (big_calls, big_bytes) = (
+        _planning_work(tmp_path / f"f{n}.h5") for n in (200, 800))
+    assert big_calls <= 4.5 * small_calls, (small_calls, big_calls)
+    assert big_bytes <= 4.5 * small_bytes, (small_bytes, big_bytes)

@@ -189,8 +189,10 @@ class FragmentWriter:
                 staged = final = store.path(table, rel, f"{self.chunk_id}-{attempt}.parquet")
             else:
                 # Unique per attempt: a worker presumed lost cannot scribble over its successor.
-                staged = store.path(STATE_DIR, "staging", self.spec.run_id, table, rel,
-                                    f"{self.chunk_id}.{attempt}.parquet")
+                # Flat, not one directory per table: a file of thousands of small datasets
+                # made (and later removed) a staging directory for each of them.
+                staged = store.path(STATE_DIR, "staging", self.spec.run_id,
+                                    f"{self.chunk_id}.{attempt}.{len(self.writers)}.parquet")
                 final = store.path(table, rel, f"{self.chunk_id}.parquet")
             handle = store.open_write(staged)
             writer = pq.ParquetWriter(handle, first.schema,
@@ -202,7 +204,6 @@ class FragmentWriter:
     def close(self) -> list[Fragment]:
         for key in list(self.pending):
             self._flush(key)
-        out = []
         for key, (writer, handle, fragment) in self.writers.items():
             values = self.values.get(key, ())
             writer.add_key_value_metadata({
@@ -212,7 +213,11 @@ class FragmentWriter:
             writer.close()
             fragment.bytes = handle.tell()
             handle.close()
-            self.spec.store.sync(fragment.staged)
+        # Durable together: a chunk of many small tables has as many fragments.
+        self.spec.store.sync_many([fragment.staged for _, _, fragment in self.writers.values()])
+        out = []
+        for key, (writer, _, fragment) in self.writers.items():
+            values = self.values.get(key, ())
             if self.spec.delta:
                 from pipeline.output.delta import file_stats, partition_value
 
