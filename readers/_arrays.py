@@ -41,6 +41,9 @@ class ArrayOptions(ReaderOptions):
     """Arrays small enough for one row block each are read many to a chunk task (up to this
     many, and about ``chunk_size`` bytes): a file of thousands of tiny datasets would
     otherwise cost a task, a file open and a scheduling round trip per dataset."""
+    vlen_read_timeout: float = 10.0
+    """Seconds (plus 10 ms per value) an HDF5 file's variable-length attributes and scalars
+    may take to read before the file is refused as damaged (see `readers.hdf5.GuardedReads`)."""
 
 
 _VLEN_ROW_GUESS = 32  # bytes per variable-length element, for block sizing only

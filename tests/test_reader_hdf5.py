@@ -28,7 +28,7 @@ import pipeline
 from readers import detect, get_reader
 from readers._arrays import convert, json_safe, row_blocks, table_name
 from readers.base import Source
-from readers.hdf5 import HDF5Reader
+from readers.hdf5 import HDF5FileError, HDF5Reader
 
 N = 10_000
 TIB4 = 4 * 2**40
@@ -565,3 +565,51 @@ def test_many_small_datasets_plan_in_linear_work(tmp_path):
         _planning_work(tmp_path / f"f{n}.h5") for n in (200, 800))
     assert big_calls <= 4.5 * small_calls, (small_calls, big_calls)
     assert big_bytes <= 4.5 * small_bytes, (small_bytes, big_bytes)
+
+
+def _damaged_heap(path) -> None:
+    """A variable-length string attribute whose global heap object reads index 0, size 0 (the
+    fuzz harness' find): the HDF5 library's parse of that heap collection never moves on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["title"] = "seed"
+        f["x"] = np.arange(3)
+    blob = bytearray(path.read_bytes())
+    at = blob.find(b"GCOL")
+    blob[at + 16:at + 18] = bytes(2)  # the first object's heap index
+    blob[at + 24:at + 32] = bytes(8)  # and its size
+    path.write_bytes(bytes(blob))
+
+
+def test_damaged_global_heap_is_refused_not_a_hang(tmp_path):
+    _damaged_heap(tmp_path / "heap.h5")
+    reader = HDF5Reader()
+    started = time.monotonic()
+    with pytest.raises(HDF5FileError, match="heap.h5.*variable-length.*did not finish"):
+        reader.describe(_source(str(tmp_path / "heap.h5")),
+                        reader.configure({"vlen_read_timeout": 1.0}))
+    assert time.monotonic() - started < 30
+    # a sound file's variable-length attributes and scalars still reach the catalog
+    with h5py.File(tmp_path / "ok.h5", "w") as f:
+        f.attrs["title"] = "fine"
+        f.attrs["tags"] = ["a", "bé"]
+        f["note"] = "a scalar string"
+        f["x"] = np.arange(3)
+        f["x"].attrs["units"] = "m"
+    desc = reader.describe(_source(str(tmp_path / "ok.h5")), reader.configure({}))
+    assert desc.metadata["attributes"] == {"title": "fine", "tags": ["a", "bé"]}
+    assert desc.metadata["datasets"]["/x"]["attributes"] == {"units": "m"}
+    assert desc.metadata["scalars"]["/note"]["value"] == "a scalar string"
+
+
+def test_damaged_global_heap_fails_its_file_and_the_run_goes_on(tmp_path, shared_scheduler):
+    _damaged_heap(tmp_path / "in" / "heap.h5")
+    _flat(tmp_path / "in" / "good.h5", 3)
+    out = tmp_path / "out"
+    report = pipeline.ingest([str(tmp_path / "in")], out=str(out), progress=False,
+                             scheduler=shared_scheduler)
+    assert report.rows == 3
+    cat = read_catalog(out)
+    assert cat["good.h5"]["status"] == "ok" and cat["heap.h5"]["status"] == "failed"
+    (message,) = [m for p, _, _, m, _ in _errors(out) if p.endswith("heap.h5")]
+    assert "variable-length" in message and "damaged global heap" in message
