@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 from conftest import read_all, read_catalog
 
@@ -164,6 +165,13 @@ def test_one_dim_dataset_is_a_table_named_by_its_path(run):
         "where c.path like '%good.h5'"
     )
     assert good == [(N, float(sum(range(N))), 0, N - 1)]
+    # the row index (consecutive integers) is delta-encoded: a few bytes a page, not 8 a row
+    for path in (out / "sensors.temp").rglob("*.parquet"):
+        group = pq.ParquetFile(path).metadata.row_group(0)
+        encodings = {group.column(i).path_in_schema: group.column(i).encodings
+                     for i in range(group.num_columns)}
+        assert "DELTA_BINARY_PACKED" in encodings["row"]
+        assert "DELTA_BINARY_PACKED" not in encodings["temp"]
 
 
 def test_compound_nd_strings_and_types(run):
