@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from pipeline.options import parse_size
+    from pipeline.config import parse_size
 
     compression = None if args.compression == "none" else args.compression
     src = args.scratch / f"bench_{args.size_gb:g}GB_{args.compression}.h5"

@@ -744,6 +744,7 @@ class Runner:
         partition columns, ``_file_id`` last), so engines get its types without opening
         every fragment. Readers skip ``_``-prefixed names as data."""
         assert self.sink is not None
+        files = []
         for table, schema in self.sink.schemas.items():
             if not self.store.exists(self.store.path(table)):
                 continue
@@ -752,8 +753,9 @@ class Runner:
             fields = [f for f in schema if f.name not in columns and f.name != FILE_ID]
             sink = pa.BufferOutputStream()
             pq.write_metadata(pa.schema(fields + [pa.field(FILE_ID, pa.string())]), sink)
-            self.store.write_bytes_atomic(self.store.path(table, "_common_metadata"),
-                                          sink.getvalue().to_pybytes())
+            files.append((self.store.path(table, "_common_metadata"),
+                          sink.getvalue().to_pybytes()))
+        self.store.write_many_atomic(files)  # synced together: one per table adds up
 
     def _save_report(self, planned: list[str] | None = None) -> None:
         """The run's JSON report; saved at the start too, so ``status`` sees unfinished runs."""

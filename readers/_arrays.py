@@ -41,6 +41,9 @@ class ArrayOptions(ReaderOptions):
     """Arrays small enough for one row block each are read many to a chunk task (up to this
     many, and about ``chunk_size`` bytes): a file of thousands of tiny datasets would
     otherwise cost a task, a file open and a scheduling round trip per dataset."""
+    vlen_read_timeout: float = 10.0
+    """Seconds (plus 10 ms per value) an HDF5 file's variable-length attributes and scalars
+    may take to read before the file is refused as damaged (see `readers.hdf5.GuardedReads`)."""
 
 
 _VLEN_ROW_GUESS = 32  # bytes per variable-length element, for block sizing only
@@ -396,7 +399,18 @@ def convert(values: np.ndarray) -> tuple[pa.Array, np.ndarray | None]:
         return pa.Array.from_buffers(pa.binary(dt.itemsize), n, [None, data]), None
     if not dt.isnative:
         values = values.astype(dt.newbyteorder("="))
-    return pa.array(np.ascontiguousarray(values)), None
+    return numeric(values), None
+
+
+def numeric(values: np.ndarray) -> pa.Array:
+    """A 1-D numpy array as Arrow; plain numbers over their own buffer. (``pa.array`` of any
+    ndarray imports pandas to ask whether it is categorical: about a second of every worker's
+    first chunk.)"""
+    values = np.ascontiguousarray(values)
+    if values.ndim == 1 and values.dtype.kind in "iuf" and values.dtype.isnative:
+        return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values),
+                                     [None, pa.py_buffer(values)])
+    return pa.array(values)
 
 
 #: Rows per yielded table (one Parquet row group): keeps the per-piece columns the sink adds
@@ -428,7 +442,7 @@ def to_tables(arrays: list[pa.Array], bad: np.ndarray | None, schema: pa.Schema,
     n = len(arrays[0]) if arrays else 0
     for lo in range(0, n, piece_rows):
         hi = min(lo + piece_rows, n)
-        row = pa.array(np.arange(start + lo, start + hi, dtype=np.int64))
+        row = numeric(np.arange(start + lo, start + hi, dtype=np.int64))
         table = pa.Table.from_arrays([row, *(a.slice(lo, hi - lo) for a in arrays)],
                                      schema=schema)
         if bad is not None and bad[lo:hi].any():

@@ -39,6 +39,10 @@ import contextlib
 import functools
 import math
 import os
+import pickle
+import select
+import signal
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -110,7 +114,9 @@ def open_hdf5(source: Source) -> Iterator[h5py.File]:
             handle.close()
 
 
-def _attrs(obj: Any, limit: int = 256) -> dict[str, Any]:
+def _attrs(obj: Any, limit: int = 256, guarded: GuardedReads | None = None) -> dict[str, Any]:
+    """An object's attributes as JSON-safe values; variable-length ones are left to
+    ``guarded`` (filled in later, see `GuardedReads`) when given."""
     out: dict[str, Any] = {}
     try:
         names = list(obj.attrs)
@@ -118,15 +124,122 @@ def _attrs(obj: Any, limit: int = 256) -> dict[str, Any]:
         return {"...": f"<unreadable attributes: {exc}>"}
     for name in names[:limit]:
         try:
-            size = obj.attrs.get_id(name).get_storage_size()
-            out[name] = (f"<{size} bytes, not read>" if size > _ATTR_READ_LIMIT
-                         else json_safe(obj.attrs[name]))
+            aid = obj.attrs.get_id(name)
+            size = aid.get_storage_size()
+            if size > _ATTR_READ_LIMIT:
+                out[name] = f"<{size} bytes, not read>"
+            elif guarded is not None and aid.dtype.hasobject:
+                guarded.add(out, name, obj.name, name)
+            else:
+                out[name] = json_safe(obj.attrs[name])
         except Exception as exc:
             out[name] = f"<unreadable: {one_line(exc)}>"
     if len(names) > limit:
         out["..."] = f"{len(names) - limit} more attributes"
     return out
 
+
+
+class GuardedReads:
+    """Reads of variable-length values (attributes, scalar datasets), done together in a
+    forked child that is killed past ``timeout`` seconds.
+
+    Their bytes live in the file's global heap, and a damaged heap collection (an object
+    whose size does not move the parser forward) makes the HDF5 library's own parse of it
+    loop forever: a thread cannot be stopped inside it, a process can. One fork per file that
+    has such values (none for the others); the child inherits the open file. Remote files
+    (read through a Python file object, whose connections a fork cannot share) are read in
+    place, unguarded.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[dict[str, Any], str, str, str | None]] = []
+
+    def add(self, into: dict[str, Any], key: str, path: str, attr: str | None) -> None:
+        """``into[key]`` will be attribute ``attr`` of object ``path``; with ``attr`` None,
+        ``into`` gets the scalar dataset's ``value`` (or ``value_error``) instead."""
+        if attr is not None:
+            into[key] = None  # keeps the attributes' order
+        self.jobs.append((into, key, path, attr))
+
+    def run(self, f: h5py.File, where: str, timeout: float) -> None:
+        if not self.jobs:
+            return
+        wanted = [(path, attr) for _, _, path, attr in self.jobs]
+        limit = timeout + 0.01 * len(wanted)
+        values = _in_child(lambda: _read_values(f, wanted), limit, where)
+        for (into, key, _, attr), value in zip(self.jobs, values, strict=True):
+            if attr is None:
+                into.update(value)
+            else:
+                into[key] = value
+        self.jobs.clear()
+
+
+def _read_values(f: h5py.File, wanted: list[tuple[str, str | None]]) -> list[Any]:
+    import h5py
+
+    out: list[Any] = []
+    for path, attr in wanted:
+        try:
+            obj = f if path == "/" else f[_name(path)]
+            if attr is not None:
+                out.append(json_safe(obj.attrs[attr]))
+            elif isinstance(obj, h5py.Dataset):
+                out.append({"value": json_safe(obj[()])})
+            else:
+                out.append({})
+        except Exception as exc:
+            out.append(f"<unreadable: {one_line(exc)}>" if attr is not None
+                       else {"value_error": one_line(exc)})
+    return out
+
+
+def _in_child(work: Any, timeout: float, where: str) -> Any:
+    """``work()`` run in a forked child; its pickled result, or `HDF5FileError` when the
+    child runs past ``timeout`` seconds or dies."""
+    import h5py
+
+    r, w = os.pipe()
+    # Forked while holding h5py's lock: no other thread is inside the HDF5 library, whose
+    # state the child inherits (it would otherwise wait forever for a lock no one holds).
+    with h5py._objects.phil:
+        pid = os.fork()
+    if pid == 0:  # the child: never returns, never runs the parent's exit handlers
+        code = 0
+        try:
+            os.close(r)
+            data = pickle.dumps(work(), protocol=5)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view):]
+        except BaseException:  # noqa: BLE001 - reported to the parent as a death
+            code = 1
+        os._exit(code)
+    os.close(w)
+    chunks, deadline, done = [], time.monotonic() + timeout, False
+    try:
+        while not done:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                break
+            piece = os.read(r, 1 << 20)
+            chunks.append(piece)
+            done = not piece
+    finally:
+        os.close(r)
+        if not done:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    if not done:
+        raise HDF5FileError(f"{where}: reading its variable-length attributes/values did not "
+                            f"finish in {timeout:.0f}s (a damaged global heap makes the HDF5 "
+                            "library loop); file refused")
+    if status != 0 or not chunks[:-1]:
+        raise HDF5FileError(f"{where}: reading its variable-length attributes/values "
+                            f"failed (exit status {status})")
+    return pickle.loads(b"".join(chunks))
 
 
 def _name(path: str) -> bytes:
@@ -237,9 +350,10 @@ class HDF5Reader(Reader):
                                 "refused": {}}
         tables: dict[str, pa.Schema] = {}
         infos: dict[str, ArrayInfo] = {}
+        guarded = GuardedReads() if source.local_path is not None else None
         with open_hdf5(source) as f:
             meta["userblock_size"] = int(f.userblock_size)
-            meta["attributes"] = _attrs(f)
+            meta["attributes"] = _attrs(f, guarded=guarded)
             links: list[tuple[bytes, int]] = []
 
             def visit(name: bytes, info: Any) -> int | None:
@@ -267,19 +381,21 @@ class HDF5Reader(Reader):
                                        infos)
                     elif kind == h5l.TYPE_HARD:
                         self._hard_link(f, source, path, roots, options, meta, tables, infos,
-                                        seen, taken)
+                                        seen, taken, guarded)
                     else:
                         meta["links"][path] = {"user_defined_link_type": int(kind)}
                 except Exception as exc:  # a damaged header refuses this object only
                     reason = f"cannot read its header: {one_line(exc)}"
                     meta["refused"][path] = reason
                     infos[path] = ArrayInfo(path, "", "column", "row", 0, 1, 1, refused=reason)
+            if guarded is not None:
+                guarded.run(f, source.path, options.vlen_read_timeout)
         return Description(tables, meta, {"arrays": infos})
 
     def _hard_link(self, f: h5py.File, source: Source, path: str, roots: Sequence[str],
                    options: ArrayOptions, meta: dict[str, Any],
                    tables: dict[str, pa.Schema], infos: dict[str, ArrayInfo], seen: set[Any],
-                   taken: set[str]) -> None:
+                   taken: set[str], guarded: GuardedReads | None = None) -> None:
         # Low-level handles: the high-level Group/Dataset objects cost several times the
         # HDF5 calls themselves, and a file may hold thousands of datasets. (The module
         # itself, not the deferred proxy, whose every attribute read is a call.)
@@ -297,12 +413,12 @@ class HDF5Reader(Reader):
             return
         seen.add(key)
         if isinstance(oid, h5py.h5g.GroupID):
-            attrs = _attrs(h5py.Group(oid)) if num_attrs else {}
+            attrs = _attrs(h5py.Group(oid), guarded=guarded) if num_attrs else {}
             if attrs:
                 meta["groups"][path] = attrs
         elif isinstance(oid, h5py.h5d.DatasetID) or kind == h5py.h5o.TYPE_DATASET:
             self._dataset(f, source, path, oid, num_attrs, roots, options, meta, tables,
-                          infos, taken)
+                          infos, taken, guarded)
 
     @staticmethod
     def _external(source: Source, path: str, target: str, inner: str, roots: Sequence[str],
@@ -320,13 +436,13 @@ class HDF5Reader(Reader):
     def _dataset(self, f: h5py.File, source: Source, path: str, dsid: Any, num_attrs: int,
                  roots: Sequence[str], options: ArrayOptions, meta: dict[str, Any],
                  tables: dict[str, pa.Schema], infos: dict[str, ArrayInfo],
-                 taken: set[str]) -> None:
+                 taken: set[str], guarded: GuardedReads | None = None) -> None:
         import h5py  # the module, not the deferred proxy: this runs once per dataset
 
         shape, dtype = dsid.shape, dsid.dtype
-        attrs = _attrs(h5py.Dataset(dsid)) if num_attrs else {}
+        attrs = _attrs(h5py.Dataset(dsid), guarded=guarded) if num_attrs else {}
         if shape is None or shape == () or str(attrs.get("NAME", "")).startswith(_NETCDF_DIM):
-            meta["scalars"][path] = self._scalar(h5py.Dataset(dsid), attrs)
+            meta["scalars"][path] = self._scalar(h5py.Dataset(dsid), attrs, guarded)
             return
         dcpl = dsid.get_create_plist()
         layout = _layout_name(dcpl.get_layout())
@@ -394,12 +510,16 @@ class HDF5Reader(Reader):
         infos[path] = ArrayInfo(path, table, kind, index, nrows, per_row, grid, sparse)
 
     @staticmethod
-    def _scalar(ds: h5py.Dataset, attrs: dict[str, Any]) -> Any:
+    def _scalar(ds: h5py.Dataset, attrs: dict[str, Any],
+                guarded: GuardedReads | None = None) -> Any:
         entry: dict[str, Any] = {"dtype": str(ds.dtype),
                                  "shape": None if ds.shape is None else list(ds.shape)}
         if attrs:
             entry["attributes"] = attrs
         if ds.shape == () and ds.id.get_storage_size() <= _SCALAR_READ_LIMIT:
+            if guarded is not None and ds.dtype.hasobject:
+                guarded.add(entry, "value", ds.name, None)
+                return entry
             try:
                 entry["value"] = json_safe(ds[()])
             except Exception as exc:

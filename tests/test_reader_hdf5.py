@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
+import sys
+import threading
 import time
 
 import duckdb
@@ -18,14 +21,15 @@ import h5py
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 from conftest import read_all, read_catalog
 
 import pipeline
-from readers import detect
+from readers import detect, get_reader
 from readers._arrays import convert, json_safe, row_blocks, table_name
 from readers.base import Source
-from readers.hdf5 import HDF5Reader
+from readers.hdf5 import HDF5FileError, HDF5Reader
 
 N = 10_000
 TIB4 = 4 * 2**40
@@ -161,6 +165,13 @@ def test_one_dim_dataset_is_a_table_named_by_its_path(run):
         "where c.path like '%good.h5'"
     )
     assert good == [(N, float(sum(range(N))), 0, N - 1)]
+    # the row index (consecutive integers) is delta-encoded: a few bytes a page, not 8 a row
+    for path in (out / "sensors.temp").rglob("*.parquet"):
+        group = pq.ParquetFile(path).metadata.row_group(0)
+        encodings = {group.column(i).path_in_schema: group.column(i).encodings
+                     for i in range(group.num_columns)}
+        assert "DELTA_BINARY_PACKED" in encodings["row"]
+        assert "DELTA_BINARY_PACKED" not in encodings["temp"]
 
 
 def test_compound_nd_strings_and_types(run):
@@ -521,3 +532,92 @@ def test_many_small_datasets_ingest(tmp_path, shared_scheduler, monkeypatch):
     # the lazy frame reads only the chunks holding the table asked for
     frame = pipeline.read([str(tmp_path / "many.h5")], table="g0.d00007")
     assert frame.npartitions == 1 and frame.compute()["d00007"].tolist() == [7.0]
+
+
+def _flat(path, n: int) -> None:
+    with h5py.File(path, "w") as f:
+        for i in range(n):
+            f[f"d{i:05d}"] = np.array([i], dtype="i8")
+
+
+def _planning_work(path) -> tuple[int, int]:
+    """(function calls, in every thread, made planning ``path``; bytes its tasks carry)."""
+    calls = [0]
+
+    def count(frame, event, arg):
+        if event in ("call", "c_call"):
+            calls[0] += 1
+
+    threading.setprofile(count)  # describe runs on a pool thread
+    sys.setprofile(count)
+    try:
+        plan = pipeline.plan([str(path)])
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    (planned,) = plan.files
+    reader = get_reader(planned.reader)()
+    needs = getattr(reader, "chunk_description", lambda description, chunk: description)
+    shipped = sum(len(pickle.dumps((c, needs(planned.description, c)))) for c in planned.chunks)
+    return calls[0], shipped
+
+
+def test_many_small_datasets_plan_in_linear_work(tmp_path):
+    # Issue 20 item 27: 4x the datasets must cost 4x the work, not 16x. Counted, not timed:
+    # Python calls in every thread (describe, plan, grouping, bundling) and the bytes the
+    # chunk tasks would carry to the workers (each its own datasets, not the whole file).
+    for n in (200, 800):
+        _flat(tmp_path / f"f{n}.h5", n)
+    _planning_work(tmp_path / "f200.h5")  # imports and caches out of the count
+    (small_calls, small_bytes), (big_calls, big_bytes) = (
+        _planning_work(tmp_path / f"f{n}.h5") for n in (200, 800))
+    assert big_calls <= 4.5 * small_calls, (small_calls, big_calls)
+    assert big_bytes <= 4.5 * small_bytes, (small_bytes, big_bytes)
+
+
+def _damaged_heap(path) -> None:
+    """A variable-length string attribute whose global heap object reads index 0, size 0 (the
+    fuzz harness' find): the HDF5 library's parse of that heap collection never moves on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["title"] = "seed"
+        f["x"] = np.arange(3)
+    blob = bytearray(path.read_bytes())
+    at = blob.find(b"GCOL")
+    blob[at + 16:at + 18] = bytes(2)  # the first object's heap index
+    blob[at + 24:at + 32] = bytes(8)  # and its size
+    path.write_bytes(bytes(blob))
+
+
+def test_damaged_global_heap_is_refused_not_a_hang(tmp_path):
+    _damaged_heap(tmp_path / "heap.h5")
+    reader = HDF5Reader()
+    started = time.monotonic()
+    with pytest.raises(HDF5FileError, match="heap.h5.*variable-length.*did not finish"):
+        reader.describe(_source(str(tmp_path / "heap.h5")),
+                        reader.configure({"vlen_read_timeout": 1.0}))
+    assert time.monotonic() - started < 30
+    # a sound file's variable-length attributes and scalars still reach the catalog
+    with h5py.File(tmp_path / "ok.h5", "w") as f:
+        f.attrs["title"] = "fine"
+        f.attrs["tags"] = ["a", "bé"]
+        f["note"] = "a scalar string"
+        f["x"] = np.arange(3)
+        f["x"].attrs["units"] = "m"
+    desc = reader.describe(_source(str(tmp_path / "ok.h5")), reader.configure({}))
+    assert desc.metadata["attributes"] == {"title": "fine", "tags": ["a", "bé"]}
+    assert desc.metadata["datasets"]["/x"]["attributes"] == {"units": "m"}
+    assert desc.metadata["scalars"]["/note"]["value"] == "a scalar string"
+
+
+def test_damaged_global_heap_fails_its_file_and_the_run_goes_on(tmp_path, shared_scheduler):
+    _damaged_heap(tmp_path / "in" / "heap.h5")
+    _flat(tmp_path / "in" / "good.h5", 3)
+    out = tmp_path / "out"
+    report = pipeline.ingest([str(tmp_path / "in")], out=str(out), progress=False,
+                             scheduler=shared_scheduler)
+    assert report.rows == 3
+    cat = read_catalog(out)
+    assert cat["good.h5"]["status"] == "ok" and cat["heap.h5"]["status"] == "failed"
+    (message,) = [m for p, _, _, m, _ in _errors(out) if p.endswith("heap.h5")]
+    assert "variable-length" in message and "damaged global heap" in message

@@ -287,6 +287,21 @@ def test_fuzz_hdf5(child: Child, seeds: dict[str, Path], tmp_path_factory, data)
     verify(child, "hdf5", target)
 
 
+def test_damaged_global_heap_is_refused(child: Child, seeds: dict[str, Path],
+                                        tmp_path: Path) -> None:
+    """What random runs found (inputs kept then): the seed with its first global heap object's
+    index and size zeroed. The HDF5 library's parse of that collection never moves forward,
+    and describe, reading the variable-length ``title`` attribute, hung."""
+    blob = bytearray(seeds["hdf5"].read_bytes())
+    at = blob.find(b"GCOL")
+    blob[at + 16:at + 18] = bytes(2)
+    blob[at + 24:at + 32] = bytes(8)
+    target = tmp_path / "heap.h5"
+    target.write_bytes(bytes(blob))
+    verdict = child.check("hdf5", target, {"vlen_read_timeout": 2.0})
+    assert verdict["verdict"] == "refused" and "global heap" in verdict["detail"], verdict
+
+
 # --- FITS -----------------------------------------------------------------------------------
 def _fits_seed(path: Path) -> None:
     import numpy as np
