@@ -115,6 +115,36 @@ def _has(buf: Buffer, byte: int, start: int, end: int) -> bool:
     return bool(np.any(np.frombuffer(buf, np.uint8)[start:end] == byte))
 
 
+def _find(buf: Buffer, byte: bytes, start: int, end: int) -> int:
+    """``buf.find`` for one byte, also on a memoryview (which has no ``find``)."""
+    if hasattr(buf, "find"):
+        return buf.find(byte, start, end)
+    arr = np.frombuffer(buf, np.uint8)
+    lo, width = start, _FIRST_WINDOW
+    while lo < end:
+        hi = min(end, lo + width)
+        hit = np.flatnonzero(arr[lo:hi] == byte[0])
+        if hit.size:
+            return lo + int(hit[0])
+        lo, width = hi, min(width * 4, _MAX_WINDOW)
+    return -1
+
+
+def _rfind(buf: Buffer, byte: bytes, start: int, end: int) -> int:
+    """``buf.rfind`` for one byte, also on a memoryview."""
+    if hasattr(buf, "rfind"):
+        return buf.rfind(byte, start, end)
+    arr = np.frombuffer(buf, np.uint8)
+    hi, width = end, _FIRST_WINDOW
+    while hi > start:
+        lo = max(start, hi - width)
+        hit = np.flatnonzero(arr[lo:hi] == byte[0])
+        if hit.size:
+            return lo + int(hit[-1])
+        hi, width = lo, min(width * 4, _MAX_WINDOW)
+    return -1
+
+
 def _escaped(arr: np.ndarray, lo: int, hi: int, escape: int) -> np.ndarray:
     """Whether each byte of ``arr[lo:hi]`` is escaped (follows an odd run of escape bytes).
 
@@ -311,10 +341,10 @@ def record_ends(buf: Buffer, lo: int, hi: int, state: int, grammar: Grammar = CS
 
 def _next_line_end(buf: Buffer, pos: int, end: int, final: bool, cr: bool) -> int:
     """The first line end at or after ``pos`` (quotes aside), -1 if none is known yet."""
-    nl = buf.find(b"\n", pos, end)
+    nl = _find(buf, b"\n", pos, end)
     if not cr:
         return nl
-    c = buf.find(b"\r", pos, nl if nl >= 0 else end)
+    c = _find(buf, b"\r", pos, nl if nl >= 0 else end)
     if c < 0:
         return nl
     if c + 1 < end:
@@ -371,15 +401,15 @@ def last_record_end(buf: Buffer, grammar: Grammar = CSV, end: int | None = None,
 
 def _prev_line_end(buf: Buffer, start: int, end: int, final: bool, cr: bool) -> int:
     """The last line end in ``buf[start:end]`` (quotes aside), -1 if none."""
-    nl = buf.rfind(b"\n", start, end)
+    nl = _rfind(buf, b"\n", start, end)
     if not cr:
         return nl
-    c = buf.rfind(b"\r", max(start, nl + 1), end)
+    c = _rfind(buf, b"\r", max(start, nl + 1), end)
     if c < 0:
         return nl
     if c + 1 < end or final:
         return c  # not followed by "\n": every "\n" is before it
-    c2 = buf.rfind(b"\r", max(start, nl + 1), c)  # the last byte may be half of "\r\n"
+    c2 = _rfind(buf, b"\r", max(start, nl + 1), c)  # the last byte may be half of "\r\n"
     return c2 if c2 >= 0 else nl
 
 

@@ -130,6 +130,26 @@ def _find_record(data: bytes, raw: bytes, cursor: int, starts: Any) -> int:
     return -1
 
 
+def _piece_ends(data: Any, grammar: Grammar, size: int) -> Iterator[int]:
+    """Where the pieces of a chunk end: the last record end within ``size`` bytes of each
+    piece's start, and the end of ``data`` (a record longer than ``size`` is a piece alone).
+
+    Each piece starts at a record start, outside quotes, as the parse of the whole chunk
+    would be there: the pieces give the rows that parse gives.
+    """
+    start, total = 0, len(data)
+    while total - start > size:
+        end = last_record_end(data, grammar, start + size, False, start)
+        if end < 0:
+            end = first_record_end(data, start, OUT, grammar, total, True)
+            if end < 0:
+                break
+        yield end + 1
+        start = end + 1
+    if start < total:
+        yield total
+
+
 def conversion_code(reason: str) -> ErrorCode:
     """The error code of a value pyarrow could not convert: bytes that are not UTF-8 in a text
     column are ``InvalidUTF8``, anything else ``TypeMismatch``."""
@@ -332,12 +352,13 @@ class CSVReader(TextReader):
         bad: list[tuple[str, int, int]] = []
         seen = [False]
         yielded = False
+        before = len(ctx.rejected)
         try:
             if options.streaming:
-                # Parse block by block straight into the writer: memory stays at a few parse
+                # Parse piece by piece straight into the writer: memory stays at a few parse
                 # blocks instead of the whole chunk as one table.
                 done = (lambda n: ctx.advance(abs_offset + n))  # noqa: E731
-                for table in self._stream(block, job, bad, seen, done):
+                for table in self._stream_pieces(block, abs_offset, job, bad, seen, ctx, done):
                     yielded = True
                     yield table
             else:
@@ -346,13 +367,78 @@ class CSVReader(TextReader):
         except pa.ArrowInvalid:
             if yielded:  # rows of this chunk already went out: read it again as a whole
                 raise RestartChunk("a value did not convert", {"streaming": False}) from None
+            del ctx.rejected[before:]  # the pieces' rejects: the chunk is read again here
             rescued = self._rescue_by_column(block, abs_offset, job, ctx)
             if rescued is None:
                 rescued = self._rescue(block, abs_offset, job, ctx)
             yield rescued[0]
             return rescued[1]
         self._reject_rows(bytes(block) if bad else b"", abs_offset, bad, ctx, job.grammar)
+        in_file_order(ctx, before)
         return seen[0] or not sentinel
+
+    def _stream_pieces(self, data: Any, abs_offset: int, job: _Job,
+                       bad: list[tuple[str, int, int]], seen: list[bool], ctx: ChunkContext,
+                       done: Callable[[int], None]) -> Iterator[pa.Table]:
+        """The chunk in pieces of about ``parse_block_bytes`` cut at record ends, each parsed
+        on its own, so a value that does not convert costs a parse of its piece, not of the chunk.
+
+        The failing piece is parsed once more with the failing column as text, and only that
+        column's values are checked (`readers._csv_rescue.LooseColumns`); the column stays
+        text for the rest of the chunk (bad values come in groups), checked piece by piece.
+        Raises ``ArrowInvalid`` when that cannot work (an error that names no column, or rows
+        that cannot be matched to their records): the caller reads the chunk another way.
+        """
+        loose = rescue.LooseColumns(job.names, job.types, convert_options(job.types))
+        start = 0
+        for end in _piece_ends(data, job.grammar, job.options.parse_block_bytes):
+            piece = data[start:end]
+            while True:
+                found: list[tuple[str, int, int]] = []  # this piece's field-count rejects
+                marker = [False]
+                parse = replace(job, types=loose.parse_types) if loose else job
+                try:
+                    tables = list(self._stream(piece, parse, found, marker))
+                    break
+                except pa.ArrowInvalid as exc:
+                    if not loose.widen(exc):
+                        raise
+            if loose and tables:
+                text = piece
+                if end == len(data) and job.marker is not None:
+                    text = piece[: len(piece) - len(job.marker) - 2]
+                table = self._keep_good_values(pa.concat_tables(tables), text,
+                                               abs_offset + start, found, loose, job, ctx)
+                if table is None:
+                    raise pa.ArrowInvalid("the rows of a piece do not match its records")
+                tables = [table]
+            bad += found
+            seen[0] = seen[0] or marker[0]
+            done(end)
+            for table in tables:
+                if table.num_rows:
+                    yield table
+            start = end
+
+    def _keep_good_values(self, table: pa.Table, data: Any, abs_offset: int,
+                          bad: list[tuple[str, int, int]], loose: rescue.LooseColumns,
+                          job: _Job, ctx: ChunkContext) -> pa.Table | None:
+        """``table`` (the rows of ``data``, parsed with ``loose`` columns as text) without the
+        rows whose loose values do not convert, which go to ``_errors`` at their record's
+        offset; None when the rows cannot be matched to their records (nothing is rejected)."""
+        reject, why, converted = loose.check(table)
+        if reject.any():
+            data = bytes(data)
+            found = self._row_records(data, bad, job.grammar)
+            if found is None or len(found[1]) != table.num_rows:
+                return None
+            starts, records = found
+            for i in np.flatnonzero(reject):
+                a, b = int(starts[records[i]]), int(starts[records[i] + 1])
+                ctx.reject(error_type=conversion_code(why[int(i)]),
+                           byte_offset=abs_offset + a, raw=data[a:b],
+                           message=f"{ctx.source.path}: {why[int(i)]}")
+        return loose.keep(table, reject, converted)
 
     def _stream(self, data: Any, job: _Job, bad: list[tuple[str, int, int]],
                 seen: list[bool], done: Callable[[int], None] | None = None
@@ -512,51 +598,24 @@ class CSVReader(TextReader):
         bisecting the records costs several. None when the rows cannot be matched to their
         records (then `_rescue` bisects).
         """
-        types, names = job.types, job.names
-        loose = job
-        failing: list[str] = []
+        loose = rescue.LooseColumns(job.names, job.types, convert_options(job.types))
+        parse = job
         while True:
             try:
-                table, seen, bad = self._parse(block, loose)
+                table, seen, bad = self._parse(block, parse)
                 break
             except pa.ArrowInvalid as exc:
-                column = rescue.failing_column(exc, names)
-                if column is None or column in failing or column not in types:
+                if not loose.widen(exc):
                     return None
-                failing.append(column)
-                loose = replace(loose, types={**loose.types,
-                                              column: rescue.as_text(types[column])})
+                parse = replace(job, types=loose.parse_types)
         data = bytes(block)
         if job.marker is not None:
             data = data[: len(data) - len(job.marker) - 2]
-        found = self._row_records(data, bad, job.grammar)
-        if found is None or len(found[1]) != table.num_rows:
-            return None
-        starts, records = found
-        reject = np.zeros(table.num_rows, bool)
-        why: dict[int, str] = {}
-        converted: dict[str, tuple[np.ndarray, pa.Array]] = {}
-        # The text parse above already read the file's null values as NULL, which the
-        # one-column CSV writes as an empty field: that is its only null value.
-        conv = convert_options(types)
-        for column in failing:
-            mask, good, reasons = rescue.convert(table.column(column), types[column], conv)
-            converted[column] = (mask, good)
-            for i, reason in zip(np.flatnonzero(mask), reasons, strict=True):
-                why.setdefault(int(i), f"In CSV column #{names.index(column)}: {reason}")
-            reject |= mask
-        keep = ~reject
-        out = table.filter(pa.array(keep)) if reject.any() else table
-        for column, (mask, good) in converted.items():
-            values = good.filter(pa.array(keep[~mask])) if reject.any() else good
-            i = out.schema.get_field_index(column)
-            out = out.set_column(i, pa.field(column, types[column]), values)
         before = len(ctx.rejected)
+        out = self._keep_good_values(table, data, abs_offset, bad, loose, job, ctx)
+        if out is None:
+            return None
         self._reject_rows(data if bad else b"", abs_offset, bad, ctx, job.grammar)
-        for i in np.flatnonzero(reject):
-            a, b = int(starts[records[i]]), int(starts[records[i] + 1])
-            ctx.reject(error_type=conversion_code(why[int(i)]), byte_offset=abs_offset + a,
-                       raw=data[a:b], message=f"{ctx.source.path}: {why[int(i)]}")
         in_file_order(ctx, before)
         return out, seen or job.marker is None
 
