@@ -390,15 +390,17 @@ class CSVReader(TextReader):
         that cannot be matched to their records): the caller reads the chunk another way.
         """
         loose = rescue.LooseColumns(job.names, job.types, convert_options(job.types))
-        start = 0
-        for end in _piece_ends(data, job.grammar, job.options.parse_block_bytes):
+        start, step = 0, job.options.parse_block_bytes
+        for end in _piece_ends(data, job.grammar, step):
             piece = data[start:end]
             while True:
                 found: list[tuple[str, int, int]] = []  # this piece's field-count rejects
                 marker = [False]
                 parse = replace(job, types=loose.parse_types) if loose else job
                 try:
-                    tables = list(self._stream(piece, parse, found, marker))
+                    # A piece longer than a block is one long record: one block holds it.
+                    tables = list(self._stream(piece, parse, found, marker,
+                                               block=min(max(step, len(piece)), 1 << 30)))
                     break
                 except pa.ArrowInvalid as exc:
                     if not loose.widen(exc):
@@ -441,9 +443,14 @@ class CSVReader(TextReader):
         return loose.keep(table, reject, converted)
 
     def _stream(self, data: Any, job: _Job, bad: list[tuple[str, int, int]],
-                seen: list[bool], done: Callable[[int], None] | None = None
-                ) -> Iterator[pa.Table]:
-        """Parse block by block; ``done(n)``: the first ``n`` bytes of ``data`` are parsed."""
+                seen: list[bool], done: Callable[[int], None] | None = None,
+                block: int | None = None) -> Iterator[pa.Table]:
+        """Parse block by block; ``done(n)``: the first ``n`` bytes of ``data`` are parsed.
+
+        ``block``: pyarrow's block size (default ``parse_block_bytes``); a record longer than
+        that fails the parse ("straddling object").
+        """
+        block = block or job.options.parse_block_bytes
         marker = job.marker
         padding = job.dialect.null_padding
         skipped: list[int] = []  # record numbers pyarrow left out (with null padding only)
@@ -465,13 +472,13 @@ class CSVReader(TextReader):
         reader = pacsv.open_csv(
             pa.BufferReader(pa.py_buffer(data)),
             read_options=pacsv.ReadOptions(column_names=job.names, use_threads=False,
-                                           block_size=job.options.parse_block_bytes),
+                                           block_size=block),
             parse_options=self._parse_options(job.dialect, handler),
             convert_options=convert_options(types, job.dialect.null_values, include))
         cursor = [1, 0]  # the next record number, and how many skipped ones are behind it
         # Each batch is one parse block of the input (the reader takes the whole buffer at
         # once, so its position says nothing): count blocks for the progress line.
-        block, size = job.options.parse_block_bytes, len(data)
+        size = len(data)
         for n, batch in enumerate(reader, 1):
             if done is not None:
                 done(min(size, n * block))

@@ -187,3 +187,14 @@ def test_one_bad_value_costs_one_more_parse(tmp_path, monkeypatch) -> None:
     assert [(r.error_type, r.raw) for r in rejected][:1] == [("TypeMismatch", b"1000,3.5\n")]
     assert len(rejected) == 10
     assert len(calls) <= 3
+
+
+def test_a_record_longer_than_a_parse_block_is_read(tmp_path) -> None:
+    """It used to fail pyarrow's parse ("straddling object straddles two block boundaries")
+    and was rejected as a TypeMismatch."""
+    path = tmp_path / "f.csv"
+    path.write_text("a,b\n1,x\n2," + "y" * 300 + "\n3,z\n")
+    _, pieces, rejected, _ = read_file(CSVReader(), source_of(path), {"parse_block_bytes": 64})
+    assert not rejected
+    assert pa.concat_tables([t for _, t in pieces]).column("b").to_pylist() == [
+        "x", "y" * 300, "z"]
