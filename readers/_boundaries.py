@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import mmap
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -107,18 +108,42 @@ def count_byte(buf: Buffer, char: bytes, start: int = 0, end: int | None = None)
                for at in range(max(start, first), end, _COUNT_SLICE))
 
 
+def _searchable(buf: Buffer) -> tuple[Any, int] | None:
+    """An object with ``find``/``rfind`` (a SIMD ``memchr``) over ``buf``'s bytes, and where
+    ``buf`` starts in it; None when there is none.
+
+    A memoryview has neither method, but the object it views (the mmap a chunk is read into,
+    bytes, a bytearray) has both: a slice of it is found by its address.
+    """
+    if hasattr(buf, "find"):
+        return buf, 0
+    base = getattr(buf, "obj", None)
+    if base is None or not hasattr(base, "rfind") or not buf.c_contiguous or buf.itemsize != 1:
+        return None
+    at = (np.frombuffer(buf, np.uint8).ctypes.data
+          - np.frombuffer(base, np.uint8).ctypes.data) if len(buf) else 0
+    if not 0 <= at <= len(base) - len(buf):
+        return None
+    return base, at
+
+
 def _has(buf: Buffer, byte: int, start: int, end: int) -> bool:
     if start >= end:
         return False
-    if hasattr(buf, "find"):
-        return buf.find(bytes((byte,)), start, end) >= 0
+    found = _searchable(buf)
+    if found is not None:
+        base, at = found
+        return base.find(bytes((byte,)), at + start, at + end) >= 0
     return bool(np.any(np.frombuffer(buf, np.uint8)[start:end] == byte))
 
 
 def _find(buf: Buffer, byte: bytes, start: int, end: int) -> int:
     """``buf.find`` for one byte, also on a memoryview (which has no ``find``)."""
-    if hasattr(buf, "find"):
-        return buf.find(byte, start, end)
+    found = _searchable(buf)
+    if found is not None:
+        base, at = found
+        hit = base.find(byte, at + start, at + end)
+        return hit - at if hit >= 0 else -1
     arr = np.frombuffer(buf, np.uint8)
     lo, width = start, _FIRST_WINDOW
     while lo < end:
@@ -132,8 +157,11 @@ def _find(buf: Buffer, byte: bytes, start: int, end: int) -> int:
 
 def _rfind(buf: Buffer, byte: bytes, start: int, end: int) -> int:
     """``buf.rfind`` for one byte, also on a memoryview."""
-    if hasattr(buf, "rfind"):
-        return buf.rfind(byte, start, end)
+    found = _searchable(buf)
+    if found is not None:
+        base, at = found
+        hit = base.rfind(byte, at + start, at + end)
+        return hit - at if hit >= 0 else -1
     arr = np.frombuffer(buf, np.uint8)
     hi, width = end, _FIRST_WINDOW
     while hi > start:
