@@ -173,6 +173,11 @@ def _rfind(buf: Buffer, byte: bytes, start: int, end: int) -> int:
     return -1
 
 
+def has_byte(buf: Buffer, byte: int, start: int = 0, end: int | None = None) -> bool:
+    """Whether ``buf[start:end]`` holds ``byte`` (a ``memchr``, also on a memoryview)."""
+    return _has(buf, byte, start, len(buf) if end is None else min(end, len(buf)))
+
+
 def _escaped(arr: np.ndarray, lo: int, hi: int, escape: int) -> np.ndarray:
     """Whether each byte of ``arr[lo:hi]`` is escaped (follows an odd run of escape bytes).
 

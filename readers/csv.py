@@ -15,9 +15,12 @@ import pyarrow.csv as pacsv
 
 from readers import _csv_rescue as rescue
 from readers._boundaries import (
+    CR,
+    NEWLINE,
     OUT,
     Grammar,
     first_record_end,
+    has_byte,
     last_record_end,
     record_starts_csv,
     transfer,
@@ -131,23 +134,59 @@ def _find_record(data: bytes, raw: bytes, cursor: int, starts: Any) -> int:
 
 
 def _piece_ends(data: Any, grammar: Grammar, size: int) -> Iterator[int]:
-    """Where the pieces of a chunk end: the last record end within ``size`` bytes of each
-    piece's start, and the end of ``data`` (a record longer than ``size`` is a piece alone).
+    """Where the pieces of a chunk end: the last record end within a piece's size of its start,
+    and the end of ``data`` (a record longer than that is a piece alone).
 
-    Each piece starts at a record start, outside quotes, as the parse of the whole chunk
-    would be there: the pieces give the rows that parse gives.
+    Pieces start at ``size / 16`` and double up to ``size``: a column with bad values is
+    found on a small piece, and only that piece is parsed twice before the column is read
+    as text. Each piece starts at a record start, outside quotes, as the parse of the whole
+    chunk would be there: the pieces give the rows that parse gives.
     """
     start, total = 0, len(data)
-    while total - start > size:
-        end = last_record_end(data, grammar, start + size, False, start)
+    step = max(1, size >> 4)
+    while total - start > step:
+        end = last_record_end(data, grammar, start + step, False, start)
         if end < 0:
             end = first_record_end(data, start, OUT, grammar, total, True)
             if end < 0:
                 break
         yield end + 1
-        start = end + 1
+        start, step = end + 1, min(size, step * 2)
     if start < total:
         yield total
+
+
+_LINE_WINDOW = 1 << 16
+
+
+def _line_spans(data: Any, rows: np.ndarray, num_rows: int, grammar: Grammar
+                ) -> list[tuple[int, int]] | None:
+    """The byte spans of the records of ``rows`` (row indexes of ``data``'s parse) when each
+    line of ``data`` is one row: no quote, escape or CR byte, and as many lines as rows (no
+    empty line, no rejected record); None otherwise.
+
+    Counts the line ends per window and looks for the wanted ones in their windows only:
+    finding every record start (`_row_records`) costs several times more.
+    """
+    for byte in (grammar.quote, grammar.escape, CR if grammar.cr else None):
+        if byte is not None and has_byte(data, byte):
+            return None
+    arr = np.frombuffer(data, np.uint8)
+    size, width = len(arr), _LINE_WINDOW
+    ends = arr == NEWLINE
+    counts = [np.count_nonzero(ends[a:a + width]) for a in range(0, size, width)]
+    before = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))  # line ends before a window
+    total = int(before[-1])
+    if total + bool(size and arr[-1] != NEWLINE) != num_rows:
+        return None
+
+    def line_end(j: int) -> int:  # the j-th line end (0-based), or the last byte
+        if j >= total:
+            return size - 1
+        w = int(np.searchsorted(before, j, side="right")) - 1
+        return w * width + int(np.flatnonzero(ends[w * width:(w + 1) * width])[j - before[w]])
+
+    return [(0 if i == 0 else line_end(int(i) - 1) + 1, line_end(int(i)) + 1) for i in rows]
 
 
 def conversion_code(reason: str) -> ErrorCode:
@@ -430,15 +469,18 @@ class CSVReader(TextReader):
         offset; None when the rows cannot be matched to their records (nothing is rejected)."""
         reject, why, converted = loose.check(table)
         if reject.any():
-            data = bytes(data)
-            found = self._row_records(data, bad, job.grammar)
-            if found is None or len(found[1]) != table.num_rows:
-                return None
-            starts, records = found
-            for i in np.flatnonzero(reject):
-                a, b = int(starts[records[i]]), int(starts[records[i] + 1])
+            rows = np.flatnonzero(reject)
+            spans = None if bad else _line_spans(data, rows, table.num_rows, job.grammar)
+            if spans is None:
+                data = bytes(data)
+                found = self._row_records(data, bad, job.grammar)
+                if found is None or len(found[1]) != table.num_rows:
+                    return None
+                starts, records = found
+                spans = [(int(starts[records[i]]), int(starts[records[i] + 1])) for i in rows]
+            for i, (a, b) in zip(rows, spans, strict=True):
                 ctx.reject(error_type=conversion_code(why[int(i)]),
-                           byte_offset=abs_offset + a, raw=data[a:b],
+                           byte_offset=abs_offset + a, raw=bytes(data[a:b]),
                            message=f"{ctx.source.path}: {why[int(i)]}")
         return loose.keep(table, reject, converted)
 

@@ -198,3 +198,28 @@ def test_a_record_longer_than_a_parse_block_is_read(tmp_path) -> None:
     assert not rejected
     assert pa.concat_tables([t for _, t in pieces]).column("b").to_pylist() == [
         "x", "y" * 300, "z"]
+
+
+@settings(deadline=None, max_examples=100)
+@given(st.lists(st.text("ab1,. ", min_size=1, max_size=6), min_size=1, max_size=60),
+       st.booleans(), st.data())
+def test_line_spans_find_the_records_every_record_start_finds(lines, final, data) -> None:
+    """The quick row-to-record mapping (one line per row) agrees with the general one."""
+    from readers._dialect import Dialect
+    from readers.csv import _LINE_WINDOW, _line_spans
+
+    text = ("\n".join(lines) + ("\n" if final else "")).encode()
+    rows = sorted(data.draw(st.sets(st.integers(0, len(lines) - 1), min_size=1)))
+    grammar = Dialect().grammar()
+    starts, records = CSVReader()._row_records(text, [], grammar)
+    expected = [(int(starts[records[i]]), int(starts[records[i] + 1])) for i in rows]
+    assert _line_spans(memoryview(text), rows, len(lines), grammar) == expected
+    assert _line_spans(text, rows, len(lines) + 1, grammar) is None  # an empty line somewhere
+    if not final:
+        return
+    copies = 2 * _LINE_WINDOW // len(text) + 1  # several windows
+    big, many = text * copies, len(lines) * copies
+    starts, records = CSVReader()._row_records(big, [], grammar)
+    far = [r + many - len(lines) for r in rows]
+    assert _line_spans(big, far, many, grammar) == [
+        (int(starts[records[i]]), int(starts[records[i] + 1])) for i in far]
