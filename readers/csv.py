@@ -180,11 +180,15 @@ def _line_spans(data: Any, rows: np.ndarray, num_rows: int, grammar: Grammar
     if total + bool(size and arr[-1] != NEWLINE) != num_rows:
         return None
 
+    found: dict[int, np.ndarray] = {}  # the line ends of the windows looked into
+
     def line_end(j: int) -> int:  # the j-th line end (0-based), or the last byte
         if j >= total:
             return size - 1
         w = int(np.searchsorted(before, j, side="right")) - 1
-        return w * width + int(np.flatnonzero(ends[w * width:(w + 1) * width])[j - before[w]])
+        if w not in found:
+            found[w] = np.flatnonzero(ends[w * width:(w + 1) * width])
+        return w * width + int(found[w][j - before[w]])
 
     return [(0 if i == 0 else line_end(int(i) - 1) + 1, line_end(int(i)) + 1) for i in rows]
 
