@@ -137,13 +137,13 @@ def _piece_ends(data: Any, grammar: Grammar, size: int) -> Iterator[int]:
     """Where the pieces of a chunk end: the last record end within a piece's size of its start,
     and the end of ``data`` (a record longer than that is a piece alone).
 
-    Pieces start at ``size / 16`` and double up to ``size``: a column with bad values is
-    found on a small piece, and only that piece is parsed twice before the column is read
+    Pieces start at ``size / 4`` and double up to ``size``: a column with bad values is
+    found on a smaller piece, and only that piece is parsed twice before the column is read
     as text. Each piece starts at a record start, outside quotes, as the parse of the whole
     chunk would be there: the pieces give the rows that parse gives.
     """
     start, total = 0, len(data)
-    step = max(1, size >> 4)
+    step = max(1, size >> 2)
     while total - start > step:
         end = last_record_end(data, grammar, start + step, False, start)
         if end < 0:
