@@ -150,7 +150,9 @@ class LooseColumns:
     """The columns of a chunk read as text since one of their values did not convert.
 
     ``types``: the columns' real types (they never change: a value that does not convert is
-    rejected, not the column widened); ``options``: the chunk's convert options.
+    rejected, not the column widened); ``options``: how the text is converted, ``convert_options``
+    of the types: the text parse already read the file's null values as NULL, which the
+    one-column CSV writes as an empty field, so that is its only null value.
     """
 
     def __init__(self, names: list[str], types: Mapping[str, pa.DataType],

@@ -60,7 +60,7 @@ class _Bisecting(CSVReader):
         return None
 
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None, max_examples=25)
 @given(st.lists(st.tuples(INT, FLOAT, BOOL, TEXT), min_size=1, max_size=40),
        st.lists(st.integers(0, 40), max_size=4), st.sampled_from([40, 120, 1 << 22]))
 def test_column_rescue_rejects_what_bisecting_rejects(tmp_path_factory, rows, extra,
