@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import mmap
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -107,12 +108,74 @@ def count_byte(buf: Buffer, char: bytes, start: int = 0, end: int | None = None)
                for at in range(max(start, first), end, _COUNT_SLICE))
 
 
+def _searchable(buf: Buffer) -> tuple[Any, int] | None:
+    """An object with ``find``/``rfind`` (a SIMD ``memchr``) over ``buf``'s bytes, and where
+    ``buf`` starts in it; None when there is none.
+
+    A memoryview has neither method, but the object it views (the mmap a chunk is read into,
+    bytes, a bytearray) has both: a slice of it is found by its address.
+    """
+    if hasattr(buf, "find"):
+        return buf, 0
+    base = getattr(buf, "obj", None)
+    if base is None or not hasattr(base, "rfind") or not buf.c_contiguous or buf.itemsize != 1:
+        return None
+    at = (np.frombuffer(buf, np.uint8).ctypes.data
+          - np.frombuffer(base, np.uint8).ctypes.data) if len(buf) else 0
+    if not 0 <= at <= len(base) - len(buf):
+        return None
+    return base, at
+
+
 def _has(buf: Buffer, byte: int, start: int, end: int) -> bool:
     if start >= end:
         return False
-    if hasattr(buf, "find"):
-        return buf.find(bytes((byte,)), start, end) >= 0
+    found = _searchable(buf)
+    if found is not None:
+        base, at = found
+        return base.find(bytes((byte,)), at + start, at + end) >= 0
     return bool(np.any(np.frombuffer(buf, np.uint8)[start:end] == byte))
+
+
+def _find(buf: Buffer, byte: bytes, start: int, end: int) -> int:
+    """``buf.find`` for one byte, also on a memoryview (which has no ``find``)."""
+    found = _searchable(buf)
+    if found is not None:
+        base, at = found
+        hit = base.find(byte, at + start, at + end)
+        return hit - at if hit >= 0 else -1
+    arr = np.frombuffer(buf, np.uint8)
+    lo, width = start, _FIRST_WINDOW
+    while lo < end:
+        hi = min(end, lo + width)
+        hit = np.flatnonzero(arr[lo:hi] == byte[0])
+        if hit.size:
+            return lo + int(hit[0])
+        lo, width = hi, min(width * 4, _MAX_WINDOW)
+    return -1
+
+
+def _rfind(buf: Buffer, byte: bytes, start: int, end: int) -> int:
+    """``buf.rfind`` for one byte, also on a memoryview."""
+    found = _searchable(buf)
+    if found is not None:
+        base, at = found
+        hit = base.rfind(byte, at + start, at + end)
+        return hit - at if hit >= 0 else -1
+    arr = np.frombuffer(buf, np.uint8)
+    hi, width = end, _FIRST_WINDOW
+    while hi > start:
+        lo = max(start, hi - width)
+        hit = np.flatnonzero(arr[lo:hi] == byte[0])
+        if hit.size:
+            return lo + int(hit[-1])
+        hi, width = lo, min(width * 4, _MAX_WINDOW)
+    return -1
+
+
+def has_byte(buf: Buffer, byte: int, start: int = 0, end: int | None = None) -> bool:
+    """Whether ``buf[start:end]`` holds ``byte`` (a ``memchr``, also on a memoryview)."""
+    return _has(buf, byte, start, len(buf) if end is None else min(end, len(buf)))
 
 
 def _escaped(arr: np.ndarray, lo: int, hi: int, escape: int) -> np.ndarray:
@@ -311,10 +374,10 @@ def record_ends(buf: Buffer, lo: int, hi: int, state: int, grammar: Grammar = CS
 
 def _next_line_end(buf: Buffer, pos: int, end: int, final: bool, cr: bool) -> int:
     """The first line end at or after ``pos`` (quotes aside), -1 if none is known yet."""
-    nl = buf.find(b"\n", pos, end)
+    nl = _find(buf, b"\n", pos, end)
     if not cr:
         return nl
-    c = buf.find(b"\r", pos, nl if nl >= 0 else end)
+    c = _find(buf, b"\r", pos, nl if nl >= 0 else end)
     if c < 0:
         return nl
     if c + 1 < end:
@@ -371,15 +434,15 @@ def last_record_end(buf: Buffer, grammar: Grammar = CSV, end: int | None = None,
 
 def _prev_line_end(buf: Buffer, start: int, end: int, final: bool, cr: bool) -> int:
     """The last line end in ``buf[start:end]`` (quotes aside), -1 if none."""
-    nl = buf.rfind(b"\n", start, end)
+    nl = _rfind(buf, b"\n", start, end)
     if not cr:
         return nl
-    c = buf.rfind(b"\r", max(start, nl + 1), end)
+    c = _rfind(buf, b"\r", max(start, nl + 1), end)
     if c < 0:
         return nl
     if c + 1 < end or final:
         return c  # not followed by "\n": every "\n" is before it
-    c2 = buf.rfind(b"\r", max(start, nl + 1), c)  # the last byte may be half of "\r\n"
+    c2 = _rfind(buf, b"\r", max(start, nl + 1), c)  # the last byte may be half of "\r\n"
     return c2 if c2 >= 0 else nl
 
 

@@ -8,12 +8,21 @@ reject (``" 35 "`` converts to an int, ``"3.5"`` does not). pyarrow names the fi
 fails (``invalid value '3.5'``): every equal value fails too, so one more conversion per
 *distinct* bad value finds them all; a message without a value falls back to bisecting the
 column's values (in memory, no re-tokenising of the chunk).
+
+A streaming chunk does this piece by piece (`LooseColumns`): only the piece that failed is
+parsed again, and the column stays text for the rest of the chunk, where its values are
+checked with the values already known to be bad set aside first (a value converts or not on
+its own, whatever its neighbours), then an Arrow cast for numbers (the same parser the CSV
+converter runs after trimming spaces, so a cast that succeeds is what the converter gives)
+and the converter itself for anything else.
 """
 
 from __future__ import annotations
 
 import io
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -54,15 +63,14 @@ def convert(values: pa.ChunkedArray | pa.Array, kind: pa.DataType,
     why: dict[int, str] = {}
     for _ in range(MAX_NAMED):
         keep = np.flatnonzero(~bad)
-        rest = arr.take(pa.array(keep)) if bad.any() else arr
+        rest = arr.take(_index(keep)) if bad.any() else arr
         try:
             return bad, _one_column(rest, kind, options), [why[i] for i in np.flatnonzero(bad)]
         except pa.ArrowInvalid as exc:
             m = _VALUE.search(str(exc).splitlines()[0])
             if m is None:
                 break
-            hit = pc.fill_null(pc.equal(arr, pa.scalar(m.group(1), arr.type)), False)
-            new = hit.to_numpy(zero_copy_only=False) & ~bad
+            new = _bits(pc.is_in(arr, value_set=_texts([m.group(1)], arr.type))) & ~bad
             if not new.any():  # pyarrow showed the value otherwise than written: bisect
                 break
             message = f"CSV conversion error to {kind}: invalid value {m.group(1)!r}"
@@ -77,7 +85,7 @@ def convert(values: pa.ChunkedArray | pa.Array, kind: pa.DataType,
         if lo >= hi:
             continue
         try:
-            _one_column(arr.take(pa.array(keep[lo:hi])), kind, options)
+            _one_column(arr.take(_index(keep[lo:hi])), kind, options)
         except pa.ArrowInvalid as exc:
             if hi - lo == 1:
                 bad[keep[lo]] = True
@@ -85,8 +93,158 @@ def convert(values: pa.ChunkedArray | pa.Array, kind: pa.DataType,
                 continue
             mid = (lo + hi) // 2
             stack += [(mid, hi), (lo, mid)]
-    rest = arr.take(pa.array(np.flatnonzero(~bad)))
+    rest = arr.take(_index(np.flatnonzero(~bad)))
     return bad, _one_column(rest, kind, options), [why[i] for i in np.flatnonzero(bad)]
+
+
+def convert_known(values: pa.ChunkedArray | pa.Array, kind: pa.DataType,
+                  options: pacsv.ConvertOptions, known: dict[Any, str]
+                  ) -> tuple[np.ndarray, pa.Array, list[str]]:
+    """`convert`, with ``known`` (bad value -> why) set aside first and added to.
+
+    The values that are not known to be bad go through a cast when that is exact for
+    ``kind`` (`_cast`), through `convert` otherwise or when the cast fails.
+    """
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    bad = np.zeros(len(arr), bool)
+    if known:
+        values = _texts(list(known), arr.type)
+        # (equal is several times faster than is_in, which hashes every value)
+        bad = _bits(pc.equal(arr, values[0]) if len(values) == 1
+                    else pc.is_in(arr, value_set=values))
+    rest = arr.filter(_mask(~bad)) if bad.any() else arr
+    good = _cast(rest, kind)
+    why = [known[v] for v in arr.filter(_mask(bad)).to_pylist()] if bad.any() else []
+    if good is None:
+        mask, good, reasons = convert(rest, kind, options)
+        if mask.any():
+            for value, reason in zip(rest.filter(_mask(mask)).to_pylist(), reasons,
+                                     strict=True):
+                known.setdefault(value, reason)
+            new = np.flatnonzero(~bad)[mask]
+            bad[new] = True
+            why = [known[v] for v in arr.filter(_mask(bad)).to_pylist()]
+    return bad, good, why
+
+
+def _cast(values: pa.Array, kind: pa.DataType) -> pa.Array | None:
+    """``values`` cast to ``kind`` when that gives what pyarrow's CSV converter gives, else None.
+
+    Numbers: the converter trims spaces, then runs the parser the cast runs; a value with
+    spaces fails the cast, so a cast that succeeds converted every value as the converter
+    would. Text from bytes: both check UTF-8. Other types (booleans, timestamps, decimals, ...)
+    have converter options of their own: None.
+    """
+    exact = ((pa.types.is_string(values.type)
+              and (pa.types.is_integer(kind) or pa.types.is_floating(kind)))
+             or (pa.types.is_binary(values.type) and pa.types.is_string(kind)))
+    if not exact:
+        return None
+    try:
+        return values.cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+class LooseColumns:
+    """The columns of a chunk read as text since one of their values did not convert.
+
+    ``types``: the columns' real types (they never change: a value that does not convert is
+    rejected, not the column widened); ``options``: how the text is converted, ``convert_options``
+    of the types: the text parse already read the file's null values as NULL, which the
+    one-column CSV writes as an empty field, so that is its only null value.
+    """
+
+    def __init__(self, names: list[str], types: Mapping[str, pa.DataType],
+                 options: pacsv.ConvertOptions) -> None:
+        self.names = names
+        self.types = dict(types)
+        self.options = options
+        self.known: dict[str, dict[Any, str]] = {}
+        """Per loose column, the values known not to convert and why."""
+        self.parse_types = dict(types)
+        """The types to parse with: the loose columns as text."""
+
+    def __bool__(self) -> bool:
+        return bool(self.known)
+
+    def widen(self, exc: BaseException) -> bool:
+        """Read the column a conversion error names as text from now on; False when the error
+        names none, or one that is text already (then this cannot help)."""
+        column = failing_column(exc, self.names)
+        if column is None or column in self.known or column not in self.types:
+            return False
+        self.known[column] = {}
+        self.parse_types[column] = as_text(self.types[column])
+        return True
+
+    def check(self, table: pa.Table) -> tuple[np.ndarray, dict[int, str], dict[str, Any]]:
+        """(rows to reject, why each is rejected, the loose columns converted) of ``table``,
+        parsed with `parse_types`. A row bad in several columns is rejected for the first
+        (as a parse of the record alone would say)."""
+        reject = np.zeros(table.num_rows, bool)
+        why: dict[int, str] = {}
+        converted: dict[str, tuple[np.ndarray, pa.Array]] = {}
+        for column in sorted(self.known, key=self.names.index):
+            kind = self.types[column]
+            mask, good, reasons = convert_known(table.column(column), kind, self.options,
+                                                self.known[column])
+            converted[column] = (mask, good)
+            for i, reason in zip(np.flatnonzero(mask), reasons, strict=True):
+                why.setdefault(int(i), f"In CSV column #{self.names.index(column)}: {reason}")
+            reject |= mask
+        return reject, why, converted
+
+    def keep(self, table: pa.Table, reject: np.ndarray, converted: dict[str, Any]
+             ) -> pa.Table:
+        """``table`` without the rejected rows, its loose columns converted."""
+        out = table
+        if reject.any():
+            # Slices of the parsed rows instead of a filtered copy: the bad rows are few.
+            cuts = np.flatnonzero(reject)
+            bounds = zip(np.concatenate(([0], cuts + 1)), np.concatenate((cuts, [len(reject)])),
+                         strict=True)
+            out = pa.concat_tables([table.slice(int(a), int(b - a)) for a, b in bounds
+                                    if b > a] or [table.slice(0, 0)])
+        keep = ~reject
+        for column, (mask, good) in converted.items():
+            values = good.filter(_mask(keep[~mask])) if reject.any() else good
+            i = out.schema.get_field_index(column)
+            out = out.set_column(i, pa.field(column, self.types[column]), values)
+        return out
+
+
+# Arrow arrays from numpy and back without ``pa.array``/``to_numpy``/``pa.scalar``: those
+# import pandas on first use, which a worker would otherwise pay for its first bad value.
+
+def _mask(bits: np.ndarray) -> pa.BooleanArray:
+    """A numpy bool array as an Arrow one."""
+    packed = np.packbits(bits, bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(bits), [None, pa.py_buffer(packed)])
+
+
+def _index(positions: np.ndarray) -> pa.Array:
+    """Numpy positions as an Arrow int64 array (for ``take``)."""
+    positions = np.ascontiguousarray(positions, np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(positions), [None, pa.py_buffer(positions)])
+
+
+def _bits(flags: pa.Array) -> np.ndarray:
+    """An Arrow bool array as numpy (null: False)."""
+    out = np.zeros(len(flags), bool)
+    hits = pc.indices_nonzero(flags)
+    if len(hits):
+        out[np.frombuffer(hits.buffers()[1], np.uint64, len(hits), hits.offset * 8)] = True
+    return out
+
+
+def _texts(values: list[str] | list[bytes], kind: pa.DataType) -> pa.Array:
+    """Python strings or bytes as an Arrow string or binary array of type ``kind``."""
+    raw = [v.encode("utf-8", "surrogatepass") if isinstance(v, str) else v for v in values]
+    offsets = np.zeros(len(raw) + 1, np.int32)
+    offsets[1:] = np.cumsum([len(r) for r in raw])
+    return pa.Array.from_buffers(kind, len(raw), [None, pa.py_buffer(offsets),
+                                                  pa.py_buffer(b"".join(raw))])
 
 
 def _one_column(values: pa.Array, kind: pa.DataType, options: pacsv.ConvertOptions
@@ -94,7 +252,7 @@ def _one_column(values: pa.Array, kind: pa.DataType, options: pacsv.ConvertOptio
     """``values`` (text) through pyarrow's CSV converter to ``kind``, as the chunk's parse
     would convert them (a null is an empty line, read as NULL; text is quoted)."""
     if not len(values):
-        return pa.array([], kind)
+        return pa.nulls(0, kind)
     buf = io.BytesIO()
     pacsv.write_csv(pa.table({"v": values}), buf, pacsv.WriteOptions(include_header=False))
     convert_options = pacsv.ConvertOptions(
@@ -130,8 +288,8 @@ def _utf8(arr: pa.Array, kind: pa.DataType) -> tuple[np.ndarray, pa.Array, list[
                 continue
             mid = (lo + hi) // 2
             stack += [(mid, hi), (lo, mid)]
-    good = arr.filter(pa.array(~bad)).cast(kind)
+    good = arr.filter(_mask(~bad)).cast(kind)
     return bad, good, [f"CSV conversion error to {kind}: invalid UTF8 data"] * int(bad.sum())
 
 
-__all__ = ["failing_column", "as_text", "convert", "MAX_NAMED"]
+__all__ = ["failing_column", "as_text", "convert", "convert_known", "LooseColumns", "MAX_NAMED"]

@@ -15,9 +15,12 @@ import pyarrow.csv as pacsv
 
 from readers import _csv_rescue as rescue
 from readers._boundaries import (
+    CR,
+    NEWLINE,
     OUT,
     Grammar,
     first_record_end,
+    has_byte,
     last_record_end,
     record_starts_csv,
     transfer,
@@ -128,6 +131,66 @@ def _find_record(data: bytes, raw: bytes, cursor: int, starts: Any) -> int:
                 return at
         at = data.find(raw, at + 1)
     return -1
+
+
+def _piece_ends(data: Any, grammar: Grammar, size: int) -> Iterator[int]:
+    """Where the pieces of a chunk end: the last record end within a piece's size of its start,
+    and the end of ``data`` (a record longer than that is a piece alone).
+
+    Pieces start at ``size / 4`` and double up to ``size``: a column with bad values is
+    found on a smaller piece, and only that piece is parsed twice before the column is read
+    as text. Each piece starts at a record start, outside quotes, as the parse of the whole
+    chunk would be there: the pieces give the rows that parse gives.
+    """
+    start, total = 0, len(data)
+    step = max(1, size >> 2)
+    while total - start > step:
+        end = last_record_end(data, grammar, start + step, False, start)
+        if end < 0:
+            end = first_record_end(data, start, OUT, grammar, total, True)
+            if end < 0:
+                break
+        yield end + 1
+        start, step = end + 1, min(size, step * 2)
+    if start < total:
+        yield total
+
+
+_LINE_WINDOW = 1 << 16
+
+
+def _line_spans(data: Any, rows: np.ndarray, num_rows: int, grammar: Grammar
+                ) -> list[tuple[int, int]] | None:
+    """The byte spans of the records of ``rows`` (row indexes of ``data``'s parse) when each
+    line of ``data`` is one row: no quote, escape or CR byte, and as many lines as rows (no
+    empty line, no rejected record); None otherwise.
+
+    Counts the line ends per window and looks for the wanted ones in their windows only:
+    finding every record start (`_row_records`) costs several times more.
+    """
+    for byte in (grammar.quote, grammar.escape, CR if grammar.cr else None):
+        if byte is not None and has_byte(data, byte):
+            return None
+    arr = np.frombuffer(data, np.uint8)
+    size, width = len(arr), _LINE_WINDOW
+    ends = arr == NEWLINE
+    counts = [np.count_nonzero(ends[a:a + width]) for a in range(0, size, width)]
+    before = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))  # line ends before a window
+    total = int(before[-1])
+    if total + bool(size and arr[-1] != NEWLINE) != num_rows:
+        return None
+
+    found: dict[int, np.ndarray] = {}  # the line ends of the windows looked into
+
+    def line_end(j: int) -> int:  # the j-th line end (0-based), or the last byte
+        if j >= total:
+            return size - 1
+        w = int(np.searchsorted(before, j, side="right")) - 1
+        if w not in found:
+            found[w] = np.flatnonzero(ends[w * width:(w + 1) * width])
+        return w * width + int(found[w][j - before[w]])
+
+    return [(0 if i == 0 else line_end(int(i) - 1) + 1, line_end(int(i)) + 1) for i in rows]
 
 
 def conversion_code(reason: str) -> ErrorCode:
@@ -332,12 +395,13 @@ class CSVReader(TextReader):
         bad: list[tuple[str, int, int]] = []
         seen = [False]
         yielded = False
+        before = len(ctx.rejected)
         try:
             if options.streaming:
-                # Parse block by block straight into the writer: memory stays at a few parse
+                # Parse piece by piece straight into the writer: memory stays at a few parse
                 # blocks instead of the whole chunk as one table.
                 done = (lambda n: ctx.advance(abs_offset + n))  # noqa: E731
-                for table in self._stream(block, job, bad, seen, done):
+                for table in self._stream_pieces(block, abs_offset, job, bad, seen, ctx, done):
                     yielded = True
                     yield table
             else:
@@ -346,18 +410,93 @@ class CSVReader(TextReader):
         except pa.ArrowInvalid:
             if yielded:  # rows of this chunk already went out: read it again as a whole
                 raise RestartChunk("a value did not convert", {"streaming": False}) from None
+            del ctx.rejected[before:]  # the pieces' rejects: the chunk is read again here
             rescued = self._rescue_by_column(block, abs_offset, job, ctx)
             if rescued is None:
                 rescued = self._rescue(block, abs_offset, job, ctx)
             yield rescued[0]
             return rescued[1]
         self._reject_rows(bytes(block) if bad else b"", abs_offset, bad, ctx, job.grammar)
+        in_file_order(ctx, before)
         return seen[0] or not sentinel
 
+    def _stream_pieces(self, data: Any, abs_offset: int, job: _Job,
+                       bad: list[tuple[str, int, int]], seen: list[bool], ctx: ChunkContext,
+                       done: Callable[[int], None]) -> Iterator[pa.Table]:
+        """The chunk in pieces of about ``parse_block_bytes`` cut at record ends, each parsed
+        on its own, so a value that does not convert costs a parse of its piece, not of the chunk.
+
+        The failing piece is parsed once more with the failing column as text, and only that
+        column's values are checked (`readers._csv_rescue.LooseColumns`); the column stays
+        text for the rest of the chunk (bad values come in groups), checked piece by piece.
+        Raises ``ArrowInvalid`` when that cannot work (an error that names no column, or rows
+        that cannot be matched to their records): the caller reads the chunk another way.
+        """
+        loose = rescue.LooseColumns(job.names, job.types, convert_options(job.types))
+        start, step = 0, job.options.parse_block_bytes
+        for end in _piece_ends(data, job.grammar, step):
+            piece = data[start:end]
+            while True:
+                found: list[tuple[str, int, int]] = []  # this piece's field-count rejects
+                marker = [False]
+                parse = replace(job, types=loose.parse_types) if loose else job
+                try:
+                    # A piece longer than a block is one long record: one block holds it.
+                    tables = list(self._stream(piece, parse, found, marker,
+                                               block=min(max(step, len(piece)), 1 << 30)))
+                    break
+                except pa.ArrowInvalid as exc:
+                    if not loose.widen(exc):
+                        raise
+            if loose and tables:
+                text = piece
+                if end == len(data) and job.marker is not None:
+                    text = piece[: len(piece) - len(job.marker) - 2]
+                table = self._keep_good_values(pa.concat_tables(tables), text,
+                                               abs_offset + start, found, loose, job, ctx)
+                if table is None:
+                    raise pa.ArrowInvalid("the rows of a piece do not match its records")
+                tables = [table]
+            bad += found
+            seen[0] = seen[0] or marker[0]
+            done(end)
+            for table in tables:
+                if table.num_rows:
+                    yield table
+            start = end
+
+    def _keep_good_values(self, table: pa.Table, data: Any, abs_offset: int,
+                          bad: list[tuple[str, int, int]], loose: rescue.LooseColumns,
+                          job: _Job, ctx: ChunkContext) -> pa.Table | None:
+        """``table`` (the rows of ``data``, parsed with ``loose`` columns as text) without the
+        rows whose loose values do not convert, which go to ``_errors`` at their record's
+        offset; None when the rows cannot be matched to their records (nothing is rejected)."""
+        reject, why, converted = loose.check(table)
+        if reject.any():
+            rows = np.flatnonzero(reject)
+            spans = None if bad else _line_spans(data, rows, table.num_rows, job.grammar)
+            if spans is None:
+                data = bytes(data)
+                found = self._row_records(data, bad, job.grammar)
+                if found is None or len(found[1]) != table.num_rows:
+                    return None
+                starts, records = found
+                spans = [(int(starts[records[i]]), int(starts[records[i] + 1])) for i in rows]
+            for i, (a, b) in zip(rows, spans, strict=True):
+                ctx.reject(error_type=conversion_code(why[int(i)]),
+                           byte_offset=abs_offset + a, raw=bytes(data[a:b]),
+                           message=f"{ctx.source.path}: {why[int(i)]}")
+        return loose.keep(table, reject, converted)
+
     def _stream(self, data: Any, job: _Job, bad: list[tuple[str, int, int]],
-                seen: list[bool], done: Callable[[int], None] | None = None
-                ) -> Iterator[pa.Table]:
-        """Parse block by block; ``done(n)``: the first ``n`` bytes of ``data`` are parsed."""
+                seen: list[bool], done: Callable[[int], None] | None = None,
+                block: int | None = None) -> Iterator[pa.Table]:
+        """Parse block by block; ``done(n)``: the first ``n`` bytes of ``data`` are parsed.
+
+        ``block``: pyarrow's block size (default ``parse_block_bytes``); a record longer than
+        that fails the parse ("straddling object").
+        """
+        block = block or job.options.parse_block_bytes
         marker = job.marker
         padding = job.dialect.null_padding
         skipped: list[int] = []  # record numbers pyarrow left out (with null padding only)
@@ -379,13 +518,13 @@ class CSVReader(TextReader):
         reader = pacsv.open_csv(
             pa.BufferReader(pa.py_buffer(data)),
             read_options=pacsv.ReadOptions(column_names=job.names, use_threads=False,
-                                           block_size=job.options.parse_block_bytes),
+                                           block_size=block),
             parse_options=self._parse_options(job.dialect, handler),
             convert_options=convert_options(types, job.dialect.null_values, include))
         cursor = [1, 0]  # the next record number, and how many skipped ones are behind it
         # Each batch is one parse block of the input (the reader takes the whole buffer at
         # once, so its position says nothing): count blocks for the progress line.
-        block, size = job.options.parse_block_bytes, len(data)
+        size = len(data)
         for n, batch in enumerate(reader, 1):
             if done is not None:
                 done(min(size, n * block))
@@ -512,51 +651,24 @@ class CSVReader(TextReader):
         bisecting the records costs several. None when the rows cannot be matched to their
         records (then `_rescue` bisects).
         """
-        types, names = job.types, job.names
-        loose = job
-        failing: list[str] = []
+        loose = rescue.LooseColumns(job.names, job.types, convert_options(job.types))
+        parse = job
         while True:
             try:
-                table, seen, bad = self._parse(block, loose)
+                table, seen, bad = self._parse(block, parse)
                 break
             except pa.ArrowInvalid as exc:
-                column = rescue.failing_column(exc, names)
-                if column is None or column in failing or column not in types:
+                if not loose.widen(exc):
                     return None
-                failing.append(column)
-                loose = replace(loose, types={**loose.types,
-                                              column: rescue.as_text(types[column])})
+                parse = replace(job, types=loose.parse_types)
         data = bytes(block)
         if job.marker is not None:
             data = data[: len(data) - len(job.marker) - 2]
-        found = self._row_records(data, bad, job.grammar)
-        if found is None or len(found[1]) != table.num_rows:
-            return None
-        starts, records = found
-        reject = np.zeros(table.num_rows, bool)
-        why: dict[int, str] = {}
-        converted: dict[str, tuple[np.ndarray, pa.Array]] = {}
-        # The text parse above already read the file's null values as NULL, which the
-        # one-column CSV writes as an empty field: that is its only null value.
-        conv = convert_options(types)
-        for column in failing:
-            mask, good, reasons = rescue.convert(table.column(column), types[column], conv)
-            converted[column] = (mask, good)
-            for i, reason in zip(np.flatnonzero(mask), reasons, strict=True):
-                why.setdefault(int(i), f"In CSV column #{names.index(column)}: {reason}")
-            reject |= mask
-        keep = ~reject
-        out = table.filter(pa.array(keep)) if reject.any() else table
-        for column, (mask, good) in converted.items():
-            values = good.filter(pa.array(keep[~mask])) if reject.any() else good
-            i = out.schema.get_field_index(column)
-            out = out.set_column(i, pa.field(column, types[column]), values)
         before = len(ctx.rejected)
+        out = self._keep_good_values(table, data, abs_offset, bad, loose, job, ctx)
+        if out is None:
+            return None
         self._reject_rows(data if bad else b"", abs_offset, bad, ctx, job.grammar)
-        for i in np.flatnonzero(reject):
-            a, b = int(starts[records[i]]), int(starts[records[i] + 1])
-            ctx.reject(error_type=conversion_code(why[int(i)]), byte_offset=abs_offset + a,
-                       raw=data[a:b], message=f"{ctx.source.path}: {why[int(i)]}")
         in_file_order(ctx, before)
         return out, seen or job.marker is None
 

@@ -209,6 +209,27 @@ def test_explicit_dialects_chunked_equal_whole_file(tmp_path, case, chunk: int) 
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(case=st.one_of(dialect_files(), csv_files().map(lambda data: (data, {}))),
+       block=st.sampled_from([1, 16, 64, 200]), chunk=st.sampled_from([500, 1 << 20]))
+def test_parse_pieces_give_the_rows_of_one_parse(tmp_path, case, block: int, chunk: int) -> None:
+    """A chunk is parsed in pieces of about ``parse_block_bytes`` cut at record ends (a
+    record longer than that is a piece alone): the rows of pyarrow's whole-file parse, for
+    every dialect."""
+    _poison_read_buffers()
+    data, dialect = case
+    path = tmp_path / "p.csv"
+    path.write_bytes(data)
+    expected = _whole_dialect(str(path), dialect) if dialect else _whole_file(str(path), None)
+    got, rejected, info = run_reader(str(path), "csv", chunk_size=chunk, string_columns=True,
+                                     parse_block_bytes=block,
+                                     **{k: v for k, v in dialect.items() if v})
+    assert not rejected
+    assert _rows(got) == expected.to_pylist()
+    assert info["serial"] is None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(case=dialect_files().filter(lambda c: c[1]["quote"] == '"' and not c[1]["escape"]),
        chunk=st.sampled_from(CHUNK_SIZES))
