@@ -111,7 +111,7 @@ def test_broken_plugin_is_skipped_with_a_warning(kv_plugin: None) -> None:
 
 def test_plugin_that_is_not_a_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = [importlib.metadata.EntryPoint("notareader", "json:loads", readers.ENTRY_POINT_GROUP)]
-    monkeypatch.setattr(readers, "entry_points", lambda group: fake)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: fake)
     readers.clear_cache()
     try:
         with pytest.warns(RuntimeWarning, match="notareader.*is not a readers.base.Reader"):
