@@ -87,11 +87,16 @@ def _rows(out: Path) -> int:
 
 
 @pytest.mark.timeout(400)
-def test_first_ctrl_c_stops_in_order_and_the_rerun_resumes(big, tmp_path) -> None:
+# A small job (this 60 MB file) runs in this process; "0" puts it on the embedded Dask
+# cluster, where a Ctrl-C once surfaced a traceback from inside distributed.
+@pytest.mark.parametrize("small_job_size", ["256MiB", "0"])
+def test_first_ctrl_c_stops_in_order_and_the_rerun_resumes(big, tmp_path,
+                                                           small_job_size) -> None:
     path, rows = big
     out = tmp_path / "out"
     code, text = _in_terminal(
-        ["ingest", str(path), "--out", str(out), "--chunk-size", "4MiB"], presses=1)
+        ["ingest", str(path), "--out", str(out), "--chunk-size", "4MiB",
+         "--small-job-size", small_job_size], presses=1)
     assert code == 130, text[-2000:]
     assert "stopping after the running chunks' current block" in text
     assert text.rstrip().endswith("run the same command again to resume"), text[-500:]
