@@ -156,7 +156,10 @@ def parquet_rows(paths: list[Path]) -> tuple[int, int]:
     return rows, sum(p.stat().st_size for p in paths)
 
 
-def run_chunkmill(src: Path, out: Path, config: str, chunk_size: str) -> Result:
+def run_chunkmill(src: Path, out: Path, config: str, chunk_size: str,
+                  tables: tuple[str, ...] = ("signal", "table"), label: str = "chunkmill"
+                  ) -> Result:
+    """``chunkmill ingest`` on a WORKERSxTHREADS cluster; rows and bytes of ``tables``."""
     workers, threads = config.split("x")
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -164,20 +167,21 @@ def run_chunkmill(src: Path, out: Path, config: str, chunk_size: str) -> Result:
            "--workers", workers, "--threads-per-worker", threads, "--chunk-size", chunk_size,
            "--no-progress", "-q"]
     wall, peak, cpu, code = measure(cmd, env)
-    files = [p for t in ("signal", "table") for p in (out / t).rglob("*.parquet")]
+    files = [p for t in tables for p in (out / t).rglob("*.parquet")]
     rows, size = parquet_rows(files)
-    return Result("chunkmill", f"{workers} proc x {threads} thr", wall, cpu, peak / 2**20, rows,
+    return Result(label, f"{workers} proc x {threads} thr", wall, cpu, peak / 2**20, rows,
                   size / 2**20, code)
 
 
-def run_baseline(src: Path, out: Path, chunk_size: int) -> Result:
+def run_baseline(src: Path, out: Path, chunk_size: int, script: str = BASELINE,
+                 name: str = "h5py+pyarrow loop") -> Result:
+    """The single-process loop ``script`` (argv: SRC OUT CHUNK_SIZE)."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    wall, peak, cpu, code = measure([sys.executable, "-c", BASELINE, str(src), str(out),
+    wall, peak, cpu, code = measure([sys.executable, "-c", script, str(src), str(out),
                                      str(chunk_size)])
     rows, size = parquet_rows(sorted(out.glob("*.parquet")))
-    return Result("h5py+pyarrow loop", "1 proc", wall, cpu, peak / 2**20, rows, size / 2**20,
-                  code)
+    return Result(name, "1 proc", wall, cpu, peak / 2**20, rows, size / 2**20, code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hdf5 import REPO, Result, measure, parquet_rows  # noqa: E402
+from bench_hdf5 import REPO, Result, run_baseline, run_chunkmill  # noqa: E402
 
 GENERATOR_VERSION = 1
 CHUNK = 1 << 20  # rows per Zarr chunk
@@ -134,30 +134,6 @@ def generate_fits(path: Path, size_gb: float) -> int:
     return n
 
 
-def run_chunkmill(src: Path, out: Path, config: str, chunk_size: str, tables: list[str],
-                  fmt: str) -> Result:
-    workers, threads = config.split("x")
-    shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "pipeline.cli", "ingest", str(src), "--out", str(out),
-           "--workers", workers, "--threads-per-worker", threads, "--chunk-size", chunk_size,
-           "--no-progress", "-q"]
-    wall, peak, cpu, code = measure(cmd, env)
-    files = [p for t in tables for p in (out / t).rglob("*.parquet")]
-    rows, size = parquet_rows(files)
-    return Result(f"chunkmill {fmt}", f"{workers} proc x {threads} thr", wall, cpu,
-                  peak / 2**20, rows, size / 2**20, code)
-
-
-def run_baseline(script: str, src: Path, out: Path, chunk_size: int, name: str) -> Result:
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    wall, peak, cpu, code = measure([sys.executable, "-c", script, str(src), str(out),
-                                     str(chunk_size)])
-    rows, size = parquet_rows(sorted(out.glob("*.parquet")))
-    return Result(name, "1 proc", wall, cpu, peak / 2**20, rows, size / 2**20, code)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gb", type=float, default=2.0, help="bytes of each input")
@@ -186,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             expected = generate_fits(src, args.size_gb)
             size = src.stat().st_size
             tables, script, name = ["events"], FITS_BASELINE, "astropy+pyarrow loop"
-        results.append((run_baseline(script, src, args.scratch / f"out-{fmt}-baseline", block,
-                                     name), expected, size))
+        results.append((run_baseline(src, args.scratch / f"out-{fmt}-baseline", block,
+                                     script, name), expected, size))
         for config in args.configs.split(","):
             results.append((run_chunkmill(src, args.scratch / f"out-{fmt}-{config}",
-                                          config.strip(), args.chunk_size, tables, fmt),
+                                          config.strip(), args.chunk_size, tuple(tables),
+                                          f"chunkmill {fmt}"),
                             expected, size))
     print(f"\nZarr/FITS inputs of {args.size_gb:g} GB each, chunk size {args.chunk_size}, "
           f"{os.cpu_count()} cores; 1-min load average at start {load:.1f}, "
