@@ -17,6 +17,7 @@ always run as separate processes.
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import platform
@@ -691,8 +692,21 @@ class ChunkmillCommand:
     missing: str | None = None
 
 
+def compile_sources() -> None:
+    """Byte-compile this checkout's packages, as ``pip install`` does for an installed one.
+
+    An editable install (and ``PYTHONDONTWRITEBYTECODE``, set on some machines) leaves no
+    ``.pyc`` files, so every chunkmill process would compile its modules from source again: a
+    third of a second of start-up that no installed tool (nor the peers) pays.
+    """
+    for package in ("pipeline", "readers"):
+        if (REPO_ROOT / package).is_dir():
+            compileall.compile_dir(REPO_ROOT / package, quiet=1)
+
+
 def resolve_chunkmill(override: str | None = None) -> ChunkmillCommand:
     """``--chunkmill-cmd``, else ``chunkmill`` on PATH, else ``python -m pipeline.cli``."""
+    compile_sources()
     if override:
         return ChunkmillCommand(shlex.split(override), how=f"--chunkmill-cmd {override!r}")
     exe = shutil.which("chunkmill")

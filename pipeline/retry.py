@@ -10,9 +10,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+if TYPE_CHECKING:  # imported at the first transient failure: most runs never have one
+    from tenacity import Retrying
 
 T = TypeVar("T")
 
@@ -35,6 +36,8 @@ def policy(retries: int, base: float = 0.5, cap: float = 30.0,
 
     ``before_retry`` runs before each new attempt (to drop what the failed one wrote).
     """
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
     return Retrying(retry=retry_if_exception(is_transient),
                     stop=stop_after_attempt(max(0, retries) + 1),
                     wait=wait_random_exponential(multiplier=base, max=cap),
@@ -42,18 +45,23 @@ def policy(retries: int, base: float = 0.5, cap: float = 30.0,
                     reraise=True)
 
 
-def retrying(fn: Callable[[], T], retries: int, base: float = 0.5) -> T:
-    """``fn()``, called again after transient failures, at most ``retries`` more times."""
+def retrying(fn: Callable[[], T], retries: int, base: float = 0.5,
+             before_retry: Callable[[], None] | None = None) -> T:
+    """``fn()``, called again after transient failures, at most ``retries`` more times
+    (`policy`; ``before_retry`` runs before each new attempt)."""
     # The first attempt outside tenacity: its bookkeeping per call was a fifth of discovering
-    # a small file. After a transient failure the rest run under the policy with the same
-    # waits (uniform up to base, then 2 x base, ...: tenacity's doubling, one step on).
+    # a small file, and importing it a tenth of a small job's start-up. After a transient
+    # failure the rest run under the policy with the same waits (uniform up to base, then
+    # 2 x base, ...: tenacity's doubling, one step on).
     try:
         return fn()
     except Exception as exc:
         if retries <= 0 or not is_transient(exc):
             raise
+    if before_retry is not None:
+        before_retry()
     time.sleep(random.uniform(0, base))
-    return policy(retries - 1, 2 * base)(fn)
+    return policy(retries - 1, 2 * base, before_retry=before_retry)(fn)
 
 
 __all__ = ["is_transient", "policy", "retrying"]

@@ -338,3 +338,44 @@ def test_staged_chunks_of_a_changed_file_are_not_reused(tmp_path) -> None:
                              chunk_size="32KiB")
     assert report.ok and report.chunks_reused == 0
     assert output_hash(out, "t") == source_hash(src)
+
+
+def test_a_chunk_read_is_retried_after_transient_failures_only(tmp_path) -> None:
+    """`read_chunk` itself: an OSError restarts the chunk (dropping what it wrote) up to
+    ``retries`` times, and the manifest and the rejection count the attempts."""
+    import pyarrow as pa
+
+    from pipeline.execution.task import read_chunk
+    from readers.base import ChunkSpec, Description
+    from readers.options import ReaderOptions
+    from readers.testing import source_of
+
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    source = source_of(str(tmp_path / "a.csv"))
+
+    class Flaky:
+        def __init__(self, failures: int) -> None:
+            self.failures = failures
+
+        def read(self, source, chunk, description, options, ctx):
+            yield "a", pa.table({"x": [1]})
+            if self.failures:
+                self.failures -= 1
+                raise OSError("connection reset")
+
+    def attempt(failures: int, retries: int):
+        written, resets = [], []
+        manifest, ctx = read_chunk(Flaky(failures), source, ChunkSpec(source.file_id, 0, 0, 4),
+                                   Description({}, {}), ReaderOptions(), retries,
+                                   lambda table, rows: written.append(rows.num_rows),
+                                   lambda: (resets.append(1), written.clear()))
+        return manifest, ctx, written, resets
+
+    manifest, ctx, written, resets = attempt(failures=1, retries=1)
+    assert manifest.attempts == 2 and not ctx.rejected and written == [1] and resets == [1]
+    manifest, ctx, written, resets = attempt(failures=2, retries=1)
+    assert manifest.attempts == 2 and len(resets) == 1
+    (rejected,) = ctx.rejected
+    assert rejected.kind == "chunk" and "connection reset (after 1 retries)" in rejected.message
+    manifest, ctx, _, resets = attempt(failures=0, retries=3)
+    assert manifest.attempts == 1 and not resets and not ctx.rejected

@@ -92,7 +92,8 @@ def test_small_job_in_process_writes_what_the_cluster_writes(tmp_path) -> None:
 
 def _modules_after(code: str) -> set[str]:
     run = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(sorted(m for m in"
-                          " ('distributed', 'distributed.deploy') if m in sys.modules))"],
+                          " ('distributed', 'distributed.deploy', 'tenacity')"
+                          " if m in sys.modules))"],
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr
     return set(eval(run.stdout.strip().splitlines()[-1]))
@@ -101,7 +102,8 @@ def _modules_after(code: str) -> set[str]:
 @pytest.mark.timeout(240)
 def test_a_small_job_does_not_import_distributed(tmp_path) -> None:
     """Neither the CLI nor the API imports distributed for a small text job; a job above
-    ``--small-job-size`` (here: any) starts the cluster as before."""
+    ``--small-job-size`` (here: any) starts the cluster as before. Neither imports tenacity
+    (a tenth of a small job's start-up) before a read fails."""
     (tmp_path / "in.csv").write_text("a,b\n" + "".join(f"{i},{i * 2}\n" for i in range(1000)))
     cli = ("from pipeline.cli import run\n"
            f"assert run(['ingest', {str(tmp_path / 'in.csv')!r}, '--out', "

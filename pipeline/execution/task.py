@@ -27,7 +27,7 @@ from pipeline.output.layout import table_name
 from pipeline.output.partition_guard import TooManyPartitions
 from pipeline.output.rejects import errors_table, stage_errors
 from pipeline.output.writer import Fragment, FragmentWriter, SinkSpec
-from pipeline.retry import policy
+from pipeline.retry import retrying
 from readers import get_reader
 from readers.base import (
     ChunkContext,
@@ -165,9 +165,15 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
             options = options.but(**restart.changes)
             attempt()
 
-    retry = policy(retries, before_retry=reset)
+    attempts = 0
+
+    def counted() -> None:
+        nonlocal attempts
+        attempts += 1
+        attempt()
+
     try:
-        retry(attempt)
+        retrying(counted, retries, before_retry=reset)
     except MemoryError:
         reset()
         raise
@@ -179,14 +185,14 @@ def read_chunk(reader: Reader, source: Source, chunk: ChunkSpec, description: De
         manifest.rows = 0
         manifest.stop = exc
     except Exception as exc:  # a broken chunk is an _errors row, the run goes on
-        tries = retry.statistics.get("attempt_number", 1) - 1
+        tries = attempts - 1
         text = str(exc).strip().splitlines()
         ctx.reject(kind="chunk", error_type=error_code(exc), byte_offset=chunk.offset,
                    message=f"{source.path}: chunk {chunk.index} at offset {chunk.offset}: "
                            f"{text[0] if text else type(exc).__name__}"
                            + (f" (after {tries} retries)" if tries else ""))
         manifest.failed = ctx.rejected[-1].message
-    manifest.attempts = retry.statistics.get("attempt_number", 1)
+    manifest.attempts = attempts
     manifest.error_count = len(ctx.rejected)
     manifest.chunk_errors = sum(r.kind == "chunk" for r in ctx.rejected)
     manifest.record_errors = sum(r.kind == "record" for r in ctx.rejected)
