@@ -43,6 +43,7 @@ import pickle
 import select
 import signal
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -203,7 +204,11 @@ def _in_child(work: Any, timeout: float, where: str) -> Any:
     r, w = os.pipe()
     # Forked while holding h5py's lock: no other thread is inside the HDF5 library, whose
     # state the child inherits (it would otherwise wait forever for a lock no one holds).
-    with h5py._objects.phil:
+    # Python 3.12+ warns about forking a process with threads (a Dask worker has several):
+    # the child touches no lock another thread may hold but h5py's, and leaves by _exit.
+    with h5py._objects.phil, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded",
+                                DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # the child: never returns, never runs the parent's exit handlers
         code = 0
