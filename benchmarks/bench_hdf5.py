@@ -93,13 +93,16 @@ def generate(path: Path, size_gb: float, compression: str | None) -> dict:
     tmp = path.with_suffix(".tmp")
     with h5py.File(tmp, "w") as f:
         f.attrs["generator"] = "chunkmill bench_hdf5"
-        sig = f.create_dataset("signal", shape=(n_signal,), dtype="f8", chunks=(SIGNAL_CHUNK,),
+        # HDF5 refuses a chunk longer than its dataset: small sizes get one chunk each
+        sig = f.create_dataset("signal", shape=(n_signal,), dtype="f8",
+                               chunks=(max(1, min(SIGNAL_CHUNK, n_signal)),),
                                compression=compression)
         for a in range(0, n_signal, 8 * SIGNAL_CHUNK):
             b = min(a + 8 * SIGNAL_CHUNK, n_signal)
             sig[a:b] = rng.standard_normal(b - a)
         tab = f.create_dataset("table", shape=(n_table,), dtype=TABLE_DTYPE,
-                               chunks=(TABLE_CHUNK,), compression=compression)
+                               chunks=(max(1, min(TABLE_CHUNK, n_table)),),
+                               compression=compression)
         for a in range(0, n_table, 8 * TABLE_CHUNK):
             b = min(a + 8 * TABLE_CHUNK, n_table)
             block = np.empty(b - a, dtype=TABLE_DTYPE)
