@@ -160,7 +160,8 @@ class Runner:
             with lock:
                 self._check_format()
                 self.state = self.journal.load()
-                self.journal.compact()
+                # one run at a time (the lock) may rewrite a local journal
+                self.journal.compact(exclusive=self.delta is None, state=self.state)
                 schemas = SchemaStore(self.store)
                 known = schemas.load()
                 try:

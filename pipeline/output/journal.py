@@ -25,6 +25,7 @@ import json
 import posixpath
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,8 @@ JOURNAL = "journal.jsonl"
 SEGMENTS = "journal"
 COMPACT_AT = 200
 """Journal objects on an object store beyond which a run compacts them into one."""
+LOCAL_COMPACT_AT = 10_000
+"""Dead entries (see `Journal.compact`) from which a run rewrites a local journal."""
 
 
 @dataclass(slots=True)
@@ -63,6 +66,11 @@ class JournalState:
     delta: dict[tuple[str, str], int] = field(default_factory=dict)
     """(table, file id) -> the highest Delta transaction version any ``committing`` entry
     gave the file's commit to that Delta table (``--table-format delta``)."""
+    entries: int = 0
+    """Entries the journal holds."""
+    dead: int = 0
+    """... of which staged chunks of files committed (or failed, forgotten) since: see
+    `Journal.compact`."""
     sharing: dict[str, set[str]] = field(init=False)
     """Fragments that hold rows of several files (bundles), with those files' ids."""
 
@@ -139,22 +147,58 @@ class Journal:
         return [(name, [e for e in lines if e.get("event") != "compacted"])
                 for name, lines in read if name not in covered]
 
-    def compact(self, minimum: int = COMPACT_AT) -> int:
-        """Fold the journal objects of an object store into one (local journals: no-op);
-        returns how many objects were folded."""
+    def compact(self, minimum: int = COMPACT_AT, exclusive: bool = False,
+                state: JournalState | None = None) -> int:
+        """Shrink the journal; returns how many objects (object store) or entries (local
+        file) it folded or dropped.
+
+        On an object store, more than ``minimum`` objects are folded into one. A local file is
+        rewritten without its dead entries, only by a run that holds OUT's lock
+        (``exclusive``: an append by a concurrent run would be lost) and only when they are at
+        least `LOCAL_COMPACT_AT` and half the file. Dead: a chunk's ``staged`` entry followed
+        by its file's ``committed``, ``failed`` or ``forget`` (`load` drops it there anyway);
+        they are most of a journal, one per chunk ever read. ``state``: what `load` just
+        read, which counts them (else the file is read once more to count).
+        """
         if self.store.local:
-            return 0
+            if not exclusive or not self.store.exists(self.path):
+                return 0
+            state = state or self.load()
+            if state.dead < LOCAL_COMPACT_AT or 2 * state.dead < state.entries:
+                return 0
+            return self._compact_file()
         segments = self._segments()
         if len(segments) <= minimum:
             return 0
         last = segments[-1][0]
         name = f"{last[:-len('.jsonl')]}.z{self._token}.jsonl"
         head = {"event": "compacted", "covers": [n for n, _ in segments]}
-        body = [head] + [e for _, lines in segments for e in lines]
+        entries = [e for _, lines in segments for e in lines]
+        ends = _last_ends(entries)
+        body = [head] + [e for i, e in enumerate(entries) if not _dead(i, e, ends)]
         self.store.write_bytes_atomic(posixpath.join(self.dir, name), _lines(body))
         for covered, _ in segments:
             self.store.remove(posixpath.join(self.dir, covered))
         return len(segments)
+
+    def _compact_file(self) -> int:
+        """The local journal rewritten without its dead entries (see `compact`), by a
+        temporary file renamed over it: a kill leaves the old journal or the new one."""
+        with self.store.open_read(self.path) as f:
+            ends = _last_ends(_parse(f))
+        dead = 0
+        tmp = self.store.temp_name(self.path)
+        # Streamed, the kept lines as they were: the journal may be far bigger than memory
+        # wants to hold.
+        with self.store.open_read(self.path) as f, self.store.open_write(tmp) as out:
+            for i, (line, e) in enumerate(_parsed_lines(f)):
+                if _dead(i, e, ends):
+                    dead += 1
+                else:
+                    out.write(line if line.endswith(b"\n") else line + b"\n")
+        self.store.sync(tmp)
+        self.store.replace(tmp, self.path)
+        return dead
 
     def load(self, entries: Iterable[dict[str, Any]] | None = None) -> JournalState:
         """Committed files by id, the fragments of interrupted commits by id, and the staged
@@ -168,9 +212,15 @@ class Journal:
         pending: dict[str, dict[str | None, list[str]]] = {}
         staged: dict[str, dict[int, dict[str, Any]]] = {}
         delta: dict[tuple[str, str], int] = {}
+        count, dead, since_end = 0, 0, Counter[str]()
         for e in self.entries() if entries is None else entries:
             fid = e.get("file_id")
             event = e.get("event")
+            count += 1
+            if event == "staged":
+                since_end[fid] += 1
+            elif event in _ENDS:
+                dead += since_end.pop(fid, 0)
             for table, version in (e.get("delta") or {}).items():
                 delta[table, fid] = max(int(version), delta.get((table, fid), -1))
             if event == "staged":
@@ -202,7 +252,7 @@ class Journal:
                 done.pop(fid, None)
         interrupted = {fid: list(dict.fromkeys(rel for rels in runs.values() for rel in rels))
                        for fid, runs in pending.items()}
-        return JournalState(done, interrupted, staged, delta)
+        return JournalState(done, interrupted, staged, delta, entries=count, dead=dead)
 
     def append(self, *entries: dict[str, Any]) -> None:
         """Add ``entries`` durably, in one write (one object on an object store)."""
@@ -222,8 +272,30 @@ def _lines(entries: Iterable[dict[str, Any]]) -> bytes:
 
 
 def _parse(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    for _, entry in _parsed_lines(lines):
+        yield entry
+
+
+def _parsed_lines(lines: Iterable[bytes]) -> Iterator[tuple[bytes, dict[str, Any]]]:
     for line in lines:
         try:
-            yield json.loads(line)
-        except ValueError:  # a torn last line from a killed run
+            entry = json.loads(line)
+        except ValueError:  # a line cut short by a killed run
             continue
+        if isinstance(entry, dict):
+            yield line, entry
+
+
+_ENDS = ("committed", "failed", "forget")
+"""Events after which `Journal.load` forgets a file's staged chunks."""
+
+
+def _last_ends(entries: Iterable[dict[str, Any]]) -> dict[Any, int]:
+    """The position of each file's last `_ENDS` event among ``entries``."""
+    return {e.get("file_id"): i for i, e in enumerate(entries) if e.get("event") in _ENDS}
+
+
+def _dead(i: int, entry: dict[str, Any], ends: dict[Any, int]) -> bool:
+    """Whether ``entry``, at position ``i``, is a staged chunk its file's commit (or failure,
+    or forgetting) has made useless since."""
+    return entry.get("event") == "staged" and ends.get(entry.get("file_id"), -1) > i

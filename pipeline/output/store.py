@@ -92,7 +92,8 @@ class Store(ABC):
 
     @abstractmethod
     def append(self, path: str, data: bytes) -> None:
-        """Add ``data`` at the end of ``path`` durably (created if missing)."""
+        """Add ``data`` at the end of ``path`` durably (created if missing). Lines stay
+        lines: ``data`` ending in a newline starts on a line of its own."""
 
     @abstractmethod
     def create_exclusive(self, path: str, data: bytes) -> None:
@@ -198,9 +199,16 @@ class LocalStore(Store):
 
     def append(self, path: str, data: bytes) -> None:
         self.makedirs(posixpath.dirname(path))
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, data)
+            size = os.fstat(fd).st_size
+            if size and data.endswith(b"\n") and os.pread(fd, 1, size - 1) != b"\n":
+                # A kill in the middle of a long write leaves its line without an end: this
+                # one would join it and be lost with it (a journal entry, a commit).
+                data = b"\n" + data
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -263,6 +271,8 @@ class FsspecStore(Store):
     def append(self, path: str, data: bytes) -> None:
         # A rewrite: fine for small state files, never used for the journal (see journal.py).
         old = self.fs.cat_file(path) if self.fs.exists(path) else b""
+        if old and not old.endswith(b"\n") and data.endswith(b"\n"):
+            data = b"\n" + data
         self.write_bytes_atomic(path, old + data)
 
     def create_exclusive(self, path: str, data: bytes) -> None:
