@@ -451,7 +451,10 @@ class TextReader(Reader):
         record, or whose row count differs, is left to the one-by-one path (which locates
         the bad records). pyarrow's set-up per parse is most of a 10 KB file's cost.
         """
+        # Parsed as each group's batch fills: a bundle's files are never all held at once.
         groups: dict[tuple[Any, ...], list[tuple[int, bytes, int]]] = {}
+        sizes: dict[tuple[Any, ...], int] = {}
+        limit = options.stream_block_bytes
         if options.recoded:
             return  # read one by one, each transcoded on its own
         for i, (source, chunk, description) in enumerate(members):
@@ -475,18 +478,16 @@ class TextReader(Reader):
             table = next(iter(description.tables))
             key = (table, state.column_names, str(description.tables[table]), state.dialect)
             groups.setdefault(key, []).append((i, body, body.count(b"\n")))
-        limit = options.stream_block_bytes
-        for (table, _, _, _), group in groups.items():
-            start = 0
-            while start < len(group):
-                end, size = start, 0
-                while end < len(group) and (size < limit or end == start):
-                    size += len(group[end][1])
-                    end += 1
-                read = self._parse_together(members, table, group[start:end], options)
+            sizes[key] = sizes.get(key, 0) + len(body)
+            if sizes[key] >= limit:
+                read = self._parse_together(members, table, groups.pop(key), options)
+                sizes.pop(key)
                 if read is not None:
                     yield read
-                start = end
+        for (table, _, _, _), group in groups.items():
+            read = self._parse_together(members, table, group, options)
+            if read is not None:
+                yield read
 
     def _parse_together(self, members: Sequence[tuple[Source, ChunkSpec, Description]],
                         table: str, batch: list[tuple[int, bytes, int]],

@@ -7,6 +7,7 @@ import random
 import re
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import thorough
@@ -183,3 +184,34 @@ def test_equal_schemas_are_one_object_in_the_plan(tmp_path) -> None:
     plan = pipeline.plan([str(tmp_path)], table="t")
     schemas = [f.description.tables["t"] for f in plan.files]
     assert len(schemas) == 7 and len({id(s) for s in schemas}) == 2
+
+
+def test_small_files_read_together_are_parsed_as_each_batch_fills(tmp_path, monkeypatch) -> None:
+    """A bundle's files are read and parsed a batch (``stream_block_bytes``) at a time: the
+    first rows come out before most files are read, so a bundle never holds all its files."""
+    from readers.base import Source
+    from readers.csv import CSVReader
+    from readers.testing import source_of
+
+    reader = CSVReader()
+    options = reader.configure({"stream_block_bytes": 2000})
+    members = []
+    for i in range(40):
+        path = tmp_path / f"f{i:02d}.csv"
+        path.write_text("a,b\n" + "".join(f"{i},{j}\n" for j in range(50)))  # ~300 bytes
+        source = source_of(path)
+        description = reader.describe(source, options)
+        (chunk,) = reader.plan(source, description, options)
+        members.append((source, chunk, description))
+    read: list[str] = []
+    original = Source.read_range
+    monkeypatch.setattr(Source, "read_range",
+                        lambda self, start, end: read.append(self.url) or original(self, start,
+                                                                                  end))
+    batches = reader.read_together(members, options)
+    first = next(batches)
+    assert len(read) < 10 and first.members == list(range(len(read)))
+    rest = list(batches)
+    assert len(read) == 40 and sum(len(b.members) for b in [first, *rest]) == 40
+    rows = pa.concat_tables([b.rows for b in [first, *rest]])
+    assert rows.num_rows == 40 * 50 and rows.column("a").to_pylist()[::50] == list(range(40))
