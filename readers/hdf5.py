@@ -454,7 +454,8 @@ class HDF5Reader(Reader):
         pipeline, missing = _filters(dcpl)
         storage = int(dsid.get_storage_size())
         chunks = tuple(dcpl.get_chunk()) if layout == "chunked" else None
-        known = h5py.filters.get_filters(dcpl)
+        # h5py's own names and options of the filters, read again only where there are any
+        known = h5py.filters.get_filters(dcpl) if pipeline else {}
         compression = next((c for c in ("gzip", "lzf", "szip") if c in known), None)
         entry: dict[str, Any] = {
             "shape": list(shape), "dtype": str(dtype), "layout": layout,
