@@ -267,6 +267,11 @@ def _layout_names() -> dict[int, str]:
             d.VIRTUAL: "virtual"}
 
 
+@functools.cache
+def _FILL_DEFAULT() -> int:  # noqa: N802 - a constant of the lazily imported h5py
+    return h5py.h5d.FILL_VALUE_DEFAULT
+
+
 def _filters(dcpl: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """(filter pipeline, names of mandatory filters this h5py cannot decode).
 
@@ -468,7 +473,9 @@ class HDF5Reader(Reader):
             entry["enum"] = json_safe(enum)
         with contextlib.suppress(Exception):  # some types have no readable fill value
             fill = np.zeros((1,), dtype=dtype)
-            dcpl.get_fill_value(fill)
+            # The library's default fill is all zero bytes: a plain number needs no call.
+            if dtype.kind not in "biuf" or dcpl.fill_value_defined() != _FILL_DEFAULT():
+                dcpl.get_fill_value(fill)
             entry["fillvalue"] = json_safe(fill[0])
         meta["datasets"][path] = entry
         if math.prod(shape) == 0:  # no values: a table without rows would have no fragment
