@@ -5,8 +5,7 @@ does):
 
 1. append one ``committing`` entry per file to the journal, with its new fragments and the
    previous ones it replaces (one fsync for the batch);
-2. make the fragments' directories, then rename every staged fragment into place (a
-   fragment shared by a bundle's files once);
+2. rename every staged fragment into place (a fragment shared by a bundle's files once);
 3. only then delete previous fragments that no new record lists and no other file's record
    still uses, and stale file-level ``_errors`` rows;
 4. append the ``committed`` (and ``forget``) entries.
@@ -25,7 +24,6 @@ version per table (see `pipeline.output.delta`).
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -153,14 +151,10 @@ def _versions_of(tables: Sequence[TableChange], file_id: str) -> dict[str, int]:
 def commit_steps(plan: CommitPlan, store: Store, journal: Journal,
                  delta: DeltaOut | None = None) -> list[Callable[[], None]]:
     """The commit's writes to OUT, one callable each, in the order that keeps a crash
-    resumable: journal, directories, renames, Delta transactions, removals, journal."""
+    resumable: journal, renames, Delta transactions, removals, journal."""
     if plan.tables and delta is None:
         raise ValueError("a commit plan for Delta tables needs their DeltaOut")
-    # The renames' directories first, all together: a file of thousands of small datasets
-    # makes a directory per table, which one by one inside each rename was a serial wait.
-    folders = sorted({posixpath.dirname(final) for _, final in plan.renames})
     return ([partial(journal.append, *plan.committing)]
-            + ([partial(store.makedirs_many, folders)] if folders else [])
             + [partial(store.replace, staged, final) for staged, final in plan.renames]
             + [partial(_commit_table, delta, change, plan.run_id) for change in plan.tables]
             + [partial(store.remove, path) for path in plan.removals]
@@ -175,8 +169,7 @@ def _commit_table(delta: DeltaOut | None, change: TableChange, run_id: str) -> N
 def apply_commit(plan: CommitPlan, store: Store, journal: Journal, state: JournalState,
                  delta: DeltaOut | None = None) -> None:
     """Carry out ``plan`` on OUT, then record it in ``state``."""
-    lead = 2 if plan.renames else 1  # the journal entry, then the renames' directories
-    halfway = lead + (len(plan.renames) + len(plan.tables)) // 2
+    halfway = 1 + (len(plan.renames) + len(plan.tables)) // 2
     for i, step in enumerate(commit_steps(plan, store, journal, delta)):
         if i == halfway:
             crash_point("mid_commit")

@@ -65,11 +65,6 @@ class Store(ABC):
     @abstractmethod
     def makedirs(self, path: str) -> None: ...
 
-    def makedirs_many(self, paths: Sequence[str]) -> None:
-        """`makedirs` of every one of ``paths``."""
-        for path in paths:
-            self.makedirs(path)
-
     @abstractmethod
     def open_write(self, path: str) -> Any:
         """A new binary file to write; `sync` it after closing to make it durable."""
@@ -183,22 +178,14 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    def makedirs_many(self, paths: Sequence[str]) -> None:
-        if len(paths) < BATCH_SYNC_FILES:
-            super().makedirs_many(paths)
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(SYNC_THREADS) as pool:  # as for files, see write_many_atomic
-            list(pool.map(self.makedirs, paths))
-
     def write_many_atomic(self, items: Sequence[tuple[str, bytes]]) -> None:
         if len(items) < BATCH_SYNC_FILES:
             super().write_many_atomic(items)
             return
-        # Creating a file is kernel work that mostly waits (on the filesystem's journal, the
-        # disk): threads overlap those waits. A file of thousands of small datasets has a
-        # schema file per table to write when its run finishes.
+        # Creating a file is kernel work that often waits (for the journal, the disk, the
+        # inode allocator): threads overlap it. A file of thousands of small datasets has a
+        # schema file per table, each in its own directory (no lock shared between them),
+        # to write when its run finishes.
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(SYNC_THREADS) as pool:
