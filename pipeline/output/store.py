@@ -339,8 +339,14 @@ class FsspecStore(Store):
 
 @functools.cache
 def _syncfs() -> Any:
-    """libc's ``syncfs`` (Linux), or None where there is none."""
+    """libc's ``syncfs`` (Linux 5.8 on), or None where there is none. Older kernels return
+    success even when writing a file back failed: an fsync per file is the only safe way."""
     if not sys.platform.startswith("linux"):
+        return None
+    try:
+        if tuple(int(p) for p in os.uname().release.split(".")[:2]) < (5, 8):
+            return None
+    except ValueError:  # a release string this cannot read: do not guess
         return None
     import ctypes
 
