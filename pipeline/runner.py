@@ -747,15 +747,22 @@ class Runner:
         assert self.sink is not None
         files = []
         for table, schema in self.sink.schemas.items():
-            if not self.store.exists(self.store.path(table)):
-                continue
+            path = self.store.path(table, "_common_metadata")
             columns = set(self.options.output.partition_by) if all(
                 c in schema.names for c in self.options.output.partition_by) else set()
             fields = [f for f in schema if f.name not in columns and f.name != FILE_ID]
             sink = pa.BufferOutputStream()
             pq.write_metadata(pa.schema(fields + [pa.field(FILE_ID, pa.string())]), sink)
-            files.append((self.store.path(table, "_common_metadata"),
-                          sink.getvalue().to_pybytes()))
+            data = sink.getvalue().to_pybytes()
+            # Rewritten only when its bytes change: a run re-ingesting files of the same
+            # tables (new data, --force) then writes, syncs and renames no schema file.
+            try:
+                if self.store.read_bytes(path) == data:
+                    continue
+            except FileNotFoundError:
+                if not self.store.exists(self.store.path(table)):
+                    continue
+            files.append((path, data))
         self.store.write_many_atomic(files)  # synced together: one per table adds up
 
     def _save_report(self, planned: list[str] | None = None) -> None:

@@ -267,6 +267,11 @@ def _layout_names() -> dict[int, str]:
             d.VIRTUAL: "virtual"}
 
 
+@functools.cache
+def _FILL_DEFAULT() -> int:  # noqa: N802 - a constant of the lazily imported h5py
+    return h5py.h5d.FILL_VALUE_DEFAULT
+
+
 def _filters(dcpl: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """(filter pipeline, names of mandatory filters this h5py cannot decode).
 
@@ -454,7 +459,8 @@ class HDF5Reader(Reader):
         pipeline, missing = _filters(dcpl)
         storage = int(dsid.get_storage_size())
         chunks = tuple(dcpl.get_chunk()) if layout == "chunked" else None
-        known = h5py.filters.get_filters(dcpl)
+        # h5py's own names and options of the filters, read again only where there are any
+        known = h5py.filters.get_filters(dcpl) if pipeline else {}
         compression = next((c for c in ("gzip", "lzf", "szip") if c in known), None)
         entry: dict[str, Any] = {
             "shape": list(shape), "dtype": str(dtype), "layout": layout,
@@ -467,7 +473,9 @@ class HDF5Reader(Reader):
             entry["enum"] = json_safe(enum)
         with contextlib.suppress(Exception):  # some types have no readable fill value
             fill = np.zeros((1,), dtype=dtype)
-            dcpl.get_fill_value(fill)
+            # The library's default fill is all zero bytes: a plain number needs no call.
+            if dtype.kind not in "biuf" or dcpl.fill_value_defined() != _FILL_DEFAULT():
+                dcpl.get_fill_value(fill)
             entry["fillvalue"] = json_safe(fill[0])
         meta["datasets"][path] = entry
         if math.prod(shape) == 0:  # no values: a table without rows would have no fragment
@@ -615,8 +623,13 @@ class HDF5Reader(Reader):
         schema = description.tables[info.table]
         where = f"{source.path}: dataset {sel.path}"
         try:
-            ds = f[_name(sel.path)]
-            plain = ds.chunks is None and ds.compression is None
+            # Low level: the high-level ``f[name]`` asks the object's type and file first, and
+            # a chunk may read hundreds of tiny datasets. Filters need chunked storage, so an
+            # unchunked dataset is plain (no ``ds.compression``, which decodes the pipeline).
+            import h5py
+
+            ds = h5py.Dataset(h5py.h5d.open(f.id, _name(sel.path)))
+            plain = ds.chunks is None
             pieces = read_rows(lambda lo, hi: self._rows(ds, lo, hi), info, schema, sel.start,
                                sel.stop, ctx, where,
                                lambda row: self._byte_offset(ds, row, info),
@@ -637,13 +650,19 @@ class HDF5Reader(Reader):
 
     @staticmethod
     def _rows(ds: h5py.Dataset, a: int, b: int) -> np.ndarray:
-        # Variable-length data cannot go through read_direct, nor can array-typed elements
-        # (no conversion from H5T_ARRAY to the flat buffer numpy makes of them).
-        if ds.dtype.hasobject or ds.dtype.subdtype is not None:
+        # Variable-length data cannot be read into a numpy buffer, nor can array-typed
+        # elements (no conversion from H5T_ARRAY to the flat buffer numpy makes of them).
+        dtype, shape = ds.dtype, ds.shape
+        if dtype.hasobject or dtype.subdtype is not None:
             return ds[a:b]
-        out = np.empty((b - a, *ds.shape[1:]), dtype=ds.dtype.newbyteorder("="))
+        out = np.empty((b - a, *shape[1:]), dtype=dtype.newbyteorder("="))
         if b > a:
-            ds.read_direct(out, np.s_[a:b])
+            # What ``read_direct(out, np.s_[a:b])`` does, without its selection machinery.
+            import h5py
+
+            space = ds.id.get_space()
+            space.select_hyperslab((a,) + (0,) * (len(shape) - 1), out.shape)
+            ds.id.read(h5py.h5s.create_simple(out.shape), space, out)
         return out
 
     @staticmethod

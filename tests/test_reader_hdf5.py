@@ -575,6 +575,53 @@ def test_many_small_datasets_plan_in_linear_work(tmp_path):
     assert big_bytes <= 4.5 * small_bytes, (small_bytes, big_bytes)
 
 
+def test_many_small_datasets_write_in_per_batch_work(tmp_path, monkeypatch):
+    # Issue 20 item 27, the constant per dataset, counted, not timed: a one-row table costs
+    # its fragment, its directory and its schema file. Durability is one syncfs per batch of
+    # files (not an fsync each), no compute kernel picks encodings for one row, and a run
+    # rewriting the same tables leaves their unchanged schema files alone.
+    import collections
+
+    import pyarrow.compute as pc
+
+    from pipeline.output import store as store_mod
+
+    monkeypatch.setattr(HDF5Reader, "threads_ok", True)  # in this process: countable
+    n = 64
+    _flat(tmp_path / "flat.h5", n)
+    counts: collections.Counter[str] = collections.Counter()
+
+    def counting(name, fn):
+        def call(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "fsync", counting("fsync", os.fsync))
+    monkeypatch.setattr(os, "mkdir", counting("mkdir", os.mkdir))
+    for kernel in ("count_distinct", "pairwise_diff"):
+        monkeypatch.setattr(pc, kernel, counting("kernel", getattr(pc, kernel)))
+    syncfs = getattr(store_mod, "_syncfs", lambda: None)()
+    if syncfs is not None:
+        monkeypatch.setattr(store_mod, "_syncfs", lambda: counting("syncfs", syncfs))
+    out = tmp_path / "out"
+    report = pipeline.ingest([str(tmp_path / "flat.h5")], out=str(out), progress=False)
+    assert report.rows == n and report.chunks == 1
+    assert counts["kernel"] == 0
+    assert counts["mkdir"] <= n + 16, counts  # one per table, a few for the run's state
+    if syncfs is not None:
+        assert counts["syncfs"] <= 3 and counts["fsync"] <= 8, counts  # not per table
+    else:
+        assert counts["fsync"] <= 2 * n + 8, counts
+    schema_file = out / "d00007" / "_common_metadata"
+    before = os.stat(schema_file)
+    assert pq.read_schema(schema_file).names == ["row", "d00007", "_file_id"]
+    pipeline.ingest([str(tmp_path / "flat.h5")], out=str(out), progress=False, force=True)
+    after = os.stat(schema_file)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert _sql(f"select d00063 from read_parquet('{out}/d00063/*.parquet')") == [(63,)]
+
+
 def _damaged_heap(path) -> None:
     """A variable-length string attribute whose global heap object reads index 0, size 0 (the
     fuzz harness' find): the HDF5 library's parse of that heap collection never moves on."""

@@ -17,7 +17,7 @@ import hashlib
 import io
 import json
 import pickle
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 from pipeline.execution.task import ChunkManifest
@@ -60,14 +60,26 @@ def chunk_token(source: Source, reader: str, chunk: ChunkSpec, description: Desc
 def staged_entry(manifest: ChunkManifest, token: str, store: Store, run_id: str
                  ) -> dict[str, Any]:
     """The journal entry that lets a later run reuse ``manifest``'s staged fragments."""
-    fragments = [dict(asdict(f), staged=store.rel(f.staged), final=store.rel(f.final))
-                 for f in manifest.fragments]
+    fragments = [_fragment_entry(f, store) for f in manifest.fragments]
     return {"event": "staged", "file_id": manifest.file_id, "run": run_id,
             "index": manifest.index, "chunk_id": manifest.chunk_id, "token": token,
             "rows": manifest.rows, "bytes_read": manifest.bytes_read,
             "error_count": manifest.error_count, "record_errors": manifest.record_errors,
             "fragments": fragments,
             "facts": _encode(manifest.facts)}
+
+
+_FRAGMENT_FIELDS = tuple(f.name for f in fields(Fragment))
+
+
+def _fragment_entry(fragment: Fragment, store: Store) -> dict[str, Any]:
+    """``asdict(fragment)`` with paths relative to OUT, without asdict's recursive deep copy
+    (a chunk of hundreds of one-row tables journals as many fragments)."""
+    entry = {name: getattr(fragment, name) for name in _FRAGMENT_FIELDS}
+    entry.update(staged=store.rel(fragment.staged), final=store.rel(fragment.final))
+    if fragment.values is not None:
+        entry["values"] = dict(fragment.values)
+    return entry
 
 
 def reuse(entry: dict[str, Any] | None, token: str, store: Store) -> ChunkManifest | None:

@@ -260,6 +260,9 @@ def dictionary_columns(table: pa.Table) -> list[str] | bool:
     if any(pa.types.is_nested(f.type) for f in table.schema):
         return True  # leaf paths of nested columns differ from field names: keep the default
     sample = table.slice(0, _DICT_SAMPLE_ROWS)
+    # Fewer than 4 rows cannot repeat a value 4 times over: no kernel call needed (a file of
+    # thousands of one-row datasets asks this once per table).
+    few = table.num_rows < 4
     chosen = []
     for name, column in zip(table.column_names, sample.columns, strict=True):
         kind = column.type
@@ -267,7 +270,7 @@ def dictionary_columns(table: pa.Table) -> list[str] | bool:
                 or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
                 or pa.types.is_dictionary(kind)):
             chosen.append(name)
-        elif pa.types.is_boolean(kind) or pa.types.is_null(kind):
+        elif pa.types.is_boolean(kind) or pa.types.is_null(kind) or few:
             continue
         elif _repetitive(column):
             chosen.append(name)
@@ -278,6 +281,8 @@ def counting_columns(table: pa.Table, dictionary: list[str]) -> list[str]:
     """Integer columns whose first rows count up by one (the ``row`` index of array tables,
     a sequence id): Parquet's DELTA_BINARY_PACKED stores such a run in a few bytes per page,
     where plain pages cost 8 bytes a value to write and then to compress."""
+    if table.num_rows < 2:
+        return []
     sample = table.slice(0, _DICT_SAMPLE_ROWS)
     chosen = []
     for name, column in zip(table.column_names, sample.columns, strict=True):
