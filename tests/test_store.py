@@ -75,12 +75,12 @@ def test_open_write_and_replace_make_missing_directories(tmp_path):
         store.replace(store.path("a", "b", "f.bin"), store.path("c", "d", "h.bin"))
 
 
-def test_write_many_atomic_in_threads_leaves_whole_files_only(tmp_path):
+def test_write_many_atomic_leaves_whole_files_only(tmp_path):
     store = LocalStore(str(tmp_path), str(tmp_path), {})
     items = [(store.path(f"t{i % 5}", "new" if i % 2 else "", f"f{i}"), bytes([i]) * (i + 1))
              for i in range(BATCH_SYNC_FILES + 3)]  # directories missing: made on the way
     store.write_many_atomic(items)
-    store.write_many_atomic(items[:2])  # a few: one after another
+    store.write_many_atomic(items[:2])  # a few: synced one by one
     for path, data in items:
         assert open(path, "rb").read() == data
     left = [p.name for p in tmp_path.rglob("*") if p.is_file() and ".tmp-" in p.name]
