@@ -8,7 +8,7 @@ import os
 import uuid
 
 import duckdb
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pipeline
@@ -52,6 +52,7 @@ def _state(state: JournalState) -> tuple:
     return (state.done, state.interrupted, state.staged, state.delta)
 
 
+@settings(max_examples=40)  # each example writes and rewrites two journals
 @given(histories())
 def test_compaction_keeps_what_load_reads(entries) -> None:
     root = f"/tmp/chunkmill-journal-test/{uuid.uuid4().hex}"
