@@ -71,6 +71,9 @@ class JournalState:
     dead: int = 0
     """... of which staged chunks of files committed (or failed, forgotten) since: see
     `Journal.compact`."""
+    ends: dict[str, int] = field(default_factory=dict)
+    """Position among the entries of each file's last commit, failure or forgetting: the
+    entries before it of that file's staged chunks are the dead ones."""
     sharing: dict[str, set[str]] = field(init=False)
     """Fragments that hold rows of several files (bundles), with those files' ids."""
 
@@ -166,7 +169,7 @@ class Journal:
             state = state or self.load()
             if state.dead < LOCAL_COMPACT_AT or 2 * state.dead < state.entries:
                 return 0
-            return self._compact_file()
+            return self._compact_file(state.ends)
         segments = self._segments()
         if len(segments) <= minimum:
             return 0
@@ -181,11 +184,10 @@ class Journal:
             self.store.remove(posixpath.join(self.dir, covered))
         return len(segments)
 
-    def _compact_file(self) -> int:
-        """The local journal rewritten without its dead entries (see `compact`), by a
-        temporary file renamed over it: a kill leaves the old journal or the new one."""
-        with self.store.open_read(self.path) as f:
-            ends = _last_ends(_parse(f))
+    def _compact_file(self, ends: dict[str, int]) -> int:
+        """The local journal rewritten without its dead entries (see `compact`; ``ends`` as
+        `load` found them), by a temporary file renamed over it: a kill leaves the old
+        journal or the new one."""
         dead = 0
         tmp = self.store.temp_name(self.path)
         # Streamed, the kept lines as they were: the journal may be far bigger than memory
@@ -212,15 +214,16 @@ class Journal:
         pending: dict[str, dict[str | None, list[str]]] = {}
         staged: dict[str, dict[int, dict[str, Any]]] = {}
         delta: dict[tuple[str, str], int] = {}
-        count, dead, since_end = 0, 0, Counter[str]()
-        for e in self.entries() if entries is None else entries:
+        dead, since_end, ends = 0, Counter[str](), {}
+        count = 0
+        for count, e in enumerate(self.entries() if entries is None else entries, 1):
             fid = e.get("file_id")
             event = e.get("event")
-            count += 1
             if event == "staged":
                 since_end[fid] += 1
             elif event in _ENDS:
                 dead += since_end.pop(fid, 0)
+                ends[fid] = count - 1
             for table, version in (e.get("delta") or {}).items():
                 delta[table, fid] = max(int(version), delta.get((table, fid), -1))
             if event == "staged":
@@ -252,7 +255,8 @@ class Journal:
                 done.pop(fid, None)
         interrupted = {fid: list(dict.fromkeys(rel for rels in runs.values() for rel in rels))
                        for fid, runs in pending.items()}
-        return JournalState(done, interrupted, staged, delta, entries=count, dead=dead)
+        return JournalState(done, interrupted, staged, delta, entries=count, dead=dead,
+                            ends=ends)
 
     def append(self, *entries: dict[str, Any]) -> None:
         """Add ``entries`` durably, in one write (one object on an object store)."""

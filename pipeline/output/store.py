@@ -17,8 +17,8 @@ import shutil
 import sys
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from pipeline.faults import crash_point
 
@@ -31,6 +31,8 @@ SYNC_THREADS = 16
 #: per filesystem instead of an fsync each (git's ``core.fsyncMethod=batch`` idea): a file of
 #: thousands of small datasets writes a fragment and a schema file per table.
 BATCH_SYNC_FILES = 32
+
+T = TypeVar("T")
 
 
 def codec(compression: str) -> str | None:
@@ -160,13 +162,20 @@ class LocalStore(Store):
         # without the GIL, where a Python file object made every page write wait for it.
         import pyarrow as pa
 
-        # The directory is there nearly always (a staging directory takes a chunk's every
-        # fragment): make it only when the open says it is missing, not before each file.
+        return self._in_dir(path, lambda: pa.output_stream(path, compression=None,
+                                                           buffer_size=1 << 20))
+
+    def _in_dir(self, path: str, make: Callable[[], T]) -> T:
+        """``make()``, which creates ``path``; again after making its directory if it was missing.
+
+        The directory is there nearly always (a staging directory takes a chunk's every
+        fragment): made only on demand, not before each file (a file of thousands of small
+        datasets has a table directory and files in it for each)."""
         try:
-            return pa.output_stream(path, compression=None, buffer_size=1 << 20)
+            return make()
         except FileNotFoundError:
             self.makedirs(posixpath.dirname(path))
-        return pa.output_stream(path, compression=None, buffer_size=1 << 20)
+        return make()
 
     def open_read(self, path: str) -> BinaryIO:
         return open(path, "rb")
@@ -190,12 +199,7 @@ class LocalStore(Store):
     def _write_temp(self, item: tuple[str, bytes]) -> str:
         path, data = item
         tmp = self.temp_name(path)
-        try:
-            f = open(tmp, "wb")  # noqa: SIM115 - closed below, after a retry
-        except FileNotFoundError:
-            self.makedirs(posixpath.dirname(tmp))
-            f = open(tmp, "wb")  # noqa: SIM115
-        with f:
+        with self._in_dir(tmp, lambda: open(tmp, "wb")) as f:
             f.write(data)
         return tmp
 
