@@ -752,8 +752,8 @@ class TextReader(Reader):
             facts.start = at + start
             facts.end = None if too_long else at + end
             facts.last = to_eof
-            facts.open_quote_at_eof = bool(to_eof and grammar.quote is not None
-                                           and moves.apply(h) != OUT)
+            # from the chunk's first record: its last one may start in an earlier range
+            facts.open_quote_at_eof = to_eof and self._ends_quoted(buf, start, end, grammar)
             if too_long:
                 ctx.reject(error_type=ErrorCode.RECORD_TOO_LONG, byte_offset=at + end, raw=rest,
                            message=f"{source.path}: the record at offset {at + end} has no end "
@@ -765,6 +765,8 @@ class TextReader(Reader):
                 # costs it nothing; ranges inside the cut record or past the end have no
                 # record of their own).
                 self._report_short(source, ctx, at + got, at + end, rest)
+            if facts.open_quote_at_eof and start < end:
+                end = self._reject_open_quote(source, ctx, buf, start, end, at + start, grammar)
             if start < end:
                 # The bytes after `end` belong to the next chunk: overwrite them with the
                 # sentinel instead of copying the whole chunk to append it. A chunk running to
@@ -778,6 +780,25 @@ class TextReader(Reader):
                                                              options, ctx, sentinel=sentinel)
         finally:
             READ_BUFFERS.give(buf)  # the last buffer read, also after an error or close()
+
+    @staticmethod
+    def _reject_open_quote(source: Source, ctx: ChunkContext, buf: bytearray | memoryview,
+                           start: int, end: int, offset: int, grammar: Grammar) -> int:
+        """The file ends inside a quoted field that never closes: pyarrow would read it as a
+        value running to the end of the file, swallowing every line after its quote. Reject
+        that last record instead (DuckDB refuses such a file) and return where the records
+        before it end. ``buf[start:end]`` runs to the end of the file from a record start at
+        file offset ``offset``."""
+        tail = last_record_end(buf, grammar, end, True, start)
+        cut = tail + 1 if tail >= 0 else start
+        where = offset + cut - start
+        kind = "decompressed offset" if source.compression else "offset"
+        ctx.reject(error_type=ErrorCode.UNTERMINATED_QUOTE, byte_offset=where,
+                   raw=bytes(buf[cut:min(end, cut + RAW_CAP)]),
+                   message=f"{source.path}: the record at {kind} {where} opens a quoted field "
+                           f"that is never closed: the file ends inside it, {end - cut} bytes "
+                           "later (a stray quote character? --quote '' reads quotes as text)")
+        return cut
 
     @staticmethod
     def _report_short(source: Source, ctx: ChunkContext, eof: int, cut: int, rest: bytes
@@ -869,6 +890,9 @@ class TextReader(Reader):
                             cut = len(carry)
                             if short:  # the file shrank: its last record may be cut
                                 cut = last_record_end(carry, grammar, len(carry), True) + 1
+                            elif self._ends_quoted(carry, 0, cut, grammar):
+                                cut = self._reject_open_quote(source, ctx, carry, 0, cut,
+                                                              position, grammar)
                             # Parsed in place, so carry is never resized after this: pyarrow's
                             # background reader may let go of its view only after the parse
                             # returns, and a bytearray with a live view cannot change size.
@@ -909,6 +933,17 @@ class TextReader(Reader):
                        message=f"{source.path}: {exc} (at decompressed offset {position})"
                        if source.compression else f"{source.path}: {exc} (at offset {position})",
                        byte_offset=position, raw=bytes(carry[:4096]))
+
+    @staticmethod
+    def _ends_quoted(buf: bytearray | memoryview, start: int, end: int, grammar: Grammar
+                     ) -> bool:
+        """``buf[start:end]``, from a record start to the end of the file, ends inside
+        quotes."""
+        if grammar.quote is None or start >= end:
+            return False
+        moves = transfer(buf, start, end, grammar, end, True)
+        assert moves is not None  # the end of the file ends every quote run
+        return moves.apply(OUT) != OUT
 
     def _drop_searched(self, carry: bytearray, start: int, state: int, grammar: Grammar
                        ) -> tuple[int, int]:

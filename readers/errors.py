@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     INVALID_UTF8 = "InvalidUTF8"
     BAD_RECORD = "BadRecord"
     SAMPLE_OUTSIDE_FILE = "SampleOutsideFile"
+    UNTERMINATED_QUOTE = "UnterminatedQuote"
     # a chunk or a part of a file
     RECORD_TOO_LONG = "RecordTooLong"
     DECOMPRESSION_LIMIT = "DecompressionLimit"

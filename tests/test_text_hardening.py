@@ -306,6 +306,57 @@ def test_header_that_never_closes_its_quote_is_an_error(tmp_path) -> None:
         run_reader(str(path), "csv")
 
 
+def _unterminated(chunk: int, data: bytes, tmp_path, **options: object
+                  ) -> tuple[list[dict], list[tuple]]:
+    path = tmp_path / "u.csv"
+    path.write_bytes(data)
+    got, rejected, _ = run_reader(str(path), "csv", chunk_size=chunk, string_columns=True,
+                                  **options)
+    return ([] if got is None else got.to_pylist(),
+            [(str(r.error_type), r.byte_offset, r.raw) for r in rejected])
+
+
+@pytest.mark.parametrize("data,cut", [
+    (b'a;b\n1;x\n2;y\n3;"unterminated\n', 12),  # the last line opens a quote
+    (b'a,b\n1,x\n2,"y\r\n3,z\n4,w', 8),  # every line after the quote, CRLF, no last newline
+    (b'a,b\n1,"q,""uoted"""\n2,"y', 20),  # a closed quoted field first
+])
+def test_quote_never_closed_at_the_end_is_an_error_row(tmp_path, data: bytes, cut: int) -> None:
+    """pyarrow reads an open quote at the end of the file as one value running to the end
+    (``unterminated\\n``, swallowing the lines after it) and says nothing; DuckDB refuses the
+    file. The record holding the quote is an `_errors` row at its offset, at every chunk size
+    and in the stream path (gzip), and the records before it are kept."""
+    delimiter = ";" if b";" in data else ","
+    whole = pacsv.read_csv(pa.py_buffer(data[:cut]), parse_options=pacsv.ParseOptions(
+        delimiter=delimiter, newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(column_types={"a": pa.string(), "b": pa.string()}))
+    expected = (whole.to_pylist(), [(ErrorCode.UNTERMINATED_QUOTE, cut, data[cut:])])
+    for chunk in (1, 5, 11, 1 << 20):
+        assert _unterminated(chunk, data, tmp_path, delimiter=delimiter) == expected, chunk
+    gz = tmp_path / "u.csv.gz"
+    gz.write_bytes(gzip.compress(data))
+    got, rejected, _ = run_reader(str(gz), "csv", string_columns=True, delimiter=delimiter)
+    assert got.to_pylist() == expected[0]
+    assert [(str(r.error_type), r.byte_offset, r.raw) for r in rejected] == expected[1]
+    assert "decompressed offset" in rejected[0].message
+
+
+def test_quote_never_closed_through_the_cli(tmp_path) -> None:
+    src = tmp_path / "u.csv"
+    src.write_bytes(b'id,note\n1,ok\n2,"never closed\n3,swallowed\n')
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", str(src), "--out",
+                           str(out), "--no-progress"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    con = duckdb.connect()
+    rows = con.sql(f"select id, note from read_parquet('{out}/u/*.parquet')").fetchall()
+    assert rows == [(1, "ok")]
+    errors = con.sql(f"select error_type, byte_offset, message from read_parquet("
+                     f"'{out}/_errors/*.parquet')").fetchall()
+    assert [(t, o) for t, o, _ in errors] == [("UnterminatedQuote", 13)]
+    assert "never closed" in errors[0][2] and "--quote" in errors[0][2]
+
+
 # --- item 25: a header longer than the inference head --------------------------------------------
 def test_header_longer_than_a_mebibyte(tmp_path) -> None:
     names = [f"column_with_a_long_name_{i:06d}" for i in range(40_000)]  # 1.2 MB
