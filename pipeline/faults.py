@@ -11,6 +11,9 @@ import os
 import signal
 
 _PASSED: dict[str, int] = {}
+_WANTED = os.environ.get("CHUNKMILL_CRASH_AT")
+"""Read once: the tests set it in the environment of the processes they start, and a run
+passes some crash points once per chunk."""
 
 
 def crash_point(name: str) -> None:
@@ -19,7 +22,7 @@ def crash_point(name: str) -> None:
     ``CHUNKMILL_CRASH_AT=name`` kills the first time the run passes ``name``;
     ``CHUNKMILL_CRASH_AT=name:N`` the N-th time.
     """
-    wanted = os.environ.get("CHUNKMILL_CRASH_AT")
+    wanted = _WANTED
     if not wanted or wanted.split(":")[0] != name:
         return
     _PASSED[name] = _PASSED.get(name, 0) + 1

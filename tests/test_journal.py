@@ -148,3 +148,36 @@ def test_a_run_compacts_the_journal_and_resumes_from_it(tmp_path, monkeypatch) -
     rows = duckdb.sql(f"select count(*) from read_parquet('{out}/in/**/*.parquet')").fetchall()
     assert rows == [(3001,)]
     assert status(out)["totals"] == {"done": 2}
+
+
+# --- the staged entries' own encoder ---------------------------------------------------------
+_text = st.text(st.characters(), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=st.lists(_text, min_size=4, max_size=4),
+       counts=st.lists(st.integers(-(2 ** 70), 2 ** 70), min_size=5, max_size=5),
+       fragments=st.lists(st.dictionaries(_text, st.one_of(_text, st.integers(), st.none(),
+                                                            st.dictionaries(_text, _text))),
+                          max_size=3),
+       facts=st.one_of(st.none(), _text))
+def test_staged_lines_are_the_json_of_the_entry(ids, counts, fragments, facts) -> None:
+    """Staged entries skip the generic encoder (a fifth of the client's work per chunk at a
+    million chunks): what they write must still be exactly its JSON, read back equal."""
+    from pipeline.execution.task import ChunkManifest
+    from pipeline.output.staging import staged_entry
+
+    file_id, run, chunk_id, token = ids
+    entry = journal_mod.StagedEntry(
+        event="staged", file_id=file_id, run=run, index=counts[0], chunk_id=chunk_id,
+        token=token, rows=counts[1], bytes_read=counts[2], error_count=counts[3],
+        record_errors=counts[4], fragments=fragments, facts=facts)
+    line = journal_mod._line(entry)
+    assert line == json.dumps(entry, default=str, separators=(",", ":"))
+    assert json.loads(line) == entry and "\n" not in line
+    # and staged_entry makes entries of exactly that shape, from a real manifest
+    manifest = ChunkManifest(chunk_id, file_id, abs(counts[0]), rows=abs(counts[1]),
+                             bytes_read=abs(counts[2]))
+    made = staged_entry(manifest, token, open_store("/tmp"), run)
+    assert type(made) is journal_mod.StagedEntry
+    assert journal_mod._line(made) == json.dumps(made, default=str, separators=(",", ":"))

@@ -90,6 +90,7 @@ class TaskScheduler:
         self.running: dict[Any, tuple[Job, float]] = {}
         self._finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
         """Futures put here by their done callbacks (from the executor's threads)."""
+        self._put = self._finished.put
 
     def add(self, *jobs: Job) -> None:
         """Queue jobs; higher priority runs first, equal ones in the order added."""
@@ -114,8 +115,8 @@ class TaskScheduler:
 
     def _submit(self, job: Job) -> None:
         fut = self.executor.submit(job, self.retries)
-        self.running[fut] = (job, time.monotonic())
-        fut.add_done_callback(self._finished.put)
+        self.running[fut] = (job, time.monotonic() if self.timeout else 0.0)
+        fut.add_done_callback(self._put)
 
     def _finished_since(self, timeout: float) -> list[Any]:
         """Futures that finished since the last call, waiting up to ``timeout`` for one.

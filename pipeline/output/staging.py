@@ -21,6 +21,7 @@ from dataclasses import fields
 from typing import Any
 
 from pipeline.execution.task import ChunkManifest
+from pipeline.output.journal import StagedEntry
 from pipeline.output.layout import STATE_DIR
 from pipeline.output.store import Store
 from pipeline.output.writer import Fragment, SinkSpec
@@ -40,7 +41,9 @@ def chunk_token(source: Source, reader: str, chunk: ChunkSpec, description: Desc
     tables rather than once per chunk.
     """
     if chunk.table is None:
-        tables = tuple(sorted(description.tables))
+        tables = tuple(description.tables)
+        if len(tables) > 1:
+            tables = tuple(sorted(tables))
     else:
         tables = (chunk.table,) if chunk.table in description.tables else ()
     base = cache.get(tables) if cache is not None else None
@@ -61,12 +64,13 @@ def staged_entry(manifest: ChunkManifest, token: str, store: Store, run_id: str
                  ) -> dict[str, Any]:
     """The journal entry that lets a later run reuse ``manifest``'s staged fragments."""
     fragments = [_fragment_entry(f, store) for f in manifest.fragments]
-    return {"event": "staged", "file_id": manifest.file_id, "run": run_id,
-            "index": manifest.index, "chunk_id": manifest.chunk_id, "token": token,
-            "rows": manifest.rows, "bytes_read": manifest.bytes_read,
-            "error_count": manifest.error_count, "record_errors": manifest.record_errors,
-            "fragments": fragments,
-            "facts": _encode(manifest.facts)}
+    # The keys in this order, ints and text: what `StagedEntry` promises its encoder.
+    return StagedEntry(
+        event="staged", file_id=str(manifest.file_id), run=str(run_id),
+        index=int(manifest.index), chunk_id=str(manifest.chunk_id), token=str(token),
+        rows=int(manifest.rows), bytes_read=int(manifest.bytes_read),
+        error_count=int(manifest.error_count), record_errors=int(manifest.record_errors),
+        fragments=fragments, facts=_encode(manifest.facts))
 
 
 _FRAGMENT_FIELDS = tuple(f.name for f in fields(Fragment))

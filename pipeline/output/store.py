@@ -100,8 +100,9 @@ class Store(ABC):
     def glob(self, pattern: str) -> list[str]: ...
 
     @abstractmethod
-    def append(self, path: str, data: bytes) -> None:
-        """Add ``data`` at the end of ``path`` durably (created if missing). Lines stay
+    def append(self, path: str, data: bytes, sync: bool = True) -> None:
+        """Add ``data`` at the end of ``path`` (created if missing), durably unless ``sync``
+        is False (then a crash of the machine, not of the process, may lose it). Lines stay
         lines: ``data`` ending in a newline starts on a line of its own."""
 
     @abstractmethod
@@ -242,7 +243,7 @@ class LocalStore(Store):
     def glob(self, pattern: str) -> list[str]:
         return sorted(globmod.glob(pattern, recursive=True))
 
-    def append(self, path: str, data: bytes) -> None:
+    def append(self, path: str, data: bytes, sync: bool = True) -> None:
         self.makedirs(posixpath.dirname(path))
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -254,7 +255,8 @@ class LocalStore(Store):
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
 
@@ -313,7 +315,7 @@ class FsspecStore(Store):
         self.fs.invalidate_cache()  # listings cached by s3fs would hide other writers' objects
         return sorted(self.fs.glob(pattern))
 
-    def append(self, path: str, data: bytes) -> None:
+    def append(self, path: str, data: bytes, sync: bool = True) -> None:
         # A rewrite: fine for small state files, never used for the journal (see journal.py).
         old = self.fs.cat_file(path) if self.fs.exists(path) else b""
         if old and not old.endswith(b"\n") and data.endswith(b"\n"):

@@ -90,6 +90,9 @@ class Progress:
             self.rejected_done += rejected
         if pressure:
             self.pressure = pressure
+        self._changed()
+
+    def _changed(self) -> None:
         if self.bar is not None:
             self._widget()
         self.draw()
@@ -110,7 +113,11 @@ class Progress:
             if len(self._ended) > ENDED_KEPT:  # the oldest half: their reports came long ago
                 for old in list(itertools.islice(self._ended, ENDED_KEPT // 2)):
                     del self._ended[old]
-        self.update(chunks=1, nbytes=nbytes, rows=rows, rejected=rejected)
+            self.chunks_done += 1
+            self.bytes_done += nbytes
+            self.rows_done += rows
+            self.rejected_done += rejected
+        self._changed()
 
     def totals(self) -> tuple[int, int, int]:
         """(bytes, rows, rejected) of finished chunks and of running ones so far."""

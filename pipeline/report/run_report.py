@@ -78,14 +78,27 @@ class RunReport:
     def add_chunk(self, record: ChunkRecord) -> None:
         """Keep ``record``: all of them up to `CHUNK_RECORDS`, then a uniform sample of that
         many (reservoir sampling, seeded by the run id so a report is reproducible)."""
+        slot = self.chunk_slot()
+        if slot is not None:
+            self.keep_chunk(slot, record)
+
+    def chunk_slot(self) -> int | None:
+        """Count one more finished chunk task and say where its record goes (None: the sample
+        leaves it out, so a caller with a million chunks need not make their records)."""
         self.chunk_tasks += 1
-        if len(self.chunk_records) < CHUNK_RECORDS:
-            self.chunk_records.append(record)
-            return
+        kept = len(self.chunk_records)
+        if kept < CHUNK_RECORDS:
+            return kept
         if self._sampler is None:
             self._sampler = random.Random(self.run_id)
         slot = self._sampler.randrange(self.chunk_tasks)
-        if slot < CHUNK_RECORDS:
+        return slot if slot < CHUNK_RECORDS else None
+
+    def keep_chunk(self, slot: int, record: ChunkRecord) -> None:
+        """Put ``record`` where `chunk_slot` said."""
+        if slot == len(self.chunk_records):
+            self.chunk_records.append(record)
+        else:
             self.chunk_records[slot] = record
 
     def note_files(self, catalog: list[dict[str, Any]]) -> None:
