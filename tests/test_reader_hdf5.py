@@ -24,6 +24,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from conftest import read_all, read_catalog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pipeline
 from readers import detect, get_reader
@@ -668,3 +670,18 @@ def test_damaged_global_heap_fails_its_file_and_the_run_goes_on(tmp_path, shared
     assert cat["good.h5"]["status"] == "ok" and cat["heap.h5"]["status"] == "failed"
     (message,) = [m for p, _, _, m, _ in _errors(out) if p.endswith("heap.h5")]
     assert "variable-length" in message and "damaged global heap" in message
+
+
+@settings(max_examples=150, deadline=None)
+@given(width=st.sampled_from([1, 3, 8, 64, 65, 100]), data=st.data())
+def test_fixed_width_bytes_lose_only_their_padding(width: int, data) -> None:
+    """``S`` values end after their last non-NUL byte, at every width (two code paths):
+    embedded NULs stay, NUL padding goes, an all-NUL value is empty."""
+    from readers._arrays import _fixed_bytes
+
+    values = data.draw(st.lists(st.binary(max_size=width).map(
+        lambda b: b.replace(b"\x01", b"\x00")), max_size=30))
+    array = np.array(values, dtype=f"S{width}")
+    expected = [bytes(v).rstrip(b"\x00") for v in array.view(np.uint8).reshape(len(values),
+                                                                                 width)]
+    assert _fixed_bytes(array).to_pylist() == expected

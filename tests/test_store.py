@@ -6,10 +6,11 @@ import ctypes
 import errno
 import os
 
+import pyarrow as pa
 import pytest
 
 from pipeline.output import store as store_mod
-from pipeline.output.store import BATCH_SYNC_FILES, LocalStore, sync_filesystems
+from pipeline.output.store import BATCH_SYNC_FILES, LocalStore, open_store, sync_filesystems
 
 
 def _files(root, n: int) -> list[str]:
@@ -85,3 +86,50 @@ def test_write_many_atomic_leaves_whole_files_only(tmp_path):
         assert open(path, "rb").read() == data
     left = [p.name for p in tmp_path.rglob("*") if p.is_file() and ".tmp-" in p.name]
     assert left == []
+
+
+def test_file_id_written_from_a_dictionary_reads_as_text(tmp_path) -> None:
+    """Fragments get ``_file_id`` as a dictionary array (the Parquet writer then skips
+    hashing every row), yet their footers say text exactly as a text column's would: the
+    same ``ARROW:schema``, Parquet schema, statistics and values in pyarrow, Polars, DuckDB."""
+    import datetime
+
+    import duckdb
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from pipeline.output.writer import FragmentWriter, SinkSpec
+
+    n = 3000
+    data = pa.table({
+        "i": pa.array(range(n), pa.int64()),
+        "ts": pa.array([datetime.datetime(2024, 1, 1)] * n, pa.timestamp("us", tz="UTC")),
+        "dur": pa.array([5] * n, pa.duration("ms")),
+        "vec": pa.FixedSizeListArray.from_arrays(pa.array([1.5] * (3 * n)), 3),
+        "s": pa.array(["x", None, "é"] * (n // 3)),
+    }).replace_schema_metadata({"origin": "test"})
+    store = open_store(str(tmp_path))
+    spec = SinkSpec(store, "run", {"t": data.schema})
+    writer = FragmentWriter(spec, "c0", "f" * 16)
+    writer.write("t", data.slice(0, 1000))
+    writer.write("t", data.slice(1000), file_id="e" * 16)  # another file's rows
+    [fragment] = writer.close()
+    got = pq.ParquetFile(fragment.staged)
+    table = got.read()
+    assert table.schema.field("_file_id").type == pa.string()
+    assert table.column("_file_id").to_pylist() == ["f" * 16] * 1000 + ["e" * 16] * 2000
+    # the same rows, text column and all, written by pyarrow itself
+    plain = tmp_path / "plain.parquet"
+    expected = data.append_column(pa.field("_file_id", pa.string()),
+                                  pa.array(["f" * 16] * 1000 + ["e" * 16] * 2000))
+    pq.write_table(expected, plain, compression="zstd", row_group_size=spec.row_group_rows)
+    assert table.select(expected.column_names).equals(pq.read_table(plain))
+    ref = pq.ParquetFile(plain)
+    assert got.metadata.metadata[b"ARROW:schema"] == ref.metadata.metadata[b"ARROW:schema"]
+    assert got.metadata.metadata[b"origin"] == b"test"
+    assert got.schema.equals(ref.schema)
+    stats = got.metadata.row_group(0).column(table.schema.get_field_index("_file_id")).statistics
+    assert (stats.min, stats.max) == ("e" * 16, "f" * 16)
+    assert pl.read_parquet(fragment.staged).equals(pl.read_parquet(plain))
+    assert duckdb.sql(f"select typeof(_file_id), count(*) from '{fragment.staged}' "
+                      "group by all").fetchall() == [("VARCHAR", n)]

@@ -65,3 +65,13 @@ def repeated_text(value: str, count: int) -> pa.Array:
     offsets = np.arange(count + 1, dtype=np.int32) * np.int32(len(data))
     return pa.Array.from_buffers(pa.string(), count, [
         None, pa.py_buffer(offsets), pa.py_buffer(data * count)])
+
+
+def repeated_id(value: str, count: int) -> pa.DictionaryArray:
+    """``count`` copies of one string as a dictionary array of one value: what a Parquet
+    writer can store as dictionary pages without hashing every row (see
+    `pipeline.output.writer.FragmentWriter`)."""
+    indices = pa.Array.from_buffers(pa.int32(), count, [None, pa.py_buffer(
+        np.zeros(count, dtype=np.int32))])
+    return pa.DictionaryArray.from_arrays(indices, pa.array([value], pa.string()))
+

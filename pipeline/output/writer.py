@@ -17,6 +17,7 @@ holds) and ``chunkmill.partition`` (JSON of its partition values, uncut).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import time
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.output import partition
-from pipeline.output.columns import repeated_text
+from pipeline.output.columns import repeated_id, repeated_text
 from pipeline.output.layout import FILE_ID, STATE_DIR, table_name
 from pipeline.output.partition_guard import TooManyPartitions
 from pipeline.output.store import Store, codec
@@ -122,10 +123,15 @@ class FragmentWriter:
         # A table without columns (JSON lines of `{}` only) still has its rows: keep their
         # count, which building a table from no arrays would lose.
         rows = conform(rows, schema) if len(schema) else rows.select([])
+        # As dictionary arrays: the Parquet writer dictionary-encodes this column anyway, and
+        # from plain text it hashes every row to do so (a third of writing a table of one
+        # float column; `_writer` keeps the file's schema saying text).
         if isinstance(file_id, pa.Array):
             ids = file_id
+            if not self.spec.delta and not pa.types.is_dictionary(ids.type):
+                ids = pc.dictionary_encode(ids)
         elif file_id and file_id != self.file_id:
-            ids = repeated_text(file_id, rows.num_rows)
+            ids = (repeated_text if self.spec.delta else repeated_id)(file_id, rows.num_rows)
         else:
             ids = self._ids(rows.num_rows)
         rows = rows.append_column(FILE_ID, ids)
@@ -140,7 +146,8 @@ class FragmentWriter:
 
     def _ids(self, count: int) -> pa.Array:
         if self._own_ids is None or len(self._own_ids) < count:
-            self._own_ids = repeated_text(self.file_id, max(count, 1 << 16))
+            self._own_ids = (repeated_text if self.spec.delta else repeated_id)(
+                self.file_id, max(count, 1 << 16))
         return self._own_ids.slice(0, count)
 
     def partition_columns(self, table: str) -> tuple[str, ...]:
@@ -197,11 +204,14 @@ class FragmentWriter:
             handle = store.open_write(staged)
             dictionary = dictionary_columns(first)
             delta = [] if dictionary is True else counting_columns(first, dictionary)
+            stored = _as_text(first.schema)
             writer = pq.ParquetWriter(handle, first.schema,
                                       compression=codec(self.spec.compression),
                                       use_dictionary=dictionary,
                                       column_encoding={c: "DELTA_BINARY_PACKED" for c in delta}
-                                      or None)
+                                      or None, store_schema=stored is None)
+            if stored is not None:
+                writer.add_key_value_metadata(stored)
             self.writers[key] = (writer, handle, Fragment(table, rel, staged, final, 0))
         return self.writers[key][0]
 
@@ -247,6 +257,26 @@ class FragmentWriter:
 
 
 _DICT_SAMPLE_ROWS = 8192
+
+
+def _as_text(schema: pa.Schema) -> dict[bytes, bytes] | None:
+    """The footer metadata pyarrow's writer stores for ``schema`` (its own metadata and its
+    Arrow schema under ``ARROW:schema``, as ``store_schema`` writes them), but with a
+    dictionary ``_file_id`` said to be text; None if it is text already.
+
+    Readers then see the column as the text it is everywhere else (pyarrow and Polars restore
+    Arrow types from ``ARROW:schema``): only the writer sees the dictionary it needs to skip
+    hashing every row. Footers come out identical to a text column's (a test compares)."""
+    if FILE_ID not in schema.names:
+        return None
+    i = schema.get_field_index(FILE_ID)
+    field_ = schema.field(i)
+    if not pa.types.is_dictionary(field_.type):
+        return None
+    declared = schema.set(i, field_.with_type(field_.type.value_type))
+    stored = dict(declared.metadata or {})
+    stored[b"ARROW:schema"] = base64.b64encode(declared.serialize().to_pybytes())
+    return stored
 
 
 def dictionary_columns(table: pa.Table) -> list[str] | bool:
