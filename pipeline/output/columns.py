@@ -71,7 +71,8 @@ def repeated_id(value: str, count: int) -> pa.DictionaryArray:
     """``count`` copies of one string as a dictionary array of one value: what a Parquet
     writer can store as dictionary pages without hashing every row (see
     `pipeline.output.writer.FragmentWriter`)."""
-    indices = pa.Array.from_buffers(pa.int32(), count, [None, pa.py_buffer(
-        np.zeros(count, dtype=np.int32))])
-    return pa.DictionaryArray.from_arrays(indices, pa.array([value], pa.string()))
+    # All from buffers: pa.array() of a list imports pandas, which a text worker must not.
+    return pa.DictionaryArray.from_buffers(
+        pa.dictionary(pa.int32(), pa.string()), count,
+        [None, pa.py_buffer(np.zeros(count, dtype=np.int32))], repeated_text(value, 1))
 
