@@ -127,9 +127,7 @@ class FragmentWriter:
         # from plain text it hashes every row to do so (a third of writing a table of one
         # float column; `_writer` keeps the file's schema saying text).
         if isinstance(file_id, pa.Array):
-            ids = file_id
-            if not self.spec.delta and not pa.types.is_dictionary(ids.type):
-                ids = pc.dictionary_encode(ids)
+            ids = file_id  # one per row (a bundle's): `add` encodes them
         elif file_id and file_id != self.file_id:
             ids = (repeated_text if self.spec.delta else repeated_id)(file_id, rows.num_rows)
         else:
@@ -169,6 +167,8 @@ class FragmentWriter:
                 raise TooManyPartitions(table, count, self.spec.max_partitions)
         if values is not None:
             self.values.setdefault(key, values)
+        if not self.spec.delta:
+            part = _dictionary_ids(part)
         if sources is None:
             sources = set(pc.unique(part.column(FILE_ID)).to_pylist())
         self.sources.setdefault(key, set()).update(sources)
@@ -257,6 +257,16 @@ class FragmentWriter:
 
 
 _DICT_SAMPLE_ROWS = 8192
+
+
+def _dictionary_ids(part: pa.Table) -> pa.Table:
+    """``part`` with a text ``_file_id`` dictionary-encoded (see `_as_text`): every part of a
+    fragment must have the same schema, and a bundle's ids or carried rows come as text."""
+    i = part.schema.get_field_index(FILE_ID)
+    if i < 0 or pa.types.is_dictionary(part.schema.field(i).type):
+        return part
+    column = pc.dictionary_encode(part.column(i))
+    return part.set_column(i, part.schema.field(i).with_type(column.type), column)
 
 
 def _as_text(schema: pa.Schema) -> dict[bytes, bytes] | None:
