@@ -160,9 +160,10 @@ class Runner:
         """``staged`` journal entries of chunks finished since the last tick."""
         self.scheduler: TaskScheduler | None = None
         self._sinks: dict[tuple[str, ...], SinkSpec] = {}
-        """The sink of the chunks that write each tuple of tables (their readers' names)."""
+        """The sink of the chunks that write each tuple of tables (the reader's names; a chunk
+        task carries only its own tables' schemas)."""
         self._readers: dict[str, Reader] = {}
-        """The sink of each set of tables a chunk writes (a chunk task carries only its own)."""
+        """One reader object per reader name, for the chunk descriptions."""
         self.guard = PartitionGuard(options.output.max_partitions, self._too_many)
 
     # --- top level ------------------------------------------------------------------------------

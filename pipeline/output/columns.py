@@ -75,4 +75,3 @@ def repeated_id(value: str, count: int) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_buffers(
         pa.dictionary(pa.int32(), pa.string()), count,
         [None, pa.py_buffer(np.zeros(count, dtype=np.int32))], repeated_text(value, 1))
-

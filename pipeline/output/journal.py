@@ -278,13 +278,16 @@ def _json_encoder() -> Callable[[Any], str]:
     """``json.dumps(o, default=str, separators=(",", ":"))`` without building an encoder per
     call (``dumps`` makes a new one each time, most of its cost for a small entry)."""
     encoder = json.JSONEncoder(default=str, separators=(",", ":"))
-    if c_make_encoder is None:
+    try:  # the arguments JSONEncoder.iterencode gives it (Python 3.11 to 3.13)
+        one = c_make_encoder(None, encoder.default, _string, None, ":", ",", False, False, True)
+    except TypeError:  # no C encoder, or another signature: the documented way
         return encoder.encode
-    one = c_make_encoder(None, encoder.default, _string, None, ":", ",", False, False, True)
     return lambda o: "".join(one(o, 0))
 
 
 _encode = _json_encoder()
+
+
 class StagedEntry(dict):
     """A ``staged`` entry, one per chunk, as `staging.staged_entry` makes it: its keys come in
     the order `_line` writes them, its counts are ints and its ids and token text, so it is
