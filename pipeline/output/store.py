@@ -131,15 +131,17 @@ class Store(ABC):
     def write_many_atomic(self, items: Sequence[tuple[str, bytes]]) -> None:
         """`write_bytes_atomic` for many files: all written, then synced together, then
         renamed in place (each file is whole or absent, as with one)."""
-        temps = []
-        for path, data in items:
-            tmp = self.temp_name(path)
-            with self.open_write(tmp) as f:
-                f.write(data)
-            temps.append(tmp)
+        temps = [self._write_temp(path, data) for path, data in items]
         self.sync_many(temps)
         for tmp, (path, _) in zip(temps, items, strict=True):
             self.replace(tmp, path)
+
+    def _write_temp(self, path: str, data: bytes) -> str:
+        """``data`` written whole (not yet synced) beside ``path``; returns the temp name."""
+        tmp = self.temp_name(path)
+        with self.open_write(tmp) as f:
+            f.write(data)
+        return tmp
 
     def write_table_atomic(self, path: str, table: pa.Table, compression: str = "zstd") -> None:
         import pyarrow.parquet as pq
@@ -188,17 +190,11 @@ class LocalStore(Store):
         finally:
             os.close(fd)
 
-    def write_many_atomic(self, items: Sequence[tuple[str, bytes]]) -> None:
+    def _write_temp(self, path: str, data: bytes) -> str:
         # Small blobs (schema files, one per table): Python's own file, a fifth of the cost
-        # of opening Arrow's buffered stream. One thread: on a pool, handing out thousands of
-        # such writes cost more than they do (lock waits in the submitting thread).
-        temps = [self._write_temp(item) for item in items]
-        self.sync_many(temps)
-        for tmp, (path, _) in zip(temps, items, strict=True):
-            self.replace(tmp, path)
-
-    def _write_temp(self, item: tuple[str, bytes]) -> str:
-        path, data = item
+        # of opening Arrow's buffered stream. Written one after another (`write_many_atomic`):
+        # on a pool, handing out thousands of such writes cost more than they do (lock waits
+        # in the submitting thread).
         tmp = self.temp_name(path)
         with self._in_dir(tmp, lambda: open(tmp, "wb")) as f:
             f.write(data)
@@ -244,8 +240,8 @@ class LocalStore(Store):
         return sorted(globmod.glob(pattern, recursive=True))
 
     def append(self, path: str, data: bytes, sync: bool = True) -> None:
-        self.makedirs(posixpath.dirname(path))
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = self._in_dir(path, lambda: os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT,
+                                                0o644))
         try:
             size = os.fstat(fd).st_size
             if size and data.endswith(b"\n") and os.pread(fd, 1, size - 1) != b"\n":

@@ -129,7 +129,7 @@ class FragmentWriter:
         if isinstance(file_id, pa.Array):
             ids = file_id  # one per row (a bundle's): `add` encodes them
         elif file_id and file_id != self.file_id:
-            ids = (repeated_text if self.spec.delta else repeated_id)(file_id, rows.num_rows)
+            ids = self._repeated(file_id, rows.num_rows)
         else:
             ids = self._ids(rows.num_rows)
         rows = rows.append_column(FILE_ID, ids)
@@ -144,9 +144,12 @@ class FragmentWriter:
 
     def _ids(self, count: int) -> pa.Array:
         if self._own_ids is None or len(self._own_ids) < count:
-            self._own_ids = (repeated_text if self.spec.delta else repeated_id)(
-                self.file_id, max(count, 1 << 16))
+            self._own_ids = self._repeated(self.file_id, max(count, 1 << 16))
         return self._own_ids.slice(0, count)
+
+    def _repeated(self, file_id: str, count: int) -> pa.Array:
+        # Delta tables declare the column text and cast to it: a dictionary would be undone.
+        return (repeated_text if self.spec.delta else repeated_id)(file_id, count)
 
     def partition_columns(self, table: str) -> tuple[str, ...]:
         schema = self.spec.schemas[table]
