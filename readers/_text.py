@@ -538,13 +538,15 @@ class TextReader(Reader):
             schema, _, names = self._infer(head, True, options, dialect)
         except Exception:  # noqa: BLE001 - each file is then described on its own
             return
+        # One dialect record for the batch: metadata values are never changed in place.
+        shown = dialect.as_metadata() if dialect is not None else None
         for i, start, bom in batch:
             source = sources[i]
             metadata = {"compression": None, "bom": bom, "columns": list(names),
                         "schema_inferred_from_bytes": source.size,
                         "schema_inferred_with_files": len(batch)}
-            if dialect is not None:
-                metadata["dialect"] = dialect.as_metadata()
+            if shown is not None:
+                metadata["dialect"] = shown
             out[i] = Description({source.table: schema}, metadata,
                                  TextState(data_start=start, column_names=names,
                                            dialect=dialect))

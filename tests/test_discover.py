@@ -8,6 +8,8 @@ import os
 
 import duckdb
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import pipeline
 from pipeline.planning.discover import discover
@@ -146,3 +148,64 @@ def test_reader_table_names_are_sanitised(tmp_path, monkeypatch) -> None:
     assert sorted(os.listdir(out)) == ["_catalog", "_chunkmill", "errors"]
     assert not (tmp_path / "errors").exists() and not (tmp_path / "deep" / "errors").exists()
     assert read_catalog(out)["x.csv"]["tables"] == ["errors"]
+
+
+def test_local_stat_fingerprints_as_fsspec_info_does(tmp_path) -> None:
+    """Fingerprints are stored: the one-stat local path must give fsspec's, for a file, a link
+    to it and a directory, or every file of an existing OUT would look changed."""
+    import fsspec
+
+    from pipeline.planning.discover import file_info, fingerprint
+
+    (tmp_path / "a.csv").write_bytes(b"a,b\n1,2\n")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "a.csv")
+    (tmp_path / "d").mkdir()
+    fs = fsspec.filesystem("file")
+    for name in ("a.csv", "link.csv", "d"):
+        path = str(tmp_path / name)
+        ours, theirs = file_info(fs, path), fs.info(path)
+        assert fingerprint(ours) == fingerprint(theirs), name
+        assert (ours["type"], ours["size"]) == (theirs["type"], theirs["size"]), name
+    with pytest.raises(FileNotFoundError):
+        file_info(fs, str(tmp_path / "missing.csv"))
+
+
+@given(st.lists(st.one_of(st.text(), st.integers(), st.none()), max_size=4))
+def test_stable_id_is_the_hash_of_json_dumps(parts) -> None:
+    """File ids name fragments and journal entries: the fast encoding must be json.dumps'."""
+    import hashlib
+    import json
+
+    from readers.base import stable_id
+
+    blob = json.dumps([str(p) for p in parts]).encode()
+    assert stable_id(*parts) == hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+@given(st.binary(max_size=3000), st.integers(0, 3500), st.integers(0, 3500))
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_local_read_range_reads_what_a_seek_and_read_does(tmp_path, data, start, length) -> None:
+    from readers.base import Source
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    source = Source(f"file://{path}", len(data), None, "id", "fp", "t")
+    with open(path, "rb") as f:
+        f.seek(start)
+        expected = f.read(max(0, min(start + length, len(data)) - start))
+    assert source.read_range(start, start + length) == expected
+
+
+def test_local_read_range_goes_on_after_a_short_read(tmp_path, monkeypatch) -> None:
+    """A read may return fewer bytes than asked (Linux caps one read near 2 GiB)."""
+    import readers.base
+    from readers.base import Source
+
+    data = bytes(range(256)) * 4
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    real = os.pread
+    monkeypatch.setattr(readers.base.os, "pread", lambda fd, n, at: real(fd, min(n, 7), at))
+    source = Source(f"file://{path}", len(data), None, "id", "fp", "t")
+    assert source.read_range(3, 900) == data[3:900]
+    assert source.read_range(1000, 2000) == data[1000:]

@@ -59,13 +59,16 @@ class CatalogRow:
     def asdict(self) -> dict[str, Any]:
         # Not dataclasses.asdict: its deep copy of every value was most of the commit's
         # time for 10,000 small files. The row owns its list and mapping; copy those.
-        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        row = {name: getattr(self, name) for name in _ROW_FIELDS}
         row["tables"], row["metadata"] = list(self.tables), dict(self.metadata)
         return row
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CatalogRow:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+_ROW_FIELDS = tuple(f.name for f in fields(CatalogRow))  # ``fields()`` builds a tuple per call
 
 
 def catalog_table(rows: list[dict[str, Any]]) -> pa.Table:

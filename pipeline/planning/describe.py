@@ -7,6 +7,7 @@ fails alone, with its error; the others go on.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -74,7 +75,11 @@ def describe_all(found: list[Discovered], options: dict[str, ReaderOptions],
         except Exception as exc:  # a bad file fails alone; the run goes on
             planned[i].error = f"{source.path}: cannot read its header: {one_line(exc)}"
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    # Threads hide remote latency; on local files a describe is pyarrow parsing (no GIL) and
+    # Python (the GIL), so more threads than cores only fight for it (README, "Many small
+    # files").
+    local = all(f.source.local_path is not None for f in found)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1) if local else 8) as pool:
         list(pool.map(batch, batches))
         rest = [i for i, p in enumerate(planned)
                 if p.description is None and not p.skipped and not p.error and p.reader]

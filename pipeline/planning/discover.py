@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -368,6 +369,18 @@ def fingerprint(info: dict[str, Any]) -> str:
     return hashlib.blake2b(repr(tokens).encode(), digest_size=16).hexdigest()
 
 
+def file_info(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
+    """``fs.info(path)``, with what `fingerprint` and discovery use of it from one ``os.stat``
+    for a local file: fsspec's local ``info`` costs 9x the stat (54 against 6 us a file)."""
+    if not _is_local(fs):
+        return fs.info(path)
+    st = os.stat(path)  # follows a link, as fsspec's size, mtime and inode do
+    kind = ("directory" if stat.S_ISDIR(st.st_mode) else
+            "file" if stat.S_ISREG(st.st_mode) else "other")
+    return {"name": path, "size": st.st_size, "type": kind, "mtime": st.st_mtime,
+            "ino": st.st_ino}
+
+
 def _mtime(info: dict[str, Any]) -> float | None:
     for key in ("mtime", "LastModified", "last_modified", "created"):
         value = info.get(key)
@@ -390,7 +403,7 @@ def describe_file(fs: fsspec.AbstractFileSystem, path: str, table: str, forced: 
     options = tuple(sorted(storage_options.items()))
     try:
         # One stat: ``fs.isdir`` is ``info`` again (a stat per small file adds up).
-        info = fs.info(path)
+        info = file_info(fs, path)
         if info.get("type") == "directory":
             return _describe_directory(fs, path, url, file_id, table, forced, storage_options)
         size = int(info.get("size") or 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import random
 from dataclasses import asdict, dataclass, field
@@ -104,7 +105,8 @@ class RunReport:
     def note_files(self, catalog: list[dict[str, Any]]) -> None:
         """Keep the per-file summary of the run's catalog rows (failed and partial first)."""
         order = {"failed": 0, "partial": 1}
-        rows = sorted(catalog, key=lambda r: (order.get(r.get("status"), 2), r.get("path")))
+        rows = heapq.nsmallest(FILE_ROWS, catalog,
+                               key=lambda r: (order.get(r.get("status"), 2), r.get("path")))
         self.file_rows = [{"path": r.get("path"), "format": r.get("format"),
                            "status": r.get("status"), "rows": r.get("rows", 0),
                            "rejected": r.get("error_count", 0), "chunks": r.get("chunks", 0),
