@@ -420,6 +420,12 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
+    if sys.platform.startswith("linux") and "pyarrow" not in sys.modules:
+        # Arrow's allocator is chosen once, at its import: jemalloc returns freed pages, where
+        # mimalloc keeps them per thread (the pressure plugin's reason; its switch reaches
+        # only what Python asks pyarrow to allocate). 10,000 small files peaked ~35 MiB lower.
+        # Linux wheels build jemalloc in; a pool the user named wins.
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
     code = run()
     if code == 130 and threading.current_thread() is threading.main_thread():
         # Interpreter shutdown resets Python-level handlers to the default, so a Ctrl-C pressed

@@ -131,3 +131,39 @@ def test_which_jobs_run_in_process(tmp_path, options, alone) -> None:
                              progress=False, **options)
     assert report.ok and report.rows == 100
     assert ({r.worker for r in report.chunk_records} == {worker_name()}) is alone
+
+
+def _pool_seen_by_run(tmp_path, env: dict[str, str]) -> list[str]:
+    """The allocator env var and Arrow's pool, as ``pipeline.cli.main`` leaves them for a run
+    (``run`` replaced by a probe), in a fresh interpreter."""
+    probe = ("import os, sys\nimport pipeline.cli as cli\n"
+             "def run():\n    import pyarrow as pa\n"
+             "    print(os.environ.get('ARROW_DEFAULT_MEMORY_POOL'),"
+             " pa.default_memory_pool().backend_name)\n    return 0\n"
+             "cli.run = run\ncli.main()\n")
+    clean = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, "-c", probe], env={**clean, **env}, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=True)
+    return out.stdout.split()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="jemalloc: Linux wheels")
+def test_the_cli_chooses_jemalloc_before_arrow_loads_unless_the_user_chose(tmp_path) -> None:
+    assert _pool_seen_by_run(tmp_path, {}) == ["jemalloc", "jemalloc"]
+    assert _pool_seen_by_run(tmp_path, {"ARROW_DEFAULT_MEMORY_POOL": "system"}) == ["system",
+                                                                                     "system"]
+
+
+def test_a_run_puts_arrows_default_pool_back(tmp_path) -> None:
+    """An ingest from Python switches Arrow's pool for planning and its tasks, then restores
+    the caller's (the pool is process-wide: a notebook keeps its own)."""
+    import pyarrow as pa
+
+    (tmp_path / "in.csv").write_text("a,b\n1,2\n")
+    before = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        assert pipeline.ingest(str(tmp_path / "in.csv"), out=str(tmp_path / "o")).ok
+        assert pa.default_memory_pool().backend_name == "system"
+    finally:
+        pa.set_memory_pool(before)
