@@ -44,7 +44,8 @@ def pread_file(path: str, start: int, length: int) -> bytes:
 
     Python's buffered ``open`` makes about nine (fstat, ioctl, seeks, a read per buffer), each
     releasing the GIL: with two threads busy, every release waits to get it back, and reading
-    10,000 files of 10 KB took 3x longer than this (README, "Many small files").
+    10,000 files of 10 KB took 2.5x longer than this (README, "Measurements behind design
+    choices").
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -76,8 +76,8 @@ def describe_all(found: list[Discovered], options: dict[str, ReaderOptions],
             planned[i].error = f"{source.path}: cannot read its header: {one_line(exc)}"
 
     # Threads hide remote latency; on local files a describe is pyarrow parsing (no GIL) and
-    # Python (the GIL), so more threads than cores only fight for it (README, "Many small
-    # files").
+    # Python (the GIL), so more threads than cores only fight for it (README, "Measurements
+    # behind design choices").
     local = all(f.source.local_path is not None for f in found)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1) if local else 8) as pool:
         list(pool.map(batch, batches))
