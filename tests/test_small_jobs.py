@@ -167,3 +167,27 @@ def test_a_run_puts_arrows_default_pool_back(tmp_path) -> None:
         assert pa.default_memory_pool().backend_name == "system"
     finally:
         pa.set_memory_pool(before)
+
+
+def test_jemalloc_is_named_only_when_the_installed_pyarrow_has_it(tmp_path, monkeypatch) -> None:
+    """Naming a pool pyarrow lacks prints a warning in every process: the build header says."""
+    import importlib.machinery
+    import importlib.util
+
+    from pipeline.cli import _arrow_has_jemalloc
+
+    def installed(header: str | None) -> None:
+        root = tmp_path / f"pyarrow{len(list(tmp_path.iterdir()))}"
+        (root / "include" / "arrow" / "util").mkdir(parents=True)
+        if header is not None:
+            (root / "include" / "arrow" / "util" / "config.h").write_text(header)
+        spec = importlib.machinery.ModuleSpec("pyarrow", None, is_package=True)
+        spec.submodule_search_locations = [str(root)]
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+
+    installed("#define ARROW_MIMALLOC\n#define ARROW_JEMALLOC\n")
+    assert _arrow_has_jemalloc()
+    installed("#define ARROW_MIMALLOC\n/* #undef ARROW_JEMALLOC */\n")
+    assert not _arrow_has_jemalloc()
+    installed(None)
+    assert not _arrow_has_jemalloc()

@@ -86,12 +86,16 @@ def catalog_table(rows: list[dict[str, Any]]) -> pa.Table:
     def ts(value: float | None) -> str | None:
         return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC).isoformat()
 
+    # What json.dumps(..., default=...) builds on every call: made once for all the rows.
+    encode_metadata = json.JSONEncoder(default=str, sort_keys=True).encode
+    encode_record = json.JSONEncoder(default=_json_scalar).encode
+    names = _JSON_SCHEMA.names
     lines = []
     paths = []
     for row in rows:
-        record = {name: row.get(name) for name in _JSON_SCHEMA.names}
+        record = {name: row.get(name) for name in names}
         record["mtime"], record["ingested_at"] = ts(record["mtime"]), ts(record["ingested_at"])
-        record["metadata"] = json.dumps(record["metadata"] or {}, default=str, sort_keys=True)
+        record["metadata"] = encode_metadata(record["metadata"] or {})
         if record["last_status"] is None and record["status"] != "unchanged":
             record["last_status"] = record["status"]
         # POSIX paths are bytes: a name that is not UTF-8 (Python holds its bytes as lone
@@ -99,7 +103,7 @@ def catalog_table(rows: list[dict[str, Any]]) -> pa.Table:
         path = record["path"]
         paths.append(None if path is None else path_bytes(path))
         record["path"] = None if path is None else path_text(path)
-        lines.append(json.dumps(record, default=_json_scalar))
+        lines.append(encode_record(record))
     # A record must fit one parse block (1 MiB by default); json.dumps output is ASCII.
     block = max(1 << 20, max(map(len, lines)) + 64)
     table = pa_json.read_json(
