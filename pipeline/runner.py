@@ -185,9 +185,10 @@ class Runner:
                 self.journal.compact(exclusive=self.delta is None, state=self.state)
                 schemas = SchemaStore(self.store)
                 known = schemas.load()
-                # Planning parses samples of every file in this process: with Arrow's mimalloc
-                # pool the describe threads' freed pages stayed for the whole run (the pressure
-                # plugin's reason for jemalloc; 10,000 small files peaked 40-70 MiB higher).
+                # Planning parses samples of every file in this process, before any pressure
+                # plugin switches Arrow to jemalloc (its reason: mimalloc keeps freed pages per
+                # thread). From Python this reaches only what Python asks pyarrow to allocate;
+                # the CLI picks jemalloc for all of Arrow (`pipeline.cli.main`).
                 pools = switch_default_pool("jemalloc")
                 try:
                     self._run(known, schemas)
