@@ -7,10 +7,10 @@ fails alone, with its error; the others go on.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pipeline.execution.placement import default_workers
 from pipeline.output.layout import table_name
 from pipeline.planning.discover import Discovered
 from pipeline.retry import retrying
@@ -79,7 +79,7 @@ def describe_all(found: list[Discovered], options: dict[str, ReaderOptions],
     # Python (the GIL), so more threads than cores only fight for it (README, "Measurements
     # behind design choices").
     local = all(f.source.local_path is not None for f in found)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1) if local else 8) as pool:
+    with ThreadPoolExecutor(max_workers=default_workers() if local else 8) as pool:
         list(pool.map(batch, batches))
         rest = [i for i, p in enumerate(planned)
                 if p.description is None and not p.skipped and not p.error and p.reader]
