@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import random
 import time
 import uuid
@@ -39,7 +40,7 @@ from pipeline.execution.work import BundleRun, FileRun
 from pipeline.faults import crash_point
 from pipeline.options import IngestOptions
 from pipeline.output.catalog import CatalogRow, catalog_table
-from pipeline.output.commit import CommitItem, apply_commit, plan_commit
+from pipeline.output.commit import CommitItem, apply_commit, file_error_name, plan_commit
 from pipeline.output.delta import DeltaConflict, DeltaOut, settle
 from pipeline.output.journal import Journal, JournalState
 from pipeline.output.layout import CATALOG_DIR, ERRORS_DIR, FILE_ID, STATE_DIR, table_name
@@ -154,6 +155,8 @@ class Runner:
         self.local: LocalExecutor | None = None
         self.local_pressure: LocalPressure | None = None
         self.catalog: list[dict[str, Any]] = []
+        self.file_errors: set[str] | None = None
+        """Names of the file-level ``_errors`` fragments in OUT (see `_file_errors_in_out`)."""
         self.ready: list[FileRun] = []
         self.ready_bundles: list[BundleRun] = []
         self.progress: Progress | None = None
@@ -701,9 +704,13 @@ class Runner:
         runs kept committing the same files; they stay not done, the next run takes them)."""
         fmt = self.options.output.table_format
         for attempt in range(COMMIT_ATTEMPTS):
-            plan = plan_commit(items, forgets, self.state, self.run_id, self.store, fmt)
+            plan = plan_commit(items, forgets, self.state, self.run_id, self.store, fmt,
+                               self._file_errors_in_out())
             try:
                 apply_commit(plan, self.store, self.journal, self.state, self.delta)
+                if self.file_errors is not None:
+                    self.file_errors.difference_update(
+                        file_error_name(it.file_id) for it in items if not it.keep_file_error)
                 return None
             except DeltaConflict as exc:
                 # Another run committed some of these files: what it wrote is in the journal
@@ -714,13 +721,27 @@ class Runner:
                 self.state = self.journal.load()
                 time.sleep(random.uniform(0, 0.05 * 2 ** attempt))
         return failure
+    def _file_errors_in_out(self) -> set[str] | None:
+        """The file-level ``_errors`` fragments OUT holds, listed once per run: a commit then
+        removes only those, not one maybe-missing path per file (10,000 deletes, each a
+        request on an object store). Hive only: the lock keeps other runs from writing
+        them meanwhile, which concurrent Delta runs may do."""
+        if self.delta is not None:
+            return None
+        if self.file_errors is None:
+            found = self.store.glob(self.store.path(ERRORS_DIR, file_error_name("*")))
+            self.file_errors = {posixpath.basename(p) for p in found}
+        return self.file_errors
+
     def _fail_file(self, planned: PlannedFile, message: str) -> None:
         source = planned.source
         rejected = Rejected("file", ErrorCode.FILE_ERROR, message, None)
         table = errors_table([(source.file_id, source.path, None, rejected)], self.run_id)
         self.store.write_table_atomic(
-            self.store.path(ERRORS_DIR, f"{source.file_id}-file.parquet"), table,
+            self.store.path(ERRORS_DIR, file_error_name(source.file_id)), table,
             self.options.output.compression)
+        if self.file_errors is not None:
+            self.file_errors.add(file_error_name(source.file_id))
         self.report.failures.append(message)
         self.report.errors += 1
         row = CatalogRow(source.file_id, source.path, planned.reader, source.size,
@@ -739,7 +760,7 @@ class Runner:
                     and fid not in self.group]
             paths = [self.state.done[fid].catalog.get("path", fid) for fid in gone]
             for fid in gone:
-                self.store.remove(self.store.path(ERRORS_DIR, f"{fid}-file.parquet"))
+                self.store.remove(self.store.path(ERRORS_DIR, file_error_name(fid)))
             failure = self._apply_commit([], gone) if gone else None
             if failure:
                 self.report.failures.append(f"--prune: {failure}")
@@ -751,7 +772,9 @@ class Runner:
                 continue  # a file sharing a bundle's fragment goes with that bundle's commit
             for rel in record.fragments:
                 self.store.remove(self.store.path(rel))
-            self.store.remove(self.store.path(ERRORS_DIR, f"{file_id}-file.parquet"))
+            self.store.remove(self.store.path(ERRORS_DIR, file_error_name(file_id)))
+            if self.file_errors is not None:
+                self.file_errors.discard(file_error_name(file_id))
             self.journal.append({"event": "forget", "file_id": file_id, "run": self.run_id})
             self.state.done.pop(file_id)
             self.report.notes.append(f"pruned {record.catalog.get('path', file_id)}")

@@ -133,3 +133,37 @@ def test_without_path_keeps_the_offset() -> None:
             == "chunk 3 at offset 96: BadFile: cut short")
     assert without_path(f"[Errno 13] Permission denied: '{path}'", path) == (
         "[Errno 13] Permission denied: 'x.csv'")
+
+
+def test_a_fixed_file_loses_its_error_row_and_clean_commits_delete_nothing(tmp_path,
+                                                                         monkeypatch) -> None:
+    """A file that failed has a file-level ``_errors`` row until it reads; the commits of
+    files that never failed do not try to delete one each (a request apiece on S3)."""
+    from pipeline.output.store import LocalStore
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i:02d}.csv").write_text(f"a,b\n{i},x\n")
+    (src / "bad.csv").write_bytes(b"a,b\n\xff\xfe,1\n")  # not UTF-8: fails, with a file row
+    removed: list[str] = []
+    real = LocalStore.remove
+    monkeypatch.setattr(LocalStore, "remove",
+                        lambda self, path: (removed.append(path), real(self, path))[1])
+
+    def error_paths() -> list[str]:
+        return duckdb.sql(f"select path from read_parquet('{out}/_errors/*.parquet')"
+                          ).fetchall()
+
+    assert pipeline.ingest(str(src), out=str(out)).files.get("failed") == 1
+    assert error_paths() == [(str(src / "bad.csv"),)]
+    assert not [p for p in removed if p.endswith("-file.parquet")]
+    (src / "bad.csv").write_text("a,b\n99,y\n")  # fixed
+    (src / "f00.csv").write_text("a,b\n100,z\n")  # changed, never failed
+    removed.clear()
+    assert pipeline.ingest(str(src), out=str(out)).ok
+    assert not list((out / "_errors").glob("*-file.parquet"))
+    (bad_id,), = duckdb.sql(f"select file_id from read_parquet('{out}/_catalog/*.parquet') "
+                            f"where path = '{src / 'bad.csv'}'").fetchall()
+    assert [os.path.basename(p) for p in removed if p.endswith("-file.parquet")] == [
+        f"{bad_id}-file.parquet"]

@@ -247,3 +247,12 @@ def test_hive_output_on_s3_is_locked_by_an_object(bucket) -> None:
     assert pipeline.ingest([f"s3://{name}/in"], out=out, progress=False).ok
     fs.invalidate_cache()
     assert not fs.exists(lock)
+    # A failed file's _errors object goes once it reads: the commit finds it by listing.
+    upload(fs, f"{name}/in", {"b.csv": b"a,b\n\xff,1\n"})
+    assert pipeline.ingest([f"s3://{name}/in"], out=out, progress=False).files.get("failed")
+    fs.invalidate_cache()
+    assert len(fs.glob(f"{name}/out/_errors/*-file.parquet")) == 1
+    upload(fs, f"{name}/in", {"b.csv": b"a,b\n1,2\n"})
+    assert pipeline.ingest([f"s3://{name}/in"], out=out, progress=False).ok
+    fs.invalidate_cache()
+    assert fs.glob(f"{name}/out/_errors/*-file.parquet") == []

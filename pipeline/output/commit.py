@@ -24,7 +24,7 @@ version per table (see `pipeline.output.delta`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -70,10 +70,13 @@ class CommitPlan:
 
 
 def plan_commit(items: Sequence[CommitItem], forgets: Sequence[str], state: JournalState,
-                run_id: str, store: Store, table_format: str = "hive") -> CommitPlan:
+                run_id: str, store: Store, table_format: str = "hive",
+                file_errors: Set[str] | None = None) -> CommitPlan:
     """The commit of ``items`` (and the dropping of ``forgets``' rows) over ``state``.
 
     ``store`` only turns relative paths into paths; nothing is read or written.
+    ``file_errors``: the names of the file-level ``_errors`` fragments OUT holds, when known
+    (only those are removed); None removes each committed file's, whether it exists or not.
     """
     delta = table_format == "delta"
     finals = {it.file_id: list(dict.fromkeys(store.rel(f.final) for f in it.staged))
@@ -105,8 +108,9 @@ def plan_commit(items: Sequence[CommitItem], forgets: Sequence[str], state: Jour
                              "delta": _versions_of(tables, fid)} for fid in forgets)
         removals = [rel for rel in removals if table_of(rel) == ERRORS_DIR]
     removals = [store.path(rel) for rel in removals]
-    removals += [store.path(ERRORS_DIR, f"{it.file_id}-file.parquet")
-                 for it in items if not it.keep_file_error]
+    removals += [store.path(ERRORS_DIR, name) for name in
+                 (file_error_name(it.file_id) for it in items if not it.keep_file_error)
+                 if file_errors is None or name in file_errors]
     committed = tuple({"event": "committed", "file_id": it.file_id, "run": run_id,
                        "fingerprint": it.fingerprint, "config": it.config,
                        "fragments": finals[it.file_id],
@@ -117,6 +121,11 @@ def plan_commit(items: Sequence[CommitItem], forgets: Sequence[str], state: Jour
                                it.catalog) for it in items)
     return CommitPlan(committing, tuple(renames.items()), tuple(removals), committed, records,
                       tuple(forgets), tables, run_id)
+
+
+def file_error_name(file_id: str) -> str:
+    """The name, in ``_errors/``, of the fragment holding a failed file's one row."""
+    return f"{file_id}-file.parquet"
 
 
 def _table_changes(items: Sequence[CommitItem], forgets: Sequence[str],
@@ -194,4 +203,4 @@ def record_commit(plan: CommitPlan, state: JournalState) -> None:
 
 
 __all__ = ["CommitItem", "CommitPlan", "plan_commit", "commit_steps", "apply_commit",
-           "record_commit"]
+           "record_commit", "file_error_name"]
