@@ -721,6 +721,7 @@ class Runner:
                 self.state = self.journal.load()
                 time.sleep(random.uniform(0, 0.05 * 2 ** attempt))
         return failure
+
     def _file_errors_in_out(self) -> set[str] | None:
         """The file-level ``_errors`` fragments OUT holds, listed once per run: a commit then
         removes only those, not one maybe-missing path per file (10,000 deletes, each a

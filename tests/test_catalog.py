@@ -167,3 +167,16 @@ def test_a_fixed_file_loses_its_error_row_and_clean_commits_delete_nothing(tmp_p
                             f"where path = '{src / 'bad.csv'}'").fetchall()
     assert [os.path.basename(p) for p in removed if p.endswith("-file.parquet")] == [
         f"{bad_id}-file.parquet"]
+
+
+def test_an_out_named_like_a_pattern_still_loses_a_fixed_files_error_row(tmp_path) -> None:
+    """OUT's own path is listed literally: ``out[1]`` is a name, not a character class."""
+    src, out = tmp_path / "in", tmp_path / "out[1]"
+    src.mkdir()
+    (src / "a.csv").write_text("a,b\n1,x\n")
+    (src / "bad.csv").write_bytes(b"a,b\n\xff,1\n")
+    assert pipeline.ingest(str(src), out=str(out)).files.get("failed") == 1
+    assert len([n for n in os.listdir(out / "_errors") if n.endswith("-file.parquet")]) == 1
+    (src / "bad.csv").write_text("a,b\n2,y\n")
+    assert pipeline.ingest(str(src), out=str(out)).ok
+    assert [n for n in os.listdir(out / "_errors") if n.endswith("-file.parquet")] == []

@@ -237,6 +237,8 @@ class LocalStore(Store):
         shutil.rmtree(path, ignore_errors=True)
 
     def glob(self, pattern: str) -> list[str]:
+        if pattern.startswith(self.root):  # OUT's own name is no pattern: /data/run[2]/out
+            pattern = globmod.escape(self.root) + pattern[len(self.root):]
         return sorted(globmod.glob(pattern, recursive=True))
 
     def append(self, path: str, data: bytes, sync: bool = True) -> None:
