@@ -188,10 +188,11 @@ class Runner:
                 self.journal.compact(exclusive=self.delta is None, state=self.state)
                 schemas = SchemaStore(self.store)
                 known = schemas.load()
-                # Planning parses samples of every file in this process, before any pressure
-                # plugin switches Arrow to jemalloc (its reason: mimalloc keeps freed pages per
-                # thread). From Python this reaches only what Python asks pyarrow to allocate;
-                # the CLI picks jemalloc for all of Arrow (`pipeline.cli.main`).
+                # Arrow's pool for the run, as the pressure plugin's on a worker (its reason:
+                # mimalloc keeps freed pages per thread): planning parses samples of every file
+                # here, and a small job's tasks run here too. From Python this reaches only what
+                # Python asks pyarrow to allocate; the CLI picks jemalloc for all of Arrow
+                # (`pipeline.cli.main`).
                 pools = switch_default_pool("jemalloc")
                 try:
                     self._run(known, schemas)
@@ -204,8 +205,6 @@ class Runner:
                 finally:
                     if self.local is not None:
                         self.local.close()
-                    if self.local_pressure is not None:
-                        self.local_pressure.close()
                     if self.cluster is not None:
                         self.cluster.close(fast=CANCEL.is_set())
                     if pools is not None:
@@ -291,8 +290,6 @@ class Runner:
                      and (not f.skipped or f.source.file_id in again))
         if in_process(self.options.cluster, self.layout, nbytes):
             self.layout = IN_PROCESS
-            if self.local_pressure is None:  # now: Arrow's pool for describing, as a worker's
-                self.local_pressure = LocalPressure(worker_name(), self.watch.receive)
         elif self.cluster is None and any(not f.skipped and f.error is None for f in found):
             self.cluster = self._start_cluster()
         return again

@@ -1,7 +1,7 @@
 """Switch Arrow's process-wide default memory pool, and put it back.
 
-Used by :class:`~pipeline.pressure.plugin.PressurePlugin` on each worker; see its
-``arrow_pool`` parameter for why jemalloc is the default choice.
+Used by :class:`~pipeline.pressure.plugin.PressurePlugin` on each worker and by the runner for
+the client's run; see the plugin's ``arrow_pool`` parameter for why jemalloc is the default.
 """
 
 from __future__ import annotations

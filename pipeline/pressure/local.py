@@ -7,8 +7,9 @@ the client's watch as a worker would push them, so the run report and its plots 
 both paths. "Paused" stops submission (a paused worker's window is zero, see
 `pipeline.pressure.window`); running chunks finish, as on a paused Dask worker. It does not
 cover spilling: tasks return manifests, so there is no Dask data to spill; at ELEVATED and
-above Arrow's cached pages and the readers' idle buffers go back to the OS, and Arrow's
-default pool is jemalloc until `close`, as the plugin does. See also `pipeline.pressure.plugin`.
+above Arrow's cached pages and the readers' idle buffers go back to the OS. Arrow's default
+pool is jemalloc for the whole run, as the plugin makes it (`pipeline.runner.Runner.run`
+switches it). See also `pipeline.pressure.plugin`.
 """
 
 from __future__ import annotations
@@ -27,11 +28,7 @@ from pipeline.pressure.actions import (
     sampling_interval,
     top_processes,
 )
-from pipeline.pressure.arrow_pool import (
-    default_pool_name,
-    restore_default_pool,
-    switch_default_pool,
-)
+from pipeline.pressure.arrow_pool import default_pool_name
 from pipeline.pressure.events import (
     EVENT_TOPIC,
     MEMORY_TOPIC,
@@ -52,8 +49,7 @@ class LocalPressure:
     """Samples this process's machine at the plugin's pace; call `tick` often (it samples
     only when the interval for the current level has passed) and `state` at the end."""
 
-    def __init__(self, worker: str, publish: Publish, arrow_pool: str | None = "jemalloc"
-                 ) -> None:
+    def __init__(self, worker: str, publish: Publish) -> None:
         self.worker = worker
         self.publish = publish
         limit = config.get("pressure.limit")
@@ -75,13 +71,6 @@ class LocalPressure:
         self._last_release = float("-inf")
         self._paused_since: float | None = None
         self._next_stall = 0.0
-        self._pools = switch_default_pool(arrow_pool)  # the plugin's reason: see its docs
-
-    def close(self) -> None:
-        """Arrow's default pool back to what it was."""
-        if self._pools is not None:
-            restore_default_pool(*self._pools)
-            self._pools = None
 
     def _read(self) -> tuple[int, int, int]:
         used, limit = read_memory_usage()
