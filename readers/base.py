@@ -49,18 +49,15 @@ def pread_file(path: str, start: int, length: int) -> bytes:
     """
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        data = os.pread(fd, length, start)
-        if len(data) < length and data:  # a short read before the end (a read past 2 GiB)
-            parts = [data]
-            got = len(data)
-            while got < length:
-                more = os.pread(fd, length - got, start + got)
-                if not more:
-                    break
-                parts.append(more)
-                got += len(more)
-            data = b"".join(parts)
-        return data
+        parts: list[bytes] = []
+        got = 0
+        while got < length:  # once, unless a read comes back short (Linux caps one at ~2 GiB)
+            data = os.pread(fd, length - got, start + got)
+            if not data:  # the end of the file
+                break
+            parts.append(data)
+            got += len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
     finally:
         os.close(fd)
 
