@@ -83,14 +83,18 @@ class Progress:
     def update(self, *, chunks: int = 0, nbytes: int = 0, files: int = 0, rows: int = 0,
                rejected: int = 0, pressure: str | None = None) -> None:
         with self._lock:
-            self.chunks_done += chunks
-            self.bytes_done += nbytes
-            self.files_done += files
-            self.rows_done += rows
-            self.rejected_done += rejected
+            self._count(chunks, nbytes, files, rows, rejected)
         if pressure:
             self.pressure = pressure
         self._changed()
+
+    def _count(self, chunks: int, nbytes: int, files: int, rows: int, rejected: int) -> None:
+        """Add to the finished counts (the caller holds the lock)."""
+        self.chunks_done += chunks
+        self.bytes_done += nbytes
+        self.files_done += files
+        self.rows_done += rows
+        self.rejected_done += rejected
 
     def _changed(self) -> None:
         if self.bar is not None:
@@ -113,10 +117,7 @@ class Progress:
             if len(self._ended) > ENDED_KEPT:  # the oldest half: their reports came long ago
                 for old in list(itertools.islice(self._ended, ENDED_KEPT // 2)):
                     del self._ended[old]
-            self.chunks_done += 1
-            self.bytes_done += nbytes
-            self.rows_done += rows
-            self.rejected_done += rejected
+            self._count(1, nbytes, 0, rows, rejected)
         self._changed()
 
     def totals(self) -> tuple[int, int, int]:
