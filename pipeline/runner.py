@@ -167,7 +167,7 @@ class Runner:
         """The sink of the chunks that write each tuple of tables (the reader's names; a chunk
         task carries only its own tables' schemas)."""
         self._readers: dict[str, Reader] = {}
-        """One reader object per reader name, for the chunk descriptions."""
+        """One reader object per reader name (see `_reader`)."""
         self.guard = PartitionGuard(options.output.max_partitions, self._too_many)
 
     # --- top level ------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ class Runner:
         assert self.plan is not None
         name, planned = run.planned.reader, run.planned
         options = self.plan.reader_options[name].but(chunk_size=max(1, run.size))
-        return get_reader(name)().plan(planned.source, planned.description, options)
+        return self._reader(name).plan(planned.source, planned.description, options)
 
     # --- execution ------------------------------------------------------------------------------
     def _execute(self, alone: list[FileRun], bundles: list[BundleRun]) -> None:
@@ -479,10 +479,7 @@ class Runner:
         options = self.plan.reader_options[planned.reader]
         # Only what this chunk reads travels with it (and goes into its token): a file of
         # thousands of tables would otherwise put every table's schema into each of its tasks.
-        reader = self._readers.get(planned.reader)
-        if reader is None:
-            reader = self._readers[planned.reader] = get_reader(planned.reader)()
-        description = reader.chunk_description(planned.description, spec)
+        description = self._reader(planned.reader).chunk_description(planned.description, spec)
         tables = tuple(description.tables)
         sink = self._sinks.get(tables)
         if sink is None:  # one per set of tables, shared by the chunks that write them
@@ -599,6 +596,13 @@ class Runner:
         run.manifest = result
         self.ready_bundles.append(run)
 
+    def _reader(self, name: str) -> Reader:
+        """The run's one object of reader ``name`` (readers keep no state between calls)."""
+        reader = self._readers.get(name)
+        if reader is None:
+            reader = self._readers[name] = get_reader(name)()
+        return reader
+
     def _check_partitions(self, stop: TooManyPartitions | None, fragments: list[Any]) -> None:
         """The partition guard (see `output.partition_guard`): stop before a commit would
         bring a table past ``--max-partitions``; staged fragments never reach OUT."""
@@ -647,7 +651,7 @@ class Runner:
         else:
             status = "partial" if errors else "ok"
         metadata = dict(planned.description.metadata)
-        metadata.update(get_reader(planned.reader)().summarize(
+        metadata.update(self._reader(planned.reader).summarize(
             source, planned.description, run.chunks.chunks, [m.outcome for m in manifests]))
         if run.chunks.notes:
             metadata["notes"] = run.chunks.notes
