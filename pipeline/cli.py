@@ -335,11 +335,9 @@ def _configure_logging(args: argparse.Namespace) -> None:
     # distributed sets its loggers' levels from Dask's "logging" config when it is imported,
     # which only a run that starts a cluster does (a small job never does): its own
     # defaults name these children, so give each the same level.
-    import dask.config
-
     own = ("distributed.client", "distributed.gc", "tornado.application")
-    dask.config.set({"logging": {**(dask.config.get("logging", default=None) or {}),
-                                 **dict.fromkeys((*noisy, *own, *named), quiet_deps)}})
+    levels = dict.fromkeys((*noisy, *own, *named), quiet_deps)
+    config.dask_settings_before_distributed({"logging": levels})
 
 
 def _stop_on_ctrl_c() -> None:
@@ -447,7 +445,29 @@ def main() -> None:
         # Interpreter shutdown resets Python-level handlers to the default, so a Ctrl-C pressed
         # while an interrupted run exits would kill it by SIGINT; an ignored one is left alone.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if _nothing_left_running():
+        # Interpreter shutdown frees every object one at a time: 0.07-0.1 s of a 0.6 s small
+        # job (more after 10,000 files). Everything the run wrote is closed and fsynced by now;
+        # what atexit would still do here is flush logging and the standard streams.
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader that went away: the exit code stands
+                pass
+        os._exit(code)
     sys.exit(code)
+
+
+def _nothing_left_running() -> bool:
+    """True when skipping interpreter shutdown loses nothing: no cluster machinery was loaded
+    (its atexit hooks close clusters and clients), no child process and no other
+    non-daemon thread is alive."""
+    if "distributed" in sys.modules:
+        return False
+    if "multiprocessing" in sys.modules and sys.modules["multiprocessing"].active_children():
+        return False
+    return all(t.daemon or t is threading.current_thread() for t in threading.enumerate())
 
 
 if __name__ == "__main__":

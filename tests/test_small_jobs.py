@@ -90,11 +90,13 @@ def test_small_job_in_process_writes_what_the_cluster_writes(tmp_path) -> None:
     assert again.files == {"unchanged": sum(alone.files.values())} and not again.chunk_records
 
 
-def _modules_after(code: str) -> set[str]:
+def _modules_after(code: str, home) -> set[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    env["HOME"] = str(home)
     run = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(sorted(m for m in"
-                          " ('distributed', 'distributed.deploy', 'tenacity')"
+                          " ('dask', 'distributed', 'distributed.deploy', 'tenacity')"
                           " if m in sys.modules))"],
-                         capture_output=True, text=True, timeout=180)
+                         capture_output=True, text=True, timeout=180, env=env)
     assert run.returncode == 0, run.stderr
     return set(eval(run.stdout.strip().splitlines()[-1]))
 
@@ -108,15 +110,32 @@ def test_a_small_job_does_not_import_distributed(tmp_path) -> None:
     cli = ("from pipeline.cli import run\n"
            f"assert run(['ingest', {str(tmp_path / 'in.csv')!r}, '--out', "
            f"{str(tmp_path / 'o1')!r}, '-q']) == 0")
-    assert _modules_after(cli) == set()
+    # Nor Dask, while no source of Dask settings exists (none in this HOME or environment)
+    dask = {"dask"} if _system_dask_settings() else set()
+    assert _modules_after(cli, tmp_path) == dask
     api = ("import pipeline\n"
            f"r = pipeline.ingest({str(tmp_path / 'in.csv')!r}, out={str(tmp_path / 'o2')!r})\n"
            "assert r.ok and r.rows == 1000")
-    assert _modules_after(api) == set()
+    assert _modules_after(api, tmp_path) == dask
     big = ("from pipeline.cli import run\n"
            f"assert run(['ingest', {str(tmp_path / 'in.csv')!r}, '--out', "
-           f"{str(tmp_path / 'o3')!r}, '-q', '--small-job-size', '1KB']) == 0")
-    assert _modules_after(big) == {"distributed", "distributed.deploy"}
+           f"{str(tmp_path / 'o3')!r}, '-q', '--small-job-size', '1KB']) == 0\n"
+           # the CLI's levels for distributed's loggers reached Dask's config before
+           # distributed read them, at its import during the run
+           "import logging\n"
+           "assert logging.getLogger('distributed').level == logging.CRITICAL\n"
+           "assert logging.getLogger('distributed.client').level == logging.CRITICAL")
+    assert _modules_after(big, tmp_path) == {"dask", "distributed", "distributed.deploy"}
+
+
+def _system_dask_settings() -> bool:
+    """Whether Dask's config directories outside HOME hold a file (then Dask is imported
+    to read it)."""
+    from pipeline import config
+
+    home = os.path.join(os.path.expanduser("~"), ".config", "dask")
+    return any(os.path.isfile(p) or (os.path.isdir(p) and os.listdir(p))
+               for p in config.dask_config_paths() if p != home)
 
 
 @pytest.mark.parametrize(("options", "alone"), [

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Self
 
-from dask.utils import format_bytes
+from pipeline import config
 
 __all__ = ["EVENT_TOPIC", "MEMORY_TOPIC", "STALL_TOPIC", "MemoryPoint", "PressureEvent",
            "PressureLevel", "ProcessMemory", "StallWarning", "level_of"]
@@ -165,10 +165,11 @@ class StallWarning(_Record):
     """The processes holding the most memory on the worker's machine, largest first."""
 
     def __str__(self) -> str:
-        own = (f"; this worker holds {format_bytes(self.process_bytes)}"
+        own = (f"; this worker holds {config.format_size(self.process_bytes)}"
                if self.process_bytes is not None else "")
-        top = ", ".join(f"{p.name} (pid {p.pid}) {format_bytes(p.rss_bytes)}" for p in self.top)
+        top = ", ".join(f"{p.name} (pid {p.pid}) {config.format_size(p.rss_bytes)}"
+                        for p in self.top)
         return (f"worker {self.worker} paused for {self.paused_s:.0f}s by memory pressure "
-                f"({self.level.name}: {format_bytes(self.used_bytes)} of "
-                f"{format_bytes(self.limit_bytes)} used, {self.fraction:.0%}{own}); "
+                f"({self.level.name}: {config.format_size(self.used_bytes)} of "
+                f"{config.format_size(self.limit_bytes)} used, {self.fraction:.0%}{own}); "
                 f"largest processes: {top or 'unknown'}. It resumes when memory is freed.")

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
-from dask.utils import parse_timedelta
 
 from pipeline import config
 from pipeline.pressure.actions import (
@@ -55,8 +54,7 @@ class LocalPressure:
         limit = config.get("pressure.limit")
         self.limit_bytes = config.parse_size(limit) if limit else None
         self.interval = float(config.get("pressure.interval"))
-        stall = config.get("pressure.stall-warning")
-        self.stall_warning = float(parse_timedelta(stall) if stall else 0)
+        self.stall_warning = config.parse_seconds(config.get("pressure.stall-warning"))
         self.policy = PressurePolicy(float(config.get("pressure.cooldown")),
                                      float(config.get("pressure.pause-headroom")))
         self.monitor = MemoryPressureMonitor(read_memory=self._read)

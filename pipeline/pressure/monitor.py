@@ -18,6 +18,7 @@ Thresholds come from ``chunkmill.pressure.*`` in Dask's config (defaults in
 from __future__ import annotations
 
 import functools
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import psutil
-from dask.utils import format_bytes
 
 from pipeline import config
 from pipeline.pressure.events import PressureLevel
@@ -203,7 +203,10 @@ def system_memory_limit() -> int:
     """
     loaded = sys.modules.get("distributed.system")
     if loaded is None:
-        spec = importlib.util.find_spec("distributed")  # finds it without importing it
+        # Found on sys.path, not through sys.meta_path, where the CLI waits for distributed's
+        # import (config.dask_settings_before_distributed).
+        spec = (importlib.machinery.PathFinder.find_spec("distributed")
+                or importlib.util.find_spec("distributed"))
         assert spec is not None and spec.origin is not None
         path = os.path.join(os.path.dirname(spec.origin), "system.py")
         own = importlib.util.spec_from_file_location("_chunkmill_distributed_system", path)
@@ -302,6 +305,6 @@ class MemoryPressureMonitor:
     def __repr__(self) -> str:
         last = self._last
         usage = "no samples" if last is None else (
-            f"used={format_bytes(last.used_bytes)}/{format_bytes(last.limit_bytes)} "
+            f"used={config.format_size(last.used_bytes)}/{config.format_size(last.limit_bytes)} "
             f"({last.fraction:.0%})")
         return f"<MemoryPressureMonitor level={self._level.name} {usage}>"

@@ -49,7 +49,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from dask.utils import parse_timedelta
 from distributed import WorkerPlugin
 from distributed.core import Status
 from tornado.ioloop import PeriodicCallback
@@ -143,7 +142,7 @@ def install_pressure_plugin(client: Client, limit: str | int | None = None, *,
 
 
 def _seconds(value: Any) -> float:
-    return float(parse_timedelta(value) or 0.0) if value else 0.0
+    return config.parse_seconds(value)
 
 
 # ------------------------------------------------------------------------ plugin
