@@ -9,6 +9,7 @@ permission), 130 interrupted. Output cut short by a closed pipe (``| head``) is 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import signal
@@ -446,25 +447,29 @@ def main() -> None:
         # while an interrupted run exits would kill it by SIGINT; an ignored one is left alone.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if _nothing_left_running():
-        # Interpreter shutdown frees every object one at a time: 0.07-0.1 s of a 0.6 s small
-        # job (more after 10,000 files). Everything the run wrote is closed and fsynced by now;
-        # what atexit would still do here is flush logging and the standard streams.
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a reader that went away: the exit code stands
-                pass
-        os._exit(code)
+        _leave(code)
     sys.exit(code)
 
 
+def _leave(code: int) -> None:
+    """Exit without interpreter shutdown, which frees every object one at a time: 0.07-0.1 s
+    of a 0.6 s small job, 0.15-0.3 s after a big one. Everything the run wrote is closed and
+    fsynced by now; the atexit handlers (logging's flush, distributed's) still run."""
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    if run_exitfuncs is None:  # not CPython
+        sys.exit(code)
+    run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away: the exit code stands
+            pass
+    os._exit(code)
+
+
 def _nothing_left_running() -> bool:
-    """True when skipping interpreter shutdown loses nothing: no cluster machinery was loaded
-    (its atexit hooks close clusters and clients), no child process and no other
-    non-daemon thread is alive."""
-    if "distributed" in sys.modules:
-        return False
+    """True when skipping interpreter shutdown loses nothing: no child process (a worker of
+    an embedded cluster that did not stop) and no other non-daemon thread is alive."""
     if "multiprocessing" in sys.modules and sys.modules["multiprocessing"].active_children():
         return False
     return all(t.daemon or t is threading.current_thread() for t in threading.enumerate())

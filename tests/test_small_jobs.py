@@ -213,10 +213,9 @@ def test_jemalloc_is_named_only_when_the_installed_pyarrow_has_it(tmp_path, monk
 
 
 def test_the_cli_skips_interpreter_teardown_only_when_nothing_is_left_running(tmp_path) -> None:
-    """After a small job the CLI leaves by ``os._exit`` (teardown costs a tenth of its
-    start-up), with every line it printed delivered; a live non-daemon thread, a child
-    process or a loaded ``distributed`` (whose atexit hooks close clusters) keep the usual
-    shutdown."""
+    """After a run the CLI leaves by ``os._exit`` (teardown costs a tenth of a small job's
+    start-up), with the atexit handlers run and every line it printed delivered; a live
+    non-daemon thread or child process keeps the usual shutdown."""
     probe = ("import sys, threading, multiprocessing, pipeline.cli as cli\n"
              "print(cli._nothing_left_running())\n"
              "t = threading.Thread(target=threading.Event().wait, args=(5,)); t.start()\n"
@@ -224,16 +223,22 @@ def test_the_cli_skips_interpreter_teardown_only_when_nothing_is_left_running(tm
              "t.join(); print(cli._nothing_left_running())\n"
              "p = multiprocessing.get_context('spawn').Process(target=sorted, args=([],))\n"
              "p.start(); print(cli._nothing_left_running()); p.join()\n"
-             "import distributed\nprint(cli._nothing_left_running())\n")
+             "print(cli._nothing_left_running())\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=120, check=True)
-    assert out.stdout.split() == ["True", "False", "True", "False", "False"]
-    # the whole of a long report reaches a pipe, and the exit code is the run's
+    assert out.stdout.split() == ["True", "False", "True", "False", "True"]
+    # the whole of a long report reaches a pipe, the exit code is the run's, and atexit
+    # handlers run, after a small job and after one on the embedded cluster
     for n in range(300):
         (tmp_path / f"f{n:03}.csv").write_text("a,b\n1,2\n")
     (tmp_path / "bad.csv").write_bytes(b"a,b\n\xff\xfe\x00\x01\n")
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest", str(tmp_path),
-                          "--out", str(tmp_path / "o"), "--json", "--encoding", "utf-8"],
-                         capture_output=True, text=True, timeout=120)
-    report = json.loads(res.stdout)
-    assert len(res.stdout) > 65536 and res.returncode == report["exit_code"]
+    for n, extra in enumerate([[], ["--small-job-size", "0"]]):
+        main = ("import atexit, sys, pipeline.cli as cli\n"
+                "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+                f"sys.argv = ['chunkmill', 'ingest', {str(tmp_path)!r}, '--out', "
+                f"{str(tmp_path / f'o{n}')!r}, '--json', *{extra!r}]\ncli.main()\n")
+        res = subprocess.run([sys.executable, "-c", main], capture_output=True, text=True,
+                             timeout=180)
+        report = json.loads(res.stdout)
+        assert len(res.stdout) > 65536 and res.returncode == report["exit_code"] == 1
+        assert res.stderr.rstrip().endswith("atexit ran"), res.stderr
