@@ -13,6 +13,7 @@ values are the settings and Dask is not imported; any such source, and Dask's co
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import site
@@ -65,15 +66,17 @@ def dask_settings_before_distributed(settings: dict[str, dict[str, Any]]) -> Non
         return
 
     class BeforeDistributed:
-        @staticmethod
-        def find_spec(name: str, path: object = None, target: object = None) -> None:
-            if name == "distributed":
-                sys.meta_path.remove(finder)
+        done = False
+
+        def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+            if name == "distributed" and not self.done:
+                self.done = True
+                with contextlib.suppress(ValueError):  # another thread's lookup removed it
+                    sys.meta_path.remove(self)
                 merge()
             return None  # the usual finders find it
 
-    finder = BeforeDistributed()
-    sys.meta_path.insert(0, finder)
+    sys.meta_path.insert(0, BeforeDistributed())
 
 
 def dask_config_paths() -> list[str]:
