@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import duckdb
+import pytest
 
 import pipeline
 from pipeline.output.journal import Journal
@@ -180,3 +183,35 @@ def test_an_out_named_like_a_pattern_still_loses_a_fixed_files_error_row(tmp_pat
     (src / "bad.csv").write_text("a,b\n2,y\n")
     assert pipeline.ingest(str(src), out=str(out)).ok
     assert [n for n in os.listdir(out / "_errors") if n.endswith("-file.parquet")] == []
+
+
+def test_runs_of_an_out_named_like_a_pattern_are_its_own(tmp_path) -> None:
+    """``report``/``list_runs`` of ``out[1]`` list its runs, not those of ``out1`` beside it."""
+    from pipeline.report.plots import list_runs
+
+    (tmp_path / "a.csv").write_text("a,b\n1,x\n")
+    first = pipeline.ingest(str(tmp_path / "a.csv"), out=str(tmp_path / "out1"))
+    second = pipeline.ingest(str(tmp_path / "a.csv"), out=str(tmp_path / "out[1]"))
+    assert [r["run_id"] for r in list_runs(tmp_path / "out[1]")] == [second.run_id]
+    assert [r["run_id"] for r in list_runs(tmp_path / "out1")] == [first.run_id]
+
+
+def test_an_object_store_out_named_like_a_pattern_is_refused_up_front(tmp_path) -> None:
+    """fsspec reads * ? [ in a path as a pattern (its mv and rm too): ``out[1]`` would reach
+    into ``out1``. The run stops before writing anything, naming the output."""
+    import uuid
+
+    import fsspec
+
+    (tmp_path / "a.csv").write_text("a,b\n1,x\n")
+    base = f"memory://pattern-{uuid.uuid4().hex}"
+    assert pipeline.ingest(str(tmp_path / "a.csv"), out=f"{base}/out1").ok
+    before = fsspec.filesystem("memory").find(base)
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "ingest",
+                          str(tmp_path / "a.csv"), "--out", f"{base}/out[1]"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "out[1]: an output on an object store cannot" in res.stderr
+    assert "Traceback" not in res.stderr
+    with pytest.raises(pipeline.UsageError, match="cannot have"):
+        pipeline.ingest(str(tmp_path / "a.csv"), out=f"{base}/out[1]")
+    assert fsspec.filesystem("memory").find(base) == before

@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
+from pipeline.errors import UsageError
 from pipeline.faults import crash_point
 
 if TYPE_CHECKING:  # imported where tables are written: `chunkmill status` needs no pyarrow
@@ -398,6 +399,11 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Store
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("file", "local"):
         return LocalStore(url, os.path.abspath(root), options)
+    if any(c in root for c in "*?["):
+        # fsspec's mv, rm and glob read them as a pattern: `out[1]` would also match `out1`,
+        # another output, whose files a run would then list, or delete.
+        raise UsageError(f"{url}: an output on an object store cannot have *, ? or [ in its "
+                         "path (fsspec reads them as a pattern); choose another name")
     return FsspecStore(url, root, options, fs)
 
 

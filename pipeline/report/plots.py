@@ -15,6 +15,7 @@ Times are seconds since the run started, shared by all plots so they pan and zoo
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import html
 import json
 import os
@@ -69,7 +70,8 @@ def _runs(out: str | os.PathLike[str], storage_options: dict[str, Any] | None
 
     fs, root = url_to_fs(os.fspath(out), **(storage_options or {}))
     runs = f"{root.rstrip('/')}/{RUNS_DIR}"
-    names = sorted(p.rsplit("/", 1)[-1][:-5] for p in fs.glob(f"{runs}/*.json"))
+    # OUT's own path is no pattern: /data/run[2]/out
+    names = sorted(p.rsplit("/", 1)[-1][:-5] for p in fs.glob(f"{glob.escape(runs)}/*.json"))
     if not names:
         raise SourceNotFound(f"no run reports under {os.fspath(out)}/{RUNS_DIR} "
                              "(is this the --out of a chunkmill ingest?)")
