@@ -141,10 +141,6 @@ def install_pressure_plugin(client: Client, limit: str | int | None = None, *,
     return plugin
 
 
-def _seconds(value: Any) -> float:
-    return config.parse_seconds(value)
-
-
 # ------------------------------------------------------------------------ plugin
 class PressurePlugin(WorkerPlugin):
     """Memory-pressure reactions on every worker.
@@ -236,8 +232,8 @@ class PressurePlugin(WorkerPlugin):
             raise ValueError(f"cooldown must be >= 0; got {self.cooldown}")
         self.pause_headroom = float(pause_headroom if pause_headroom is not None
                                     else config.get("pressure.pause-headroom"))
-        self.stall_warning = _seconds(stall_warning if stall_warning is not None
-                                      else config.get("pressure.stall-warning"))
+        self.stall_warning = config.parse_seconds(
+            stall_warning if stall_warning is not None else config.get("pressure.stall-warning"))
         self.limit_bytes = int(limit_bytes) if limit_bytes is not None else None
         self.read_memory = read_memory
         self.watch_system = watch_system
