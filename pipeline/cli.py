@@ -461,7 +461,8 @@ def _leave(code: int) -> None:
     run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # no descriptor at start-up (a daemon's closed stdout)
+                stream.flush()
         except (OSError, ValueError):  # a reader that went away: the exit code stands
             pass
     os._exit(code)
