@@ -735,6 +735,12 @@ class Runner:
             self.file_errors = {posixpath.basename(p) for p in found}
         return self.file_errors
 
+    def _remove_file_error(self, file_id: str) -> None:
+        """Delete a file's file-level ``_errors`` fragment, and forget it in the listing."""
+        self.store.remove(self.store.path(ERRORS_DIR, file_error_name(file_id)))
+        if self.file_errors is not None:
+            self.file_errors.discard(file_error_name(file_id))
+
     def _fail_file(self, planned: PlannedFile, message: str) -> None:
         source = planned.source
         rejected = Rejected("file", ErrorCode.FILE_ERROR, message, None)
@@ -762,7 +768,7 @@ class Runner:
                     and fid not in self.group]
             paths = [self.state.done[fid].catalog.get("path", fid) for fid in gone]
             for fid in gone:
-                self.store.remove(self.store.path(ERRORS_DIR, file_error_name(fid)))
+                self._remove_file_error(fid)
             failure = self._apply_commit([], gone) if gone else None
             if failure:
                 self.report.failures.append(f"--prune: {failure}")
@@ -774,9 +780,7 @@ class Runner:
                 continue  # a file sharing a bundle's fragment goes with that bundle's commit
             for rel in record.fragments:
                 self.store.remove(self.store.path(rel))
-            self.store.remove(self.store.path(ERRORS_DIR, file_error_name(file_id)))
-            if self.file_errors is not None:
-                self.file_errors.discard(file_error_name(file_id))
+            self._remove_file_error(file_id)
             self.journal.append({"event": "forget", "file_id": file_id, "run": self.run_id})
             self.state.done.pop(file_id)
             self.report.notes.append(f"pruned {record.catalog.get('path', file_id)}")
