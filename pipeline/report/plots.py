@@ -15,7 +15,6 @@ Times are seconds since the run started, shared by all plots so they pan and zoo
 from __future__ import annotations
 
 import datetime as dt
-import glob
 import html
 import json
 import os
@@ -43,6 +42,8 @@ from bokeh.plotting import figure
 from bokeh.resources import INLINE
 
 from pipeline.errors import SourceNotFound
+from pipeline.output.layout import ERRORS_DIR
+from pipeline.output.store import Store, open_store
 from pipeline.pressure.events import MemoryPoint, PressureEvent, PressureLevel
 
 __all__ = ["load_report", "list_runs", "format_runs", "load_errors", "did_work",
@@ -65,27 +66,30 @@ def did_work(report: Mapping[str, Any]) -> bool:
 
 
 def _runs(out: str | os.PathLike[str], storage_options: dict[str, Any] | None
-          ) -> tuple[Any, str, list[str]]:
-    from fsspec.core import url_to_fs
-
-    fs, root = url_to_fs(os.fspath(out), **(storage_options or {}))
-    runs = f"{root.rstrip('/')}/{RUNS_DIR}"
-    # OUT's own path is no pattern: /data/run[2]/out
-    names = sorted(p.rsplit("/", 1)[-1][:-5] for p in fs.glob(f"{glob.escape(runs)}/*.json"))
+          ) -> tuple[Store, list[str]]:
+    """OUT's store and the ids of its saved run reports. Listed through `Store`, which
+    reads OUT's own path as a name, not a pattern (``/data/run[2]/out``)."""
+    store = open_store(os.fspath(out), storage_options)
+    names = sorted(p.rsplit("/", 1)[-1][:-5]
+                   for p in store.glob(store.path(RUNS_DIR, "*.json")))
     if not names:
         raise SourceNotFound(f"no run reports under {os.fspath(out)}/{RUNS_DIR} "
                              "(is this the --out of a chunkmill ingest?)")
-    return fs, runs, names
+    return store, names
 
 
-def _newest_first(fs: Any, runs: str, names: list[str]) -> Iterator[dict[str, Any]]:
+def _read_report(store: Store, run_id: str) -> dict[str, Any]:
+    return json.loads(store.read_bytes(store.path(RUNS_DIR, f"{run_id}.json")))
+
+
+def _newest_first(store: Store, names: list[str]) -> Iterator[dict[str, Any]]:
     """Saved reports from the newest back, read one stamp at a time (run ids start with a
     UTC stamp to the second; runs sharing one are ordered by their start times)."""
     groups: dict[str, list[str]] = {}
     for n in names:
         groups.setdefault(n.split("-", 1)[0], []).append(n)
     for stamp in sorted(groups, reverse=True):
-        reports = [_read_json(fs, f"{runs}/{n}.json") for n in groups[stamp]]
+        reports = [_read_report(store, n) for n in groups[stamp]]
         yield from sorted(reports, key=lambda r: float(r.get("started") or 0.0), reverse=True)
 
 
@@ -99,16 +103,16 @@ def load_report(out: str | os.PathLike[str], run_id: str | None = None,
     URL. Raises `SourceNotFound` (exit code 2 in the CLI) naming the runs available when there
     is no match.
     """
-    fs, runs, names = _runs(out, storage_options)
+    store, names = _runs(out, storage_options)
     if run_id is not None:
         run_id = run_id.removesuffix(".json")
         if run_id not in names:
             shown = ", ".join(names[-5:])
             raise SourceNotFound(f"no run {run_id!r} under {os.fspath(out)}/{RUNS_DIR} "
                                  f"(latest: {shown})")
-        return _read_json(fs, f"{runs}/{run_id}.json")
+        return _read_report(store, run_id)
     skipped: list[dict[str, Any]] = []
-    for report in _newest_first(fs, runs, names):
+    for report in _newest_first(store, names):
         if did_work(report):
             if skipped:
                 report["skipped_runs"] = [str(r.get("run_id")) for r in skipped]
@@ -121,9 +125,9 @@ def list_runs(out: str | os.PathLike[str], storage_options: dict[str, Any] | Non
               ) -> list[dict[str, Any]]:
     """Every run of ``out``, oldest first: run id, start, duration, files per status, rows,
     rejected, whether it finished and whether it did work."""
-    fs, runs, names = _runs(out, storage_options)
+    store, names = _runs(out, storage_options)
     listed = []
-    for r in reversed(list(_newest_first(fs, runs, names))):
+    for r in reversed(list(_newest_first(store, names))):
         started, finished = float(r.get("started") or 0), float(r.get("finished") or 0)
         listed.append({"run_id": r.get("run_id"), "started": started,
                        "duration_s": max(0.0, finished - started) if finished else None,
@@ -153,16 +157,15 @@ def load_errors(out: str | os.PathLike[str], run_id: str, storage_options:
     file again replaced its rows): counts per file and error type, and the first ``limit``."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
-    from fsspec.core import url_to_fs
 
-    fs, root = url_to_fs(os.fspath(out), **(storage_options or {}))
-    where = f"{root.rstrip('/')}/_errors"
+    store = open_store(os.fspath(out), storage_options)
+    where = store.path(ERRORS_DIR)
     empty: dict[str, Any] = {"counts": [], "rows": [], "total": 0}
-    if not fs.exists(where):
+    if not store.exists(where):
         return empty
     columns = ["path", "chunk", "byte_offset", "kind", "error_type", "message"]
     try:
-        table = ds.dataset(where, filesystem=fs, format="parquet").to_table(
+        table = ds.dataset(where, filesystem=store.filesystem, format="parquet").to_table(
             columns=columns, filter=pc.field("run_id") == run_id)
     except (OSError, ValueError):  # nothing readable there
         return empty
@@ -170,11 +173,6 @@ def load_errors(out: str | os.PathLike[str], run_id: str, storage_options:
     counts = sorted(counts.to_pylist(), key=lambda r: -r["count_all"])
     return {"counts": [(r["path"], r["error_type"], r["count_all"]) for r in counts],
             "rows": table.slice(0, limit).to_pylist(), "total": table.num_rows}
-
-
-def _read_json(fs: Any, path: str) -> dict[str, Any]:
-    with fs.open(path, "rb") as f:
-        return json.loads(f.read())
 
 
 def _as_dict(report: Mapping[str, Any] | Any) -> dict[str, Any]:
