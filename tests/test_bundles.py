@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import thorough
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 import pipeline
 from tests.test_resume import run_cli
@@ -215,3 +217,67 @@ def test_small_files_read_together_are_parsed_as_each_batch_fills(tmp_path, monk
     assert len(read) == 40 and sum(len(b.members) for b in [first, *rest]) == 40
     rows = pa.concat_tables([b.rows for b in [first, *rest]])
     assert rows.num_rows == 40 * 50 and rows.column("a").to_pylist()[::50] == list(range(40))
+
+
+_LINE_ENDS = st.sampled_from(["\n", "\r\n", "\r", "\n\n", "\r\n\r\n", "\n\r\n"])
+_RECORDS = st.one_of(st.integers(0, 99).map(lambda n: f"{n},x{n}"),
+                     st.sampled_from(['"q",1', "", "7,", ",y"]))
+_BODIES = st.lists(st.tuples(_RECORDS, _LINE_ENDS), min_size=1, max_size=6).map(
+    lambda lines: "".join(r + e for r, e in lines))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bodies=st.lists(st.tuples(_BODIES, st.booleans()), min_size=1, max_size=6),
+       block=st.sampled_from([16, 4096]))
+# A lone CR (one row more than lines) beside an empty line (one fewer): the batch's row count
+# adds up, the files' own counts do not.
+@example(bodies=[("1,x1\r2,x2\n", True), ("3,x3\n\n", True)], block=4096)
+@example(bodies=[("1,x1\n\r\n", True), ("2,x2\r3,x3", False)], block=4096)
+@example(bodies=[("1,x1\r", False), ("\n2,x2\n", True)], block=4096)
+def test_files_parsed_together_get_exactly_their_own_rows(tmp_path_factory, bodies, block
+                                                          ) -> None:
+    """Each file a batch keeps gets the rows it gives read alone, whatever its line ends
+    (CRLF, a lone CR, empty lines, a quote, no final newline): the check of a whole batch
+    lets through only files whose records all end at a newline."""
+    from readers.base import ChunkContext
+    from readers.csv import CSVReader
+    from readers.testing import source_of
+
+    tmp = tmp_path_factory.mktemp("together")
+    reader = CSVReader()
+    options = reader.configure({"stream_block_bytes": block})
+    first = reader.describe(source_of(_write(tmp / "first.csv", "a,b\n1,x1\n")), options)
+    members = []
+    for i, (body, final_newline) in enumerate(bodies):
+        text = "a,b\n" + (body if final_newline else body.rstrip("\r\n") or body)
+        source = source_of(_write(tmp / f"f{i}.csv", text))
+        description = reader.describe(source, options)
+        # One schema for every member, as a plan gives a table's files.
+        description.tables = dict(first.tables)
+        chunks = reader.plan(source, description, options)
+        if len(chunks) == 1:
+            members.append((source, chunks[0], description))
+
+    together = set()
+    for read in reader.read_together(members, options):
+        together.update(read.members)
+        at = 0
+        for member, count in zip(read.members, read.counts, strict=True):
+            source, chunk, description = members[member]
+            ctx = ChunkContext(source, chunk)
+            alone = [rows for _, rows in reader.read(source, chunk, description, options, ctx)]
+            assert not ctx.rejected
+            expected = pa.concat_tables(alone).to_pylist() if alone else []
+            assert read.rows.slice(at, count).to_pylist() == expected, source.path
+            at += count
+        assert at == read.rows.num_rows
+    plain = all('"' not in body and "\r" not in body and "\n\n" not in "\n" + body
+                for body, _ in bodies)
+    if plain:  # nothing stops them: all are parsed together (the fast path is taken)
+        assert together == set(range(len(members)))
+
+
+def _write(path, text: str):
+    path.write_bytes(text.encode())
+    return path
