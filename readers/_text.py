@@ -537,7 +537,7 @@ class TextReader(Reader):
     def _describe_batch(self, sources: Sequence[Source], header: bytes,
                         batch: list[tuple[int, int, bool]], bodies: dict[int, bytes],
                         options: TextOptions, out: list[Description | None]) -> None:
-        head = header + b"".join(bodies[i] for i, _, _ in batch)
+        head = b"".join([header, *(bodies[i] for i, _, _ in batch)])  # one copy, not two
         try:
             dialect = self.dialect(head, True, options)
             schema, _, names = self._infer(head, True, options, dialect)

@@ -343,7 +343,8 @@ class CSVReader(TextReader):
 
     def _infer_types(self, body: bytes, names: tuple[str, ...], dialect: Dialect,
                      options: TextOptions) -> pa.Schema:
-        if not body.strip():  # no rows to go by: the other files of the table decide
+        # (isspace: strip() would copy the whole sample to find that out)
+        if not body or body.isspace():  # no rows to go by: the other files decide
             return pa.schema([(n, pa.null()) for n in names])
 
         def read(types: dict[str, pa.DataType]) -> pa.Table:
