@@ -77,9 +77,11 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import _common as c
@@ -222,6 +224,28 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}×"
 
 
+def paired_ratios(runs: Sequence[c.RunRecord], base: Sequence[c.RunRecord]) -> list[float]:
+    """Wall time over the base tool's in the same round, for rounds both finished right.
+
+    Rounds run every tool once in turn, so a pair ran minutes apart at most: the machine's
+    slow drift (its speed changes by half within a day here) cancels out of each ratio, where
+    a ratio of medians mixes rounds.
+    """
+    def good(r: c.RunRecord) -> bool:
+        return r.measurement.ok and r.rows_ok and bool(r.measurement.wall_s)
+
+    return [a.measurement.wall_s / b.measurement.wall_s  # type: ignore[operator]
+            for a, b in zip(runs, base, strict=False) if good(a) and good(b)]
+
+
+def _paired_cell(ratios: list[float]) -> str:
+    if not ratios:
+        return "—"
+    if len(ratios) == 1:
+        return f"{ratios[0]:.2f}×"
+    return f"{median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
 def _rows_cell(s: c.Summary) -> str:
     if s.status == "n/a" or (s.rows is None and s.status.startswith("failed")):
         return "—"
@@ -243,14 +267,19 @@ def render(results: list[dict[str, Any]], host: dict[str, Any], args: argparse.N
         lines.append(f"- input {name}: {ds.path} ({ds.bytes / c.GB:.3g} GB, {ds.rows:,} rows"
                      + (f", {ds.files:,} files" if ds.files > 1 else "") + ")")
     lines += ["", "| case | tool | wall s | CPU s | peak RSS MiB (summed) | output MiB | rows ok? "
-              "| wall vs polars | RSS vs polars | output vs polars | notes |",
-              "|---|---|--:|--:|--:|--:|---|--:|--:|--:|---|"]
+              "| wall vs polars | same-round wall vs polars | RSS vs polars | output vs polars "
+              "| notes |",
+              "|---|---|--:|--:|--:|--:|---|--:|--:|--:|--:|---|"]
     by_case: dict[str, dict[str, c.Summary]] = {}
+    runs: dict[str, dict[str, list[c.RunRecord]]] = {}
     for r in results:
         by_case.setdefault(r["case"], {})[r["tool"]] = r["summary_obj"]
+        runs.setdefault(r["case"], {})[r["tool"]] = r["records_obj"]
     for case, tools in by_case.items():
         polars = tools.get("polars")
         for tool, s in tools.items():
+            paired = (paired_ratios(runs[case][tool], runs[case]["polars"]) if polars
+                      else [])
             wall = "n/a" if s.status == "n/a" else c.fmt_num(s.wall_s, ".2f")
             rss = "n/a" if s.status == "n/a" else c.fmt_num(s.peak_rss_mib, ".0f")
             cpu = "n/a" if s.status == "n/a" else c.fmt_num(s.cpu_s, ".1f")
@@ -264,9 +293,12 @@ def render(results: list[dict[str, Any]], host: dict[str, Any], args: argparse.N
                 notes = f"**{s.status}**: {notes}"
             lines.append(
                 f"| {case} | {label} | {wall} | {cpu} | {rss} | {size} | {_rows_cell(s)} | "
-                f"{_ratio(s.wall_s, base_wall)} | {_ratio(s.peak_rss_mib, base_rss)} | "
+                f"{_ratio(s.wall_s, base_wall)} | {_paired_cell(paired)} | "
+                f"{_ratio(s.peak_rss_mib, base_rss)} | "
                 f"{_ratio(s.output_mib, base_out)} | {notes} |")
-    lines += ["", "Ratios are tool / polars on the same case (> 1: slower or bigger). CPU s is "
+    lines += ["", "Ratios are tool / polars on the same case (> 1: slower or bigger); the "
+              "same-round ratio is the median (and range) of each round's own ratio, which the "
+              "machine's drift between rounds does not move. CPU s is "
               "user + system time of the whole process tree; output MiB counts the data Parquet "
               "files only (not chunkmill's _catalog and _errors). Logs of every run: "
               + str(args.scratch_resolved / "logs")]
@@ -306,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         for tool, records in run_case(case, ds, args, scratch, chunkmill).items():
             summary = c.summarise(records)
             results.append({"case": case.name, "tool": tool, "input": ds.name,
-                            "summary_obj": summary, "summary": asdict(summary),
+                            "summary_obj": summary, "records_obj": records,
+                            "summary": asdict(summary),
                             "runs": [r.to_json() for r in records]})
 
     shown = {case.input: inputs[case.input] for case in cases}
@@ -322,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunkmill": chunkmill_how,
         "inputs": {name: asdict(ds) for name, ds in shown.items()},
         "cases": {case.name: asdict(case) for case in cases},
-        "results": [{k: v for k, v in r.items() if k != "summary_obj"} for r in results],
+        "results": [{k: v for k, v in r.items() if not k.endswith("_obj")} for r in results],
     }
     text = json.dumps(payload, indent=2, default=str)
     targets = [res_dir / f"{stamp}.json", res_dir / "latest.json"]
