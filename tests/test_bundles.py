@@ -235,6 +235,7 @@ _BODIES = st.lists(st.tuples(_RECORDS, _LINE_ENDS), min_size=1, max_size=6).map(
 @example(bodies=[("1,x1\r2,x2\n", True), ("3,x3\n\n", True)], block=4096)
 @example(bodies=[("1,x1\n\r\n", True), ("2,x2\r3,x3", False)], block=4096)
 @example(bodies=[("1,x1\r", False), ("\n2,x2\n", True)], block=4096)
+@example(bodies=[("1,x1\r", True), ("2,x2\n3,x3", False)], block=4096)  # a lone CR at the end
 def test_files_parsed_together_get_exactly_their_own_rows(tmp_path_factory, bodies, block
                                                           ) -> None:
     """Each file a batch keeps gets the rows it gives read alone, whatever its line ends
