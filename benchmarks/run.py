@@ -58,7 +58,8 @@ then read back with DuckDB (``read_parquet`` over every ``*.parquet`` under the 
 ``_``/``.`` directories such as chunkmill's ``_chunkmill``, ``_catalog`` and ``_errors``) and
 its row count compared with the generated count; a mismatch shows in the table. With ``--repeat
 N`` (default 3) the runs are interleaved (every tool once, then again) and the table shows the
-medians.
+medians, and the median and range of each round's own wall-time ratio to Polars (the
+machine's speed drifts between rounds; within one it barely moves).
 
 Output: a markdown table on stdout (also saved as ``<scratch>/results/<stamp>.md``) and the
 full results, every run and command included, as JSON in ``<scratch>/results/<stamp>.json``,
