@@ -221,7 +221,8 @@ def test_small_files_read_together_are_parsed_as_each_batch_fills(tmp_path, monk
 
 _LINE_ENDS = st.sampled_from(["\n", "\r\n", "\r", "\n\n", "\r\n\r\n", "\n\r\n"])
 _RECORDS = st.one_of(st.integers(0, 99).map(lambda n: f"{n},x{n}"),
-                     st.sampled_from(['"q",1', "", "7,", ",y"]))
+                     st.sampled_from(['"q",1', "", "7,", ",y", '5,"x\ny"', '6,"a""b"',
+                                      '7,"open', '8,x"y', '9,"cr\r"', '10,"\r\n\n"']))
 _BODIES = st.lists(st.tuples(_RECORDS, _LINE_ENDS), min_size=1, max_size=6).map(
     lambda lines: "".join(r + e for r, e in lines))
 
@@ -236,11 +237,16 @@ _BODIES = st.lists(st.tuples(_RECORDS, _LINE_ENDS), min_size=1, max_size=6).map(
 @example(bodies=[("1,x1\n\r\n", True), ("2,x2\r3,x3", False)], block=4096)
 @example(bodies=[("1,x1\r", False), ("\n2,x2\n", True)], block=4096)
 @example(bodies=[("1,x1\r", True), ("2,x2\n3,x3", False)], block=4096)  # a lone CR at the end
+# Quoted newlines: a file ending inside quotes would join its last record with the next file's.
+@example(bodies=[('1,"a\nb"\n2,x\n', True), ('3,"open\n', True), ("4,y\n", True)], block=4096)
+@example(bodies=[('1,"a\n\nb"\n', True), ("2,x\n\n", True), ('3,"c\r"\r', True)], block=4096)
+@example(bodies=[('3,"open\n', True), ('more"\n5,z\n', True)], block=4096)  # closed next door
 def test_files_parsed_together_get_exactly_their_own_rows(tmp_path_factory, bodies, block
                                                           ) -> None:
     """Each file a batch keeps gets the rows it gives read alone, whatever its line ends
-    (CRLF, a lone CR, empty lines, a quote, no final newline): the check of a whole batch
-    lets through only files whose records all end at a newline."""
+    (CRLF, a lone CR, empty lines, quoted newlines, a quote left open, no final newline): the
+    check of a whole batch lets through only files that end outside quotes and have no empty
+    record, and counts each one's records as the parser will."""
     from readers.base import ChunkContext
     from readers.csv import CSVReader
     from readers.testing import source_of
@@ -282,3 +288,46 @@ def test_files_parsed_together_get_exactly_their_own_rows(tmp_path_factory, bodi
 def _write(path, text: str):
     path.write_bytes(text.encode())
     return path
+
+
+def test_quoted_small_files_are_parsed_together(tmp_path) -> None:
+    """Quoted newlines, doubled quotes and CRLF inside quotes do not keep a file out of a joint
+    parse: its records are counted as the parser reads them."""
+    from readers.csv import CSVReader
+    from readers.testing import source_of
+
+    reader = CSVReader()
+    options = reader.configure({})
+    texts = ['a,b\n1,"a\nb"\n2,x\n', 'a,b\n5,"a""b"\n6,y\n', 'a,b\n7,"c\r\nd"\r\n']
+    first = reader.describe(source_of(_write(tmp_path / "first.csv", "a,b\n1,x\n")), options)
+    members = []
+    for i, text in enumerate(texts):
+        source = source_of(_write(tmp_path / f"f{i}.csv", text))
+        description = reader.describe(source, options)
+        description.tables = dict(first.tables)
+        (chunk,) = reader.plan(source, description, options)
+        members.append((source, chunk, description))
+    (read,) = reader.read_together(members, options)
+    assert read.members == [0, 1, 2] and read.counts == [2, 2, 1]
+    assert read.rows.column("b").to_pylist() == ["a\nb", "x", 'a"b', "y", "c\r\nd"]
+
+
+@pytest.mark.parametrize("bad", ["2,x\n\n3,y\n", "2,x\r\n\r\n3,y\r\n", "\n2,x\n"])
+def test_a_file_with_an_empty_line_leaves_the_others_parsed_together(tmp_path, bad) -> None:
+    """The parser skips empty lines, so such a file cannot be counted by its records: it goes
+    one by one, and the files beside it are still parsed together."""
+    from readers.csv import CSVReader
+    from readers.testing import source_of
+
+    reader = CSVReader()
+    options = reader.configure({})
+    first = reader.describe(source_of(_write(tmp_path / "first.csv", "a,b\n1,x\n")), options)
+    members = []
+    for i, body in enumerate(["1,x\n", bad, '4,"z\nz"\n']):
+        source = source_of(_write(tmp_path / f"f{i}.csv", "a,b\n" + body))
+        description = reader.describe(source, options)
+        description.tables = dict(first.tables)
+        (chunk,) = reader.plan(source, description, options)
+        members.append((source, chunk, description))
+    (read,) = reader.read_together(members, options)
+    assert read.members == [0, 2] and read.counts == [1, 1]
