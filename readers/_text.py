@@ -25,7 +25,6 @@ from readers._boundaries import (
     CR,
     IDENTITY,
     LINES,
-    NEWLINE,
     OUT,
     Grammar,
     Transfer,
@@ -450,7 +449,7 @@ class TextReader(Reader):
         """Whole small files with the same columns and types, parsed as one concatenation.
 
         Only files that end outside quotes and hold no empty record qualify, so each file's
-        row count is its record count (`lines_counted`); a batch whose parse rejects any
+        row count is its record count (`records_counted`); a batch whose parse rejects any
         record, or whose row count differs, is left to the one-by-one path (which locates
         the bad records). pyarrow's set-up per parse is most of a 10 KB file's cost.
         """
@@ -497,7 +496,7 @@ class TextReader(Reader):
     def _parse_together(self, members: Sequence[tuple[Source, ChunkSpec, Description]],
                         table: str, batch: list[tuple[int, bytes]], grammar: Grammar,
                         options: TextOptions) -> TogetherRead | None:
-        data, batch, counts = lines_counted(batch, grammar)
+        data, batch, counts = records_counted(batch, grammar)
         if not batch:
             return None
         source, chunk, description = members[batch[0]]
@@ -1026,7 +1025,7 @@ def _is_stream(chunk: ChunkSpec) -> bool:
 _SLICE = 1 << 20  # bytes compared at a time: bounded temporaries, not ones as long as the batch
 
 
-def lines_counted(batch: list[tuple[int, bytes]], grammar: Grammar
+def records_counted(batch: list[tuple[int, bytes]], grammar: Grammar
                   ) -> tuple[bytes, list[int], list[int]]:
     """Whole files' bodies fit to be parsed as one: (their concatenation, their indexes,
     their record counts). A file fits when it ends outside quotes and holds no empty record
@@ -1063,14 +1062,6 @@ def _all_in(wanted: np.ndarray, ends: np.ndarray) -> bool:
     return bool(np.all(at < len(ends)) and np.all(ends[np.minimum(at, len(ends) - 1)] == wanted))
 
 
-def _newlines(data: bytes) -> np.ndarray:
-    """Where ``data``'s newlines are."""
-    arr = np.frombuffer(data, np.uint8)
-    found = [np.flatnonzero(arr[at:at + _SLICE] == NEWLINE) + at
-             for at in range(0, len(arr), _SLICE)]
-    return np.concatenate(found) if found else np.zeros(0, np.int64)
-
-
 def _record_ends(data: bytes, grammar: Grammar) -> np.ndarray | None:
     """Where ``data``'s records end, when it ends outside quotes, at a record end, and holds
     no empty record (``\\n\\n``, ``\\r\\n`` alone, a lone CR alone); else None."""
@@ -1080,18 +1071,17 @@ def _record_ends(data: bytes, grammar: Grammar) -> np.ndarray | None:
     special = [b for b in (grammar.quote, grammar.escape, CR if grammar.cr else None)
                if b is not None]
     if not any(bytes((b,)) in data for b in special):
-        ends = _newlines(data)  # every newline ends a record: one pass, not `record_ends`' three
-    else:
-        found = []
-        state: int | None = OUT
-        for lo in range(0, size, _SLICE):
-            part, state = record_ends(data, lo, lo + _SLICE, state, grammar, size, True)
-            if state is None:
-                return None
-            found.append(part)
-        if state != OUT:
+        grammar = LINES  # every newline ends a record: one pass, not three
+    found = []
+    state: int | None = OUT
+    for lo in range(0, size, _SLICE):
+        part, state = record_ends(data, lo, lo + _SLICE, state, grammar, size, True)
+        if state is None:
             return None
-        ends = np.concatenate(found).astype(np.int64)
+        found.append(part)
+    if state != OUT:
+        return None
+    ends = np.concatenate(found).astype(np.int64)
     if not ends.size or ends[-1] != size - 1:
         return None
     gaps = np.diff(ends, prepend=-1)
