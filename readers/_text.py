@@ -409,8 +409,9 @@ class TextReader(Reader):
 
         One inference over many files instead of one each (pyarrow's per-call set-up is most
         of a 10 KB file's cost); the types then fit all of them, as unifying would make them.
-        Files with quotes, without a body, compressed or bigger than ``infer_bytes`` are left
-        to `describe`: concatenating them could join records across files.
+        Files without a body, compressed or bigger than ``infer_bytes`` are left to
+        `describe`, and so is a file that ends inside quotes under the sniffed dialect: in a
+        concatenation its open field would swallow the next file's records.
         """
         limit = options.infer_bytes
         out: list[Description | None] = [None] * len(sources)
@@ -513,8 +514,6 @@ class TextReader(Reader):
     def _split_header(self, data: bytes, options: TextOptions) -> tuple[bytes, int] | None:
         """(header record, where the body starts) of a whole small file, or None to skip it."""
         grammar = self.options_grammar(options)
-        if grammar.quote is not None and bytes((grammar.quote,)) in data:
-            return None
         bom = len(BOM) if data.startswith(BOM) else 0
         header = b""
         start = bom
@@ -540,6 +539,21 @@ class TextReader(Reader):
         head = b"".join([header, *(bodies[i] for i, _, _ in batch)])  # one copy, not two
         try:
             dialect = self.dialect(head, True, options)
+            grammar = dialect.grammar() if dialect is not None else self.grammar
+            if _special(head, grammar):
+                if header and first_record_end(header, 0, OUT, grammar) != len(header) - 1:
+                    return  # the header is no single record in the sniffed dialect
+                kept = _whole([bodies[i] for i, _, _ in batch], grammar, empty_ok=True)[0]
+                if len(kept) < len(batch):
+                    # A file ends inside quotes: its open field swallowed the next file's
+                    # records. Sniff again without it; it is described on its own.
+                    if not kept:
+                        return
+                    batch = [batch[k] for k in kept]
+                    head = b"".join([header, *(bodies[i] for i, _, _ in batch)])
+                    dialect = self.dialect(head, True, options)
+                    if (dialect.grammar() if dialect is not None else self.grammar) != grammar:
+                        return
             schema, _, names = self._infer(head, True, options, dialect)
         except Exception:  # noqa: BLE001 - each file is then described on its own
             return
@@ -1026,33 +1040,45 @@ _SLICE = 1 << 20  # bytes compared at a time: bounded temporaries, not ones as l
 
 
 def records_counted(batch: list[tuple[int, bytes]], grammar: Grammar
-                  ) -> tuple[bytes, list[int], list[int]]:
+                    ) -> tuple[bytes, list[int], list[int]]:
     """Whole files' bodies fit to be parsed as one: (their concatenation, their indexes,
     their record counts). A file fits when it ends outside quotes and holds no empty record
     (which the parser skips): then its rows are its records, as `record_ends` finds them
     (quotes, escapes and lone CRs as pyarrow reads them), and no record spans two files.
-
-    The whole batch is checked at once, in NumPy, which does not hold the GIL (a bundle's
-    threads check 100 MB for 10,000 small files while the client commits); only a batch that
-    fails is checked file by file, to keep the files that fit.
     """
     bodies = [body if body.endswith(b"\n") else body + b"\n" for _, body in batch]
-    data = b"".join(bodies)
-    starts = np.cumsum([0] + [len(body) for body in bodies])
-    ends = _record_ends(data, grammar)
-    if ends is not None and not _all_in(starts[1:] - 1, ends):
-        ends = None  # some file ends inside quotes: its last newline ends no record
+    kept, data, starts, ends = _whole(bodies, grammar, empty_ok=False)
     if ends is None:
-        kept = [(i, body) for (i, _), body in zip(batch, bodies, strict=True)
-                if _record_ends(body, grammar) is not None]
-        batch, bodies = kept, [body for _, body in kept]
-        data = b"".join(bodies)
-        starts = np.cumsum([0] + [len(body) for body in bodies])
-        ends = _record_ends(data, grammar)
-    if not bodies or ends is None:
         return b"", [], []
     counts = np.diff(np.searchsorted(ends, starts))
-    return data, [i for i, _ in batch], counts.tolist()
+    return data, [batch[k][0] for k in kept], counts.tolist()
+
+
+def _whole(parts: list[bytes], grammar: Grammar, *, empty_ok: bool
+           ) -> tuple[list[int], bytes, np.ndarray, np.ndarray | None]:
+    """The parts (each ending in a line end) that end at a record end, outside quotes, read
+    from a record start (and, unless ``empty_ok``, hold no empty record): (their indexes,
+    their concatenation, where each starts in it, its record ends; None when none is kept).
+    Then each part reads alone as it does in the concatenation: it starts outside quotes.
+
+    The whole concatenation is checked at once, in NumPy, which does not hold the GIL (a
+    bundle's threads check 100 MB for 10,000 small files while the client commits); only a
+    concatenation that fails is checked part by part, to keep the parts that fit.
+    """
+    kept = list(range(len(parts)))
+    data = b"".join(parts)
+    starts = np.cumsum([0] + [len(part) for part in parts])
+    ends = _record_ends(data, grammar, empty_ok)
+    if ends is not None and not _all_in(starts[1:] - 1, ends):
+        ends = None  # some part ends inside quotes: its last newline ends no record
+    if ends is None:
+        kept = [k for k, part in enumerate(parts)
+                if _record_ends(part, grammar, empty_ok) is not None]
+        parts = [parts[k] for k in kept]
+        data = b"".join(parts)
+        starts = np.cumsum([0] + [len(part) for part in parts])
+        ends = _record_ends(data, grammar, empty_ok) if parts else None
+    return kept, data, starts, ends
 
 
 def _all_in(wanted: np.ndarray, ends: np.ndarray) -> bool:
@@ -1062,15 +1088,21 @@ def _all_in(wanted: np.ndarray, ends: np.ndarray) -> bool:
     return bool(np.all(at < len(ends)) and np.all(ends[np.minimum(at, len(ends) - 1)] == wanted))
 
 
-def _record_ends(data: bytes, grammar: Grammar) -> np.ndarray | None:
-    """Where ``data``'s records end, when it ends outside quotes, at a record end, and holds
-    no empty record (``\\n\\n``, ``\\r\\n`` alone, a lone CR alone); else None."""
+def _special(data: bytes, grammar: Grammar) -> bool:
+    """Whether ``data`` holds a byte that makes a newline no record end (a quote, an escape,
+    a CR): without one, every newline ends a record."""
+    return any(bytes((b,)) in data for b in (grammar.quote, grammar.escape,
+                                              CR if grammar.cr else None) if b is not None)
+
+
+def _record_ends(data: bytes, grammar: Grammar, empty_ok: bool = False) -> np.ndarray | None:
+    """Where ``data``'s records end, when it ends outside quotes, at a record end, and
+    (unless ``empty_ok``) holds no empty record (``\\n\\n``, ``\\r\\n`` alone, a lone CR
+    alone); else None."""
     size = len(data)
     if not size:
         return None
-    special = [b for b in (grammar.quote, grammar.escape, CR if grammar.cr else None)
-               if b is not None]
-    if not any(bytes((b,)) in data for b in special):
+    if not _special(data, grammar):
         grammar = LINES  # every newline ends a record: one pass, not three
     found = []
     state: int | None = OUT
@@ -1084,6 +1116,8 @@ def _record_ends(data: bytes, grammar: Grammar) -> np.ndarray | None:
     ends = np.concatenate(found).astype(np.int64)
     if not ends.size or ends[-1] != size - 1:
         return None
+    if empty_ok:
+        return ends
     gaps = np.diff(ends, prepend=-1)
     if np.any(gaps == 1):
         return None
