@@ -419,6 +419,7 @@ class TextReader(Reader):
             return out  # with an encoding, each file is transcoded on its own
         groups: dict[bytes, list[tuple[int, int, bool]]] = {}
         bodies: dict[int, bytes] = {}
+        grammar = self.options_grammar(options)
         for i, source in enumerate(sources):
             if source.compression or not 0 < source.size <= limit:
                 continue
@@ -426,7 +427,8 @@ class TextReader(Reader):
                 data = source.read_range(0, source.size)
             except Exception:  # noqa: BLE001 - describe() on its own reports it properly
                 continue
-            split = self._split_header(data, options) if len(data) == source.size else None
+            split = (self._split_header(data, options, grammar) if len(data) == source.size
+                     else None)
             if split is not None and not is_utf8(data):
                 split = None  # describe() says it is not UTF-8
             if split is None:
@@ -511,9 +513,10 @@ class TextReader(Reader):
             return None
         return TogetherRead(batch, table, rows, counts)
 
-    def _split_header(self, data: bytes, options: TextOptions) -> tuple[bytes, int] | None:
-        """(header record, where the body starts) of a whole small file, or None to skip it."""
-        grammar = self.options_grammar(options)
+    def _split_header(self, data: bytes, options: TextOptions, grammar: Grammar
+                      ) -> tuple[bytes, int] | None:
+        """(header record, where the body starts) of a whole small file, or None to skip it
+        (``grammar``: the options'; made once for all the files)."""
         bom = len(BOM) if data.startswith(BOM) else 0
         header = b""
         start = bom

@@ -60,7 +60,13 @@ def _listlike(t: pa.DataType) -> bool:
 def unify(schemas: Iterable[pa.Schema]) -> pa.Schema:
     """Union by name in first-seen column order, widening types that differ."""
     fields: dict[str, pa.DataType] = {}
+    # Small files described together share one schema object: 10,000 files are a few
+    # schemas. (Held here, so no id is reused by a new schema while unifying.)
+    seen: dict[int, pa.Schema] = {}
     for schema in schemas:
+        if id(schema) in seen:
+            continue
+        seen[id(schema)] = schema
         for field in schema:
             prev = fields.get(field.name)
             fields[field.name] = field.type if prev is None else widen(prev, field.type)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.output.columns import int64_array, int64_from_numpy, repeated_text, text_array
+from pipeline.output.columns import (
+    int64_array,
+    int64_from_numpy,
+    repeated_text,
+    text_array,
+    timestamp_array,
+)
 
 
 @settings(deadline=None)
@@ -50,3 +58,14 @@ def test_repeated_text_matches_pa_repeat(value, count) -> None:
     got.validate(full=True)
     clean = value.encode("utf-8", "replace").decode()
     assert got.equals(pa.repeat(pa.scalar(clean, pa.string()), count))
+
+
+@settings(deadline=None)
+@given(st.lists(st.one_of(st.none(), st.floats(-4e9, 4e9))))
+def test_timestamp_array_rounds_as_datetime(values) -> None:
+    """POSIX seconds to microseconds exactly as ``datetime.fromtimestamp`` rounds them (the
+    catalog's mtime and ingested_at)."""
+    got = timestamp_array(values)
+    got.validate(full=True)
+    expected = [None if v is None else dt.datetime.fromtimestamp(v, dt.UTC) for v in values]
+    assert got.equals(pa.array(expected, pa.timestamp("us", tz="UTC")))

@@ -51,6 +51,22 @@ def int64_array(values: Sequence[int | None]) -> pa.Array:
                                  null_count=nulls)
 
 
+def timestamp_array(seconds: Sequence[float | None]) -> pa.Array:
+    """UTC timestamps in microseconds from POSIX seconds, rounded half to even to the
+    microsecond, as ``datetime.fromtimestamp`` rounds them (one datetime per value cost
+    a tenth of a second at the end of a run over 10,000 files)."""
+    present = np.fromiter((v is not None for v in seconds), dtype=bool, count=len(seconds))
+    data = np.fromiter((v if v is not None else 0.0 for v in seconds), dtype=np.float64,
+                       count=len(seconds))
+    # The fraction alone is scaled, as datetime does: scaling the whole value would round
+    # one in twelve of them the other way.
+    frac, whole = np.modf(data)
+    micros = whole.astype(np.int64) * 1_000_000 + np.rint(frac * 1e6).astype(np.int64)
+    validity, nulls = _validity(present)
+    return pa.Array.from_buffers(pa.timestamp("us", tz="UTC"), len(seconds),
+                                 [validity, pa.py_buffer(micros)], null_count=nulls)
+
+
 def int64_from_numpy(values: np.ndarray) -> pa.Array:
     data = np.ascontiguousarray(values, dtype=np.int64)
     return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
