@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 _FAILED = re.compile(r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to ")
@@ -56,6 +55,7 @@ def convert(values: pa.ChunkedArray | pa.Array, kind: pa.DataType,
 
     ``options``: the chunk's convert options (null handling); their column types are ignored.
     """
+    import pyarrow.compute as pc  # here, not at import: see readers/_compute.py
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     if pa.types.is_binary(arr.type):
         return _utf8(arr, kind)
@@ -105,6 +105,7 @@ def convert_known(values: pa.ChunkedArray | pa.Array, kind: pa.DataType,
     The values that are not known to be bad go through a cast when that is exact for
     ``kind`` (`_cast`), through `convert` otherwise or when the cast fails.
     """
+    import pyarrow.compute as pc
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     bad = np.zeros(len(arr), bool)
     if known:
@@ -231,6 +232,7 @@ def _index(positions: np.ndarray) -> pa.Array:
 
 def _bits(flags: pa.Array) -> np.ndarray:
     """An Arrow bool array as numpy (null: False)."""
+    import pyarrow.compute as pc
     out = np.zeros(len(flags), bool)
     hits = pc.indices_nonzero(flags)
     if len(hits):

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from readers._compute import call, match_substring_regex
 
 PATTERN = r"^[+-]?0[0-9]"
 
@@ -33,10 +34,10 @@ def may_have_leading_zeros(data: Any, delimiter: str, quote: str | None) -> bool
     buf = pa.py_buffer(data)
     offsets = pa.py_buffer(np.array([0, buf.size], np.int64).tobytes())
     whole = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, buf])
-    return bool(pc.match_substring_regex(whole, f"(?:^|[{starts}])[+-]?0[0-9]")[0].as_py())
+    return bool(match_substring_regex(whole, f"(?:^|[{starts}])[+-]?0[0-9]")[0].as_py())
 
 
 def leading_zero_columns(table: pa.Table, columns: list[str]) -> list[str]:
     """The ``columns`` (text) of ``table`` holding a value with a leading zero."""
     return [c for c in columns
-            if pc.any(pc.match_substring_regex(table.column(c), PATTERN)).as_py()]
+            if call("any", match_substring_regex(table.column(c), PATTERN)).as_py()]

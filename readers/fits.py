@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from readers._fits_cards import (
     BIN_CODES,
@@ -91,6 +90,7 @@ def _numbers(raw: np.ndarray, col: Column, code: str) -> tuple[np.ndarray, np.nd
 
 
 def _strings(raw: np.ndarray, width: int, strip: str = " \x00") -> pa.Array:
+    import pyarrow.compute as pc  # here, not at import: see readers/_compute.py
     arr = pa.array(np.ascontiguousarray(raw).view(f"S{max(width, 1)}").ravel(), pa.binary())
     try:
         text = arr.cast(pa.string())
@@ -126,6 +126,7 @@ def bin_column(col: Column, raw: np.ndarray, heap: Callable[[np.ndarray, np.ndar
 
 def _varlen(col: Column, desc: np.ndarray, heap: Callable | None) -> pa.Array:
     """P/Q column: (count, offset) descriptors -> list<T>; bad rows are zeroed beforehand."""
+    import pyarrow.compute as pc
     size = BIN_CODES[col.element][1]
     counts = desc[:, 0].astype(np.int64)
     data = heap(desc[:, 1].astype(np.int64), counts * size) if heap is not None and len(desc) \
@@ -148,6 +149,7 @@ def _varlen(col: Column, desc: np.ndarray, heap: Callable | None) -> pa.Array:
 
 def _ascii_column(col: Column, raw: np.ndarray) -> tuple[pa.Array, np.ndarray | None]:
     """One ASCII-table field -> Arrow, plus a mask of rows whose value does not parse."""
+    import pyarrow.compute as pc
     text = _strings(raw, col.width, " ")
     if col.code == "A":
         return text, None

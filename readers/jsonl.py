@@ -19,10 +19,10 @@ from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.types as pt
 
+from readers._compute import call, match_substring_regex
 from readers._encoding import check_utf8
 from readers._jsonlines import MAX_DEPTH, Lines, blanked, object_lines, screen, too_deep
 from readers._text import TextOptions, TextReader, TextState, bisect_records
@@ -412,7 +412,7 @@ def _text_times(typ: pa.DataType) -> pa.DataType:
 
 
 def _time_type(values: pa.Array) -> pa.DataType:
-    if not pc.all(pc.match_substring_regex(values, r"^\d{4}-\d\d-\d\d")).as_py():
+    if not call("all", match_substring_regex(values, r"^\d{4}-\d\d-\d\d")).as_py():
         return pa.string()  # not dates: spare the casts, which are slow to fail
     head = values.slice(0, 64)
     for typ in TIME_TYPES:

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.planning.derive import Derivation
 from readers.widening import conform
@@ -63,6 +62,8 @@ class TableHook:
         """Steps 1 to 3: declared types, the table's input schema, derived columns."""
         for name, kind in self.convert.get(table, {}).items():
             if name in rows.column_names and rows.schema.field(name).type != kind:
+                import pyarrow.compute as pc  # here, not at import: see readers/_compute.py
+
                 i = rows.schema.get_field_index(name)
                 # A timestamp cut to its date (DuckDB's cast of a datetime text to DATE).
                 rows = rows.set_column(i, name, pc.cast(rows.column(name), kind, safe=False))

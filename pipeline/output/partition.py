@@ -27,9 +27,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.output.columns import int64_from_numpy
+from readers._compute import DictionaryEncodeOptions, call
 
 NULL_VALUE = "__HIVE_DEFAULT_PARTITION__"
 MAX_NAME_BYTES = 255
@@ -95,7 +95,8 @@ def split_values(table: pa.Table, columns: Sequence[str]
     uniques = []
     for name in columns:
         # NULL becomes a dictionary value of its own, so the indices have no nulls.
-        encoded = pc.dictionary_encode(table.column(name), null_encoding="encode").combine_chunks()
+        encoded = call("dictionary_encode", table.column(name),
+                       options=DictionaryEncodeOptions("encode")).combine_chunks()
         dictionary = encoded.dictionary.to_pylist()
         codes = codes * len(dictionary) + _as_numpy(encoded.indices)
         uniques.append(dictionary)

@@ -27,7 +27,6 @@ from importlib import metadata as importlib_metadata
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.output import partition
@@ -35,6 +34,7 @@ from pipeline.output.columns import repeated_id, repeated_text
 from pipeline.output.layout import FILE_ID, STATE_DIR, table_name
 from pipeline.output.partition_guard import TooManyPartitions
 from pipeline.output.store import Store, codec
+from readers._compute import call
 from readers.widening import conform
 
 
@@ -173,7 +173,7 @@ class FragmentWriter:
         if not self.spec.delta:
             part = _dictionary_ids(part)
         if sources is None:
-            sources = set(pc.unique(part.column(FILE_ID)).to_pylist())
+            sources = set(call("unique", part.column(FILE_ID)).to_pylist())
         self.sources.setdefault(key, set()).update(sources)
         self.pending.setdefault(key, []).append(part)
         if sum(t.num_rows for t in self.pending[key]) >= self.spec.row_group_rows:
@@ -268,7 +268,7 @@ def _dictionary_ids(part: pa.Table) -> pa.Table:
     i = part.schema.get_field_index(FILE_ID)
     if i < 0 or pa.types.is_dictionary(part.schema.field(i).type):
         return part
-    column = pc.dictionary_encode(part.column(i))
+    column = call("dictionary_encode", part.column(i))
     return part.set_column(i, part.schema.field(i).with_type(column.type), column)
 
 
@@ -333,7 +333,7 @@ def counting_columns(table: pa.Table, dictionary: list[str]) -> list[str]:
                 or column.null_count:
             continue
         # pyarrow's own kernels: to_numpy() of an Arrow column imports pandas
-        steps = pc.min_max(pc.pairwise_diff(column.combine_chunks())).as_py()
+        steps = call("min_max", call("pairwise_diff", column.combine_chunks())).as_py()
         if steps["min"] == steps["max"] == 1:
             chosen.append(name)
     return chosen
@@ -341,7 +341,7 @@ def counting_columns(table: pa.Table, dictionary: list[str]) -> list[str]:
 
 def _repetitive(column: pa.ChunkedArray) -> bool:
     try:
-        return pc.count_distinct(column).as_py() * 4 <= len(column)
+        return call("count_distinct", column).as_py() * 4 <= len(column)
     except pa.ArrowNotImplementedError:
         return True  # a type count_distinct does not hash: the writer's default
 

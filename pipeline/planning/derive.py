@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.errors import UsageError
 
@@ -64,6 +63,7 @@ class Derivation:
 
     def compute(self, column: pa.ChunkedArray | pa.Array) -> pa.Array:
         """The derived values for one batch (vectorised)."""
+        import pyarrow.compute as pc  # here, not at import: see readers/_compute.py
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         if self.func == "bucket":
@@ -201,6 +201,7 @@ def murmur3_bytes(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 def iceberg_hash(values: pa.Array) -> np.ndarray:
     """Iceberg's 32-bit hash of each value (nulls get an arbitrary hash: mask them)."""
+    import pyarrow.compute as pc
     t = values.type
     if pa.types.is_integer(t) or pa.types.is_date(t):
         longs = pc.cast(values, pa.int64() if pa.types.is_integer(t) else pa.int32(),
@@ -222,6 +223,7 @@ def iceberg_hash(values: pa.Array) -> np.ndarray:
 
 def _to_micros(values: pa.Array) -> np.ndarray:
     """Microseconds since the epoch (UTC instant for zoned timestamps; ns are floored)."""
+    import pyarrow.compute as pc
     unit = values.type.unit
     raw = pc.cast(values.cast(pa.timestamp(unit)), pa.int64()).fill_null(0)
     arr = raw.to_numpy(zero_copy_only=False).astype(np.int64)
