@@ -77,6 +77,14 @@ def test_user_mistakes_get_one_clear_line(tmp_path, monkeypatch, capsys, args, n
 
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     monkeypatch.chdir(tmp_path)
+    if needle == "cannot connect":
+        # Nothing listens there: distributed retries the refused connection until the
+        # client's timeout (5 s) runs out. One second ends it the same way, sooner.
+        from pipeline.execution import cluster
+
+        client = cluster.Client
+        monkeypatch.setattr(cluster, "Client",
+                            lambda *args, **kwargs: client(*args, **{**kwargs, "timeout": "1s"}))
     try:  # in this process (an interpreter start per case costs the suite seconds)
         code = cli.run(args)
     except SystemExit as exc:  # argparse's own usage errors
