@@ -79,6 +79,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"the scheduler does not listen on port {port} (exit {proc.poll()})")
+
+
 @pytest.mark.timeout(240)
 def test_cli_on_a_real_dask_cluster_equals_embedded(sample, tmp_path) -> None:
     """`dask scheduler` + two `dask worker` processes on loopback, like a small real cluster."""
@@ -89,6 +99,10 @@ def test_cli_on_a_real_dask_cluster_equals_embedded(sample, tmp_path) -> None:
                                str(port), "--dashboard-address", ":0"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
+        # Workers and client connect once the scheduler listens: a refused connection makes
+        # distributed retry with a doubling random back-off, which once cost 10 s of waiting
+        # for a scheduler that had been up for most of it.
+        _wait_listening(port, procs[0])
         for _ in range(2):
             procs.append(subprocess.Popen(
                 [dask_cli, "worker", address, "--nthreads", "1", "--memory-limit", "1GB",
@@ -119,13 +133,16 @@ def test_cli_on_a_real_dask_cluster_equals_embedded(sample, tmp_path) -> None:
         assert set(report["pressure"]) == workers
         assert all(p["installed"] for p in report["pressure"].values())
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        # Workers first, while their scheduler is there to say goodbye to: a worker whose
+        # scheduler is gone keeps trying it for seconds before it exits.
+        for group in (procs[1:], procs[:1]):
+            for p in group:
+                p.terminate()
+            for p in group:
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
         time.sleep(0.1)
 
 
