@@ -6,11 +6,17 @@ import subprocess
 import sys
 
 BALLOON = r"""
-import sys
+import mmap, sys
 n = int(sys.argv[1])
-# Multiplying a 1-byte bytearray writes every byte, so the pages are really resident
-# (bytearray(n) alone would be lazily-zeroed, untouched memory).
-buf = bytearray(b"\x01") * n
+populate = getattr(mmap, "MAP_POPULATE", 0)
+if populate:
+    # Linux: the kernel faults every page of the private mapping in before mmap returns, so
+    # the pages are really resident, in half the time of writing them one byte at a time.
+    buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+else:
+    # Multiplying a 1-byte bytearray writes every byte, so the pages are really resident
+    # (bytearray(n) alone would be lazily-zeroed, untouched memory).
+    buf = bytearray(b"\x01") * n
 print("ready", flush=True)
 sys.stdin.read()
 """
