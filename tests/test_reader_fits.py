@@ -86,9 +86,11 @@ def make_file(path: Path) -> Path:
     return path
 
 
-def ingest(paths: list[Path], out: Path, **options: Any) -> pipeline.RunReport:
+def ingest(paths: list[Path], out: Path, scheduler: str, **options: Any) -> pipeline.RunReport:
+    """On the tests' shared cluster (worker processes, as an embedded cluster would be for
+    FITS), planned as one worker would be; no cluster start-up of its own per call."""
     return pipeline.ingest([str(p) for p in paths], out=str(out), workers=1, progress=False,
-                           **options)
+                           scheduler=scheduler, **options)
 
 
 def table(out: Path, name: str) -> pa.Table:
@@ -142,11 +144,11 @@ def header(*cards: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def lake(tmp_path_factory: pytest.TempPathFactory, shared_scheduler: str) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("fits")
     src = make_file(root / "obs.fits")
     out = root / "out"
-    report = ingest([src], out, chunk_size=7000)  # several chunks per table
+    report = ingest([src], out, shared_scheduler, chunk_size=7000)  # several chunks per table
     assert report.files == {"ok": 1}, report
     return src, out
 
@@ -403,9 +405,10 @@ def hostile(lake: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.mark.timeout(300)  # a hang or blow-up, not speed: no wall-clock asserts
-def test_hostile_files_end_as_errors(hostile: dict[str, Path], tmp_path: Path) -> None:
+def test_hostile_files_end_as_errors(hostile: dict[str, Path], tmp_path: Path,
+                                     shared_scheduler: str) -> None:
     out = tmp_path / "out"
-    ingest(list(hostile.values()), out)
+    ingest(list(hostile.values()), out, shared_scheduler)
     cat = catalog(out)
     errs = errors(out)
 

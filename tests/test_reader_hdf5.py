@@ -72,8 +72,11 @@ def _write_good(path: str, userblock: int = 0) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Ingest a directory holding good and hostile HDF5 files once; return (out, inputs)."""
+def run(tmp_path_factory, shared_scheduler):
+    """Ingest a directory holding good and hostile HDF5 files once; return (out, inputs).
+
+    On the tests' shared cluster (two worker processes, as ``workers=2`` would start and
+    planned as such), not an embedded cluster started for this module alone."""
     base = tmp_path_factory.mktemp("h5")
     inp = base / "in"
     outside = base / "outside"
@@ -129,7 +132,8 @@ def run(tmp_path_factory):
     out = base / "out"
     started = time.time()
     report = pipeline.ingest(
-        [str(inp)], out=str(out), workers=2, chunk_size="16KiB", progress=False
+        [str(inp)], out=str(out), workers=2, chunk_size="16KiB", progress=False,
+        scheduler=shared_scheduler,
     )
     return {
         "out": out,

@@ -90,9 +90,12 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lake(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lake(clips: Path, tmp_path_factory: pytest.TempPathFactory, shared_scheduler: str) -> Path:
     out = tmp_path_factory.mktemp("lake")
-    report = pipeline.ingest([str(clips)], out=str(out), workers=2, progress=False)
+    # On the tests' shared cluster (two worker processes, as workers=2 would start, and
+    # planned as such), not an embedded cluster started for this fixture alone.
+    report = pipeline.ingest([str(clips)], out=str(out), workers=2, progress=False,
+                             scheduler=shared_scheduler)
     assert report.files.get("ok") == len(CLIPS), report
     return out
 
@@ -281,10 +284,11 @@ def hostile(clips: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 
 @pytest.mark.timeout(300)  # a hang or blow-up, not speed: no wall-clock asserts
 @needs_ffmpeg
-def test_hostile_files_end_as_errors(hostile: dict[str, Path], tmp_path: Path) -> None:
+def test_hostile_files_end_as_errors(hostile: dict[str, Path], tmp_path: Path,
+                                     shared_scheduler: str) -> None:
     out = tmp_path / "out"
     pipeline.ingest([str(p) for p in hostile.values()], out=str(out), workers=2,
-                    progress=False)
+                    progress=False, scheduler=shared_scheduler)
     cat = catalog(out)
     errs = errors(out)
 

@@ -52,7 +52,7 @@ def _v2(path) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, shared_scheduler):
     base = tmp_path_factory.mktemp("zarr")
     inp = base / "data"
     (inp / "nested").mkdir(parents=True)
@@ -77,7 +77,10 @@ def run(tmp_path_factory):
 
     out = base / "out"
     started = time.time()
-    report = pipeline.ingest([str(inp)], out=str(out), workers=1, progress=False)
+    # On the tests' shared cluster (worker processes, planned as one worker would be), not an
+    # embedded cluster started for this module alone.
+    report = pipeline.ingest([str(inp)], out=str(out), workers=1, progress=False,
+                             scheduler=shared_scheduler)
     return {"out": out, "inp": inp, "report": report, "seconds": time.time() - started}
 
 
