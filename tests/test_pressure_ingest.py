@@ -50,12 +50,12 @@ def test_outside_pressure_pauses_then_resumes(tmp_path, caplog, monkeypatch) -> 
     install = cluster.install_pressure_plugin
 
     def install_then_relieve(client, *args, **kwargs):
-        # The outside pressure goes away 3 s after the plugin is on the workers (counted from
-        # then: worker processes can take longer than that to start on a busy machine). The
-        # plugin pauses them as it installs, and the 1 s stall warning reaches this process
-        # about 1 s later: 3 s leaves it twice that again.
+        # The outside pressure goes away 4.5 s after the plugin is on the workers (counted
+        # from then: worker processes can take longer than that to start on a busy machine).
+        # The plugin pauses them as it installs, and the 1 s stall warning reached this
+        # process about 1 s later here: 4.5 s leaves a slower CI machine room for it.
         plugin = install(client, *args, **kwargs)
-        threading.Timer(3.0, balloon.close).start()
+        threading.Timer(4.5, balloon.close).start()
         return plugin
 
     monkeypatch.setattr(cluster, "install_pressure_plugin", install_then_relieve)
