@@ -245,3 +245,37 @@ def test_the_cli_skips_interpreter_teardown_only_when_nothing_is_left_running(tm
         report = json.loads(res.stdout)
         assert len(res.stdout) > 65536 and res.returncode == report["exit_code"] == 1
         assert res.stderr.rstrip().endswith("atexit ran"), res.stderr
+
+
+def test_a_run_eases_the_collector_and_hands_it_back(tmp_path) -> None:
+    """During a run the young generation is collected less often and what existed before is
+    frozen (see `pipeline.runner._collector_eased`); afterwards the caller's settings are
+    back, and a caller's own freeze is neither extended nor undone."""
+    import gc
+
+    from pipeline.runner import GC_GEN0
+
+    inputs = _inputs(tmp_path)
+    seen: list[tuple[int, int]] = []
+
+    def look(table):
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        return table
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(650, 9, 8)
+        pipeline.ingest(inputs, out=str(tmp_path / "out"), transform=look, progress=False)
+        assert seen and all(t == GC_GEN0 and frozen > 0 for t, frozen in seen)
+        assert gc.get_threshold() == (650, 9, 8)
+        assert gc.get_freeze_count() == 0
+
+        seen.clear()
+        gc.freeze()
+        mine = gc.get_freeze_count()
+        pipeline.ingest(inputs, out=str(tmp_path / "out2"), transform=look, progress=False)
+        assert seen and all(frozen == mine for _, frozen in seen)
+        assert gc.get_freeze_count() == mine and gc.get_threshold() == (650, 9, 8)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
