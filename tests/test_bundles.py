@@ -193,14 +193,14 @@ def test_equal_schemas_are_one_object_in_the_plan(tmp_path) -> None:
 
 
 def test_small_files_read_together_are_parsed_as_each_batch_fills(tmp_path, monkeypatch) -> None:
-    """A bundle's files are read and parsed a batch (``stream_block_bytes``) at a time: the
+    """A bundle's files are read and parsed a batch (``parse_block_bytes``) at a time: the
     first rows come out before most files are read, so a bundle never holds all its files."""
     from readers.base import Source
     from readers.csv import CSVReader
     from readers.testing import source_of
 
     reader = CSVReader()
-    options = reader.configure({"stream_block_bytes": 2000})
+    options = reader.configure({"parse_block_bytes": 2000})
     members = []
     for i in range(40):
         path = tmp_path / f"f{i:02d}.csv"
@@ -257,7 +257,7 @@ def test_files_parsed_together_get_exactly_their_own_rows(tmp_path_factory, bodi
 
     tmp = tmp_path_factory.mktemp("together")
     reader = CSVReader()
-    options = reader.configure({"stream_block_bytes": block})
+    options = reader.configure({"parse_block_bytes": block})
     first = reader.describe(source_of(_write(tmp / "first.csv", "a,b\n1,x1\n")), options)
     members = []
     for i, (body, final_newline) in enumerate(bodies):

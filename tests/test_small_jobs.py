@@ -274,8 +274,9 @@ def test_a_run_eases_the_collector_and_hands_it_back(tmp_path) -> None:
         gc.freeze()
         mine = gc.get_freeze_count()
         pipeline.ingest(inputs, out=str(tmp_path / "out2"), transform=look, progress=False)
-        assert seen and all(frozen == mine for _, frozen in seen)
-        assert gc.get_freeze_count() == mine and gc.get_threshold() == (650, 9, 8)
+        # (Frozen objects that die leave the count: it may only shrink.)
+        assert seen and all(0 < frozen <= mine for _, frozen in seen)
+        assert 0 < gc.get_freeze_count() <= mine and gc.get_threshold() == (650, 9, 8)
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)

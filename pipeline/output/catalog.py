@@ -30,8 +30,9 @@ CATALOG_SCHEMA = pa.schema([
 (``unchanged``: skipped), ``last_status`` the outcome of the file's latest ingest (``ok``,
 ``partial`` or ``failed``), so a skipped file that had rejected records still says so."""
 
-#: Built from Python values apart from the JSON lines (`catalog_table`).
-_APART = ("path_bytes", "mtime", "ingested_at")
+#: Built from Python values apart from the JSON lines (`catalog_table`): ``metadata`` is
+#: JSON text already, which a JSON line would escape and the reader unescape again.
+_APART = ("path_bytes", "mtime", "ingested_at", "metadata")
 _JSON_SCHEMA = pa.schema([f for f in CATALOG_SCHEMA if f.name not in _APART])
 
 
@@ -89,9 +90,10 @@ def catalog_table(rows: list[dict[str, Any]]) -> pa.Table:
     names = _JSON_SCHEMA.names
     lines = []
     paths = []
+    metadata = []
     for row in rows:
         record = {name: row.get(name) for name in names}
-        record["metadata"] = encode_metadata(record["metadata"] or {})
+        metadata.append(encode_metadata(row.get("metadata") or {}))
         if record["last_status"] is None and record["status"] != "unchanged":
             record["last_status"] = record["status"]
         # POSIX paths are bytes: a name that is not UTF-8 (Python holds its bytes as lone
@@ -107,6 +109,7 @@ def catalog_table(rows: list[dict[str, Any]]) -> pa.Table:
         parse_options=pa_json.ParseOptions(explicit_schema=_JSON_SCHEMA,
                                            unexpected_field_behavior="error"))
     apart = {"path_bytes": text_array(paths, pa.binary()),
+             "metadata": text_array(metadata),
              "mtime": timestamp_array([row.get("mtime") for row in rows]),
              "ingested_at": timestamp_array([row.get("ingested_at") for row in rows])}
     return pa.Table.from_arrays(
