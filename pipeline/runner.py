@@ -113,7 +113,7 @@ def new_run_id() -> str:
     return f"{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-GC_GEN0 = 10_000
+GC_GEN0 = 50_000
 """Allocations between two young-generation collections while a run lasts (Python's 700)."""
 
 
@@ -128,7 +128,9 @@ def _collector_eased() -> Iterator[bool]:
     wall time, all of it holding the GIL the task threads wait for) of 10,000 small files.
     So what exists when the run starts (imports) is frozen, and so is the plan when its tasks
     start (`Runner._execute`); the young generation is collected every `GC_GEN0` allocations
-    instead of every 700, which leaves at most that many objects of cyclic garbage waiting.
+    instead of every 700, so the middle generation (every tenth young collection, walking
+    what ten kept) is collected once or twice a run instead of dozens of times; at most
+    `GC_GEN0` objects of cyclic garbage wait for a collection (a few MiB).
     Everything is handed back to the collector at the end. A caller who froze objects of
     its own keeps its freeze: nothing is frozen then (unfreezing would undo it).
     """
