@@ -17,6 +17,7 @@ import logging
 import os
 import posixpath
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -117,9 +118,8 @@ GC_GEN0 = 50_000
 """Allocations between two young-generation collections while a run lasts (Python's 700)."""
 
 
-@contextlib.contextmanager
-def _collector_eased() -> Iterator[bool]:
-    """Fewer and cheaper cyclic garbage collections while a run lasts.
+class _Collector:
+    """Fewer and cheaper cyclic garbage collections while runs last (`eased`).
 
     A run makes objects that live as long as it does (per file: its source, description,
     chunks and catalog row; per chunk with a million chunks, millions). Each collection of
@@ -131,20 +131,43 @@ def _collector_eased() -> Iterator[bool]:
     instead of every 700, so the middle generation (every tenth young collection, walking
     what ten kept) is collected once or twice a run instead of dozens of times; at most
     `GC_GEN0` objects of cyclic garbage wait for a collection (a few MiB).
-    Everything is handed back to the collector at the end. A caller who froze objects of
-    its own keeps its freeze: nothing is frozen then (unfreezing would undo it).
+
+    Everything is handed back to the collector when the last of the process's runs ends
+    (runs in several threads share the setting: the first saves the caller's, the last
+    restores it). A caller who froze objects of its own keeps its freeze: nothing is frozen
+    then (unfreezing would undo it).
     """
-    threshold = gc.get_threshold()
-    freezing = gc.get_freeze_count() == 0
-    if freezing:
-        gc.freeze()
-    gc.set_threshold(max(threshold[0], GC_GEN0), *threshold[1:])
-    try:
-        yield freezing
-    finally:
-        gc.set_threshold(*threshold)
-        if freezing:
-            gc.unfreeze()
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runs = 0
+        self.saved: tuple[int, ...] = ()
+        self.freezing = False
+
+    @contextlib.contextmanager
+    def eased(self) -> Iterator[bool]:
+        """Eased while inside; yields whether the runs freeze objects."""
+        with self.lock:
+            if not self.runs:
+                self.saved = gc.get_threshold()
+                self.freezing = gc.get_freeze_count() == 0
+                if self.freezing:
+                    gc.freeze()
+                gc.set_threshold(max(self.saved[0], GC_GEN0), *self.saved[1:])
+            self.runs += 1
+            freezing = self.freezing
+        try:
+            yield freezing
+        finally:
+            with self.lock:
+                self.runs -= 1
+                if not self.runs:
+                    gc.set_threshold(*self.saved)
+                    if self.freezing:
+                        gc.unfreeze()
+
+
+_collector = _Collector()
 
 
 class Runner:
@@ -176,7 +199,7 @@ class Runner:
         self.file_errors: set[str] | None = None
         """Names of the file-level ``_errors`` fragments in OUT (see `_file_errors_in_out`)."""
         self.collector_frozen = False
-        """Whether the run froze the collector's objects (see `_collector_eased`)."""
+        """Whether the run froze the collector's objects (see `_Collector`)."""
         self.ready: list[FileRun] = []
         self.ready_bundles: list[BundleRun] = []
         self.progress: Progress | None = None
@@ -201,7 +224,7 @@ class Runner:
         lock = (OutputLock(self.store, self.run_id) if self.delta is None
                 else contextlib.nullcontext())
         try:
-            with lock, _collector_eased() as self.collector_frozen:
+            with lock, _collector.eased() as self.collector_frozen:
                 self._check_format()
                 self.state = self.journal.load()
                 # one run at a time (the lock) may rewrite a local journal
@@ -444,7 +467,7 @@ class Runner:
         self.scheduler.add(*(self._bundle_job(b) for b in bundles))
         try:
             if self.collector_frozen:
-                gc.freeze()  # the plan: see _collector_eased
+                gc.freeze()  # the plan: see _Collector
             self.scheduler.run(self._done, self._tick)
             self._tick()
             if client is not None:

@@ -264,6 +264,7 @@ def test_a_run_eases_the_collector_and_hands_it_back(tmp_path) -> None:
 
     before = gc.get_threshold()
     try:
+        gc.unfreeze()  # whatever froze before, this test starts with nothing frozen
         gc.set_threshold(650, 9, 8)
         pipeline.ingest(inputs, out=str(tmp_path / "out"), transform=look, progress=False)
         assert seen and all(t == GC_GEN0 and frozen > 0 for t, frozen in seen)
@@ -278,5 +279,67 @@ def test_a_run_eases_the_collector_and_hands_it_back(tmp_path) -> None:
         assert seen and all(0 < frozen <= mine for _, frozen in seen)
         assert 0 < gc.get_freeze_count() <= mine and gc.get_threshold() == (650, 9, 8)
     finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+_TWO_RUNS: dict[str, object] = {}
+"""What the two runs' transforms share (transforms must pickle: module-level names do)."""
+
+
+def _a_waits_for_b(table):
+    assert _TWO_RUNS["b_inside"].wait(60)
+    return table
+
+
+def _b_waits_for_a(table):
+    import gc
+
+    _TWO_RUNS["b_inside"].set()
+    if _TWO_RUNS["a_done"].wait(60) and not _TWO_RUNS["during"]:  # A has ended, B runs
+        _TWO_RUNS["during"].append((gc.get_threshold()[0], gc.get_freeze_count()))
+    return table
+
+
+@pytest.mark.timeout(120)
+def test_runs_in_two_threads_hand_the_collector_back_once_both_end(tmp_path) -> None:
+    """Runs in several threads share the eased collector: the first to end leaves it eased
+    for the other, the last hands back the caller's threshold and unfreezes."""
+    import gc
+    import threading
+
+    from pipeline.runner import GC_GEN0
+
+    inputs = _inputs(tmp_path)
+    during: list[tuple[int, int]] = []
+    a_done = threading.Event()
+    _TWO_RUNS.update(b_inside=threading.Event(), a_done=a_done, during=during)
+    failures: list[BaseException] = []
+
+    def run(name: str, transform, done: threading.Event | None) -> None:
+        try:
+            pipeline.ingest(inputs, out=str(tmp_path / name), transform=transform,
+                            progress=False)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failures.append(exc)
+        finally:
+            if done is not None:
+                done.set()
+
+    before = gc.get_threshold()
+    try:
+        gc.unfreeze()
+        gc.set_threshold(650, 9, 8)
+        threads = [threading.Thread(target=run, args=("a", _a_waits_for_b, a_done)),
+                   threading.Thread(target=run, args=("b", _b_waits_for_a, None))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(100)
+        assert not failures, failures
+        assert during and during[0][0] == GC_GEN0 and during[0][1] > 0
+        assert gc.get_threshold() == (650, 9, 8) and gc.get_freeze_count() == 0
+    finally:
+        _TWO_RUNS.clear()
         gc.unfreeze()
         gc.set_threshold(*before)
