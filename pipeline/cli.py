@@ -353,6 +353,10 @@ def _stop_on_ctrl_c() -> None:
         os.write(2, b"\nchunkmill: stopping after the running chunks' current block "
                     b"(Ctrl-C again to quit now)\n")
         signal.signal(signal.SIGINT, second)
+        scheduler = sys.modules.get("pipeline.execution.scheduler")
+        if scheduler is not None and scheduler.ROUNDS.is_set():
+            scheduler.STOP.set()  # raised at the next round: see its docstring
+            return
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
@@ -446,7 +450,12 @@ def main() -> None:
         # Interpreter shutdown resets Python-level handlers to the default, so a Ctrl-C pressed
         # while an interrupted run exits would kill it by SIGINT; an ignored one is left alone.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if _nothing_left_running():
+    # After an interrupt, threads still finishing a chunk are not waited for: what they make
+    # is staged but not journaled, so the next run discards it. Waiting could last forever:
+    # a CI run hung after "interrupted" (one Ctrl-C, a small job), a worker thread never
+    # ending, most likely on a future's lock that the KeyboardInterrupt raised inside
+    # `threading.Condition.__enter__` (Python code, after the lock is taken) left held.
+    if _nothing_left_running(threads=code != 130):
         _leave(code)
     sys.exit(code)
 
@@ -468,12 +477,14 @@ def _leave(code: int) -> None:
     os._exit(code)
 
 
-def _nothing_left_running() -> bool:
+def _nothing_left_running(threads: bool = True) -> bool:
     """True when skipping interpreter shutdown loses nothing: no child process (a worker of
-    an embedded cluster that did not stop) and no other non-daemon thread is alive."""
+    an embedded cluster that did not stop) and, with ``threads``, no other non-daemon thread
+    is alive."""
     if "multiprocessing" in sys.modules and sys.modules["multiprocessing"].active_children():
         return False
-    return all(t.daemon or t is threading.current_thread() for t in threading.enumerate())
+    return not threads or all(t.daemon or t is threading.current_thread()
+                              for t in threading.enumerate())
 
 
 if __name__ == "__main__":

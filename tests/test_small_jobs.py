@@ -230,6 +230,17 @@ def test_the_cli_skips_interpreter_teardown_only_when_nothing_is_left_running(tm
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=120, check=True)
     assert out.stdout.split() == ["True", "False", "True", "False", "True"]
+    # after an interrupt (exit code 130), a thread that never ends is not waited for; the
+    # atexit handlers still run
+    stuck = ("import atexit, sys, threading, pipeline.cli as cli\n"
+             "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+             "def interrupted():\n"
+             "    threading.Thread(target=threading.Event().wait).start()\n"
+             "    return 130\n"
+             "cli.run = interrupted\ncli.main()\n")
+    res = subprocess.run([sys.executable, "-c", stuck], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 130 and res.stderr.strip() == "atexit ran", res.stderr
     # the whole of a long report reaches a pipe, the exit code is the run's, and atexit
     # handlers run, after a small job and after one on the embedded cluster
     for n in range(300):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,16 @@ from pipeline.execution.watch import ClusterWatch
 
 if TYPE_CHECKING:
     from distributed import Client
+
+
+ROUNDS = threading.Event()
+"""Set while `TaskScheduler.run` runs rounds in the main thread."""
+STOP = threading.Event()
+"""Set by the CLI's first Ctrl-C during `ROUNDS`: the run stops at the start of its next round
+(within a quarter of a second) by raising KeyboardInterrupt there, not wherever the signal
+lands. Raised inside Python-level lock code (`threading.Condition.__enter__`, which a
+future's ``add_done_callback`` and ``result`` enter) it can leave a lock held that a worker
+thread then waits for forever."""
 
 
 class ChunkTimeout(TimeoutError):
@@ -142,7 +153,21 @@ class TaskScheduler:
         ``on_done(payload, result_or_exception)`` may `add` more jobs; ``on_tick()`` runs after
         every round of collection (commits, progress).
         """
+        rounds = threading.current_thread() is threading.main_thread()
+        if rounds:
+            STOP.clear()
+            ROUNDS.set()
+        try:
+            self._rounds(on_done, on_tick)
+        finally:
+            if rounds:
+                ROUNDS.clear()
+
+    def _rounds(self, on_done: Callable[[Any, Any], None], on_tick: Callable[[], None]
+                ) -> None:
         while self.queue or self.running:
+            if STOP.is_set():
+                raise KeyboardInterrupt
             allowed = self.watch.window(self.window)
             while self.queue and len(self.running) < allowed:
                 self._submit(self._next())
@@ -174,4 +199,4 @@ class TaskScheduler:
                 on_done(job.payload, ChunkTimeout(f"timed out after {self.timeout:g}s"))
 
 
-__all__ = ["TaskScheduler", "Job", "ChunkTimeout", "Executor", "DaskExecutor"]
+__all__ = ["TaskScheduler", "Job", "ChunkTimeout", "Executor", "DaskExecutor", "ROUNDS", "STOP"]
