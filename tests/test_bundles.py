@@ -335,3 +335,37 @@ def test_a_file_with_an_empty_line_leaves_the_others_parsed_together(tmp_path, b
         members.append((source, chunk, description))
     (read,) = reader.read_together(members, options)
     assert read.members == [0, 2] and read.counts == [1, 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=st.lists(st.integers(1, 5000), min_size=1, max_size=300),
+       max_bytes=st.integers(1000, 60_000), min_bundles=st.integers(1, 8))
+def test_pack_makes_bundles_of_about_equal_size(sizes, max_bytes, min_bundles) -> None:
+    """Every member once and in order; no bundle past ``max_bytes`` (but an item bigger
+    than that alone); with items small against a bundle's share, as many bundles as the
+    limit or ``min_bundles`` ask (one more where shares close to the limit need it), their
+    sizes within two items of each other: no last bundle of a few files."""
+    from pipeline.execution.bundles import pack
+
+    items = [([i], n) for i, n in enumerate(sizes)]
+    bundles = pack(items, max_bytes, min_bundles)
+    assert [m for b in bundles for m in b] == list(range(len(sizes)))
+    weights = [sum(sizes[m] for m in b) for b in bundles]
+    assert all(w <= max_bytes or len(b) == 1 for w, b in zip(weights, bundles, strict=True))
+    total, biggest = sum(sizes), max(sizes)
+    wanted = max(min_bundles, -(-total // max_bytes))
+    if 4 * biggest <= min(max_bytes, total / wanted):  # items small against a share
+        assert len(bundles) in (wanted, wanted + 1)
+        assert max(weights) - min(weights) <= 2 * biggest, weights
+
+
+def test_ten_thousand_small_files_make_exactly_the_bundles_asked_for() -> None:
+    """10,000 files of about 10 KB (sizes differ by a few bytes, as real files do) in the
+    four bundles two threads ask for, not four filled to the limit and a fifth of two."""
+    from pipeline.execution.bundles import pack
+
+    rng = random.Random(1)
+    sizes = [rng.randint(9_900, 10_100) for _ in range(10_000)]
+    bundles = pack([([i], n) for i, n in enumerate(sizes)], 32 << 20, 4)
+    weights = [sum(sizes[m] for m in b) for b in bundles]
+    assert len(bundles) == 4 and max(weights) - min(weights) < 2 * 10_100, weights

@@ -95,22 +95,38 @@ def group_bundles(todo: list[FileRun], state: JournalState, group: set[str], pre
 
 def pack(items: list[tuple[list[Any], int]], max_bytes: int, min_bundles: int
          ) -> list[list[Any]]:
-    """Group ``(members, bytes)`` items into bundles; an item's members stay together.
+    """Group ``(members, bytes)`` items into bundles, in order; an item's members stay together.
 
-    Bundles hold up to ``max_bytes``, and are made smaller when that leaves fewer than
-    ``min_bundles`` of them, so every worker thread gets some.
+    As many bundles as ``max_bytes`` needs, and at least ``min_bundles`` of them so every
+    worker thread gets one, of about equal size: an item goes to the bundle whose share of
+    the whole its middle falls in. Filling each bundle to the limit instead left a last bundle
+    of a few files (10,000 files of 10 KB in four bundles made a fifth of two: one more task
+    and a 20 KB fragment). No bundle passes ``max_bytes`` unless one item alone does.
     """
     total = sum(size for _, size in items)
-    limit = max(1, min(max_bytes, -(-total // max(1, min_bundles))))
+    count = max(1, min_bundles, -(-total // max(1, max_bytes)))
+    while True:
+        bundles = _shares(items, max_bytes, total / count)
+        # Shares close to the limit: a bundle closed early at the limit left the rest for
+        # one bundle more. Smaller shares then.
+        if len(bundles) <= count or count >= len(items):
+            return bundles
+        count += 1
+
+
+def _shares(items: list[tuple[list[Any], int]], max_bytes: int, share: float
+            ) -> list[list[Any]]:
     bundles: list[list[Any]] = []
     current: list[Any] = []
-    size = 0
+    size = done = 0
     for members, nbytes in items:
-        if current and size + nbytes > limit:
+        if current and (size + nbytes > max_bytes
+                        or done + nbytes / 2 > share * (len(bundles) + 1)):
             bundles.append(current)
             current, size = [], 0
         current.extend(members)
         size += nbytes
+        done += nbytes
     if current:
         bundles.append(current)
     return bundles
