@@ -76,6 +76,31 @@ class _Watch:
         return base
 
 
+def test_a_stop_asked_during_the_rounds_interrupts_the_run_at_a_round() -> None:
+    """The CLI's first Ctrl-C during the rounds only sets `STOP`: the run raises
+    KeyboardInterrupt at the start of its next round, and still when the chunks running at
+    the press were the last ones (a run that went on to finish them once exited 0)."""
+    from pipeline.execution.scheduler import ROUNDS, STOP, DaskExecutor, Job, TaskScheduler
+
+    for stop_at, jobs in ((2, 10), (10, 10)):
+        finished: list[object] = []
+
+        def done(payload: object, result: object, at: int = stop_at,
+                 finished: list[object] = finished) -> None:
+            assert ROUNDS.is_set()
+            finished.append(payload)
+            if len(finished) == at:
+                STOP.set()  # what the CLI's signal handler does
+
+        scheduler = TaskScheduler(DaskExecutor(_InstantClient()), 1,  # type: ignore[arg-type]
+                                  _Watch())  # type: ignore[arg-type]
+        scheduler.add(*(Job(0, str(i), str, i, str(i)) for i in range(jobs)))
+        with pytest.raises(KeyboardInterrupt):
+            scheduler.run(done, lambda: None)
+        assert len(finished) == stop_at  # nothing submitted after the stop
+        assert not ROUNDS.is_set() and not STOP.is_set()
+
+
 def test_lazy_jobs_are_made_as_the_window_takes_them() -> None:
     from pipeline.execution.scheduler import DaskExecutor, Job, TaskScheduler
 

@@ -158,15 +158,18 @@ class TaskScheduler:
             STOP.clear()
             ROUNDS.set()
         try:
-            self._rounds(on_done, on_tick)
+            self._rounds(on_done, on_tick, STOP if rounds else None)
+            if rounds and STOP.is_set():  # pressed while the last chunks ran: interrupted
+                raise KeyboardInterrupt
         finally:
             if rounds:
                 ROUNDS.clear()
+                STOP.clear()
 
-    def _rounds(self, on_done: Callable[[Any, Any], None], on_tick: Callable[[], None]
-                ) -> None:
+    def _rounds(self, on_done: Callable[[Any, Any], None], on_tick: Callable[[], None],
+                stop: threading.Event | None) -> None:
         while self.queue or self.running:
-            if STOP.is_set():
+            if stop is not None and stop.is_set():
                 raise KeyboardInterrupt
             allowed = self.watch.window(self.window)
             while self.queue and len(self.running) < allowed:
