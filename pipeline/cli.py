@@ -353,11 +353,9 @@ def _stop_on_ctrl_c() -> None:
         os.write(2, b"\nchunkmill: stopping after the running chunks' current block "
                     b"(Ctrl-C again to quit now)\n")
         signal.signal(signal.SIGINT, second)
-        scheduler = sys.modules.get("pipeline.execution.scheduler")
-        if scheduler is not None and scheduler.ROUNDS.is_set():
-            scheduler.STOP.set()  # raised at the next round: see its docstring
-            return
-        raise KeyboardInterrupt
+        scheduler = sys.modules.get("pipeline.execution.scheduler")  # imported if running
+        if scheduler is None or not scheduler.stop_at_next_round():
+            raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, first)

@@ -145,8 +145,8 @@ class _Collector:
         self.freezing = False
 
     @contextlib.contextmanager
-    def eased(self) -> Iterator[bool]:
-        """Eased while inside; yields whether the runs freeze objects."""
+    def eased(self) -> Iterator[None]:
+        """Eased while inside."""
         with self.lock:
             if not self.runs:
                 self.saved = gc.get_threshold()
@@ -155,9 +155,8 @@ class _Collector:
                     gc.freeze()
                 gc.set_threshold(max(self.saved[0], GC_GEN0), *self.saved[1:])
             self.runs += 1
-            freezing = self.freezing
         try:
-            yield freezing
+            yield
         finally:
             with self.lock:
                 self.runs -= 1
@@ -165,6 +164,13 @@ class _Collector:
                     gc.set_threshold(*self.saved)
                     if self.freezing:
                         gc.unfreeze()
+
+    def freeze_plan(self) -> None:
+        """Freeze what the runs made since they started (a run's plan, as its tasks start),
+        unless a caller's own freeze keeps the runs from freezing."""
+        with self.lock:
+            if self.runs and self.freezing:
+                gc.freeze()
 
 
 _collector = _Collector()
@@ -198,8 +204,6 @@ class Runner:
         self.catalog: list[dict[str, Any]] = []
         self.file_errors: set[str] | None = None
         """Names of the file-level ``_errors`` fragments in OUT (see `_file_errors_in_out`)."""
-        self.collector_frozen = False
-        """Whether the run froze the collector's objects (see `_Collector`)."""
         self.ready: list[FileRun] = []
         self.ready_bundles: list[BundleRun] = []
         self.progress: Progress | None = None
@@ -224,7 +228,7 @@ class Runner:
         lock = (OutputLock(self.store, self.run_id) if self.delta is None
                 else contextlib.nullcontext())
         try:
-            with lock, _collector.eased() as self.collector_frozen:
+            with lock, _collector.eased():
                 self._check_format()
                 self.state = self.journal.load()
                 # one run at a time (the lock) may rewrite a local journal
@@ -466,8 +470,7 @@ class Runner:
                 self._settle(run)
         self.scheduler.add(*(self._bundle_job(b) for b in bundles))
         try:
-            if self.collector_frozen:
-                gc.freeze()  # the plan: see _Collector
+            _collector.freeze_plan()
             self.scheduler.run(self._done, self._tick)
             self._tick()
             if client is not None:

@@ -258,10 +258,26 @@ def test_the_cli_skips_interpreter_teardown_only_when_nothing_is_left_running(tm
         assert res.stderr.rstrip().endswith("atexit ran"), res.stderr
 
 
-def test_a_run_eases_the_collector_and_hands_it_back(tmp_path) -> None:
+@pytest.fixture
+def caller_gc():
+    """The caller's collector: nothing frozen, thresholds (650, 9, 8); the test process's
+    own settings are back afterwards."""
+    import gc
+
+    before = gc.get_threshold()
+    gc.unfreeze()  # whatever froze before, the test starts with nothing frozen
+    gc.set_threshold(650, 9, 8)
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_a_run_eases_the_collector_and_hands_it_back(tmp_path, caller_gc) -> None:
     """During a run the young generation is collected less often and what existed before is
-    frozen (see `pipeline.runner._collector_eased`); afterwards the caller's settings are
-    back, and a caller's own freeze is neither extended nor undone."""
+    frozen (see `pipeline.runner._Collector`); afterwards the caller's settings are back,
+    and a caller's own freeze is neither extended nor undone."""
     import gc
 
     from pipeline.runner import GC_GEN0
@@ -273,25 +289,18 @@ def test_a_run_eases_the_collector_and_hands_it_back(tmp_path) -> None:
         seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
         return table
 
-    before = gc.get_threshold()
-    try:
-        gc.unfreeze()  # whatever froze before, this test starts with nothing frozen
-        gc.set_threshold(650, 9, 8)
-        pipeline.ingest(inputs, out=str(tmp_path / "out"), transform=look, progress=False)
-        assert seen and all(t == GC_GEN0 and frozen > 0 for t, frozen in seen)
-        assert gc.get_threshold() == (650, 9, 8)
-        assert gc.get_freeze_count() == 0
+    pipeline.ingest(inputs, out=str(tmp_path / "out"), transform=look, progress=False)
+    assert seen and all(t == GC_GEN0 and frozen > 0 for t, frozen in seen)
+    assert gc.get_threshold() == (650, 9, 8)
+    assert gc.get_freeze_count() == 0
 
-        seen.clear()
-        gc.freeze()
-        mine = gc.get_freeze_count()
-        pipeline.ingest(inputs, out=str(tmp_path / "out2"), transform=look, progress=False)
-        # (Frozen objects that die leave the count: it may only shrink.)
-        assert seen and all(0 < frozen <= mine for _, frozen in seen)
-        assert 0 < gc.get_freeze_count() <= mine and gc.get_threshold() == (650, 9, 8)
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
+    seen.clear()
+    gc.freeze()
+    mine = gc.get_freeze_count()
+    pipeline.ingest(inputs, out=str(tmp_path / "out2"), transform=look, progress=False)
+    # (Frozen objects that die leave the count: it may only shrink.)
+    assert seen and all(0 < frozen <= mine for _, frozen in seen)
+    assert 0 < gc.get_freeze_count() <= mine and gc.get_threshold() == (650, 9, 8)
 
 
 _TWO_RUNS: dict[str, object] = {}
@@ -313,7 +322,8 @@ def _b_waits_for_a(table):
 
 
 @pytest.mark.timeout(120)
-def test_runs_in_two_threads_hand_the_collector_back_once_both_end(tmp_path) -> None:
+def test_runs_in_two_threads_hand_the_collector_back_once_both_end(tmp_path, caller_gc
+                                                                  ) -> None:
     """Runs in several threads share the eased collector: the first to end leaves it eased
     for the other, the last hands back the caller's threshold and unfreezes."""
     import gc
@@ -337,10 +347,7 @@ def test_runs_in_two_threads_hand_the_collector_back_once_both_end(tmp_path) -> 
             if done is not None:
                 done.set()
 
-    before = gc.get_threshold()
     try:
-        gc.unfreeze()
-        gc.set_threshold(650, 9, 8)
         threads = [threading.Thread(target=run, args=("a", _a_waits_for_b, a_done)),
                    threading.Thread(target=run, args=("b", _b_waits_for_a, None))]
         for t in threads:
@@ -352,5 +359,3 @@ def test_runs_in_two_threads_hand_the_collector_back_once_both_end(tmp_path) -> 
         assert gc.get_threshold() == (650, 9, 8) and gc.get_freeze_count() == 0
     finally:
         _TWO_RUNS.clear()
-        gc.unfreeze()
-        gc.set_threshold(*before)

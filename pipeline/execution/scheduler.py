@@ -38,6 +38,16 @@ future's ``add_done_callback`` and ``result`` enter) it can leave a lock held th
 thread then waits for forever."""
 
 
+def stop_at_next_round() -> bool:
+    """Ask the rounds running in the main thread to stop at their next round (see `STOP`);
+    False when none run (then the caller interrupts by other means). For a signal handler,
+    which runs in the main thread: no other thread sets or clears `ROUNDS`."""
+    if not ROUNDS.is_set():
+        return False
+    STOP.set()
+    return True
+
+
 class ChunkTimeout(TimeoutError):
     """A task ran longer than ``--chunk-timeout``."""
 
@@ -202,4 +212,5 @@ class TaskScheduler:
                 on_done(job.payload, ChunkTimeout(f"timed out after {self.timeout:g}s"))
 
 
-__all__ = ["TaskScheduler", "Job", "ChunkTimeout", "Executor", "DaskExecutor", "ROUNDS", "STOP"]
+__all__ = ["TaskScheduler", "Job", "ChunkTimeout", "Executor", "DaskExecutor", "ROUNDS", "STOP",
+           "stop_at_next_round"]
