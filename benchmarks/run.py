@@ -19,7 +19,10 @@ CSV files of ~10 KB) and ``inputs/1MB/plain.csv``. Row counts follow from ``--si
 
 Cases (``--cases``, default all): plain_csv, quoted_csv, jsonl, partitioned (plain.csv with
 ``--partition-by event``), small_files (the 10,000-file directory; chunkmill gets the
-directory, the peers a ``*.csv`` glob) and startup (the 1 MB CSV end to end).
+directory, the peers a ``*.csv`` glob) and startup (the 1 MB CSV end to end); then the array
+cases hdf5, zarr and fits (``--size-gb`` each), which no peer reads: chunkmill runs against a
+single-process loop per format instead of the tools below (see ``_arrays.py``; ``--tools``
+does not apply to them) and they get a table of their own.
 
 Tools (``--tools``, default all), each a separate process writing zstd Parquet to a fresh
 ``<scratch>/out/<case>/<tool>/``:
@@ -85,6 +88,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+import _arrays
 import _common as c
 
 
@@ -123,8 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark chunkmill vs DuckDB, Polars, dask and a bare-pyarrow floor "
                     "(wall, peak RSS, rows).",
         epilog="See the docstring at the top of benchmarks/run.py for what is measured.")
-    p.add_argument("--cases", default="all", type=lambda v: _csv_list(v, list(CASES), "case"),
-                   help=f"comma-separated cases or 'all' ({', '.join(CASES)})")
+    known = [*CASES, *_arrays.ARRAY_CASES]
+    p.add_argument("--cases", default="all", type=lambda v: _csv_list(v, known, "case"),
+                   help=f"comma-separated cases or 'all' ({', '.join(known)})")
     p.add_argument("--tools", default="all", type=lambda v: _csv_list(v, c.TOOLS, "tool"),
                    help=f"comma-separated tools or 'all' ({', '.join(c.TOOLS)})")
     p.add_argument("--size-gb", type=float, default=2.0,
@@ -257,7 +262,8 @@ def _rows_cell(s: c.Summary) -> str:
 
 
 def render(results: list[dict[str, Any]], host: dict[str, Any], args: argparse.Namespace,
-           inputs: dict[str, c.Dataset], chunkmill_how: str | None) -> str:
+           inputs: dict[str, c.Dataset], chunkmill_how: str | None,
+           arrays: list[tuple[_arrays.ArrayInput, dict[str, list[Any]]]] = ()) -> str:
     lines = ["# chunkmill benchmark", "", *c.host_header(host)]
     lines.append(f"- repeat: {args.repeat} (medians shown), RSS sampled every "
                  f"{args.interval:g} s and summed over the process tree; zstd everywhere")
@@ -267,6 +273,7 @@ def render(results: list[dict[str, Any]], host: dict[str, Any], args: argparse.N
     for name, ds in inputs.items():
         lines.append(f"- input {name}: {ds.path} ({ds.bytes / c.GB:.3g} GB, {ds.rows:,} rows"
                      + (f", {ds.files:,} files" if ds.files > 1 else "") + ")")
+    header = len(lines)
     lines += ["", "| case | tool | wall s | CPU s | peak RSS MiB (summed) | output MiB | rows ok? "
               "| wall vs polars | same-round wall vs polars | RSS vs polars | output vs polars "
               "| notes |",
@@ -311,19 +318,26 @@ def render(results: list[dict[str, Any]], host: dict[str, Any], args: argparse.N
                   "error handling, no memory limit, no resumability. Its wall and CPU times are "
                   "the floor of what the stack under chunkmill does on this machine; its memory "
                   "is not a floor (each process holds a whole range and its table)."]
+    if not results:  # array cases only
+        del lines[header:]
+    lines += _arrays.render(list(arrays))
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     scratch = args.scratch_resolved = c.check_scratch(args.scratch)
-    cases = [CASES[name] for name in args.cases]
+    cases = [CASES[name] for name in args.cases if name in CASES]
     host = c.host_info()
 
     inputs = ensure_inputs(args, scratch, {case.input for case in cases})
+    array_inputs = [_arrays.ensure_input(name, scratch, args.size_gb)
+                    for name in args.cases if name in _arrays.ARRAY_CASES]
     if args.generate_only:
         for name, ds in inputs.items():
             print(f"{name}: {ds.path} {ds.bytes:,} bytes {ds.rows:,} rows")
+        for inp in array_inputs:
+            print(f"{inp.case}: {inp.path} {inp.bytes:,} bytes {inp.rows:,} rows")
         return 0
 
     chunkmill = c.resolve_chunkmill(args.chunkmill_cmd) if "chunkmill" in args.tools else None
@@ -343,8 +357,13 @@ def main(argv: list[str] | None = None) -> int:
                             "summary": asdict(summary),
                             "runs": [r.to_json() for r in records]})
 
+    arrays = []
+    for inp in array_inputs:
+        log(f"case {inp.case}: {inp.path} ({inp.rows:,} rows) against the {inp.loop_name}")
+        arrays.append((inp, _arrays.run_case(inp, args.repeat, scratch, log)))
+
     shown = {case.input: inputs[case.input] for case in cases}
-    report = render(results, host, args, shown, chunkmill_how)
+    report = render(results, host, args, shown, chunkmill_how, arrays)
     print(report)
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -357,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         "inputs": {name: asdict(ds) for name, ds in shown.items()},
         "cases": {case.name: asdict(case) for case in cases},
         "results": [{k: v for k, v in r.items() if not k.endswith("_obj")} for r in results],
+        "arrays": [_arrays.to_json(inp, runs) for inp, runs in arrays],
     }
     text = json.dumps(payload, indent=2, default=str)
     targets = [res_dir / f"{stamp}.json", res_dir / "latest.json"]
