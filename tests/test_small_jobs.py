@@ -13,7 +13,9 @@ import pytest
 
 import pipeline
 from pipeline.execution.task import worker_name
+from pipeline.pressure.arrow_pool import ARROW_DECAY_MS
 from pipeline.report import plots
+from pipeline.runner import SMALL_JOB_DECAY_MS
 
 
 def _inputs(root) -> list[str]:
@@ -161,9 +163,11 @@ def _pool_seen_by_run(tmp_path, env: dict[str, str]) -> list[str]:
     probe = ("import os, sys\nimport pipeline.cli as cli\n"
              "def run():\n    import pyarrow as pa\n"
              "    print(os.environ.get('ARROW_DEFAULT_MEMORY_POOL'),"
-             " pa.default_memory_pool().backend_name)\n    return 0\n"
+             " pa.default_memory_pool().backend_name,"
+             " os.environ.get('JE_ARROW_MALLOC_CONF'))\n    return 0\n"
              "cli.run = run\ncli.main()\n")
-    clean = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("ARROW_DEFAULT_MEMORY_POOL", "JE_ARROW_MALLOC_CONF")}
     out = subprocess.run([sys.executable, "-c", probe], env={**clean, **env}, cwd=tmp_path,
                          capture_output=True, text=True, timeout=120, check=True)
     return out.stdout.split()
@@ -171,9 +175,30 @@ def _pool_seen_by_run(tmp_path, env: dict[str, str]) -> list[str]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="jemalloc: Linux wheels")
 def test_the_cli_chooses_jemalloc_before_arrow_loads_unless_the_user_chose(tmp_path) -> None:
-    assert _pool_seen_by_run(tmp_path, {}) == ["jemalloc", "jemalloc"]
-    assert _pool_seen_by_run(tmp_path, {"ARROW_DEFAULT_MEMORY_POOL": "system"}) == ["system",
-                                                                                     "system"]
+    # ... and has it return freed pages for real (no MADV_FREE), unless the user set jemalloc
+    assert _pool_seen_by_run(tmp_path, {}) == ["jemalloc", "jemalloc", "muzzy_decay_ms:0"]
+    assert _pool_seen_by_run(tmp_path, {"JE_ARROW_MALLOC_CONF": "dirty_decay_ms:0"}) == [
+        "jemalloc", "jemalloc", "dirty_decay_ms:0"]
+    assert _pool_seen_by_run(tmp_path, {"ARROW_DEFAULT_MEMORY_POOL": "system"}) == [
+        "system", "system", "None"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="jemalloc: Linux wheels")
+@pytest.mark.parametrize(("options", "decays"), [
+    ({}, [SMALL_JOB_DECAY_MS, ARROW_DECAY_MS]),  # a small job, and Arrow's own after it
+    ({"layout": "threads"}, []),                 # on the cluster: Arrow's own all along
+])
+def test_a_small_job_has_jemalloc_return_freed_pages_sooner(tmp_path, monkeypatch, options,
+                                                            decays) -> None:
+    import pyarrow as pa
+
+    set_to = []
+    monkeypatch.setattr(pa, "jemalloc_set_decay_ms", set_to.append)
+    (tmp_path / "in.csv").write_text("a,b\n" + "".join(f"{i},{i}\n" for i in range(100)))
+    report = pipeline.ingest(str(tmp_path / "in.csv"), out=str(tmp_path / "o"),
+                             progress=False, **options)
+    assert report.ok and report.rows == 100
+    assert set_to == decays
 
 
 def test_a_run_puts_arrows_default_pool_back(tmp_path) -> None:

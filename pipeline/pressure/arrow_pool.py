@@ -12,7 +12,12 @@ from typing import Any
 
 logger = logging.getLogger("chunkmill.pressure")
 
-__all__ = ["default_pool_name", "restore_default_pool", "switch_default_pool"]
+__all__ = ["ARROW_DECAY_MS", "default_pool_name", "restore_default_pool", "set_jemalloc_decay",
+           "switch_default_pool"]
+
+ARROW_DECAY_MS = 1000
+"""How long Arrow's jemalloc keeps freed pages for reuse before returning them (its own
+setting, ``je_arrow_malloc_conf`` in Arrow's ``memory_pool.cc``)."""
 
 
 def switch_default_pool(backend: str | None) -> tuple[Any, Any] | None:
@@ -56,3 +61,19 @@ def default_pool_name() -> str | None:
     except ImportError:
         return None
     return pa.default_memory_pool().backend_name
+
+
+def set_jemalloc_decay(ms: int) -> bool:
+    """Have jemalloc return Arrow's freed pages after ``ms`` (Arrow's own: `ARROW_DECAY_MS`)
+    in the arenas it creates from now on, which threads started later get. False when Arrow's
+    default pool is not jemalloc: nothing was changed."""
+    if default_pool_name() != "jemalloc":
+        return False
+    import pyarrow as pa
+
+    try:
+        pa.jemalloc_set_decay_ms(ms)
+    except (NotImplementedError, pa.ArrowException) as exc:
+        logger.info("jemalloc decay not set: %s", exc)
+        return False
+    return True
