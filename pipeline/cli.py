@@ -445,8 +445,8 @@ def main() -> None:
         os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "jemalloc"
         # After Arrow's 1 s decay, jemalloc hands freed pages back lazily (MADV_FREE, still
         # counted in RSS until the kernel takes them); at once (MADV_DONTNEED) instead, the
-        # 2 GB CSV ran faster with less memory (3 pairs: 6.1-6.6 -> 5.8-6.0 s, 378-384 ->
-        # 364-374 MiB). A jemalloc setting of the user's own wins.
+        # 2 GB CSV ran as fast or faster with less memory (3 pairs: 6.1-6.6 -> 5.8-6.0 s,
+        # 370-375 -> 355-365 MiB). A jemalloc setting of the user's own wins.
         os.environ.setdefault("JE_ARROW_MALLOC_CONF", "muzzy_decay_ms:0")
     code = run()
     if code == 130 and threading.current_thread() is threading.main_thread():

@@ -125,8 +125,8 @@ GC_GEN0 = 50_000
 SMALL_JOB_DECAY_MS = 100
 """How long jemalloc keeps Arrow's freed pages for reuse in a small job (Arrow's: 1 s). A
 small job's parse batches and row groups are freed and not needed again: 10,000 files of
-10 KB peaked 25-35 MiB lower at the same time (3 pairs). Not for big jobs: on a 2 GB CSV
-the extra page returns cost 0.5 s of system time."""
+10 KB peaked 21-34 MiB lower at the same time (3 pairs; 6 more: 269-281 -> 238-244 MiB).
+Not for big jobs: on a 2 GB CSV the extra page returns cost 0.5 s of system time."""
 
 
 class _Collector:
